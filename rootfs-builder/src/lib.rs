@@ -1,0 +1,12 @@
+//! Guest images: a manifest of entries ([`manifest`]), written as an uncompressed newc cpio
+//! ([`cpio`]) or as a directory tree ([`dir`]). Output is reproducible: entries sorted, owners
+//! root, mtimes zero.
+#![forbid(unsafe_code)]
+
+pub mod cpio;
+pub mod dir;
+pub mod elf;
+pub mod images;
+pub mod manifest;
+
+pub use manifest::{Entry, Manifest, ManifestError};

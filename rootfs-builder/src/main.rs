@@ -1,0 +1,86 @@
+//! `hako-rootfs-builder agent|probe`: writes a guest image as a cpio archive or a directory.
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use hako_rootfs_builder::{Manifest, cpio, dir, images};
+
+#[derive(Parser)]
+#[command(name = "hako-rootfs-builder", about = "Build Hako guest images (reproducible)")]
+struct Cli {
+    #[command(subcommand)]
+    image: Image,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    /// Uncompressed newc cpio (an initramfs).
+    Cpio,
+    /// A directory tree (for a virtio-fs root).
+    Dir,
+}
+
+#[derive(Subcommand)]
+enum Image {
+    /// The guest image: /init = hako-agent (a static binary).
+    Agent {
+        #[arg(long)]
+        agent: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, value_enum, default_value = "cpio")]
+        format: Format,
+    },
+    /// The VM-test probe image: busybox, the guest test program, a marker-printing /init.
+    Probe {
+        #[arg(long, default_value = "/bin/busybox")]
+        busybox: PathBuf,
+        #[arg(long)]
+        program: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, value_enum, default_value = "cpio")]
+        format: Format,
+    },
+}
+
+fn emit(manifest: &Manifest, out: &Path, format: Format) -> anyhow::Result<()> {
+    match format {
+        Format::Cpio => {
+            let tmp = out.with_extension("partial");
+            let mut file = std::io::BufWriter::new(
+                std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?,
+            );
+            let n = cpio::write(manifest, &mut file).with_context(|| format!("writing {}", tmp.display()))?;
+            file.flush().with_context(|| format!("writing {}", tmp.display()))?;
+            drop(file);
+            std::fs::rename(&tmp, out).with_context(|| format!("renaming {} to {}", tmp.display(), out.display()))?;
+            eprintln!("hako-rootfs-builder: wrote {} ({} entries, {n} bytes)", out.display(), manifest.len());
+        }
+        Format::Dir => {
+            let skipped = dir::write(manifest, out).with_context(|| format!("writing tree {}", out.display()))?;
+            if !skipped.is_empty() {
+                eprintln!("hako-rootfs-builder: could not create device nodes (needs root): {}", skipped.join(", "));
+            }
+            eprintln!("hako-rootfs-builder: wrote tree {} ({} entries)", out.display(), manifest.len());
+        }
+    }
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().image {
+        Image::Agent { agent, out, format } => {
+            let m = images::agent_image(&agent).with_context(|| format!("building the agent image from {}", agent.display()))?;
+            emit(&m, &out, format)
+        }
+        Image::Probe { busybox, program, out, format } => {
+            if !busybox.exists() {
+                bail!("{} does not exist: install busybox-static (apt-get install busybox-static)", busybox.display());
+            }
+            let m = images::probe_image(&busybox, &program).context("building the probe image")?;
+            emit(&m, &out, format)
+        }
+    }
+}

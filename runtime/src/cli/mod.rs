@@ -1,0 +1,26 @@
+//! The `hako` command line: clap structures and one module per command.
+
+pub mod check;
+
+use clap::{Parser, Subcommand};
+
+/// `hako`: Hako's OCI runtime and admin commands.
+#[derive(Debug, Parser)]
+#[command(name = "hako", version, about = "Hako: containers in KVM micro-VMs")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Tell whether this host can run Hako sandboxes, and why not.
+    Check(check::CheckArgs),
+}
+
+/// Runs the parsed command; returns the process exit code.
+pub fn run(cli: Cli) -> anyhow::Result<u8> {
+    match cli.command {
+        Command::Check(args) => check::run(&args),
+    }
+}

@@ -1,0 +1,129 @@
+//! The KVM probe behind `hako check`: opens /dev/kvm, lists the capabilities the VMM needs
+//! and which module serves KVM, and runs a tiny guest that times a loop in guest kernel mode
+//! against the same loop in guest user mode, then makes a `syscall` from user mode and
+//! reports where it landed (DESIGN.md explains why both matter on hosts like this one).
+
+mod code;
+mod guest;
+mod layout;
+mod tables;
+
+use std::path::Path;
+
+use hako_vmm_api::{CapabilityCheck, KvmAccess, ProbeReport};
+use kvm_ioctls::{Cap, Kvm};
+
+pub use guest::GuestProbeError;
+
+/// Capabilities hako-vmm uses, and whether it cannot run without each.
+const CAPABILITIES: &[(&str, Cap, bool)] = &[
+    ("user_memory", Cap::UserMemory, true),
+    ("irqchip", Cap::Irqchip, true),
+    ("pit2", Cap::Pit2, true),
+    ("ioeventfd", Cap::Ioeventfd, true),
+    ("irqfd", Cap::Irqfd, true),
+    ("ext_cpuid", Cap::ExtCpuid, true),
+    ("set_tss_addr", Cap::SetTssAddr, true),
+    ("tsc_deadline_timer", Cap::TscDeadlineTimer, true),
+    ("mp_state", Cap::MpState, false),
+    ("adjust_clock", Cap::AdjustClock, false),
+    ("vcpu_events", Cap::VcpuEvents, false),
+    ("immediate_exit", Cap::ImmediateExit, false),
+    ("xsave", Cap::Xsave, false),
+    ("kvmclock_ctrl", Cap::KvmclockCtrl, false),
+];
+
+/// Kernel modules that can serve /dev/kvm.
+const KVM_MODULES: &[&str] = &["kvm_intel", "kvm_amd", "kvm_pvm"];
+
+/// CPUID leaf 1 ECX bit: TSC-deadline mode of the local APIC timer.
+const CPUID_1_ECX_TSC_DEADLINE: u32 = 1 << 24;
+
+/// Probes the KVM device at `device` (normally /dev/kvm). Never fails: every problem is a
+/// finding in the report.
+pub fn probe(device: &Path) -> ProbeReport {
+    let mut report = ProbeReport {
+        kvm_device: device.display().to_string(),
+        access: KvmAccess::Ok,
+        api_version: None,
+        kvm_modules: loaded_kvm_modules(Path::new("/sys/module")),
+        capabilities: Vec::new(),
+        tsc_deadline_timer: None,
+        guest: None,
+        guest_error: None,
+    };
+    let kvm = match open_kvm(device) {
+        Ok(kvm) => kvm,
+        Err(access) => {
+            report.access = access;
+            return report;
+        }
+    };
+    report.api_version = Some(kvm.get_api_version());
+    report.capabilities = CAPABILITIES
+        .iter()
+        .map(|&(name, cap, required)| CapabilityCheck {
+            name: name.to_string(),
+            present: kvm.check_extension(cap),
+            required,
+        })
+        .collect();
+    report.tsc_deadline_timer = kvm
+        .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+        .ok()
+        .map(|cpuid| {
+            cpuid.as_slice().iter().any(|e| e.function == 1 && e.ecx & CPUID_1_ECX_TSC_DEADLINE != 0)
+        });
+    match guest::run(&kvm) {
+        Ok(found) => report.guest = Some(found),
+        Err(e) => report.guest_error = Some(error_chain(&e)),
+    }
+    report
+}
+
+fn open_kvm(device: &Path) -> Result<Kvm, KvmAccess> {
+    let path = std::ffi::CString::new(device.as_os_str().as_encoded_bytes())
+        .map_err(|_| KvmAccess::Error(format!("{} contains a NUL byte", device.display())))?;
+    Kvm::new_with_path(&path).map_err(|e| match e.errno() {
+        libc::ENOENT => KvmAccess::Missing,
+        libc::EACCES | libc::EPERM => KvmAccess::PermissionDenied,
+        _ => KvmAccess::Error(format!("opening {}: {e}", device.display())),
+    })
+}
+
+/// Which of [`KVM_MODULES`] appear under `sys_module` (normally /sys/module).
+pub fn loaded_kvm_modules(sys_module: &Path) -> Vec<String> {
+    KVM_MODULES.iter().filter(|m| sys_module.join(m).is_dir()).map(|m| m.to_string()).collect()
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_kvm_modules_in_a_sysfs_tree() {
+        let dir = std::env::temp_dir().join(format!("hako-probe-test-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("kvm")).unwrap();
+        std::fs::create_dir_all(dir.join("kvm_pvm")).unwrap();
+        assert_eq!(loaded_kvm_modules(&dir), vec!["kvm_pvm".to_string()]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn missing_device_is_a_finding_not_an_error() {
+        let report = probe(Path::new("/nonexistent/kvm"));
+        assert_eq!(report.access, KvmAccess::Missing);
+        assert!(report.guest.is_none());
+    }
+}
