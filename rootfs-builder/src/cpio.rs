@@ -63,9 +63,9 @@ fn write_entry(w: &mut impl Write, h: &Header<'_>) -> io::Result<usize> {
 /// root, mtimes zero and inode numbers follow path order, so equal manifests give equal bytes.
 pub fn write(manifest: &Manifest, w: &mut impl Write) -> io::Result<usize> {
     let mut total = 0;
-    let mut ino = 0u32;
-    for (path, entry) in manifest.entries() {
-        ino += 1;
+    for (index, (path, entry)) in manifest.entries().enumerate() {
+        let ino = u32::try_from(index + 1)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "more than 2^32 entries"))?;
         let (mode, nlink, rdev, data): (u32, u32, (u32, u32), &[u8]) = match entry {
             Entry::Dir { mode } => (S_IFDIR | mode, 2, (0, 0), &[]),
             Entry::File { mode, data } => (S_IFREG | mode, 1, (0, 0), data),
@@ -73,11 +73,34 @@ pub fn write(manifest: &Manifest, w: &mut impl Write) -> io::Result<usize> {
             Entry::CharDev { mode, major, minor } => (S_IFCHR | mode, 1, (*major, *minor), &[]),
         };
         if u32::try_from(data.len()).is_err() {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("{path} is larger than 4 GiB")));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{path} is larger than 4 GiB"),
+            ));
         }
-        total += write_entry(w, &Header { ino, mode, nlink, rdev, name: path, data })?;
+        total += write_entry(
+            w,
+            &Header {
+                ino,
+                mode,
+                nlink,
+                rdev,
+                name: path,
+                data,
+            },
+        )?;
     }
-    total += write_entry(w, &Header { ino: 0, mode: 0, nlink: 1, rdev: (0, 0), name: TRAILER, data: &[] })?;
+    total += write_entry(
+        w,
+        &Header {
+            ino: 0,
+            mode: 0,
+            nlink: 1,
+            rdev: (0, 0),
+            name: TRAILER,
+            data: &[],
+        },
+    )?;
     Ok(total)
 }
 
@@ -88,7 +111,8 @@ mod tests {
 
     fn sample() -> Manifest {
         let mut m = Manifest::new();
-        m.file("/init", 0o755, b"#!/bin/sh\necho hi\n".to_vec()).unwrap();
+        m.file("/init", 0o755, b"#!/bin/sh\necho hi\n".to_vec())
+            .unwrap();
         m.symlink("/bin/sh", "busybox").unwrap();
         m.char_dev("/dev/console", 0o600, 5, 1).unwrap();
         m.file("/etc/odd", 0o644, b"12345".to_vec()).unwrap();
@@ -116,7 +140,12 @@ mod tests {
 
     #[test]
     fn gnu_cpio_reads_it_back() {
-        if Command::new("cpio").arg("--version").stdout(Stdio::null()).status().is_err() {
+        if Command::new("cpio")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .status()
+            .is_err()
+        {
             eprintln!("SKIP gnu_cpio_reads_it_back: cpio is not installed");
             return;
         }
@@ -132,9 +161,19 @@ mod tests {
         let listing = String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap();
         let lines: Vec<&str> = listing.lines().collect();
         assert_eq!(lines.len(), 7, "{listing}"); // bin, bin/sh, dev, dev/console, etc, etc/odd, init
-        assert!(lines.iter().any(|l| l.starts_with("crw-------") && l.contains("5,") && l.ends_with("dev/console")));
-        assert!(lines.iter().any(|l| l.starts_with("lrwxrwxrwx") && l.ends_with("bin/sh -> busybox")));
-        assert!(lines.iter().any(|l| l.starts_with("-rwxr-xr-x") && l.contains(" root ") && l.ends_with("init")));
+        assert!(lines.iter().any(|l| l.starts_with("crw-------")
+            && l.contains("5,")
+            && l.ends_with("dev/console")));
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("lrwxrwxrwx") && l.ends_with("bin/sh -> busybox"))
+        );
+        assert!(
+            lines.iter().any(|l| l.starts_with("-rwxr-xr-x")
+                && l.contains(" root ")
+                && l.ends_with("init"))
+        );
         // And the file contents survive extraction.
         let dir = tempfile::tempdir().unwrap();
         let mut child = Command::new("cpio")

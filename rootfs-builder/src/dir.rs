@@ -1,7 +1,7 @@
 //! Writes a manifest as a directory tree (for a virtio-fs root). Device nodes need root
 //! (mknod); without it they are skipped and reported, since the agent mounts devtmpfs anyway.
 
-use std::os::unix::fs::{symlink, PermissionsExt};
+use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -13,11 +13,17 @@ pub enum DirError {
     #[error("{path} already exists and is not empty")]
     NotEmpty { path: PathBuf },
     #[error("writing {path}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DirError + '_ {
-    move |source| DirError::Io { path: path.into(), source }
+    move |source| DirError::Io {
+        path: path.into(),
+        source,
+    }
 }
 
 /// Writes the tree under `root` (created; must be absent or empty). Returns the paths of
@@ -33,11 +39,13 @@ pub fn write(manifest: &Manifest, root: &Path) -> Result<Vec<String>, DirError> 
         match entry {
             Entry::Dir { mode } => {
                 std::fs::create_dir_all(&path).map_err(io(&path))?;
-                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(*mode)).map_err(io(&path))?;
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(*mode))
+                    .map_err(io(&path))?;
             }
             Entry::File { mode, data } => {
                 std::fs::write(&path, data).map_err(io(&path))?;
-                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(*mode)).map_err(io(&path))?;
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(*mode))
+                    .map_err(io(&path))?;
             }
             Entry::Symlink { target } => symlink(target, &path).map_err(io(&path))?,
             Entry::CharDev { mode, major, minor } => {
@@ -72,7 +80,10 @@ mod tests {
         write(&m, &root).unwrap();
         let meta = std::fs::metadata(root.join("bin/tool")).unwrap();
         assert_eq!(meta.permissions().mode() & 0o7777, 0o750);
-        assert_eq!(std::fs::read_link(root.join("bin/alias")).unwrap(), Path::new("tool"));
+        assert_eq!(
+            std::fs::read_link(root.join("bin/alias")).unwrap(),
+            Path::new("tool")
+        );
         // A second write into the now non-empty directory is refused.
         assert!(matches!(write(&m, &root), Err(DirError::NotEmpty { .. })));
     }

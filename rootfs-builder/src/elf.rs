@@ -20,7 +20,10 @@ fn u64_at(b: &[u8], off: usize) -> Option<u64> {
 
 /// Checks that `data` is a 64-bit little-endian x86-64 ELF with no program interpreter.
 pub fn check_static_x86_64(data: &[u8], path: &Path) -> Result<(), ManifestError> {
-    let not_elf = |reason: &str| ManifestError::NotElf { path: path.into(), reason: reason.to_string() };
+    let not_elf = |reason: &str| ManifestError::NotElf {
+        path: path.into(),
+        reason: reason.to_string(),
+    };
     if data.get(..4) != Some(b"\x7fELF") {
         return Err(not_elf("no ELF magic"));
     }
@@ -35,13 +38,20 @@ pub fn check_static_x86_64(data: &[u8], path: &Path) -> Result<(), ManifestError
     let phentsize = usize::from(u16_at(data, 54).ok_or_else(truncated)?);
     let phnum = usize::from(u16_at(data, 56).ok_or_else(truncated)?);
     for i in 0..phnum {
-        let ph = phoff.checked_add(i.checked_mul(phentsize).ok_or_else(truncated)?).ok_or_else(truncated)?;
+        let ph = phoff
+            .checked_add(i.checked_mul(phentsize).ok_or_else(truncated)?)
+            .ok_or_else(truncated)?;
         if u32_at(data, ph).ok_or_else(truncated)? == PT_INTERP {
             let off = u64_at(data, ph + 8).ok_or_else(truncated)? as usize;
             let size = u64_at(data, ph + 32).ok_or_else(truncated)? as usize;
             let interp = data.get(off..off.saturating_add(size)).unwrap_or_default();
-            let interpreter = String::from_utf8_lossy(interp).trim_end_matches('\0').to_string();
-            return Err(ManifestError::Dynamic { path: path.into(), interpreter });
+            let interpreter = String::from_utf8_lossy(interp)
+                .trim_end_matches('\0')
+                .to_string();
+            return Err(ManifestError::Dynamic {
+                path: path.into(),
+                interpreter,
+            });
         }
     }
     Ok(())

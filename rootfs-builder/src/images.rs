@@ -23,7 +23,10 @@ fn add_early_devices(m: &mut Manifest) -> Result<(), ManifestError> {
 pub fn agent_image(agent: &Path) -> Result<Manifest, ManifestError> {
     let mut m = Manifest::new();
     for dir in hako_agent_api::GUEST_IMAGE_DIRS {
-        m.dir(&format!("/{dir}"), if *dir == "tmp" { 0o1777 } else { 0o755 })?;
+        m.dir(
+            &format!("/{dir}"),
+            if *dir == "tmp" { 0o1777 } else { 0o755 },
+        )?;
     }
     add_early_devices(&mut m)?;
     m.static_binary("/init", agent)?;
@@ -82,14 +85,26 @@ mod tests {
     fn probe_image_holds_busybox_program_and_init() {
         let busybox = Path::new("/bin/busybox");
         if !busybox.exists() {
-            eprintln!("SKIP probe_image_holds_busybox_program_and_init: busybox-static is not installed");
+            eprintln!(
+                "SKIP probe_image_holds_busybox_program_and_init: busybox-static is not installed"
+            );
             return;
         }
         // busybox is static, so it can stand in for the test program here.
         let m = probe_image(busybox, busybox).unwrap();
         let paths: Vec<_> = m.entries().map(|(p, _)| p.to_string()).collect();
-        for want in ["bin/busybox", "bin/sh", "bin/hako-guest-probe", "init", "dev/console", "tmp"] {
-            assert!(paths.iter().any(|p| p == want), "{want} missing from {paths:?}");
+        for want in [
+            "bin/busybox",
+            "bin/sh",
+            "bin/hako-guest-probe",
+            "init",
+            "dev/console",
+            "tmp",
+        ] {
+            assert!(
+                paths.iter().any(|p| p == want),
+                "{want} missing from {paths:?}"
+            );
         }
     }
 }

@@ -7,7 +7,10 @@ use clap::{Parser, Subcommand, ValueEnum};
 use hako_rootfs_builder::{Manifest, cpio, dir, images};
 
 #[derive(Parser)]
-#[command(name = "hako-rootfs-builder", about = "Build Hako guest images (reproducible)")]
+#[command(
+    name = "hako-rootfs-builder",
+    about = "Build Hako guest images (reproducible)"
+)]
 struct Cli {
     #[command(subcommand)]
     image: Image,
@@ -45,25 +48,49 @@ enum Image {
     },
 }
 
+fn write_cpio(manifest: &Manifest, path: &Path) -> anyhow::Result<usize> {
+    let file =
+        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let mut file = std::io::BufWriter::new(file);
+    let n =
+        cpio::write(manifest, &mut file).with_context(|| format!("writing {}", path.display()))?;
+    file.flush()
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(n)
+}
+
 fn emit(manifest: &Manifest, out: &Path, format: Format) -> anyhow::Result<()> {
     match format {
         Format::Cpio => {
             let tmp = out.with_extension("partial");
-            let mut file = std::io::BufWriter::new(
-                std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?,
+            let written = write_cpio(manifest, &tmp).and_then(|n| {
+                std::fs::rename(&tmp, out)
+                    .with_context(|| format!("renaming {} to {}", tmp.display(), out.display()))?;
+                Ok(n)
+            });
+            let n = written.inspect_err(|_| {
+                let _ = std::fs::remove_file(&tmp);
+            })?;
+            eprintln!(
+                "hako-rootfs-builder: wrote {} ({} entries, {n} bytes)",
+                out.display(),
+                manifest.len()
             );
-            let n = cpio::write(manifest, &mut file).with_context(|| format!("writing {}", tmp.display()))?;
-            file.flush().with_context(|| format!("writing {}", tmp.display()))?;
-            drop(file);
-            std::fs::rename(&tmp, out).with_context(|| format!("renaming {} to {}", tmp.display(), out.display()))?;
-            eprintln!("hako-rootfs-builder: wrote {} ({} entries, {n} bytes)", out.display(), manifest.len());
         }
         Format::Dir => {
-            let skipped = dir::write(manifest, out).with_context(|| format!("writing tree {}", out.display()))?;
+            let skipped = dir::write(manifest, out)
+                .with_context(|| format!("writing tree {}", out.display()))?;
             if !skipped.is_empty() {
-                eprintln!("hako-rootfs-builder: could not create device nodes (needs root): {}", skipped.join(", "));
+                eprintln!(
+                    "hako-rootfs-builder: could not create device nodes (needs root): {}",
+                    skipped.join(", ")
+                );
             }
-            eprintln!("hako-rootfs-builder: wrote tree {} ({} entries)", out.display(), manifest.len());
+            eprintln!(
+                "hako-rootfs-builder: wrote tree {} ({} entries)",
+                out.display(),
+                manifest.len()
+            );
         }
     }
     Ok(())
@@ -72,12 +99,21 @@ fn emit(manifest: &Manifest, out: &Path, format: Format) -> anyhow::Result<()> {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().image {
         Image::Agent { agent, out, format } => {
-            let m = images::agent_image(&agent).with_context(|| format!("building the agent image from {}", agent.display()))?;
+            let m = images::agent_image(&agent)
+                .with_context(|| format!("building the agent image from {}", agent.display()))?;
             emit(&m, &out, format)
         }
-        Image::Probe { busybox, program, out, format } => {
+        Image::Probe {
+            busybox,
+            program,
+            out,
+            format,
+        } => {
             if !busybox.exists() {
-                bail!("{} does not exist: install busybox-static (apt-get install busybox-static)", busybox.display());
+                bail!(
+                    "{} does not exist: install busybox-static (apt-get install busybox-static)",
+                    busybox.display()
+                );
             }
             let m = images::probe_image(&busybox, &program).context("building the probe image")?;
             emit(&m, &out, format)

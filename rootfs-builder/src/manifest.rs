@@ -8,12 +8,17 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
     #[error("reading {path}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("image path {0:?} must be absolute, normalized and not the root")]
     BadPath(String),
     #[error("image path {0} is added twice")]
     Duplicate(String),
-    #[error("{path} is dynamically linked (interpreter {interpreter}); guest images need static binaries (build with -C target-feature=+crt-static)")]
+    #[error(
+        "{path} is dynamically linked (interpreter {interpreter}); guest images need static binaries (build with -C target-feature=+crt-static)"
+    )]
     Dynamic { path: PathBuf, interpreter: String },
     #[error("{path} is not an x86-64 ELF executable: {reason}")]
     NotElf { path: PathBuf, reason: String },
@@ -44,7 +49,9 @@ impl Manifest {
         let rel = normalize(path)?;
         let mut parent = Path::new(&rel).parent();
         while let Some(p) = parent.filter(|p| !p.as_os_str().is_empty()) {
-            self.entries.entry(p.to_string_lossy().into_owned()).or_insert(Entry::Dir { mode: 0o755 });
+            self.entries
+                .entry(p.to_string_lossy().into_owned())
+                .or_insert(Entry::Dir { mode: 0o755 });
             parent = p.parent();
         }
         match self.entries.get(&rel) {
@@ -61,28 +68,55 @@ impl Manifest {
         self.add(path, Entry::Dir { mode })
     }
 
-    pub fn file(&mut self, path: &str, mode: u32, data: Vec<u8>) -> Result<&mut Self, ManifestError> {
+    pub fn file(
+        &mut self,
+        path: &str,
+        mode: u32,
+        data: Vec<u8>,
+    ) -> Result<&mut Self, ManifestError> {
         self.add(path, Entry::File { mode, data })
     }
 
     /// Adds a host file, keeping only its bytes (never its owner or times).
-    pub fn host_file(&mut self, path: &str, mode: u32, source: &Path) -> Result<&mut Self, ManifestError> {
-        let data = std::fs::read(source).map_err(|e| ManifestError::Read { path: source.into(), source: e })?;
+    pub fn host_file(
+        &mut self,
+        path: &str,
+        mode: u32,
+        source: &Path,
+    ) -> Result<&mut Self, ManifestError> {
+        let data = std::fs::read(source).map_err(|e| ManifestError::Read {
+            path: source.into(),
+            source: e,
+        })?;
         self.file(path, mode, data)
     }
 
     /// Adds a host executable after checking it is a static x86-64 ELF binary.
     pub fn static_binary(&mut self, path: &str, source: &Path) -> Result<&mut Self, ManifestError> {
-        let data = std::fs::read(source).map_err(|e| ManifestError::Read { path: source.into(), source: e })?;
+        let data = std::fs::read(source).map_err(|e| ManifestError::Read {
+            path: source.into(),
+            source: e,
+        })?;
         crate::elf::check_static_x86_64(&data, source)?;
         self.file(path, 0o755, data)
     }
 
     pub fn symlink(&mut self, path: &str, target: &str) -> Result<&mut Self, ManifestError> {
-        self.add(path, Entry::Symlink { target: target.to_string() })
+        self.add(
+            path,
+            Entry::Symlink {
+                target: target.to_string(),
+            },
+        )
     }
 
-    pub fn char_dev(&mut self, path: &str, mode: u32, major: u32, minor: u32) -> Result<&mut Self, ManifestError> {
+    pub fn char_dev(
+        &mut self,
+        path: &str,
+        mode: u32,
+        major: u32,
+        minor: u32,
+    ) -> Result<&mut Self, ManifestError> {
         self.add(path, Entry::CharDev { mode, major, minor })
     }
 
@@ -101,9 +135,18 @@ impl Manifest {
 }
 
 fn normalize(path: &str) -> Result<String, ManifestError> {
-    let rel = path.strip_prefix('/').ok_or_else(|| ManifestError::BadPath(path.to_string()))?;
-    let ok = !rel.is_empty() && rel.split('/').all(|c| !c.is_empty() && c != "." && c != "..");
-    if ok { Ok(rel.to_string()) } else { Err(ManifestError::BadPath(path.to_string())) }
+    let rel = path
+        .strip_prefix('/')
+        .ok_or_else(|| ManifestError::BadPath(path.to_string()))?;
+    let ok = !rel.is_empty()
+        && rel
+            .split('/')
+            .all(|c| !c.is_empty() && c != "." && c != "..");
+    if ok {
+        Ok(rel.to_string())
+    } else {
+        Err(ManifestError::BadPath(path.to_string()))
+    }
 }
 
 #[cfg(test)]
@@ -123,10 +166,16 @@ mod tests {
     fn bad_and_duplicate_paths_are_refused() {
         let mut m = Manifest::new();
         for bad in ["relative", "/", "/a/../b", "/a//b", "/./a"] {
-            assert!(matches!(m.dir(bad, 0o755), Err(ManifestError::BadPath(_))), "{bad}");
+            assert!(
+                matches!(m.dir(bad, 0o755), Err(ManifestError::BadPath(_))),
+                "{bad}"
+            );
         }
         m.file("/f", 0o644, vec![]).unwrap();
-        assert!(matches!(m.file("/f", 0o644, vec![]), Err(ManifestError::Duplicate(_))));
+        assert!(matches!(
+            m.file("/f", 0o644, vec![]),
+            Err(ManifestError::Duplicate(_))
+        ));
         // An implied parent directory may be declared afterwards.
         m.file("/d/f", 0o644, vec![]).unwrap();
         m.dir("/d", 0o700).unwrap();

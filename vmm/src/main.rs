@@ -42,7 +42,10 @@ fn main() -> ExitCode {
             }
         }
         Command::Run { config } => {
-            eprintln!("hako-vmm: cannot boot {}: booting guests is not implemented yet", config.display());
+            eprintln!(
+                "hako-vmm: cannot boot {}: booting guests is not implemented yet",
+                config.display()
+            );
             ExitCode::from(2)
         }
     }

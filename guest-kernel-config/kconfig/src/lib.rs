@@ -10,15 +10,36 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum KconfigError {
     #[error("reading {path}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("writing {path}")]
-    Write { path: PathBuf, source: std::io::Error },
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}:{line}: not a config line: {text:?}")]
-    Syntax { path: PathBuf, line: usize, text: String },
-    #[error("{option} is {first_value} in {first} but {second_value} in {second}: fragments must not disagree")]
-    Conflict { option: String, first: PathBuf, first_value: Value, second: PathBuf, second_value: Value },
+    Syntax {
+        path: PathBuf,
+        line: usize,
+        text: String,
+    },
+    #[error(
+        "{option} is {first_value} in {first} but {second_value} in {second}: fragments must not disagree"
+    )]
+    Conflict {
+        option: String,
+        first: PathBuf,
+        first_value: Value,
+        second: PathBuf,
+        second_value: Value,
+    },
     #[error("{} requested option(s) did not end up in {config}:\n{}", .missing.len(), format_mismatches(.missing))]
-    Unsatisfied { config: PathBuf, missing: Vec<Mismatch> },
+    Unsatisfied {
+        config: PathBuf,
+        missing: Vec<Mismatch>,
+    },
 }
 
 /// A config option's value: `# CONFIG_X is not set` is [`Value::NotSet`].
@@ -80,11 +101,15 @@ pub fn parse(text: &str, source: &Path) -> Result<Vec<Setting>, KconfigError> {
             continue;
         }
         if let Some(rest) = line.strip_prefix("# ") {
-            if let Some(option) = rest.strip_suffix(" is not set") {
-                if is_option_name(option) {
-                    settings.push(Setting { option: option.to_string(), value: Value::NotSet, source: source.into() });
-                    continue;
-                }
+            if let Some(option) = rest.strip_suffix(" is not set")
+                && is_option_name(option)
+            {
+                settings.push(Setting {
+                    option: option.to_string(),
+                    value: Value::NotSet,
+                    source: source.into(),
+                });
+                continue;
             }
             continue; // a plain comment
         }
@@ -92,13 +117,19 @@ pub fn parse(text: &str, source: &Path) -> Result<Vec<Setting>, KconfigError> {
             continue;
         }
         match line.split_once('=') {
-            Some((option, value)) if is_option_name(option) && !value.is_empty() => settings.push(Setting {
-                option: option.to_string(),
-                value: Value::Set(value.to_string()),
-                source: source.into(),
-            }),
+            Some((option, value)) if is_option_name(option) && !value.is_empty() => {
+                settings.push(Setting {
+                    option: option.to_string(),
+                    value: Value::Set(value.to_string()),
+                    source: source.into(),
+                })
+            }
             _ => {
-                return Err(KconfigError::Syntax { path: source.into(), line: index + 1, text: raw.to_string() });
+                return Err(KconfigError::Syntax {
+                    path: source.into(),
+                    line: index + 1,
+                    text: raw.to_string(),
+                });
             }
         }
     }
@@ -106,13 +137,19 @@ pub fn parse(text: &str, source: &Path) -> Result<Vec<Setting>, KconfigError> {
 }
 
 fn is_option_name(s: &str) -> bool {
-    s.strip_prefix("CONFIG_")
-        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_'))
+    s.strip_prefix("CONFIG_").is_some_and(|n| {
+        !n.is_empty()
+            && n.bytes()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+    })
 }
 
 /// Reads and parses a config file.
 pub fn read(path: &Path) -> Result<Vec<Setting>, KconfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| KconfigError::Read { path: path.into(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| KconfigError::Read {
+        path: path.into(),
+        source,
+    })?;
     parse(&text, path)
 }
 
@@ -121,16 +158,16 @@ pub fn read(path: &Path) -> Result<Vec<Setting>, KconfigError> {
 pub fn requests(fragments: &[Vec<Setting>]) -> Result<BTreeMap<String, Setting>, KconfigError> {
     let mut wanted: BTreeMap<String, Setting> = BTreeMap::new();
     for setting in fragments.iter().flatten() {
-        if let Some(prev) = wanted.get(&setting.option) {
-            if prev.value != setting.value {
-                return Err(KconfigError::Conflict {
-                    option: setting.option.clone(),
-                    first: prev.source.clone(),
-                    first_value: prev.value.clone(),
-                    second: setting.source.clone(),
-                    second_value: setting.value.clone(),
-                });
-            }
+        if let Some(prev) = wanted.get(&setting.option)
+            && prev.value != setting.value
+        {
+            return Err(KconfigError::Conflict {
+                option: setting.option.clone(),
+                first: prev.source.clone(),
+                first_value: prev.value.clone(),
+                second: setting.source.clone(),
+                second_value: setting.value.clone(),
+            });
         }
         wanted.insert(setting.option.clone(), setting.clone());
     }
@@ -159,9 +196,13 @@ pub fn merge(base_text: &str, wanted: &BTreeMap<String, Setting>) -> String {
 fn line_option(line: &str) -> Option<&str> {
     let line = line.trim();
     if let Some(rest) = line.strip_prefix("# ") {
-        return rest.strip_suffix(" is not set").filter(|o| is_option_name(o));
+        return rest
+            .strip_suffix(" is not set")
+            .filter(|o| is_option_name(o));
     }
-    line.split_once('=').map(|(o, _)| o).filter(|o| is_option_name(o))
+    line.split_once('=')
+        .map(|(o, _)| o)
+        .filter(|o| is_option_name(o))
 }
 
 fn render(setting: &Setting) -> String {
@@ -174,11 +215,18 @@ fn render(setting: &Setting) -> String {
 /// Checks every request against the final config. An option absent from the final config
 /// counts as not set (that is what Kconfig means by it).
 pub fn verify(final_config: &[Setting], wanted: &BTreeMap<String, Setting>) -> Vec<Mismatch> {
-    let actual: BTreeMap<&str, &Value> = final_config.iter().map(|s| (s.option.as_str(), &s.value)).collect();
+    let actual: BTreeMap<&str, &Value> = final_config
+        .iter()
+        .map(|s| (s.option.as_str(), &s.value))
+        .collect();
     wanted
         .values()
         .filter_map(|want| {
-            let got = actual.get(want.option.as_str()).copied().cloned().unwrap_or(Value::NotSet);
+            let got = actual
+                .get(want.option.as_str())
+                .copied()
+                .cloned()
+                .unwrap_or(Value::NotSet);
             (got != want.value).then(|| Mismatch {
                 option: want.option.clone(),
                 requested: want.value.clone(),
@@ -191,15 +239,24 @@ pub fn verify(final_config: &[Setting], wanted: &BTreeMap<String, Setting>) -> V
 
 /// Reads fragment files into their requests.
 pub fn read_requests(fragments: &[PathBuf]) -> Result<BTreeMap<String, Setting>, KconfigError> {
-    let parsed = fragments.iter().map(|f| read(f)).collect::<Result<Vec<_>, _>>()?;
+    let parsed = fragments
+        .iter()
+        .map(|f| read(f))
+        .collect::<Result<Vec<_>, _>>()?;
     requests(&parsed)
 }
 
 /// `merge`: base file + fragments → output file.
 pub fn merge_files(base: &Path, fragments: &[PathBuf], out: &Path) -> Result<usize, KconfigError> {
     let wanted = read_requests(fragments)?;
-    let base_text = std::fs::read_to_string(base).map_err(|source| KconfigError::Read { path: base.into(), source })?;
-    std::fs::write(out, merge(&base_text, &wanted)).map_err(|source| KconfigError::Write { path: out.into(), source })?;
+    let base_text = std::fs::read_to_string(base).map_err(|source| KconfigError::Read {
+        path: base.into(),
+        source,
+    })?;
+    std::fs::write(out, merge(&base_text, &wanted)).map_err(|source| KconfigError::Write {
+        path: out.into(),
+        source,
+    })?;
     Ok(wanted.len())
 }
 
@@ -207,7 +264,14 @@ pub fn merge_files(base: &Path, fragments: &[PathBuf], out: &Path) -> Result<usi
 pub fn verify_files(config: &Path, fragments: &[PathBuf]) -> Result<usize, KconfigError> {
     let wanted = read_requests(fragments)?;
     let missing = verify(&read(config)?, &wanted);
-    if missing.is_empty() { Ok(wanted.len()) } else { Err(KconfigError::Unsatisfied { config: config.into(), missing }) }
+    if missing.is_empty() {
+        Ok(wanted.len())
+    } else {
+        Err(KconfigError::Unsatisfied {
+            config: config.into(),
+            missing,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -220,7 +284,11 @@ mod tests {
 
     #[test]
     fn parses_set_unset_and_comments() {
-        let s = parse("# a comment\nCONFIG_A=y\n\n# CONFIG_B is not set\nCONFIG_C=\"x y\"\n", &p("f")).unwrap();
+        let s = parse(
+            "# a comment\nCONFIG_A=y\n\n# CONFIG_B is not set\nCONFIG_C=\"x y\"\n",
+            &p("f"),
+        )
+        .unwrap();
         assert_eq!(s.len(), 3);
         assert_eq!(s[0].value, Value::Set("y".into()));
         assert_eq!(s[1].option, "CONFIG_B");
@@ -250,14 +318,29 @@ mod tests {
     #[test]
     fn merge_moves_requests_after_the_base() {
         // The base picks CONFIG_XZ in a choice; the fragment's CONFIG_GZ must come last to win.
-        let wanted = requests(&[parse("CONFIG_GZ=y\n# CONFIG_A is not set\nCONFIG_Z=16\n", &p("f")).unwrap()]).unwrap();
-        let merged = merge("CONFIG_A=y\n# CONFIG_GZ is not set\nCONFIG_XZ=y\n# comment\n", &wanted);
-        assert_eq!(merged, "CONFIG_XZ=y\n# comment\n# CONFIG_A is not set\nCONFIG_GZ=y\nCONFIG_Z=16\n");
+        let wanted =
+            requests(&[
+                parse("CONFIG_GZ=y\n# CONFIG_A is not set\nCONFIG_Z=16\n", &p("f")).unwrap(),
+            ])
+            .unwrap();
+        let merged = merge(
+            "CONFIG_A=y\n# CONFIG_GZ is not set\nCONFIG_XZ=y\n# comment\n",
+            &wanted,
+        );
+        assert_eq!(
+            merged,
+            "CONFIG_XZ=y\n# comment\n# CONFIG_A is not set\nCONFIG_GZ=y\nCONFIG_Z=16\n"
+        );
     }
 
     #[test]
     fn verify_reports_each_dropped_request() {
-        let wanted = requests(&[parse("CONFIG_A=y\n# CONFIG_B is not set\nCONFIG_C=y\n", &p("frag")).unwrap()]).unwrap();
+        let wanted = requests(&[parse(
+            "CONFIG_A=y\n# CONFIG_B is not set\nCONFIG_C=y\n",
+            &p("frag"),
+        )
+        .unwrap()])
+        .unwrap();
         // A survived, B absent (= not set, as requested), C dropped by olddefconfig.
         let final_cfg = parse("CONFIG_A=y\n# CONFIG_C is not set\n", &p(".config")).unwrap();
         let missing = verify(&final_cfg, &wanted);
@@ -276,8 +359,13 @@ mod tests {
         let cfg = dir.path().join(".config");
         std::fs::write(&frag, "CONFIG_VSOCKETS=y\n").unwrap();
         std::fs::write(&cfg, "# CONFIG_VSOCKETS is not set\n").unwrap();
-        let msg = verify_files(&cfg, &[frag.clone()]).unwrap_err().to_string();
-        assert!(msg.contains("CONFIG_VSOCKETS") && msg.contains("vsock.config"), "{msg}");
+        let msg = verify_files(&cfg, std::slice::from_ref(&frag))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("CONFIG_VSOCKETS") && msg.contains("vsock.config"),
+            "{msg}"
+        );
         std::fs::write(&cfg, "CONFIG_VSOCKETS=y\n").unwrap();
         assert_eq!(verify_files(&cfg, &[frag]).unwrap(), 1);
     }

@@ -33,15 +33,27 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Merge { base, out, fragments } => {
-            let n = hako_kconfig::merge_files(&base, &fragments, &out)
-                .with_context(|| format!("merging {} fragment(s) onto {}", fragments.len(), base.display()))?;
+        Command::Merge {
+            base,
+            out,
+            fragments,
+        } => {
+            let n = hako_kconfig::merge_files(&base, &fragments, &out).with_context(|| {
+                format!(
+                    "merging {} fragment(s) onto {}",
+                    fragments.len(),
+                    base.display()
+                )
+            })?;
             eprintln!("hako-kconfig: merged {n} option(s) into {}", out.display());
         }
         Command::Verify { config, fragments } => {
             let n = hako_kconfig::verify_files(&config, &fragments)
                 .with_context(|| format!("verifying {}", config.display()))?;
-            eprintln!("hako-kconfig: all {n} requested option(s) are in {}", config.display());
+            eprintln!(
+                "hako-kconfig: all {n} requested option(s) are in {}",
+                config.display()
+            );
         }
     }
     Ok(())

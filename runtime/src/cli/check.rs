@@ -72,7 +72,11 @@ pub struct Verdict {
 }
 
 fn finding(check: &'static str, status: Status, detail: impl Into<String>) -> Finding {
-    Finding { check, status, detail: detail.into() }
+    Finding {
+        check,
+        status,
+        detail: detail.into(),
+    }
 }
 
 fn kernel_mode(report: &ProbeReport, guest: Option<&GuestProbe>) -> KernelMode {
@@ -91,7 +95,11 @@ pub fn assess(report: ProbeReport) -> Verdict {
     let dev = &report.kvm_device;
 
     match &report.access {
-        KvmAccess::Ok => findings.push(finding("kvm_device", Status::Ok, format!("{dev} opens read-write"))),
+        KvmAccess::Ok => findings.push(finding(
+            "kvm_device",
+            Status::Ok,
+            format!("{dev} opens read-write"),
+        )),
         KvmAccess::Missing => {
             blocked = true;
             findings.push(finding(
@@ -110,16 +118,28 @@ pub fn assess(report: ProbeReport) -> Verdict {
         }
         KvmAccess::Error(e) => {
             blocked = true;
-            findings.push(finding("kvm_device", Status::Fail, format!("{dev} cannot be used: {e}")));
+            findings.push(finding(
+                "kvm_device",
+                Status::Fail,
+                format!("{dev} cannot be used: {e}"),
+            ));
         }
     }
 
     if let Some(v) = report.api_version {
         if v == KVM_API_VERSION {
-            findings.push(finding("kvm_api", Status::Ok, format!("KVM API version {v}")));
+            findings.push(finding(
+                "kvm_api",
+                Status::Ok,
+                format!("KVM API version {v}"),
+            ));
         } else {
             blocked = true;
-            findings.push(finding("kvm_api", Status::Fail, format!("KVM API version {v}, expected {KVM_API_VERSION}")));
+            findings.push(finding(
+                "kvm_api",
+                Status::Fail,
+                format!("KVM API version {v}, expected {KVM_API_VERSION}"),
+            ));
         }
     }
 
@@ -134,32 +154,54 @@ pub fn assess(report: ProbeReport) -> Verdict {
     findings.push(finding("kvm_module", Status::Info, module_detail));
 
     if !report.capabilities.is_empty() {
-        let missing_required: Vec<&str> =
-            report.capabilities.iter().filter(|c| c.required && !c.present).map(|c| c.name.as_str()).collect();
-        let missing_optional: Vec<&str> =
-            report.capabilities.iter().filter(|c| !c.required && !c.present).map(|c| c.name.as_str()).collect();
+        let missing_required: Vec<&str> = report
+            .capabilities
+            .iter()
+            .filter(|c| c.required && !c.present)
+            .map(|c| c.name.as_str())
+            .collect();
+        let missing_optional: Vec<&str> = report
+            .capabilities
+            .iter()
+            .filter(|c| !c.required && !c.present)
+            .map(|c| c.name.as_str())
+            .collect();
         if missing_required.is_empty() {
             let n = report.capabilities.iter().filter(|c| c.required).count();
-            findings.push(finding("kvm_capabilities", Status::Ok, format!("all {n} capabilities hako-vmm needs are present")));
+            findings.push(finding(
+                "kvm_capabilities",
+                Status::Ok,
+                format!("all {n} capabilities hako-vmm needs are present"),
+            ));
         } else {
             blocked = true;
             findings.push(finding(
                 "kvm_capabilities",
                 Status::Fail,
-                format!("KVM lacks capabilities hako-vmm needs: {}", missing_required.join(", ")),
+                format!(
+                    "KVM lacks capabilities hako-vmm needs: {}",
+                    missing_required.join(", ")
+                ),
             ));
         }
         if !missing_optional.is_empty() {
             findings.push(finding(
                 "kvm_optional_capabilities",
                 Status::Warn,
-                format!("optional capabilities missing (some features degrade): {}", missing_optional.join(", ")),
+                format!(
+                    "optional capabilities missing (some features degrade): {}",
+                    missing_optional.join(", ")
+                ),
             ));
         }
     }
 
     match report.tsc_deadline_timer {
-        Some(true) => findings.push(finding("tsc_deadline_timer", Status::Ok, "the TSC-deadline timer can be offered to guests")),
+        Some(true) => findings.push(finding(
+            "tsc_deadline_timer",
+            Status::Ok,
+            "the TSC-deadline timer can be offered to guests",
+        )),
         Some(false) => {
             blocked = true;
             findings.push(finding(
@@ -198,12 +240,23 @@ pub fn assess(report: ProbeReport) -> Verdict {
             match &g.syscall {
                 SyscallOutcome::EnteredKernel => {
                     syscall_enters_kernel = Some(true);
-                    findings.push(finding("guest_syscall", Status::Ok, "a guest `syscall` enters guest kernel mode"));
+                    findings.push(finding(
+                        "guest_syscall",
+                        Status::Ok,
+                        "a guest `syscall` enters guest kernel mode",
+                    ));
                 }
-                SyscallOutcome::FaultedAtEntryInUserMode { rcx_is_return_address, .. } => {
+                SyscallOutcome::FaultedAtEntryInUserMode {
+                    rcx_is_return_address,
+                    ..
+                } => {
                     syscall_enters_kernel = Some(false);
                     needs_patched = true;
-                    let regs = if *rcx_is_return_address { "with RCX holding the return address, as SYSCALL sets it" } else { "but RCX is not the return address" };
+                    let regs = if *rcx_is_return_address {
+                        "with RCX holding the return address, as SYSCALL sets it"
+                    } else {
+                        "but RCX is not the return address"
+                    };
                     findings.push(finding(
                         "guest_syscall",
                         Status::Warn,
@@ -217,18 +270,30 @@ pub fn assess(report: ProbeReport) -> Verdict {
                 }
                 SyscallOutcome::Unexpected { detail } => {
                     blocked = true;
-                    findings.push(finding("guest_syscall", Status::Fail, format!("a guest `syscall` went wrong: {detail}")));
+                    findings.push(finding(
+                        "guest_syscall",
+                        Status::Fail,
+                        format!("a guest `syscall` went wrong: {detail}"),
+                    ));
                 }
             }
         }
         (None, Some(e)) => {
             blocked = true;
-            findings.push(finding("guest_probe", Status::Fail, format!("the probe guest could not run: {e}")));
+            findings.push(finding(
+                "guest_probe",
+                Status::Fail,
+                format!("the probe guest could not run: {e}"),
+            ));
         }
         (None, None) => {}
     }
 
-    let cpu_profile = if mode == KernelMode::Emulated { "conservative" } else { "host" };
+    let cpu_profile = if mode == KernelMode::Emulated {
+        "conservative"
+    } else {
+        "host"
+    };
     if report.access == KvmAccess::Ok {
         findings.push(finding(
             "cpu_profile",
@@ -284,7 +349,10 @@ fn find_vmm(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
     if let Some(p) = std::env::var_os("HAKO_VMM") {
         return Ok(PathBuf::from(p));
     }
-    if let Some(dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)) {
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_path_buf))
+    {
         let sibling = dir.join("hako-vmm");
         if sibling.is_file() {
             return Ok(sibling);
@@ -315,25 +383,35 @@ fn run_probe(vmm: &Path, device: &Path) -> anyhow::Result<ProbeReport> {
         if started.elapsed() > PROBE_TIMEOUT {
             let _ = child.kill();
             let _ = child.wait();
-            bail!("{} probe did not finish within {:?} (a probe guest that never reported)", vmm.display(), PROBE_TIMEOUT);
+            bail!(
+                "{} probe did not finish within {:?} (a probe guest that never reported)",
+                vmm.display(),
+                PROBE_TIMEOUT
+            );
         }
         std::thread::sleep(Duration::from_millis(20));
     };
     let mut json = String::new();
     if let Some(mut stdout) = child.stdout.take() {
-        stdout.read_to_string(&mut json).context("reading hako-vmm probe output")?;
+        stdout
+            .read_to_string(&mut json)
+            .context("reading hako-vmm probe output")?;
     }
     if !status.success() {
         bail!("{} probe failed with {status}", vmm.display());
     }
-    serde_json::from_str(&json).with_context(|| format!("parsing the report of {} probe", vmm.display()))
+    serde_json::from_str(&json)
+        .with_context(|| format!("parsing the report of {} probe", vmm.display()))
 }
 
 pub fn run(args: &CheckArgs) -> anyhow::Result<u8> {
     let vmm = find_vmm(args.vmm.as_deref())?;
     let verdict = assess(run_probe(&vmm, &args.device)?);
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&verdict).context("encoding the verdict")?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&verdict).context("encoding the verdict")?
+        );
     } else {
         print!("{}", render(&verdict));
     }
@@ -352,8 +430,16 @@ mod tests {
             api_version: Some(12),
             kvm_modules: modules.iter().map(|m| m.to_string()).collect(),
             capabilities: vec![
-                CapabilityCheck { name: "irqchip".into(), present: true, required: true },
-                CapabilityCheck { name: "xsave".into(), present: true, required: false },
+                CapabilityCheck {
+                    name: "irqchip".into(),
+                    present: true,
+                    required: true,
+                },
+                CapabilityCheck {
+                    name: "xsave".into(),
+                    present: true,
+                    required: false,
+                },
             ],
             tsc_deadline_timer: Some(true),
             guest,
@@ -365,12 +451,19 @@ mod tests {
         GuestProbe {
             kernel_loop_ns_per_iter: 1500.0,
             user_loop_ns_per_iter: 0.4,
-            syscall: SyscallOutcome::FaultedAtEntryInUserMode { error_code: 5, rcx_is_return_address: true },
+            syscall: SyscallOutcome::FaultedAtEntryInUserMode {
+                error_code: 5,
+                rcx_is_return_address: true,
+            },
         }
     }
 
     fn status_of(v: &Verdict, check: &str) -> Status {
-        v.findings.iter().find(|f| f.check == check).map(|f| f.status).unwrap_or_else(|| panic!("no {check} finding"))
+        v.findings
+            .iter()
+            .find(|f| f.check == check)
+            .map(|f| f.status)
+            .unwrap_or_else(|| panic!("no {check} finding"))
     }
 
     #[test]
@@ -401,7 +494,11 @@ mod tests {
         assert!(!v.needs_patched_guest_kernel);
         assert_eq!(v.cpu_profile, "host");
         assert_eq!(v.summary, "Hako sandboxes can run on this host.");
-        assert!(v.findings.iter().all(|f| f.status != Status::Warn && f.status != Status::Fail));
+        assert!(
+            v.findings
+                .iter()
+                .all(|f| f.status != Status::Warn && f.status != Status::Fail)
+        );
     }
 
     #[test]
@@ -445,7 +542,9 @@ mod tests {
         assert_eq!(status_of(&v, "guest_probe"), Status::Fail);
 
         let mut g = pvm_guest();
-        g.syscall = SyscallOutcome::Unexpected { detail: "exception vector 13".into() };
+        g.syscall = SyscallOutcome::Unexpected {
+            detail: "exception vector 13".into(),
+        };
         let v = assess(report(Some(g), &["kvm_intel"]));
         assert!(!v.can_run);
         assert_eq!(status_of(&v, "guest_syscall"), Status::Fail);

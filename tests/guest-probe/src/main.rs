@@ -16,7 +16,9 @@ fn check(name: &str, result: Result<String, String>, failed: &mut bool) {
 }
 
 fn kernel_release() -> Result<String, String> {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).map_err(|e| e.to_string())
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .map_err(|e| e.to_string())
 }
 
 fn file_round_trip() -> Result<String, String> {
@@ -25,7 +27,11 @@ fn file_round_trip() -> Result<String, String> {
     std::fs::write(path, data).map_err(|e| format!("write {path}: {e}"))?;
     let back = std::fs::read(path).map_err(|e| format!("read {path}: {e}"))?;
     std::fs::remove_file(path).map_err(|e| format!("remove {path}: {e}"))?;
-    if back == data { Ok(format!("{} bytes", back.len())) } else { Err("read back different bytes".into()) }
+    if back == data {
+        Ok(format!("{} bytes", back.len()))
+    } else {
+        Err("read back different bytes".into())
+    }
 }
 
 fn spawn_child() -> Result<String, String> {
@@ -34,17 +40,30 @@ fn spawn_child() -> Result<String, String> {
         .output()
         .map_err(|e| format!("spawning busybox: {e}"))?;
     let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    if out.status.success() && text == "child" { Ok(text) } else { Err(format!("{:?} printed {text:?}", out.status)) }
+    if out.status.success() && text == "child" {
+        Ok(text)
+    } else {
+        Err(format!("{:?} printed {text:?}", out.status))
+    }
 }
 
 /// CPU features the host hides where kernel mode is emulated (informational).
 fn visible_cpu_features() -> Result<String, String> {
     let info = std::fs::read_to_string("/proc/cpuinfo").map_err(|e| e.to_string())?;
-    let flags: Vec<&str> =
-        info.lines().find(|l| l.starts_with("flags")).map(|l| l.split_whitespace().skip(2).collect()).unwrap_or_default();
-    let shown: Vec<&str> =
-        ["popcnt", "xsave", "smap", "cx16", "avx"].into_iter().filter(|f| flags.contains(f)).collect();
-    Ok(format!("{} flags; of popcnt/xsave/smap/cx16/avx visible: [{}]", flags.len(), shown.join(" ")))
+    let flags: Vec<&str> = info
+        .lines()
+        .find(|l| l.starts_with("flags"))
+        .map(|l| l.split_whitespace().skip(2).collect())
+        .unwrap_or_default();
+    let shown: Vec<&str> = ["popcnt", "xsave", "smap", "cx16", "avx"]
+        .into_iter()
+        .filter(|f| flags.contains(f))
+        .collect();
+    Ok(format!(
+        "{} flags; of popcnt/xsave/smap/cx16/avx visible: [{}]",
+        flags.len(),
+        shown.join(" ")
+    ))
 }
 
 fn main() -> ExitCode {

@@ -68,7 +68,10 @@ pub enum SyscallOutcome {
     EnteredKernel,
     /// The CPU jumped to the SYSCALL entry point still in user mode and faulted fetching
     /// supervisor-only code (a page fault at LSTAR with RCX/R11 set as SYSCALL sets them).
-    FaultedAtEntryInUserMode { error_code: u64, rcx_is_return_address: bool },
+    FaultedAtEntryInUserMode {
+        error_code: u64,
+        rcx_is_return_address: bool,
+    },
     /// Anything else: another exception, a shutdown, an emulation failure.
     Unexpected { detail: String },
 }
@@ -95,12 +98,19 @@ mod tests {
             access: KvmAccess::Ok,
             api_version: Some(12),
             kvm_modules: vec!["kvm_pvm".into()],
-            capabilities: vec![CapabilityCheck { name: "irqchip".into(), present: true, required: true }],
+            capabilities: vec![CapabilityCheck {
+                name: "irqchip".into(),
+                present: true,
+                required: true,
+            }],
             tsc_deadline_timer: Some(true),
             guest: Some(GuestProbe {
                 kernel_loop_ns_per_iter: 2000.0,
                 user_loop_ns_per_iter: 0.5,
-                syscall: SyscallOutcome::FaultedAtEntryInUserMode { error_code: 0x15, rcx_is_return_address: true },
+                syscall: SyscallOutcome::FaultedAtEntryInUserMode {
+                    error_code: 0x15,
+                    rcx_is_return_address: true,
+                },
             }),
             guest_error: None,
         };

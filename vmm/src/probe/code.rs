@@ -11,7 +11,10 @@ pub(crate) struct Code {
 
 impl Code {
     pub(crate) fn new(base: u64) -> Self {
-        Self { base, bytes: Vec::new() }
+        Self {
+            base,
+            bytes: Vec::new(),
+        }
     }
     pub(crate) fn bytes(&self) -> &[u8] {
         &self.bytes
@@ -62,19 +65,24 @@ impl Code {
     }
     /// `mov dword [abs32], imm32`
     pub(crate) fn store_imm(&mut self, addr: u32, v: u32) -> &mut Self {
-        self.emit(&[0xc7, 0x04, 0x25]).emit(&addr.to_le_bytes()).emit(&v.to_le_bytes())
+        self.emit(&[0xc7, 0x04, 0x25])
+            .emit(&addr.to_le_bytes())
+            .emit(&v.to_le_bytes())
     }
     /// `mov [abs32], rax`
     pub(crate) fn store_rax(&mut self, addr: u32) -> &mut Self {
-        self.emit(&[0x48, 0x89, 0x04, 0x25]).emit(&addr.to_le_bytes())
+        self.emit(&[0x48, 0x89, 0x04, 0x25])
+            .emit(&addr.to_le_bytes())
     }
     /// `mov [abs32], rcx`
     pub(crate) fn store_rcx(&mut self, addr: u32) -> &mut Self {
-        self.emit(&[0x48, 0x89, 0x0c, 0x25]).emit(&addr.to_le_bytes())
+        self.emit(&[0x48, 0x89, 0x0c, 0x25])
+            .emit(&addr.to_le_bytes())
     }
     /// `mov [abs32], r11`
     pub(crate) fn store_r11(&mut self, addr: u32) -> &mut Self {
-        self.emit(&[0x4c, 0x89, 0x1c, 0x25]).emit(&addr.to_le_bytes())
+        self.emit(&[0x4c, 0x89, 0x1c, 0x25])
+            .emit(&addr.to_le_bytes())
     }
     /// `mov eax, cs`
     pub(crate) fn mov_eax_cs(&mut self) -> &mut Self {
@@ -104,7 +112,9 @@ pub(crate) fn kernel_entry() -> Code {
     c.out(PORT_MARK).mov_ecx(KERNEL_LONG_LOOP).count_down_ecx();
     c.out(PORT_MARK);
     // iretq frame: SS, RSP, RFLAGS (interrupts off), CS, RIP.
-    c.push(u32::from(USER_DS)).push(USER_STACK_TOP as u32).push(0x2);
+    c.push(u32::from(USER_DS))
+        .push(USER_STACK_TOP as u32)
+        .push(0x2);
     c.push(u32::from(USER_CS)).push(USER_CODE as u32);
     c.out(PORT_MARK).iretq();
     c
@@ -190,6 +200,9 @@ mod tests {
         assert_eq!(&b[off(14)..off(14) + 2], &[0x6a, 14]);
         // #DE (0) has none: the stub pushes a zero first.
         assert_eq!(&b[off(0)..off(0) + 4], &[0x6a, 0, 0x6a, 0]);
-        assert!(c.here() < EXCEPTION_CODE + 0x1000, "handlers fit their page");
+        assert!(
+            c.here() < EXCEPTION_CODE + 0x1000,
+            "handlers fit their page"
+        );
     }
 }

@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use hako_vmm_api::{GuestProbe, SyscallOutcome};
-use kvm_bindings::{kvm_msr_entry, kvm_segment, kvm_userspace_memory_region, Msrs};
+use kvm_bindings::{Msrs, kvm_msr_entry, kvm_segment, kvm_userspace_memory_region};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 
 use super::code;
@@ -15,7 +15,10 @@ use super::tables;
 #[derive(Debug, thiserror::Error)]
 pub enum GuestProbeError {
     #[error("KVM call {call} failed")]
-    Kvm { call: &'static str, source: kvm_ioctls::Error },
+    Kvm {
+        call: &'static str,
+        source: kvm_ioctls::Error,
+    },
     #[error("mapping {size} bytes of guest memory failed")]
     Mmap { size: usize, source: std::io::Error },
     #[error("the probe guest stopped early: {0}")]
@@ -46,9 +49,15 @@ impl GuestRam {
             )
         };
         if ptr == libc::MAP_FAILED {
-            return Err(GuestProbeError::Mmap { size: len, source: std::io::Error::last_os_error() });
+            return Err(GuestProbeError::Mmap {
+                size: len,
+                source: std::io::Error::last_os_error(),
+            });
         }
-        Ok(Self { ptr: ptr.cast(), len })
+        Ok(Self {
+            ptr: ptr.cast(),
+            len,
+        })
     }
 
     fn as_slice(&self) -> &[u8] {
@@ -92,8 +101,9 @@ pub(super) fn run(kvm: &Kvm) -> Result<GuestProbe, GuestProbeError> {
     let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
     map_memory(&vm, &ram)?;
     let mut vcpu = vm.create_vcpu(0).map_err(kvm_err("KVM_CREATE_VCPU"))?;
-    let cpuid =
-        kvm.get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES).map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+    let cpuid = kvm
+        .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+        .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
     vcpu.set_cpuid2(&cpuid).map_err(kvm_err("KVM_SET_CPUID2"))?;
     setup_vcpu(&vcpu)?;
 
@@ -196,15 +206,26 @@ fn setup_vcpu(vcpu: &VcpuFd) -> Result<(), GuestProbeError> {
     vcpu.set_regs(&regs).map_err(kvm_err("KVM_SET_REGS"))?;
 
     let entries = [
-        (MSR_STAR, (u64::from(KERNEL_CS) << 32) | (u64::from(0x18u16 | 3) << 48)),
+        (
+            MSR_STAR,
+            (u64::from(KERNEL_CS) << 32) | (u64::from(0x18u16 | 3) << 48),
+        ),
         (MSR_LSTAR, SYSCALL_ENTRY),
         (MSR_SYSCALL_MASK, 0x4700),
     ]
-    .map(|(index, data)| kvm_msr_entry { index, data, ..Default::default() });
-    let msrs = Msrs::from_entries(&entries).map_err(|_| GuestProbeError::Stopped("too many MSRs".into()))?;
+    .map(|(index, data)| kvm_msr_entry {
+        index,
+        data,
+        ..Default::default()
+    });
+    let msrs = Msrs::from_entries(&entries)
+        .map_err(|_| GuestProbeError::Stopped("too many MSRs".into()))?;
     let set = vcpu.set_msrs(&msrs).map_err(kvm_err("KVM_SET_MSRS"))?;
     if set != entries.len() {
-        return Err(GuestProbeError::Stopped(format!("KVM set only {set} of {} SYSCALL MSRs", entries.len())));
+        return Err(GuestProbeError::Stopped(format!(
+            "KVM set only {set} of {} SYSCALL MSRs",
+            entries.len()
+        )));
     }
     Ok(())
 }
@@ -217,7 +238,9 @@ fn run_to_done(vcpu: &mut VcpuFd) -> Result<[Instant; 5], GuestProbeError> {
         let exit = vcpu.run().map_err(kvm_err("KVM_RUN"))?;
         let now = Instant::now();
         match exit {
-            VcpuExit::IoOut(port, _) if port == u16::from(PORT_MARK) && marks.len() < 4 => marks.push(now),
+            VcpuExit::IoOut(port, _) if port == u16::from(PORT_MARK) && marks.len() < 4 => {
+                marks.push(now)
+            }
             VcpuExit::IoOut(port, _) if port == u16::from(PORT_DONE) => {
                 marks.push(now);
                 break;
@@ -235,15 +258,23 @@ fn run_to_done(vcpu: &mut VcpuFd) -> Result<[Instant; 5], GuestProbeError> {
                 )));
             }
             VcpuExit::FailEntry(reason, _) => {
-                return Err(GuestProbeError::Stopped(format!("VM entry failed, hardware reason {reason:#x}")));
+                return Err(GuestProbeError::Stopped(format!(
+                    "VM entry failed, hardware reason {reason:#x}"
+                )));
             }
             other => {
-                return Err(GuestProbeError::Stopped(format!("unexpected exit {other:?} after {} marks", marks.len())));
+                return Err(GuestProbeError::Stopped(format!(
+                    "unexpected exit {other:?} after {} marks",
+                    marks.len()
+                )));
             }
         }
     }
     if marks.len() != 5 {
-        return Err(GuestProbeError::Stopped(format!("the guest reported after only {} of 4 marks", marks.len() - 1)));
+        return Err(GuestProbeError::Stopped(format!(
+            "the guest reported after only {} of 4 marks",
+            marks.len() - 1
+        )));
     }
     let mut out = [marks[0]; 5];
     out.copy_from_slice(&marks);
@@ -256,14 +287,19 @@ fn read_outcome(ram: &GuestRam, user_return: u64) -> SyscallOutcome {
     let cs = ram.read_u64(MAILBOX_CS);
     match kind {
         KIND_SYSCALL_ENTRY if cs & 3 == 0 => SyscallOutcome::EnteredKernel,
-        KIND_SYSCALL_ENTRY => SyscallOutcome::Unexpected { detail: format!("the SYSCALL entry ran with CS {cs:#x}") },
+        KIND_SYSCALL_ENTRY => SyscallOutcome::Unexpected {
+            detail: format!("the SYSCALL entry ran with CS {cs:#x}"),
+        },
         KIND_EXCEPTION => {
             let vector = ram.read_u64(MAILBOX_VECTOR);
             let error_code = ram.read_u64(MAILBOX_ERROR_CODE);
             let rip = ram.read_u64(MAILBOX_RIP);
             let cr2 = ram.read_u64(MAILBOX_CR2);
             if vector == 14 && rip == SYSCALL_ENTRY && cr2 == SYSCALL_ENTRY && cs & 3 == 3 {
-                SyscallOutcome::FaultedAtEntryInUserMode { error_code, rcx_is_return_address: rcx == user_return }
+                SyscallOutcome::FaultedAtEntryInUserMode {
+                    error_code,
+                    rcx_is_return_address: rcx == user_return,
+                }
             } else {
                 SyscallOutcome::Unexpected {
                     detail: format!(
@@ -272,6 +308,8 @@ fn read_outcome(ram: &GuestRam, user_return: u64) -> SyscallOutcome {
                 }
             }
         }
-        other => SyscallOutcome::Unexpected { detail: format!("the guest reported an unknown result kind {other}") },
+        other => SyscallOutcome::Unexpected {
+            detail: format!("the guest reported an unknown result kind {other}"),
+        },
     }
 }

@@ -72,7 +72,10 @@ pub fn probe(device: &Path) -> ProbeReport {
         .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
         .ok()
         .map(|cpuid| {
-            cpuid.as_slice().iter().any(|e| e.function == 1 && e.ecx & CPUID_1_ECX_TSC_DEADLINE != 0)
+            cpuid
+                .as_slice()
+                .iter()
+                .any(|e| e.function == 1 && e.ecx & CPUID_1_ECX_TSC_DEADLINE != 0)
         });
     match guest::run(&kvm) {
         Ok(found) => report.guest = Some(found),
@@ -93,7 +96,11 @@ fn open_kvm(device: &Path) -> Result<Kvm, KvmAccess> {
 
 /// Which of [`KVM_MODULES`] appear under `sys_module` (normally /sys/module).
 pub fn loaded_kvm_modules(sys_module: &Path) -> Vec<String> {
-    KVM_MODULES.iter().filter(|m| sys_module.join(m).is_dir()).map(|m| m.to_string()).collect()
+    KVM_MODULES
+        .iter()
+        .filter(|m| sys_module.join(m).is_dir())
+        .map(|m| m.to_string())
+        .collect()
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

@@ -9,7 +9,11 @@ pub(crate) fn page_tables() -> Vec<(u64, Vec<u8>)> {
     let mut pt = Vec::with_capacity(4096);
     for page in 0..512u64 {
         let addr = page << 12;
-        let user = if USER_PAGES.contains(&addr) { PTE_USER } else { 0 };
+        let user = if USER_PAGES.contains(&addr) {
+            PTE_USER
+        } else {
+            0
+        };
         pt.extend_from_slice(&(addr | PTE_PRESENT | PTE_WRITABLE | user).to_le_bytes());
     }
     vec![
@@ -61,7 +65,11 @@ mod tests {
         let (_, pt) = tables.iter().find(|(a, _)| *a == PT).unwrap();
         assert_eq!(pte(pt, USER_CODE) & PTE_USER, PTE_USER);
         assert_eq!(pte(pt, USER_STACK_TOP - 0x1000) & PTE_USER, PTE_USER);
-        assert_eq!(pte(pt, SYSCALL_ENTRY) & PTE_USER, 0, "LSTAR page must be supervisor-only");
+        assert_eq!(
+            pte(pt, SYSCALL_ENTRY) & PTE_USER,
+            0,
+            "LSTAR page must be supervisor-only"
+        );
         assert_eq!(pte(pt, KERNEL_CODE) & PTE_USER, 0);
         assert_eq!(pte(pt, 0x1f_f000), 0x1f_f000 | PTE_PRESENT | PTE_WRITABLE);
     }
@@ -82,6 +90,9 @@ mod tests {
         let d = GDT_ENTRIES[usize::from(TSS_SELECTOR) / 8];
         assert_eq!(d & 0xffff, 0x67);
         assert_eq!((d >> 16) & 0xff_ffff, TSS);
-        assert_eq!(u64::from_le_bytes(tss()[4..12].try_into().unwrap()), KERNEL_STACK_TOP);
+        assert_eq!(
+            u64::from_le_bytes(tss()[4..12].try_into().unwrap()),
+            KERNEL_STACK_TOP
+        );
     }
 }

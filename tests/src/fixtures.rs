@@ -1,0 +1,84 @@
+//! Fixtures built at test time from packaged inputs: the guest kernel (cached by
+//! guest-kernel-config/build.sh, never built by a test), static guest binaries, and the probe
+//! image under `target/hako-fixtures`.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use crate::repo_root;
+use crate::require::Skip;
+
+/// The guest kernel: `$HAKO_KERNEL`, else the cached build of the current inputs.
+pub fn kernel() -> Result<PathBuf, Skip> {
+    if let Some(p) = std::env::var_os("HAKO_KERNEL") {
+        let p = PathBuf::from(p);
+        return if p.is_file() {
+            Ok(p)
+        } else {
+            Err(Skip(format!("HAKO_KERNEL={} does not exist", p.display())))
+        };
+    }
+    let script = repo_root().join("guest-kernel-config/build.sh");
+    let out = Command::new(&script)
+        .arg("--cached-only")
+        .output()
+        .map_err(|e| Skip(format!("running {}: {e}", script.display())))?;
+    let path = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    if out.status.success() && !path.is_empty() {
+        Ok(PathBuf::from(path))
+    } else {
+        Err(Skip("the guest kernel is not built for the current inputs: run guest-kernel-config/build.sh".into()))
+    }
+}
+
+/// Builds (if needed) a static guest binary of this workspace with the `guest` profile.
+pub fn guest_binary(package: &str) -> Result<PathBuf, String> {
+    let target_dir = repo_root().join("target/guest");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(cargo)
+        .current_dir(repo_root())
+        .env("RUSTFLAGS", "-C target-feature=+crt-static")
+        .args([
+            "build",
+            "--quiet",
+            "--profile",
+            "guest",
+            "--target",
+            "x86_64-unknown-linux-gnu",
+            "-p",
+            package,
+        ])
+        .arg("--target-dir")
+        .arg(&target_dir)
+        .status()
+        .map_err(|e| format!("running cargo to build {package}: {e}"))?;
+    if !status.success() {
+        return Err(format!(
+            "building the static guest binary {package} failed: {status}"
+        ));
+    }
+    Ok(target_dir
+        .join("x86_64-unknown-linux-gnu/guest")
+        .join(package))
+}
+
+/// Writes the probe image (busybox + hako-guest-probe) and returns its path.
+pub fn probe_image() -> Result<PathBuf, String> {
+    let program = guest_binary("hako-guest-probe")?;
+    let manifest =
+        hako_rootfs_builder::images::probe_image(std::path::Path::new("/bin/busybox"), &program)
+            .map_err(|e| format!("building the probe image: {e}"))?;
+    let dir = repo_root().join("target/hako-fixtures");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let path = dir.join(format!("probe-{}.cpio", std::process::id()));
+    let mut file =
+        std::fs::File::create(&path).map_err(|e| format!("creating {}: {e}", path.display()))?;
+    hako_rootfs_builder::cpio::write(&manifest, &mut file)
+        .map_err(|e| format!("writing {}: {e}", path.display()))?;
+    Ok(path)
+}

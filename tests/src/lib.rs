@@ -1,0 +1,15 @@
+//! Shared pieces of Hako's cross-binary suites: prerequisites that turn into skips
+//! ([`require`]), fixtures built at test time ([`fixtures`]) and a QEMU runner ([`qemu`]).
+#![forbid(unsafe_code)]
+
+pub mod fixtures;
+pub mod qemu;
+pub mod require;
+
+/// The repository root (this crate lives in `tests/`).
+pub fn repo_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Into::into)
+        .unwrap_or_default()
+}
