@@ -16,7 +16,7 @@ pub const CLEARCPUID: &str =
 
 /// Kernel command line for booting the guest kernel on the microvm machine.
 pub fn cmdline(extra: &str) -> String {
-    format!("console=ttyS0 reboot=t panic=-1 quiet noxsave clearcpuid={CLEARCPUID} {extra}")
+    format!("console=ttyS0 reboot=k panic=-1 quiet noxsave clearcpuid={CLEARCPUID} {extra}")
         .trim()
         .to_string()
 }
@@ -43,6 +43,9 @@ pub fn command(kernel: &Path, initrd: &Path, memory_mib: u32, cmdline: &str) -> 
             "stdio",
             "-no-reboot",
         ])
+        // Guest reboot goes through the i8042 (`reboot=k`): the kernel's triple-fault method
+        // executes INT3, which the kernel-mode emulator lacks. microvm has no i8042 by default.
+        .args(["-device", "i8042"])
         .arg("-kernel")
         .arg(kernel)
         .arg("-initrd")
