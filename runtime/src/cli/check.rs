@@ -264,7 +264,7 @@ pub fn assess(report: ProbeReport) -> Verdict {
                             "a guest `syscall` does not enter guest kernel mode here: the CPU jumps to the kernel's SYSCALL entry \
                              still in user mode and page-faults there ({regs}). Guests need Hako's guest kernel, whose \
                              compatibility patches finish that fault as a system call (guest-kernel-config/patches); \
-                             stock kernels hang at their first system call"
+                             a stock kernel fails at its first system call"
                         ),
                     ));
                 }
