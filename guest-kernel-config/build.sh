@@ -58,6 +58,16 @@ main() {
     fi
     [ "$cached_only" = 1 ] && { log "no cached build for key $key"; exit 3; }
 
+    # One build per key at a time; a run that waited finds the other's result.
+    mkdir -p "$cache_root"
+    exec 9> "$cache_root/.lock-$key"
+    flock 9
+    if [ -f "$out/vmlinux" ]; then
+        log "cached build $key (built while waiting)"
+        echo "$out/vmlinux"
+        exit 0
+    fi
+
     log "building kernel $version (key $key); this takes a few minutes"
     for tool in make gcc flex bison bc patch; do
         command -v "$tool" >/dev/null || die "$tool is missing (apt-get install build-essential flex bison bc patch libelf-dev)"
@@ -77,7 +87,7 @@ main() {
 
     for patch in "$here"/patches/*.patch; do
         log "applying $(basename "$patch")"
-        patch -d "$work" -p1 --forward --quiet < "$patch" >&2 || die "patch $(basename "$patch") does not apply to $version"
+        patch -d "$work" -p1 --forward --fuzz=0 --quiet < "$patch" >&2 || die "patch $(basename "$patch") does not apply to $version"
     done
 
     fragments=("$here"/fragments/*.config)
@@ -99,8 +109,7 @@ main() {
     cp "$work/vmlinux" "$work/System.map" "$staging/"
     cp "$work/.config" "$staging/config"
     echo "$package $version" > "$staging/source"
-    rm -rf "$out"
-    mv "$staging" "$out"
+    mv "$staging" "$out"   # $out does not exist: checked under the lock
     log "built $(du -h "$out/vmlinux" | cut -f1) vmlinux"
     echo "$out/vmlinux"
 }

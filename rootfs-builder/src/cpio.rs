@@ -140,15 +140,15 @@ mod tests {
 
     #[test]
     fn gnu_cpio_reads_it_back() {
-        if Command::new("cpio")
+        let have_cpio = Command::new("cpio")
             .arg("--version")
             .stdout(Stdio::null())
             .status()
-            .is_err()
-        {
-            eprintln!("SKIP gnu_cpio_reads_it_back: cpio is not installed");
-            return;
-        }
+            .is_ok();
+        assert!(
+            have_cpio,
+            "GNU cpio is not installed: scripts/setup.sh installs it"
+        );
         let mut out = Vec::new();
         write(&sample(), &mut out).unwrap();
         let mut child = Command::new("cpio")

@@ -37,11 +37,8 @@ pub fn write(manifest: &Manifest, root: &Path) -> Result<Vec<String>, DirError> 
     for (rel, entry) in manifest.entries() {
         let path = root.join(rel);
         match entry {
-            Entry::Dir { mode } => {
-                std::fs::create_dir_all(&path).map_err(io(&path))?;
-                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(*mode))
-                    .map_err(io(&path))?;
-            }
+            // Modes are set after the contents (below), so a read-only directory can be filled.
+            Entry::Dir { .. } => std::fs::create_dir_all(&path).map_err(io(&path))?,
             Entry::File { mode, data } => {
                 std::fs::write(&path, data).map_err(io(&path))?;
                 std::fs::set_permissions(&path, std::fs::Permissions::from_mode(*mode))
@@ -63,6 +60,20 @@ pub fn write(manifest: &Manifest, root: &Path) -> Result<Vec<String>, DirError> 
             }
         }
     }
+    // Deepest first, so a directory is still writable while its children get their modes.
+    let mut dirs: Vec<(&str, u32)> = manifest
+        .entries()
+        .filter_map(|(rel, e)| match e {
+            Entry::Dir { mode } => Some((rel, *mode)),
+            _ => None,
+        })
+        .collect();
+    dirs.sort_by_key(|(rel, _)| std::cmp::Reverse(rel.matches('/').count()));
+    for (rel, mode) in dirs {
+        let path = root.join(rel);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+            .map_err(io(&path))?;
+    }
     Ok(skipped)
 }
 
@@ -75,6 +86,8 @@ mod tests {
         let mut m = Manifest::new();
         m.file("/bin/tool", 0o750, b"x".to_vec()).unwrap();
         m.symlink("/bin/alias", "tool").unwrap();
+        m.dir("/ro", 0o555).unwrap();
+        m.file("/ro/inside", 0o444, b"y".to_vec()).unwrap();
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().join("root");
         write(&m, &root).unwrap();
@@ -84,6 +97,9 @@ mod tests {
             std::fs::read_link(root.join("bin/alias")).unwrap(),
             Path::new("tool")
         );
+        assert_eq!(std::fs::read(root.join("ro/inside")).unwrap(), b"y");
+        let ro = std::fs::metadata(root.join("ro")).unwrap();
+        assert_eq!(ro.permissions().mode() & 0o7777, 0o555);
         // A second write into the now non-empty directory is refused.
         assert!(matches!(write(&m, &root), Err(DirError::NotEmpty { .. })));
     }

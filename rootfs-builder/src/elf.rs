@@ -33,6 +33,15 @@ pub fn check_static_x86_64(data: &[u8], path: &Path) -> Result<(), ManifestError
     if u16_at(data, 18) != Some(EM_X86_64) {
         return Err(not_elf("machine is not x86-64"));
     }
+    // ET_EXEC or ET_DYN (static-pie); not a relocatable object or a core file.
+    if !matches!(u16_at(data, 16), Some(2 | 3)) {
+        return Err(not_elf(
+            "not an executable (ELF type is neither EXEC nor DYN)",
+        ));
+    }
+    if u64_at(data, 24).unwrap_or(0) == 0 {
+        return Err(not_elf("no entry point"));
+    }
     let truncated = || not_elf("truncated program headers");
     let phoff = u64_at(data, 32).ok_or_else(truncated)? as usize;
     let phentsize = usize::from(u16_at(data, 54).ok_or_else(truncated)?);
@@ -63,15 +72,24 @@ mod tests {
 
     #[test]
     fn host_dynamic_binary_is_refused_with_its_interpreter() {
-        let data = std::fs::read("/bin/ls").unwrap();
-        let err = check_static_x86_64(&data, Path::new("/bin/ls")).unwrap_err();
+        // This test binary is linked dynamically against the host's libc.
+        let exe = std::env::current_exe().unwrap();
+        let data = std::fs::read(&exe).unwrap();
+        let err = check_static_x86_64(&data, &exe).unwrap_err();
         assert!(err.to_string().contains("ld-linux"), "{err}");
     }
 
     #[test]
     fn garbage_and_truncation_are_refused() {
         assert!(check_static_x86_64(b"#!/bin/sh\n", Path::new("x")).is_err());
-        let data = std::fs::read("/bin/ls").unwrap();
+        let data = std::fs::read(std::env::current_exe().unwrap()).unwrap();
         assert!(check_static_x86_64(&data[..70], Path::new("x")).is_err());
+        // A relocatable object (ET_REL) is refused even with no program headers.
+        let mut obj = data[..64].to_vec();
+        obj[16] = 1;
+        obj[56] = 0;
+        obj[57] = 0;
+        let err = check_static_x86_64(&obj, Path::new("x.o")).unwrap_err();
+        assert!(err.to_string().contains("not an executable"), "{err}");
     }
 }

@@ -14,6 +14,8 @@ pub enum ManifestError {
     },
     #[error("image path {0:?} must be absolute, normalized and not the root")]
     BadPath(String),
+    #[error("image path {path} needs {parent} to be a directory, but it is already something else")]
+    ParentNotDir { path: String, parent: String },
     #[error("image path {0} is added twice")]
     Duplicate(String),
     #[error(
@@ -47,18 +49,31 @@ impl Manifest {
     /// Adds an entry at an absolute image path; parents are added as 0755 directories.
     pub fn add(&mut self, path: &str, entry: Entry) -> Result<&mut Self, ManifestError> {
         let rel = normalize(path)?;
-        let mut parent = Path::new(&rel).parent();
-        while let Some(p) = parent.filter(|p| !p.as_os_str().is_empty()) {
-            self.entries
-                .entry(p.to_string_lossy().into_owned())
-                .or_insert(Entry::Dir { mode: 0o755 });
-            parent = p.parent();
+        let parents: Vec<String> = Path::new(&rel)
+            .ancestors()
+            .skip(1)
+            .filter(|p| !p.as_os_str().is_empty())
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect();
+        // Check everything first, so a refused entry changes nothing.
+        for parent in &parents {
+            if matches!(self.entries.get(parent), Some(e) if !matches!(e, Entry::Dir { .. })) {
+                return Err(ManifestError::ParentNotDir {
+                    path: path.to_string(),
+                    parent: format!("/{parent}"),
+                });
+            }
         }
         match self.entries.get(&rel) {
             // A directory that only exists as an implied parent may be given explicitly.
             Some(Entry::Dir { .. }) if matches!(entry, Entry::Dir { .. }) => {}
             Some(_) => return Err(ManifestError::Duplicate(path.to_string())),
             None => {}
+        }
+        for parent in parents {
+            self.entries
+                .entry(parent)
+                .or_insert(Entry::Dir { mode: 0o755 });
         }
         self.entries.insert(rel, entry);
         Ok(self)
@@ -176,6 +191,17 @@ mod tests {
             m.file("/f", 0o644, vec![]),
             Err(ManifestError::Duplicate(_))
         ));
+        // A file cannot be a parent, and the refused entry leaves nothing behind.
+        assert!(matches!(
+            m.file("/f/g", 0o644, vec![]),
+            Err(ManifestError::ParentNotDir { .. })
+        ));
+        assert!(m.file("/new/f", 0o644, vec![]).is_ok());
+        assert!(matches!(
+            m.file("/f/h/i", 0o644, vec![]),
+            Err(ManifestError::ParentNotDir { .. })
+        ));
+        assert!(m.entries().all(|(p, _)| p != "f/h"));
         // An implied parent directory may be declared afterwards.
         m.file("/d/f", 0o644, vec![]).unwrap();
         m.dir("/d", 0o700).unwrap();

@@ -67,6 +67,24 @@ pub fn guest_binary(package: &str) -> Result<PathBuf, String> {
         .join(package))
 }
 
+/// Builds (if needed) a host binary of this workspace in its own target directory, so a
+/// suite never runs a stale `target/{debug,release}` build.
+pub fn workspace_binary(package: &str, bin: &str) -> Result<PathBuf, String> {
+    let target_dir = repo_root().join("target/fixture-bins");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(cargo)
+        .current_dir(repo_root())
+        .args(["build", "--quiet", "-p", package, "--bin", bin])
+        .arg("--target-dir")
+        .arg(&target_dir)
+        .status()
+        .map_err(|e| format!("running cargo to build {bin}: {e}"))?;
+    if !status.success() {
+        return Err(format!("building {bin} failed: {status}"));
+    }
+    Ok(target_dir.join("debug").join(bin))
+}
+
 /// Writes the probe image (busybox + hako-guest-probe) and returns its path.
 pub fn probe_image() -> Result<PathBuf, String> {
     let program = guest_binary("hako-guest-probe")?;

@@ -50,7 +50,11 @@ pub fn trial(
         Ok(()) => libtest_mimic::Trial::test(name, test),
         Err(skip) => {
             eprintln!("SKIP {name}: {skip}");
-            libtest_mimic::Trial::test(name, || Ok(())).with_ignored_flag(true)
+            // Ignored by default; run anyway (--include-ignored), it fails with the reason.
+            libtest_mimic::Trial::test(name, move || {
+                Err(libtest_mimic::Failed::from(format!("skipped: {skip}")))
+            })
+            .with_ignored_flag(true)
         }
     }
 }

@@ -36,20 +36,8 @@ fn config_has_every_requested_option() -> Result<(), Failed> {
     Ok(())
 }
 
-fn kconfig_verify(config: &Path, fragments: &[PathBuf]) -> Result<String, Failed> {
-    let out = Command::new(repo_root().join("target/release/hako-kconfig"))
-        .arg("verify")
-        .arg("--config")
-        .arg(config)
-        .args(fragments)
-        .output()
-        .map_err(|e| format!("running hako-kconfig (built by build.sh): {e}"))?;
-    let err = String::from_utf8_lossy(&out.stderr).to_string();
-    if out.status.success() {
-        Ok(err)
-    } else {
-        Err(err.into())
-    }
+fn kconfig_verify(config: &Path, fragments: &[PathBuf]) -> Result<usize, Failed> {
+    hako_kconfig::verify_files(config, fragments).map_err(|e| Failed::from(e.to_string()))
 }
 
 fn vmlinux_has_pvh_note_and_patches() -> Result<(), Failed> {

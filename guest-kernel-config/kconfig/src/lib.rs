@@ -117,6 +117,12 @@ pub fn parse(text: &str, source: &Path) -> Result<Vec<Setting>, KconfigError> {
             continue;
         }
         match line.split_once('=') {
+            // `=n` is another way to write "is not set" (olddefconfig writes the latter).
+            Some((option, "n")) if is_option_name(option) => settings.push(Setting {
+                option: option.to_string(),
+                value: Value::NotSet,
+                source: source.into(),
+            }),
             Some((option, value)) if is_option_name(option) && !value.is_empty() => {
                 settings.push(Setting {
                     option: option.to_string(),
@@ -294,6 +300,8 @@ mod tests {
         assert_eq!(s[1].option, "CONFIG_B");
         assert_eq!(s[1].value, Value::NotSet);
         assert_eq!(s[2].value, Value::Set("\"x y\"".into()));
+        let n = parse("CONFIG_D=n\n", &p("f")).unwrap();
+        assert_eq!(n[0].value, Value::NotSet, "=n means not set");
     }
 
     #[test]

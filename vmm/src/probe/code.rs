@@ -134,7 +134,8 @@ pub(crate) fn user_code() -> (Code, u64) {
 /// The SYSCALL entry (LSTAR): records that it ran, with RCX, R11 and CS, then reports.
 pub(crate) fn syscall_entry() -> Code {
     let mut c = Code::new(SYSCALL_ENTRY);
-    c.store_imm(MAILBOX_KIND, KIND_SYSCALL_ENTRY);
+    c.store_rax(MAILBOX_RAX)
+        .store_imm(MAILBOX_KIND, KIND_SYSCALL_ENTRY);
     c.store_rcx(MAILBOX_RCX).store_r11(MAILBOX_R11);
     c.mov_eax_cs().store_rax(MAILBOX_CS);
     c.out(PORT_DONE).park();
@@ -152,7 +153,8 @@ pub(crate) fn exception_handlers() -> (Code, Vec<u64>) {
     let mut c = Code::new(EXCEPTION_CODE);
     // Common handler first; stack: vector, error code, RIP, CS, RFLAGS, RSP, SS.
     let common = c.here();
-    c.store_imm(MAILBOX_KIND, KIND_EXCEPTION);
+    c.store_rax(MAILBOX_RAX)
+        .store_imm(MAILBOX_KIND, KIND_EXCEPTION);
     c.store_rcx(MAILBOX_RCX).store_r11(MAILBOX_R11);
     c.pop_rax().store_rax(MAILBOX_VECTOR);
     c.pop_rax().store_rax(MAILBOX_ERROR_CODE);

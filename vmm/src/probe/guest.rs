@@ -21,6 +21,8 @@ pub enum GuestProbeError {
     },
     #[error("mapping {size} bytes of guest memory failed")]
     Mmap { size: usize, source: std::io::Error },
+    #[error("setting up the probe guest: {0}")]
+    Setup(String),
     #[error("the probe guest stopped early: {0}")]
     Stopped(String),
 }
@@ -219,10 +221,10 @@ fn setup_vcpu(vcpu: &VcpuFd) -> Result<(), GuestProbeError> {
         ..Default::default()
     });
     let msrs = Msrs::from_entries(&entries)
-        .map_err(|_| GuestProbeError::Stopped("too many MSRs".into()))?;
+        .map_err(|_| GuestProbeError::Setup("too many MSRs for one KVM_SET_MSRS".into()))?;
     let set = vcpu.set_msrs(&msrs).map_err(kvm_err("KVM_SET_MSRS"))?;
     if set != entries.len() {
-        return Err(GuestProbeError::Stopped(format!(
+        return Err(GuestProbeError::Setup(format!(
             "KVM set only {set} of {} SYSCALL MSRs",
             entries.len()
         )));
@@ -285,6 +287,14 @@ fn read_outcome(ram: &GuestRam, user_return: u64) -> SyscallOutcome {
     let kind = ram.read_u64(MAILBOX_KIND) as u32;
     let rcx = ram.read_u64(MAILBOX_RCX);
     let cs = ram.read_u64(MAILBOX_CS);
+    let rax = ram.read_u64(MAILBOX_RAX);
+    if rax != u64::from(SYSCALL_MAGIC) {
+        return SyscallOutcome::Unexpected {
+            detail: format!(
+                "the handler (kind {kind}) ran with RAX {rax:#x}, not the probe's syscall marker"
+            ),
+        };
+    }
     match kind {
         KIND_SYSCALL_ENTRY if cs & 3 == 0 => SyscallOutcome::EnteredKernel,
         KIND_SYSCALL_ENTRY => SyscallOutcome::Unexpected {

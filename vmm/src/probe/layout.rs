@@ -53,6 +53,8 @@ pub(crate) const MAILBOX_VECTOR: u32 = MAILBOX as u32 + 0x20;
 pub(crate) const MAILBOX_ERROR_CODE: u32 = MAILBOX as u32 + 0x28;
 pub(crate) const MAILBOX_RIP: u32 = MAILBOX as u32 + 0x30;
 pub(crate) const MAILBOX_CR2: u32 = MAILBOX as u32 + 0x38;
+/// RAX as the handler found it: [`SYSCALL_MAGIC`] if it came from the probe's `syscall`.
+pub(crate) const MAILBOX_RAX: u32 = MAILBOX as u32 + 0x40;
 pub(crate) const KIND_SYSCALL_ENTRY: u32 = 1;
 pub(crate) const KIND_EXCEPTION: u32 = 2;
 
@@ -66,7 +68,7 @@ pub(crate) const PORT_DONE: u8 = 0xf1;
 pub(crate) const KERNEL_SHORT_LOOP: u32 = 10_000;
 pub(crate) const KERNEL_LONG_LOOP: u32 = 110_000;
 pub(crate) const USER_LOOP: u32 = 200_000_000;
-/// RAX at the probe's `syscall`, so a handler can tell it from noise.
+/// RAX at the probe's `syscall`; the handlers record RAX so the host can tell it from noise.
 pub(crate) const SYSCALL_MAGIC: u32 = 0x4841_4b4f; // "HAKO"
 
 // Page table entry bits.
