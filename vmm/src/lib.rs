@@ -2,4 +2,5 @@
 //! KVM probe that `hako check` runs; booting Linux guests arrives with the VMM issue.
 #![deny(unsafe_code)]
 
+pub mod arch;
 pub mod probe;

@@ -1,0 +1,23 @@
+//! Every guest-physical address the x86_64 boot uses, in one place.
+
+/// GDT and IDT of the boot vCPU.
+pub const BOOT_GDT_START: u64 = 0x500;
+pub const BOOT_IDT_START: u64 = 0x520;
+/// The Linux zero page (boot_params).
+pub const ZERO_PAGE_START: u64 = 0x7000;
+/// Initial stack pointer of the boot vCPU.
+pub const BOOT_STACK_POINTER: u64 = 0x8ff0;
+/// Identity-mapping page tables (PML4, PDPT, PD), one page each.
+pub const PML4_START: u64 = 0x9000;
+pub const PDPTE_START: u64 = 0xa000;
+pub const PDE_START: u64 = 0xb000;
+/// Start of the extended BIOS data area: low RAM ends here.
+pub const EBDA_START: u64 = 0x9fc00;
+/// Kernel command line and its largest size.
+pub const CMDLINE_START: u64 = 0x20000;
+pub const CMDLINE_MAX_SIZE: usize = 4096;
+/// Where the kernel is loaded (1 MiB).
+pub const HIMEM_START: u64 = 0x10_0000;
+/// The 32-bit MMIO window (virtio-mmio devices, IOAPIC, LAPIC) below 4 GiB.
+pub const MMIO32_START: u64 = 0xc000_0000;
+pub const FIRST_ADDR_PAST_4GIB: u64 = 1 << 32;
