@@ -71,5 +71,7 @@ mod tests {
             1,
             "the null entry is unusable"
         );
+        let g = kvm_segment_from_gdt(gdt_entry(0x8093, 0, 0xabcde), 2);
+        assert_eq!(g.limit, 0xabcd_efff, "4 KiB granular: limit scaled");
     }
 }
