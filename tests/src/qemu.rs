@@ -8,15 +8,13 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-/// CPU features hidden from guests on hosts whose guest kernel mode is emulated (DESIGN.md):
-/// the emulator lacks their instructions. QEMU's `-cpu` masks do not reach the guest there,
-/// the kernel's `clearcpuid=` does. Harmless elsewhere.
-pub const CLEARCPUID: &str =
-    "cx16,xsave,smap,smep,popcnt,avx,avx2,bmi1,bmi2,fsgsbase,erms,fsrm,movbe";
-
-/// Kernel command line for booting the guest kernel on the microvm machine.
+/// Kernel command line for booting the guest kernel on the microvm machine. It hides, with
+/// `clearcpuid=`, the CPU features whose instructions a host that emulates guest kernel mode
+/// lacks: QEMU's `-cpu` masks do not reach the guest there (harmless elsewhere). The list is
+/// hako-vmm's conservative CPU profile.
 pub fn cmdline(extra: &str) -> String {
-    format!("console=ttyS0 reboot=k panic=-1 quiet noxsave clearcpuid={CLEARCPUID} {extra}")
+    let hide = hako_vmm::arch::x86_64::cpuid::conservative_cmdline();
+    format!("console=ttyS0 reboot=k panic=-1 quiet {hide} {extra}")
         .trim()
         .to_string()
 }

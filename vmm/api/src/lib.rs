@@ -87,6 +87,18 @@ impl GuestProbe {
     }
 }
 
+/// Which CPU features a guest sees (VmConfig's `cpu_profile`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum CpuProfile {
+    /// What KVM supports, passed through.
+    #[default]
+    Host,
+    /// Hides the features whose instructions hosts that emulate guest kernel mode cannot
+    /// emulate (DESIGN.md): `hako check` picks it where guest kernel mode is emulated.
+    Conservative,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,6 +2,7 @@
 //! e820 map / zero page. `builder.rs` (VMM issue) wires them into a booting VM.
 
 pub mod boot_params;
+pub mod cpuid;
 pub mod gdt;
 pub mod layout;
 pub mod page_tables;
