@@ -21,3 +21,7 @@ pub const HIMEM_START: u64 = 0x10_0000;
 /// The 32-bit MMIO window (virtio-mmio devices, IOAPIC, LAPIC) below 4 GiB.
 pub const MMIO32_START: u64 = 0xc000_0000;
 pub const FIRST_ADDR_PAST_4GIB: u64 = 1 << 32;
+/// Local APIC and IOAPIC MMIO addresses, and the IOAPIC's input pins.
+pub const LAPIC_ADDR: u32 = 0xfee0_0000;
+pub const IOAPIC_ADDR: u32 = 0xfec0_0000;
+pub const IOAPIC_PINS: u8 = 24;

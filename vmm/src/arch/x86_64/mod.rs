@@ -5,6 +5,7 @@ pub mod boot_params;
 pub mod cpuid;
 pub mod gdt;
 pub mod layout;
+pub mod mptable;
 pub mod page_tables;
 
 use vm_memory::GuestAddress;
