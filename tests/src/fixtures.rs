@@ -2,7 +2,7 @@
 //! guest-kernel-config/build.sh, never built by a test), static guest binaries, and the probe
 //! image under `target/hako-fixtures`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::repo_root;
@@ -36,32 +36,51 @@ pub fn kernel() -> Result<PathBuf, Skip> {
     }
 }
 
+/// Runs `cargo build --quiet ARGS --target-dir TARGET_DIR` in the workspace. Each fixture
+/// build has its own target directory, so it never waits on the `cargo test` that runs it.
+fn cargo_build(
+    what: &str,
+    target_dir: &Path,
+    args: &[&str],
+    rustflags: Option<&str>,
+) -> Result<(), String> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(repo_root())
+        .args(["build", "--quiet"])
+        .args(args)
+        .arg("--target-dir")
+        .arg(target_dir);
+    if let Some(flags) = rustflags {
+        cmd.env("RUSTFLAGS", flags);
+    }
+    let status = cmd
+        .status()
+        .map_err(|e| format!("running cargo to build {what}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("building {what} failed: {status}"))
+    }
+}
+
 /// Builds (if needed) a static guest binary of this workspace with the `guest` profile.
 pub fn guest_binary(package: &str) -> Result<PathBuf, String> {
     let target_dir = repo_root().join("target/guest");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = Command::new(cargo)
-        .current_dir(repo_root())
-        .env("RUSTFLAGS", "-C target-feature=+crt-static")
-        .args([
-            "build",
-            "--quiet",
-            "--profile",
-            "guest",
-            "--target",
-            "x86_64-unknown-linux-gnu",
-            "-p",
-            package,
-        ])
-        .arg("--target-dir")
-        .arg(&target_dir)
-        .status()
-        .map_err(|e| format!("running cargo to build {package}: {e}"))?;
-    if !status.success() {
-        return Err(format!(
-            "building the static guest binary {package} failed: {status}"
-        ));
-    }
+    let args = [
+        "--profile",
+        "guest",
+        "--target",
+        "x86_64-unknown-linux-gnu",
+        "-p",
+        package,
+    ];
+    cargo_build(
+        &format!("the static guest binary {package}"),
+        &target_dir,
+        &args,
+        Some("-C target-feature=+crt-static"),
+    )?;
     Ok(target_dir
         .join("x86_64-unknown-linux-gnu/guest")
         .join(package))
@@ -71,17 +90,7 @@ pub fn guest_binary(package: &str) -> Result<PathBuf, String> {
 /// suite never runs a stale `target/{debug,release}` build.
 pub fn workspace_binary(package: &str, bin: &str) -> Result<PathBuf, String> {
     let target_dir = repo_root().join("target/fixture-bins");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = Command::new(cargo)
-        .current_dir(repo_root())
-        .args(["build", "--quiet", "-p", package, "--bin", bin])
-        .arg("--target-dir")
-        .arg(&target_dir)
-        .status()
-        .map_err(|e| format!("running cargo to build {bin}: {e}"))?;
-    if !status.success() {
-        return Err(format!("building {bin} failed: {status}"));
-    }
+    cargo_build(bin, &target_dir, &["-p", package, "--bin", bin], None)?;
     Ok(target_dir.join("debug").join(bin))
 }
 

@@ -35,15 +35,14 @@ fn run_check(json: bool) -> Result<(i32, String), Failed> {
     Ok((code, String::from_utf8_lossy(&out.stdout).into_owned()))
 }
 
-fn field<'a>(json: &'a str, key: &str) -> Option<&'a str> {
-    let at = json.find(&format!("\"{key}\": "))? + key.len() + 4;
-    json[at..].split([',', '\n']).next().map(str::trim)
-}
-
 fn check_reports_this_host() -> Result<(), Failed> {
     let (code, json) = run_check(true)?;
-    let can_run = field(&json, "can_run").ok_or_else(|| format!("no can_run in {json}"))?;
-    if (code == 0) != (can_run == "true") {
+    let verdict: serde_json::Value = serde_json::from_str(&json)
+        .map_err(|e| format!("hako check --json printed no JSON ({e}):\n{json}"))?;
+    let can_run = verdict["can_run"]
+        .as_bool()
+        .ok_or_else(|| format!("no can_run in {json}"))?;
+    if (code == 0) != can_run {
         return Err(format!("exit status {code} disagrees with can_run={can_run}").into());
     }
     let (text_code, text) = run_check(false)?;
@@ -56,28 +55,30 @@ fn check_reports_this_host() -> Result<(), Failed> {
     }) {
         return Err("no verdict line".into());
     }
-    if (json.contains("\"kvm_intel\"") || json.contains("\"kvm_amd\""))
-        && !json.contains("\"kvm_pvm\"")
-        && can_run != "true"
-    {
+    let modules: Vec<&str> = verdict["probe"]["kvm_modules"]
+        .as_array()
+        .map(|m| m.iter().filter_map(serde_json::Value::as_str).collect())
+        .unwrap_or_default();
+    let pvm = modules.contains(&"kvm_pvm");
+    if (modules.contains(&"kvm_intel") || modules.contains(&"kvm_amd")) && !pvm && !can_run {
         return Err(format!(
             "a plain kvm_intel/kvm_amd host must be able to run sandboxes:\n{text}"
         )
         .into());
     }
-    if json.contains("\"kvm_pvm\"") {
+    if pvm {
         // This development host: KVM on PVM.
         for (key, want) in [
-            ("can_run", "true"),
-            ("kernel_mode", "\"emulated\""),
-            ("syscall_enters_kernel", "false"),
-            ("needs_patched_guest_kernel", "true"),
-            ("cpu_profile", "\"conservative\""),
+            ("can_run", serde_json::json!(true)),
+            ("kernel_mode", serde_json::json!("emulated")),
+            ("syscall_enters_kernel", serde_json::json!(false)),
+            ("needs_patched_guest_kernel", serde_json::json!(true)),
+            ("cpu_profile", serde_json::json!("conservative")),
         ] {
-            if field(&json, key) != Some(want) {
+            if verdict[key] != want {
                 return Err(format!(
-                    "on a kvm_pvm host expected {key} = {want}, got {:?}",
-                    field(&json, key)
+                    "on a kvm_pvm host expected {key} = {want}, got {}",
+                    verdict[key]
                 )
                 .into());
             }

@@ -67,7 +67,6 @@ pub fn probe(device: &Path) -> ProbeReport {
     // KVM reports the TSC-deadline timer as a capability; the VMM sets CPUID.1:ECX[24] itself
     // (KVM_GET_SUPPORTED_CPUID leaves it clear).
     report.tsc_deadline_timer = Some(kvm.check_extension(Cap::TscDeadlineTimer));
-    report.guest = None;
     let mut errors = Vec::new();
     for _ in 0..GUEST_RUNS {
         match guest::run(&kvm) {
