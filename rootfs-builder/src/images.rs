@@ -33,8 +33,12 @@ pub fn agent_image(agent: &Path) -> Result<Manifest, ManifestError> {
     Ok(m)
 }
 
+/// Kernel argument that makes the probe image power off instead of rebooting when done.
+pub const PROBE_POWEROFF_ARG: &str = "hako.end=poweroff";
+
 /// The `/init` script of the probe image. Every command costs about a second where guest
-/// kernel mode is emulated, so it does little besides running the test program.
+/// kernel mode is emulated, so it does little besides running the test program; it reads the
+/// command line with the shell's own `read` (no fork) to choose reboot or poweroff.
 pub fn probe_init_script() -> String {
     format!(
         "#!/bin/busybox sh\n\
@@ -43,7 +47,11 @@ pub fn probe_init_script() -> String {
          /bin/busybox mount -t sysfs sysfs /sys\n\
          {PROBE_PROGRAM_PATH}\n\
          echo \"{PROBE_DONE_MARKER}$?\"\n\
-         /bin/busybox reboot -f\n"
+         read -r cmdline < /proc/cmdline\n\
+         case \" $cmdline \" in\n\
+         *' {PROBE_POWEROFF_ARG} '*) /bin/busybox poweroff -f ;;\n\
+         *) /bin/busybox reboot -f ;;\n\
+         esac\n"
     )
 }
 
@@ -72,7 +80,10 @@ mod tests {
         assert!(s.starts_with("#!/bin/busybox sh\n"));
         assert!(s.contains(PROBE_INIT_MARKER));
         assert!(s.contains(PROBE_DONE_MARKER));
-        assert!(s.trim_end().ends_with("reboot -f"));
+        assert!(s.contains("reboot -f ;;"));
+        assert!(s.contains(&format!(
+            "' {PROBE_POWEROFF_ARG} '*) /bin/busybox poweroff -f"
+        )));
     }
 
     #[test]

@@ -1,6 +1,55 @@
-//! hako-vmm: the virtual machine monitor of one Hako sandbox. This foundation carries the
-//! KVM probe that `hako check` runs; booting Linux guests arrives with the VMM issue.
+//! hako-vmm: the virtual machine monitor of one Hako sandbox (one process per VM), and the
+//! KVM probe that `hako check` runs.
 #![deny(unsafe_code)]
 
+pub mod api;
 pub mod arch;
+pub mod builder;
+pub mod config;
+pub mod devices;
+pub mod memory;
+pub mod metrics;
 pub mod probe;
+pub mod signals;
+pub mod vcpu;
+pub mod vm;
+pub mod vmm;
+
+use std::path::Path;
+use std::sync::mpsc;
+use std::time::Instant;
+
+use hako_vmm_api::{ExitReason, VmConfig};
+
+/// Errors that stop the VMM before or while it runs a guest.
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error(transparent)]
+    Build(#[from] builder::BuildError),
+    #[error(transparent)]
+    Api(#[from] api::ApiError),
+    #[error("handling termination signals")]
+    Signals(#[source] std::io::Error),
+}
+
+/// Loads and checks the config file at `path`.
+pub fn load_config(path: &Path) -> Result<VmConfig, VmmError> {
+    Ok(config::load(path)?)
+}
+
+/// Boots `config` and runs it until the guest ends or the VMM is told to stop. `started` is
+/// when the process began (for start-up timing in the logs).
+pub fn run(config: &VmConfig, started: Instant) -> Result<ExitReason, VmmError> {
+    signals::block_stop_signals().map_err(VmmError::Signals)?;
+    let (tx, rx) = mpsc::channel();
+    // The control server goes first so that its socket is removed however the build ends.
+    let _control = match &config.control_socket {
+        Some(path) => Some(api::ControlServer::start(path, tx.clone())?),
+        None => None,
+    };
+    signals::watch(tx.clone()).map_err(VmmError::Signals)?;
+    let vmm = builder::build(config, (tx, rx), started)?;
+    Ok(vmm.run())
+}

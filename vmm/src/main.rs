@@ -1,14 +1,23 @@
-//! `hako-vmm`: `probe` prints what this host's KVM can do as JSON (read by `hako check`).
+//! `hako-vmm`: boot a VM from a JSON config (`hako-vmm --config FILE`), or `probe` this host's
+//! KVM for `hako check`. Exit status: the guest's ending (`ExitReason::exit_code`), 1 for a VMM
+//! error, 2 for a bad command line or config.
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Instant;
 
 use clap::{Parser, Subcommand};
+use hako_vmm_api::control::{EXIT_BAD_CONFIG, EXIT_VMM_ERROR};
+use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
 #[command(name = "hako-vmm", version, about = "Hako's virtual machine monitor")]
+#[command(args_conflicts_with_subcommands = true)]
 struct Cli {
+    /// Boot the VM this JSON config describes (same as `run --config`).
+    #[arg(long)]
+    config: Option<PathBuf>,
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Subcommand)]
@@ -19,7 +28,7 @@ enum Command {
         #[arg(long, default_value = "/dev/kvm")]
         device: PathBuf,
     },
-    /// Boot a VM from a JSON config (arrives with the VMM issue).
+    /// Boot the VM a JSON config describes.
     Run {
         #[arg(long)]
         config: PathBuf,
@@ -27,26 +36,55 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    match Cli::parse().command {
-        Command::Probe { device } => {
-            let report = hako_vmm::probe::probe(&device);
-            match serde_json::to_string_pretty(&report) {
-                Ok(json) => {
-                    println!("{json}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("hako-vmm: encoding the probe report: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+    let started = Instant::now();
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("HAKO_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    match (cli.command, cli.config) {
+        (Some(Command::Probe { device }), _) => probe(&device),
+        (Some(Command::Run { config }), _) | (None, Some(config)) => run(&config, started),
+        (None, None) => {
+            eprintln!("hako-vmm: give --config FILE (or a subcommand; see --help)");
+            ExitCode::from(EXIT_BAD_CONFIG)
         }
-        Command::Run { config } => {
-            eprintln!(
-                "hako-vmm: cannot boot {}: booting guests is not implemented yet",
-                config.display()
-            );
-            ExitCode::from(2)
+    }
+}
+
+fn probe(device: &std::path::Path) -> ExitCode {
+    let report = hako_vmm::probe::probe(device);
+    match serde_json::to_string_pretty(&report) {
+        Ok(json) => {
+            println!("{json}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("hako-vmm: encoding the probe report: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(path: &std::path::Path, started: Instant) -> ExitCode {
+    let config = match hako_vmm::load_config(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("hako-vmm: {}", anyhow::Error::from(e));
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+    };
+    match hako_vmm::run(&config, started) {
+        Ok(reason) => {
+            tracing::info!(?reason, code = reason.exit_code(), "VM ended");
+            ExitCode::from(reason.exit_code())
+        }
+        Err(e) => {
+            eprintln!("hako-vmm: {:#}", anyhow::Error::from(e));
+            ExitCode::from(EXIT_VMM_ERROR)
         }
     }
 }

@@ -1,6 +1,15 @@
-//! Types shared between `hako-vmm` and the runtime: the KVM probe report that `hako check`
-//! reads (and, with the VMM issue, the VM configuration and control messages).
+//! Types shared between `hako-vmm` and the runtime: the VM configuration, the control API's
+//! messages and exit statuses, and the KVM probe report that `hako check` reads.
 #![forbid(unsafe_code)]
+
+pub mod config;
+pub mod control;
+
+pub use config::{
+    BlockConfig, ConsoleConfig, DevicesConfig, FsConfig, KernelConfig, MachineConfig, VmConfig,
+    VsockConfig,
+};
+pub use control::{ControlReply, ControlRequest, ExitReason, Metrics, VmState};
 
 use serde::{Deserialize, Serialize};
 

@@ -1,6 +1,6 @@
 //! The e820 map and the Linux zero page (boot_params) for the 64-bit boot protocol.
 
-use linux_loader::loader::bootparam::{boot_e820_entry, boot_params};
+use linux_loader::loader::bootparam::{boot_e820_entry, boot_params, setup_header};
 use vm_memory::{Bytes, GuestAddress, GuestMemory};
 
 use super::layout::{EBDA_START, FIRST_ADDR_PAST_4GIB, HIMEM_START, MMIO32_START, ZERO_PAGE_START};
@@ -72,6 +72,8 @@ pub struct BootInputs {
     /// Length without the terminating NUL.
     pub cmdline_len: usize,
     pub initrd: Option<(u64, u64)>,
+    /// A bzImage's own setup header, kept as the base of the zero page's header.
+    pub setup_header: Option<setup_header>,
 }
 
 /// Builds the zero page and writes it at [`ZERO_PAGE_START`].
@@ -81,6 +83,9 @@ pub fn write_zero_page(
     inputs: BootInputs,
 ) -> Result<boot_params, BootParamsError> {
     let mut params = boot_params::default();
+    if let Some(hdr) = inputs.setup_header {
+        params.hdr = hdr;
+    }
     if map.len() > params.e820_table.len() {
         return Err(BootParamsError::TooManyE820Entries(map.len()));
     }
@@ -144,6 +149,7 @@ mod tests {
             cmdline_addr: 0x20000,
             cmdline_len: 12,
             initrd: Some((0x800_0000, 4096)),
+            setup_header: None,
         };
         write_zero_page(&mem, &map, inputs).unwrap();
         let back: boot_params = mem.read_obj(GuestAddress(ZERO_PAGE_START)).unwrap();

@@ -92,6 +92,21 @@ pub fn apply_profile(cpuid: &mut CpuId, profile: CpuProfile) {
     }
 }
 
+/// Per-vCPU identity: the initial APIC id (leaf 1 EBX[31:24], x2APIC id in leaves 0xb and
+/// 0x1f) and the logical processor count (leaf 1 EBX[23:16]) the MP table also announces.
+pub fn set_vcpu_identity(cpuid: &mut CpuId, index: u8, vcpus: u8) {
+    for entry in cpuid.as_mut_slice() {
+        match entry.function {
+            1 => {
+                entry.ebx =
+                    (entry.ebx & 0x0000_ffff) | (u32::from(index) << 24) | (u32::from(vcpus) << 16);
+            }
+            0xb | 0x1f => entry.edx = u32::from(index),
+            _ => {}
+        }
+    }
+}
+
 /// The `clearcpuid=` kernel argument that hides the same features from inside the guest: the
 /// fallback DESIGN.md asks for, in case a host's CPUID masking does not reach the guest.
 pub fn conservative_cmdline() -> &'static str {
@@ -138,6 +153,14 @@ mod tests {
             apply_profile(&mut c, profile);
             assert_ne!(find(&c, 1).ecx & L1_ECX_TSC_DEADLINE, 0, "{profile:?}");
         }
+    }
+
+    #[test]
+    fn each_vcpu_gets_its_apic_id() {
+        let mut c = CpuId::from_entries(&[entry(1, 0, 0x00ff_1234), entry(0xb, 0, 0)]).unwrap();
+        set_vcpu_identity(&mut c, 3, 4);
+        assert_eq!(find(&c, 1).ebx, 0x0304_1234);
+        assert_eq!(find(&c, 0xb).edx, 3);
     }
 
     #[test]

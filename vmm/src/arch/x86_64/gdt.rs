@@ -19,6 +19,14 @@ pub const BOOT_GDT: [u64; 4] = [
     gdt_entry(0x808b, 0, 0xfffff),
 ];
 
+/// PVH entry: null, flat 32-bit code (0x08), data (0x10), TSS (0x18).
+pub const PVH_GDT: [u64; 4] = [
+    gdt_entry(0, 0, 0),
+    gdt_entry(0xc09b, 0, 0xfffff),
+    gdt_entry(0xc093, 0, 0xfffff),
+    gdt_entry(0x008b, 0, 0x67),
+];
+
 /// The KVM segment for GDT entry `index` (selector = index * 8).
 pub fn kvm_segment_from_gdt(entry: u64, index: u8) -> kvm_segment {
     let flag = |shift: u32, width: u32| ((entry >> shift) & ((1 << width) - 1)) as u8;

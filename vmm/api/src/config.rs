@@ -1,0 +1,181 @@
+//! `VmConfig`: the JSON file `hako-vmm run --config` reads. One definition, used by the VMM
+//! and by the runtime that writes it. Unknown fields are refused so a typo is an error, not a
+//! silently ignored setting.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::CpuProfile;
+
+/// Everything one VM needs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmConfig {
+    #[serde(default)]
+    pub machine: MachineConfig,
+    pub kernel: KernelConfig,
+    #[serde(default)]
+    pub console: ConsoleConfig,
+    /// Unix socket serving the control API (status, pause, resume, shutdown, metrics). The
+    /// VMM creates it, refuses to start if it exists, and removes it on exit.
+    #[serde(default)]
+    pub control_socket: Option<PathBuf>,
+    #[serde(default)]
+    pub devices: DevicesConfig,
+}
+
+/// vCPUs, memory and the CPU features the guest sees.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MachineConfig {
+    #[serde(default = "MachineConfig::default_vcpus")]
+    pub vcpus: u8,
+    #[serde(default = "MachineConfig::default_memory_mib")]
+    pub memory_mib: u32,
+    #[serde(default)]
+    pub cpu_profile: CpuProfile,
+}
+
+impl MachineConfig {
+    pub const MAX_VCPUS: u8 = 32;
+    pub const MIN_MEMORY_MIB: u32 = 32;
+
+    fn default_vcpus() -> u8 {
+        1
+    }
+    fn default_memory_mib() -> u32 {
+        256
+    }
+}
+
+impl Default for MachineConfig {
+    fn default() -> Self {
+        Self {
+            vcpus: Self::default_vcpus(),
+            memory_mib: Self::default_memory_mib(),
+            cpu_profile: CpuProfile::default(),
+        }
+    }
+}
+
+/// The guest kernel, its initrd and command line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KernelConfig {
+    /// An uncompressed ELF `vmlinux` (PVH entry used when the kernel has the note) or a bzImage.
+    pub path: PathBuf,
+    #[serde(default)]
+    pub initrd: Option<PathBuf>,
+    /// Appended to the VMM's own arguments (console, reboot, virtio-mmio devices, and the CPU
+    /// profile's fallbacks).
+    #[serde(default)]
+    pub cmdline: String,
+}
+
+/// Where the guest's serial console goes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(
+    deny_unknown_fields,
+    rename_all = "snake_case",
+    tag = "output",
+    content = "path"
+)]
+pub enum ConsoleConfig {
+    /// The VMM's standard output.
+    #[default]
+    Stdout,
+    /// Appended to a file (created if missing).
+    File(PathBuf),
+    /// Discarded; the guest gets no serial console.
+    Off,
+}
+
+/// The virtio-mmio devices.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct DevicesConfig {
+    #[serde(default)]
+    pub vsock: Option<VsockConfig>,
+    #[serde(default)]
+    pub fs: Vec<FsConfig>,
+    #[serde(default)]
+    pub block: Vec<BlockConfig>,
+}
+
+/// A hybrid vsock device: the host side is a Unix socket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VsockConfig {
+    /// The guest's context id (3 or more; 0–2 are reserved).
+    pub guest_cid: u32,
+    /// Host connects here and writes `CONNECT <port>\n`; guest connections to port P arrive at
+    /// `<uds_path>_P`.
+    pub uds_path: PathBuf,
+}
+
+/// A virtio-fs device sharing one host directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FsConfig {
+    /// The mount tag the guest uses (`mount -t virtiofs <tag> /mnt`).
+    pub tag: String,
+    pub shared_dir: PathBuf,
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+/// A virtio-blk device backed by a raw image file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlockConfig {
+    /// A name for logs and metrics.
+    pub id: String,
+    pub path: PathBuf,
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimal_config_takes_defaults() {
+        let cfg: VmConfig = serde_json::from_str(r#"{"kernel": {"path": "/k"}}"#).unwrap();
+        assert_eq!(cfg.machine, MachineConfig::default());
+        assert_eq!(cfg.machine.vcpus, 1);
+        assert_eq!(cfg.console, ConsoleConfig::Stdout);
+        assert!(cfg.control_socket.is_none());
+        assert!(cfg.devices.block.is_empty());
+    }
+
+    #[test]
+    fn full_config_round_trips() {
+        let json = r#"{
+            "machine": {"vcpus": 2, "memory_mib": 512, "cpu_profile": "conservative"},
+            "kernel": {"path": "/k", "initrd": "/i", "cmdline": "quiet"},
+            "console": {"output": "file", "path": "/tmp/console.log"},
+            "control_socket": "/run/hako/x/control.sock",
+            "devices": {
+                "vsock": {"guest_cid": 3, "uds_path": "/run/hako/x/vsock.sock"},
+                "fs": [{"tag": "hako-shared", "shared_dir": "/srv", "read_only": true}],
+                "block": [{"id": "root", "path": "/img.raw"}]
+            }
+        }"#;
+        let cfg: VmConfig = serde_json::from_str(json).unwrap();
+        assert_eq!(cfg.machine.cpu_profile, CpuProfile::Conservative);
+        assert_eq!(cfg.console, ConsoleConfig::File("/tmp/console.log".into()));
+        assert!(cfg.devices.fs[0].read_only);
+        assert!(!cfg.devices.block[0].read_only);
+        let back: VmConfig = serde_json::from_str(&serde_json::to_string(&cfg).unwrap()).unwrap();
+        assert_eq!(back, cfg);
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_by_name() {
+        let err = serde_json::from_str::<VmConfig>(r#"{"kernel": {"path": "/k"}, "vcpus": 2}"#)
+            .unwrap_err();
+        assert!(err.to_string().contains("vcpus"), "{err}");
+    }
+}

@@ -1,0 +1,263 @@
+//! Config → running VM: memory, kernel and initrd, boot structures, legacy devices, vCPUs.
+//! The only place that wires the parts together.
+
+use std::fs::OpenOptions;
+use std::io::{LineWriter, Write};
+use std::path::PathBuf;
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use hako_vmm_api::{ConsoleConfig, CpuProfile, VmConfig, VmState};
+use kvm_ioctls::Kvm;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::arch::x86_64::{self as arch, cpuid, layout, loader, regs};
+use crate::devices::legacy::i8042::{I8042, ResetSignal};
+use crate::devices::legacy::serial::{self, SerialConsole};
+use crate::devices::{Bus, BusError, IrqTrigger};
+use crate::metrics::Counters;
+use crate::vcpu::{self, Vcpu, VcpuControl};
+use crate::vm::{Vm, VmError};
+use crate::vmm::{Vmm, VmmEvent};
+use crate::{memory, vmm};
+
+/// Errors building the VM.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("opening /dev/kvm (is KVM available and are you allowed to use it?)")]
+    Kvm(#[source] kvm_ioctls::Error),
+    #[error(transparent)]
+    Memory(#[from] memory::MemoryError),
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    #[error(transparent)]
+    Loader(#[from] loader::LoaderError),
+    #[error(transparent)]
+    Arch(#[from] arch::ArchError),
+    #[error("setting up vCPU {index}")]
+    Regs {
+        index: u8,
+        #[source]
+        source: regs::RegsError,
+    },
+    #[error("{what}")]
+    KvmCall {
+        what: String,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[error("opening the console log {path}")]
+    ConsoleLog {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{what}")]
+    Io {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("placing a device")]
+    Bus(#[from] BusError),
+}
+
+fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> BuildError {
+    move |source| BuildError::Io { what, source }
+}
+
+/// The kernel command line: the VMM's arguments, the CPU profile's fallbacks, then the
+/// user's, so the user's win where the kernel takes the last value.
+pub fn kernel_cmdline(config: &VmConfig) -> String {
+    let mut args = vec!["reboot=k", "panic=-1", "8250.nr_uarts=1"];
+    match config.console {
+        ConsoleConfig::Off => args.push("console=none"),
+        _ => args.push("console=ttyS0"),
+    }
+    if config.machine.cpu_profile == CpuProfile::Conservative {
+        args.push(cpuid::conservative_cmdline());
+    }
+    let user = config.kernel.cmdline.trim();
+    if !user.is_empty() {
+        args.push(user);
+    }
+    args.join(" ")
+}
+
+fn console_output(config: &ConsoleConfig) -> Result<Option<Box<dyn Write + Send>>, BuildError> {
+    Ok(match config {
+        ConsoleConfig::Stdout => Some(Box::new(std::io::stdout())),
+        ConsoleConfig::File(path) => {
+            let file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|source| BuildError::ConsoleLog {
+                    path: path.clone(),
+                    source,
+                })?;
+            Some(Box::new(LineWriter::new(file)))
+        }
+        ConsoleConfig::Off => None,
+    })
+}
+
+/// Builds the VM and starts its vCPUs. `events` is the channel `Vmm::run` listens on.
+pub fn build(
+    config: &VmConfig,
+    events: (Sender<VmmEvent>, std::sync::mpsc::Receiver<VmmEvent>),
+    started: Instant,
+) -> Result<Vmm, BuildError> {
+    let (tx, rx) = events;
+    let kvm = Kvm::new().map_err(BuildError::Kvm)?;
+    let machine = &config.machine;
+    let mem_size = u64::from(machine.memory_mib) << 20;
+    let guest_memory = memory::create(machine.memory_mib)?;
+    let vm = Vm::new(&kvm, guest_memory.clone())?;
+
+    let kernel = loader::load_kernel(&guest_memory, &config.kernel.path)?;
+    let initrd = match &config.kernel.initrd {
+        Some(path) => Some(loader::load_initrd(&guest_memory, path, &kernel)?),
+        None => None,
+    };
+    let cmdline = kernel_cmdline(config);
+    tracing::info!(entry = ?kernel.entry, %cmdline, "kernel loaded");
+    let boot_info = arch::configure_system(
+        &guest_memory,
+        mem_size,
+        machine.vcpus,
+        &cmdline,
+        &kernel,
+        initrd,
+    )?;
+
+    let mut pio = Bus::new();
+    let mut devices = Vec::new();
+    let console = match console_output(&config.console)? {
+        Some(out) => {
+            let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(io("creating the serial irqfd"))?;
+            vm.register_irqfd(&irq, layout::SERIAL_IRQ)?;
+            let counters = Counters::new(serial::COUNTERS);
+            devices.push(("serial".to_owned(), counters.clone()));
+            let dev = Arc::new(Mutex::new(SerialConsole::new(
+                IrqTrigger(irq),
+                out,
+                counters,
+            )));
+            pio.insert(
+                u64::from(layout::SERIAL_PORT_BASE),
+                u64::from(layout::SERIAL_PORT_LEN),
+                dev.clone(),
+            )?;
+            Some(dev)
+        }
+        None => None,
+    };
+    let reset_tx = Mutex::new(tx.clone());
+    let i8042 = I8042::new(ResetSignal(Box::new(move || {
+        let tx = reset_tx.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = tx.send(VmmEvent::GuestReset);
+    })));
+    pio.insert(
+        u64::from(layout::I8042_PORT_BASE),
+        u64::from(layout::I8042_PORT_LEN),
+        Arc::new(Mutex::new(i8042)),
+    )?;
+    let pio = Arc::new(pio);
+    let mmio = Arc::new(Bus::new());
+
+    let mut base_cpuid = kvm
+        .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+        .map_err(|source| BuildError::KvmCall {
+            what: "reading the supported CPUID".into(),
+            source,
+        })?;
+    cpuid::apply_profile(&mut base_cpuid, machine.cpu_profile);
+
+    vcpu::install_kick_handler().map_err(io("installing the vCPU kick signal handler"))?;
+    let control = VcpuControl::new(machine.vcpus);
+    let mut prepared = Vec::new();
+    let mut vcpu_exits = Vec::new();
+    for index in 0..machine.vcpus {
+        let fd = vm.create_vcpu(index)?;
+        let mut cpuid = base_cpuid.clone();
+        cpuid::set_vcpu_identity(&mut cpuid, index, machine.vcpus);
+        fd.set_cpuid2(&cpuid)
+            .map_err(|source| BuildError::KvmCall {
+                what: format!("setting CPUID of vCPU {index}"),
+                source,
+            })?;
+        regs::setup_vcpu(&fd, &guest_memory, index, kernel.entry, boot_info)
+            .map_err(|source| BuildError::Regs { index, source })?;
+        let exits = Counters::new(vcpu::EXIT_KINDS);
+        vcpu_exits.push(exits.clone());
+        prepared.push(Vcpu {
+            index,
+            fd,
+            memory: guest_memory.clone(),
+            pio: pio.clone(),
+            mmio: mmio.clone(),
+            control: control.clone(),
+            exits,
+            events: tx.clone(),
+        });
+    }
+    let mut vcpu_threads = Vec::new();
+    for v in prepared {
+        vcpu_threads.push(v.spawn().map_err(io("starting a vCPU thread"))?);
+    }
+    tracing::info!(ms = started.elapsed().as_secs_f64() * 1e3, "vCPUs started");
+    Ok(vmm::Vmm {
+        vcpu_threads,
+        control,
+        events: rx,
+        vcpu_exits,
+        devices,
+        console,
+        vcpus: machine.vcpus,
+        memory_mib: machine.memory_mib,
+        started,
+        state: VmState::Running,
+        _vm: vm,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hako_vmm_api::{KernelConfig, MachineConfig};
+
+    fn config(profile: CpuProfile, console: ConsoleConfig, user: &str) -> VmConfig {
+        VmConfig {
+            machine: MachineConfig {
+                cpu_profile: profile,
+                ..Default::default()
+            },
+            kernel: KernelConfig {
+                path: "/k".into(),
+                initrd: None,
+                cmdline: user.into(),
+            },
+            console,
+            control_socket: None,
+            devices: Default::default(),
+        }
+    }
+
+    #[test]
+    fn cmdline_puts_the_users_arguments_last() {
+        let c = kernel_cmdline(&config(CpuProfile::Host, ConsoleConfig::Stdout, " quiet "));
+        assert!(c.starts_with("reboot=k panic=-1"), "{c}");
+        assert!(c.contains("console=ttyS0"));
+        assert!(c.ends_with(" quiet"), "{c}");
+        assert!(!c.contains("clearcpuid"));
+    }
+
+    #[test]
+    fn conservative_profile_adds_the_clearcpuid_fallback() {
+        let c = kernel_cmdline(&config(CpuProfile::Conservative, ConsoleConfig::Off, ""));
+        assert!(c.contains("clearcpuid=") && c.contains("noxsave"), "{c}");
+        assert!(c.contains("console=none") && !c.contains("ttyS0"), "{c}");
+    }
+}

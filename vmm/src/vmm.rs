@@ -1,0 +1,166 @@
+//! The running VM: the VMM thread's event loop (guest exits, the control API, signals), the
+//! power-off check, and the stop path that every exit goes through.
+
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use hako_vmm_api::{ControlReply, ControlRequest, ExitReason, Metrics, VmState};
+
+use crate::devices::legacy::serial::SerialConsole;
+use crate::metrics::{self, Counters};
+use crate::vcpu::{VcpuControl, Wanted, Where};
+use crate::vm::Vm;
+
+/// How often the VMM checks whether every vCPU has halted for good (Linux's poweroff
+/// without ACPI ends that way).
+const POWEROFF_POLL: Duration = Duration::from_millis(500);
+
+/// What reaches the VMM thread.
+pub enum VmmEvent {
+    /// The guest pulsed the i8042 reset line.
+    GuestReset,
+    /// A vCPU thread ended the VM.
+    VcpuExit {
+        index: u8,
+        reason: ExitReason,
+        detail: String,
+    },
+    /// A control API request and where its reply goes.
+    Control(ControlRequest, Sender<ControlReply>),
+    /// SIGTERM, SIGINT or SIGHUP.
+    Signal(i32),
+}
+
+/// A booted VM and everything that runs it.
+pub struct Vmm {
+    // Field order: vCPU threads are joined (in `stop`) before the VM and its memory drop.
+    pub(crate) vcpu_threads: Vec<JoinHandle<()>>,
+    pub(crate) control: Arc<VcpuControl>,
+    pub(crate) events: Receiver<VmmEvent>,
+    pub(crate) vcpu_exits: Vec<Arc<Counters>>,
+    pub(crate) devices: Vec<(String, Arc<Counters>)>,
+    pub(crate) console: Option<Arc<Mutex<SerialConsole>>>,
+    pub(crate) vcpus: u8,
+    pub(crate) memory_mib: u32,
+    pub(crate) started: Instant,
+    pub(crate) state: VmState,
+    pub(crate) _vm: Vm,
+}
+
+impl Vmm {
+    /// Runs until the guest ends, a control request or a signal stops it; returns why.
+    pub fn run(mut self) -> ExitReason {
+        let reason = loop {
+            match self.events.recv_timeout(POWEROFF_POLL) {
+                Ok(VmmEvent::GuestReset) => {
+                    tracing::info!("the guest reset the machine (i8042)");
+                    break ExitReason::GuestReset;
+                }
+                Ok(VmmEvent::VcpuExit {
+                    index,
+                    reason,
+                    detail,
+                }) => {
+                    if reason == ExitReason::GuestCrash {
+                        tracing::error!(vcpu = index, "guest crashed: {detail}");
+                    } else {
+                        tracing::info!(vcpu = index, "guest ended: {detail}");
+                    }
+                    break reason;
+                }
+                Ok(VmmEvent::Control(request, reply)) => {
+                    let (answer, exit) = self.handle(request);
+                    let _ = reply.send(answer);
+                    if let Some(reason) = exit {
+                        break reason;
+                    }
+                }
+                Ok(VmmEvent::Signal(signal)) => {
+                    tracing::info!(signal, "stopping on a signal");
+                    break ExitReason::Stopped;
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    if self.state == VmState::Running && self.powered_off() {
+                        tracing::info!("every vCPU halted with interrupts off: guest powered off");
+                        break ExitReason::GuestPoweroff;
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => break ExitReason::Stopped,
+            }
+        };
+        self.stop();
+        reason
+    }
+
+    fn powered_off(&self) -> bool {
+        let places = self.control.request(Wanted::Pause, &self.vcpu_threads);
+        let all_halted = places.iter().all(|p| {
+            matches!(
+                p,
+                Where::Parked {
+                    halted_for_good: true
+                } | Where::Stopped
+            )
+        });
+        self.control.request(Wanted::Run, &self.vcpu_threads);
+        all_halted
+    }
+
+    /// Carries out one control request; the second value ends the VM.
+    fn handle(&mut self, request: ControlRequest) -> (ControlReply, Option<ExitReason>) {
+        tracing::debug!(?request, "control request");
+        match request {
+            ControlRequest::Status => (self.status(), None),
+            ControlRequest::Pause => {
+                self.control.request(Wanted::Pause, &self.vcpu_threads);
+                self.state = VmState::Paused;
+                (ControlReply::Done, None)
+            }
+            ControlRequest::Resume => {
+                self.control.request(Wanted::Run, &self.vcpu_threads);
+                self.state = VmState::Running;
+                (ControlReply::Done, None)
+            }
+            ControlRequest::Shutdown { .. } => {
+                self.state = VmState::ShuttingDown;
+                (ControlReply::Done, Some(ExitReason::Stopped))
+            }
+            ControlRequest::Metrics => (ControlReply::Metrics(self.metrics()), None),
+        }
+    }
+
+    fn status(&self) -> ControlReply {
+        ControlReply::Status {
+            state: self.state,
+            vcpus: self.vcpus,
+            memory_mib: self.memory_mib,
+            uptime_ms: self.started.elapsed().as_millis() as u64,
+        }
+    }
+
+    fn metrics(&self) -> Metrics {
+        Metrics {
+            vcpu_exits: metrics::sum(self.vcpu_exits.iter().map(|c| &**c)),
+            devices: self
+                .devices
+                .iter()
+                .map(|(name, c)| (name.clone(), c.snapshot()))
+                .collect(),
+        }
+    }
+
+    /// Stops and joins every vCPU thread and flushes the console.
+    fn stop(&mut self) {
+        self.control.request(Wanted::Stop, &self.vcpu_threads);
+        for t in self.vcpu_threads.drain(..) {
+            if t.join().is_err() {
+                tracing::error!("a vCPU thread panicked");
+            }
+        }
+        if let Some(console) = &self.console {
+            console.lock().unwrap_or_else(|p| p.into_inner()).flush();
+        }
+    }
+}
