@@ -45,6 +45,7 @@ pub fn probe_init_script() -> String {
          echo '{PROBE_INIT_MARKER}'\n\
          /bin/busybox mount -t proc proc /proc\n\
          /bin/busybox mount -t sysfs sysfs /sys\n\
+         /bin/busybox mount -t devtmpfs dev /dev\n\
          {PROBE_PROGRAM_PATH}\n\
          echo \"{PROBE_DONE_MARKER}$?\"\n\
          read -r cmdline < /proc/cmdline\n\

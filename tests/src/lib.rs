@@ -1,8 +1,11 @@
 //! Shared pieces of Hako's cross-binary suites: prerequisites that turn into skips
-//! ([`require`]), fixtures built at test time ([`fixtures`]) and a QEMU runner ([`qemu`]).
+//! ([`require`]), fixtures built at test time ([`fixtures`]), a VMM process runner that
+//! captures the console ([`boot`]), and the hako-vmm and QEMU commands.
 #![forbid(unsafe_code)]
 
+pub mod boot;
 pub mod fixtures;
+pub mod hako_vmm;
 pub mod qemu;
 pub mod require;
 

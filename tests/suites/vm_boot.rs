@@ -1,12 +1,25 @@
-//! Tier 3 (KVM): the guest kernel boots under `qemu-system-x86_64 -M microvm` with the probe
-//! image, reaches userspace and prints the probe's markers. Slow where guest kernel mode is
-//! emulated (about a minute); skip locally with `--skip vm_`.
+//! Tier 3 (KVM): hako-vmm boots the project's guest kernel with the probe image. Each boot
+//! takes about a minute where guest kernel mode is emulated, so the suite boots few VMs and
+//! checks several things in each; skip them locally with `--skip vm_`.
+//!
+//! - reboot: the probe's markers on the console, the control API answering while the guest
+//!   runs (status, pause/resume, metrics), exit status 3 (guest reset) when the guest reboots,
+//!   and the control socket gone afterwards.
+//! - devices and poweroff: the kernel banner (loglevel 6); a virtio-blk disk the guest reads
+//!   the host's marker from and writes its own to, checked in the image file afterwards; exit
+//!   status 0 when the guest powers off.
 
-use std::time::Duration;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
-use hako_rootfs_builder::images::{PROBE_DONE_MARKER, PROBE_INIT_MARKER};
+use hako_guest_probe::{BLK_ARG, BLK_GUEST_MARKER, BLK_HOST_MARKER};
+use hako_rootfs_builder::images::{PROBE_DONE_MARKER, PROBE_INIT_MARKER, PROBE_POWEROFF_ARG};
+use hako_tests::boot::{self, Boot};
 use hako_tests::require::{self, Skip};
-use hako_tests::{fixtures, qemu};
+use hako_tests::{fixtures, hako_vmm};
+use hako_vmm_api::{BlockConfig, ControlReply, ExitReason, VmState};
 use libtest_mimic::{Arguments, Failed};
 
 /// Boots take ~1 minute here; allow for a loaded machine.
@@ -18,66 +31,207 @@ fn deadline() -> Duration {
     Duration::from_secs(secs)
 }
 
-fn boot_probe_image() -> Result<(), Failed> {
-    let kernel = fixtures::kernel().map_err(|s| Failed::from(s.to_string()))?;
-    let image = fixtures::probe_image()?;
-    let cmd = qemu::command(&kernel, &image, 256, &qemu::cmdline(""));
-    let boot = qemu::boot(cmd, deadline()).map_err(|e| format!("starting qemu: {e}"))?;
-    let _ = std::fs::remove_file(&image);
-    let console = boot.console();
+struct Fixture {
+    vmm: PathBuf,
+    kernel: PathBuf,
+    image: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+fn fixture() -> Result<Fixture, Failed> {
+    Ok(Fixture {
+        vmm: fixtures::workspace_binary("hako-vmm", "hako-vmm")?,
+        kernel: fixtures::kernel().map_err(|s| Failed::from(s.to_string()))?,
+        image: fixtures::probe_image()?,
+        dir: tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?,
+    })
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.image);
+    }
+}
+
+fn print_console(boot: &Boot) {
     eprintln!(
-        "--- guest console ---\n{console}--- end ({:.1}s) ---",
+        "--- console and VMM log ---\n{}--- end ({:.1}s) ---",
+        boot.console(),
         boot.elapsed.as_secs_f64()
     );
-    let expect = |needle: &str| -> Result<(), Failed> {
-        if boot.time_of(needle).is_some() {
-            Ok(())
-        } else {
-            Err(format!("the console never showed {needle:?}").into())
+}
+
+fn expect(boot: &Boot, needle: &str) -> Result<(), Failed> {
+    match boot.time_of(needle) {
+        Some(_) => Ok(()),
+        None => Err(format!("the console never showed {needle:?}").into()),
+    }
+}
+
+fn expect_exit(boot: &Boot, reason: ExitReason) -> Result<(), Failed> {
+    let want = i32::from(reason.exit_code());
+    match boot.exit.and_then(|s| s.code()) {
+        Some(code) if code == want => Ok(()),
+        Some(code) => {
+            Err(format!("hako-vmm exited with {code}, expected {want} ({reason:?})").into())
+        }
+        None => Err("hako-vmm did not exit by itself (killed at the deadline)".into()),
+    }
+}
+
+fn expect_probe_ran(boot: &Boot) -> Result<(), Failed> {
+    expect(boot, PROBE_INIT_MARKER)?;
+    expect(boot, "HAKO-GUEST-PROBE: kernel: 6.1")?;
+    expect(boot, "HAKO-GUEST-PROBE: spawn: child")?;
+    // The conservative CPU profile reached the guest: none of the hidden features is visible.
+    expect(boot, "of popcnt/xsave/smap/cx16/avx visible: []")?;
+    expect(boot, "HAKO-GUEST-PROBE: ok")?;
+    expect(boot, &format!("{PROBE_DONE_MARKER}0"))
+}
+
+/// One request on a fresh connection.
+fn control(path: &Path, request: &str) -> Result<ControlReply, String> {
+    let mut s =
+        UnixStream::connect(path).map_err(|e| format!("connecting {}: {e}", path.display()))?;
+    s.write_all(format!("{{\"request\":\"{request}\"}}\n").as_bytes())
+        .map_err(|e| format!("sending {request}: {e}"))?;
+    let mut line = String::new();
+    BufReader::new(s)
+        .read_line(&mut line)
+        .map_err(|e| format!("reading the reply to {request}: {e}"))?;
+    serde_json::from_str(&line).map_err(|e| format!("reply {line:?} to {request}: {e}"))
+}
+
+/// Drives the control API while the guest boots; returns what went wrong, if anything.
+fn exercise_control_api(path: &Path) -> Result<(), String> {
+    let start = Instant::now();
+    while !path.exists() {
+        if start.elapsed() > Duration::from_secs(30) {
+            return Err(format!("{} never appeared", path.display()));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let state = |want: VmState| -> Result<(), String> {
+        match control(path, "status")? {
+            ControlReply::Status {
+                state,
+                vcpus: 1,
+                memory_mib: 256,
+                ..
+            } if state == want => Ok(()),
+            other => Err(format!(
+                "status: expected {want:?} with 1 vCPU/256 MiB, got {other:?}"
+            )),
         }
     };
-    expect(PROBE_INIT_MARKER)?;
-    expect("HAKO-GUEST-PROBE: kernel: 6.1")?;
-    expect("HAKO-GUEST-PROBE: file: 21 bytes")?;
-    expect("HAKO-GUEST-PROBE: spawn: child")?;
-    // clearcpuid= reached the guest: none of the features the emulator lacks is visible.
-    expect("of popcnt/xsave/smap/cx16/avx visible: []")?;
-    expect("HAKO-GUEST-PROBE: ok")?;
-    expect(&format!("{PROBE_DONE_MARKER}0"))?;
-    match boot.exit {
-        Some(status) if status.success() => {}
-        Some(status) => {
-            return Err(format!("qemu exited with {status} after the guest rebooted").into());
+    state(VmState::Running)?;
+    if control(path, "pause")? != ControlReply::Done {
+        return Err("pause was not done".into());
+    }
+    state(VmState::Paused)?;
+    if control(path, "resume")? != ControlReply::Done {
+        return Err("resume was not done".into());
+    }
+    state(VmState::Running)?;
+    match control(path, "metrics")? {
+        ControlReply::Metrics(m) => {
+            if !m.devices.contains_key("serial") || !m.vcpu_exits.contains_key("io_out") {
+                return Err(format!(
+                    "metrics lack the serial device or io_out exits: {m:?}"
+                ));
+            }
+            if m.vcpu_exits.get("intr").copied().unwrap_or(0) == 0 {
+                return Err(format!("pausing kicked no vCPU out of KVM_RUN: {m:?}"));
+            }
         }
-        None => {
-            return Err(
-                "the guest did not reboot by itself (qemu was killed at the deadline)".into(),
-            );
-        }
+        other => return Err(format!("metrics: {other:?}")),
+    }
+    match control(path, "bogus")? {
+        ControlReply::Error { .. } => Ok(()),
+        other => Err(format!("an unknown request got {other:?}")),
+    }
+}
+
+fn boot_reboots_and_serves_the_control_api() -> Result<(), Failed> {
+    let f = fixture()?;
+    let config = hako_vmm::probe_vm(f.dir.path(), &f.kernel, &f.image, "quiet");
+    let cmd = hako_vmm::command(&f.vmm, f.dir.path(), &config).map_err(|e| e.to_string())?;
+    let socket = hako_vmm::control_socket(f.dir.path());
+    let api = {
+        let socket = socket.clone();
+        std::thread::spawn(move || exercise_control_api(&socket))
+    };
+    let boot = boot::boot(cmd, deadline()).map_err(|e| format!("starting hako-vmm: {e}"))?;
+    print_console(&boot);
+    api.join()
+        .map_err(|_| "the control API thread panicked")??;
+    expect_probe_ran(&boot)?;
+    expect_exit(&boot, ExitReason::GuestReset)?;
+    if socket.exists() {
+        return Err("the control socket was left behind".into());
     }
     if let Some(t) = boot.time_of(PROBE_INIT_MARKER) {
-        eprintln!(
-            "boot: userspace /init after {:.1}s, whole run {:.1}s",
-            t.as_secs_f64(),
-            boot.elapsed.as_secs_f64()
-        );
+        eprintln!("boot: /init after {:.1}s", t.as_secs_f64());
     }
     Ok(())
 }
 
+/// A 1 MiB raw disk with the host's marker at byte 0.
+fn test_disk(dir: &Path) -> Result<PathBuf, Failed> {
+    let path = dir.join("disk.raw");
+    let mut bytes = vec![0u8; 1 << 20];
+    bytes[..BLK_HOST_MARKER.len()].copy_from_slice(BLK_HOST_MARKER.as_bytes());
+    std::fs::write(&path, bytes).map_err(|e| format!("writing {}: {e}", path.display()))?;
+    Ok(path)
+}
+
+fn boot_with_devices_and_power_off() -> Result<(), Failed> {
+    let f = fixture()?;
+    let disk = test_disk(f.dir.path())?;
+    let cmdline = format!("loglevel=6 {PROBE_POWEROFF_ARG} {BLK_ARG}=/dev/vda");
+    let mut config = hako_vmm::probe_vm(f.dir.path(), &f.kernel, &f.image, &cmdline);
+    config.devices.block.push(BlockConfig {
+        id: "test".into(),
+        path: disk.clone(),
+        read_only: false,
+    });
+    let cmd = hako_vmm::command(&f.vmm, f.dir.path(), &config).map_err(|e| e.to_string())?;
+    let boot = boot::boot(cmd, deadline()).map_err(|e| format!("starting hako-vmm: {e}"))?;
+    print_console(&boot);
+    expect(&boot, "Linux version 6.1")?;
+    expect(&boot, "HAKO-GUEST-PROBE: virtio: [2]")?;
+    expect(
+        &boot,
+        "HAKO-GUEST-PROBE: blk: /dev/vda read the host's marker",
+    )?;
+    expect_probe_ran(&boot)?;
+    let image = std::fs::read(&disk).map_err(|e| format!("reading {}: {e}", disk.display()))?;
+    if !image[512..].starts_with(BLK_GUEST_MARKER.as_bytes()) {
+        return Err("the guest's write did not reach the disk image".into());
+    }
+    expect(&boot, "guest powered off")?;
+    expect_exit(&boot, ExitReason::GuestPoweroff)
+}
+
 fn prerequisites() -> Result<(), Skip> {
     require::kvm()?;
-    require::program("qemu-system-x86_64")?;
     require::program("/bin/busybox")?;
     fixtures::kernel().map(drop)
 }
 
 fn main() {
     let args = Arguments::from_args();
-    let trials = vec![require::trial(
-        "vm_boot_probe_image_under_qemu_microvm",
-        prerequisites,
-        boot_probe_image,
-    )];
+    let trials = vec![
+        require::trial(
+            "vm_boot_reboot_exits_3_and_serves_the_control_api",
+            prerequisites,
+            boot_reboots_and_serves_the_control_api,
+        ),
+        require::trial(
+            "vm_boot_devices_work_and_poweroff_exits_0",
+            prerequisites,
+            boot_with_devices_and_power_off,
+        ),
+    ];
     libtest_mimic::run(&args, trials).exit();
 }

@@ -15,6 +15,9 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::arch::x86_64::{self as arch, cpuid, layout, loader, regs};
 use crate::devices::legacy::i8042::{I8042, ResetSignal};
 use crate::devices::legacy::serial::{self, SerialConsole};
+use crate::devices::manager::{DeviceManager, ManagerError};
+use crate::devices::virtio::VirtioDevice;
+use crate::devices::virtio::block::{self, Block, BlockError};
 use crate::devices::{Bus, BusError, IrqTrigger};
 use crate::metrics::Counters;
 use crate::vcpu::{self, Vcpu, VcpuControl};
@@ -61,6 +64,10 @@ pub enum BuildError {
     },
     #[error("placing a device")]
     Bus(#[from] BusError),
+    #[error(transparent)]
+    Manager(#[from] ManagerError),
+    #[error(transparent)]
+    Block(#[from] BlockError),
 }
 
 fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> BuildError {
@@ -69,7 +76,7 @@ fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> BuildError {
 
 /// The kernel command line: the VMM's arguments, the CPU profile's fallbacks, then the
 /// user's, so the user's win where the kernel takes the last value.
-pub fn kernel_cmdline(config: &VmConfig) -> String {
+pub fn kernel_cmdline(config: &VmConfig, devices: &str) -> String {
     let mut args = vec!["reboot=k", "panic=-1", "8250.nr_uarts=1"];
     match config.console {
         ConsoleConfig::Off => args.push("console=none"),
@@ -77,6 +84,9 @@ pub fn kernel_cmdline(config: &VmConfig) -> String {
     }
     if config.machine.cpu_profile == CpuProfile::Conservative {
         args.push(cpuid::conservative_cmdline());
+    }
+    if !devices.is_empty() {
+        args.push(devices);
     }
     let user = config.kernel.cmdline.trim();
     if !user.is_empty() {
@@ -121,7 +131,18 @@ pub fn build(
         Some(path) => Some(loader::load_initrd(&guest_memory, path, &kernel)?),
         None => None,
     };
-    let cmdline = kernel_cmdline(config);
+    let mut mmio = Bus::new();
+    let mut devices = Vec::new();
+    let mut manager = DeviceManager::default();
+    for blk in &config.devices.block {
+        let counters = Counters::new(block::COUNTERS);
+        let dev = Block::open(&blk.id, &blk.path, blk.read_only, counters.clone())?;
+        devices.push((dev.name().to_owned(), counters));
+        manager.add(vm.fd(), &mut mmio, &guest_memory, Box::new(dev))?;
+    }
+    let mmio = Arc::new(mmio);
+
+    let cmdline = kernel_cmdline(config, &manager.cmdline());
     tracing::info!(entry = ?kernel.entry, %cmdline, "kernel loaded");
     let boot_info = arch::configure_system(
         &guest_memory,
@@ -133,7 +154,6 @@ pub fn build(
     )?;
 
     let mut pio = Bus::new();
-    let mut devices = Vec::new();
     let console = match console_output(&config.console)? {
         Some(out) => {
             let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(io("creating the serial irqfd"))?;
@@ -165,7 +185,6 @@ pub fn build(
         Arc::new(Mutex::new(i8042)),
     )?;
     let pio = Arc::new(pio);
-    let mmio = Arc::new(Bus::new());
 
     let mut base_cpuid = kvm
         .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
@@ -247,7 +266,11 @@ mod tests {
 
     #[test]
     fn cmdline_puts_the_users_arguments_last() {
-        let c = kernel_cmdline(&config(CpuProfile::Host, ConsoleConfig::Stdout, " quiet "));
+        let c = kernel_cmdline(
+            &config(CpuProfile::Host, ConsoleConfig::Stdout, " quiet "),
+            "virtio_mmio.device=4K@0xc0000000:5",
+        );
+        assert!(c.contains(" virtio_mmio.device=4K@0xc0000000:5 "), "{c}");
         assert!(c.starts_with("reboot=k panic=-1"), "{c}");
         assert!(c.contains("console=ttyS0"));
         assert!(c.ends_with(" quiet"), "{c}");
@@ -256,8 +279,11 @@ mod tests {
 
     #[test]
     fn conservative_profile_adds_the_clearcpuid_fallback() {
-        let c = kernel_cmdline(&config(CpuProfile::Conservative, ConsoleConfig::Off, ""));
-        assert!(c.contains("clearcpuid=") && c.contains("noxsave"), "{c}");
+        let c = kernel_cmdline(
+            &config(CpuProfile::Conservative, ConsoleConfig::Off, ""),
+            "",
+        );
+        assert!(c.contains("clearcpuid=cx16,xsave,smap"), "{c}");
         assert!(c.contains("console=none") && !c.contains("ttyS0"), "{c}");
     }
 }

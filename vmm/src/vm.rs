@@ -62,6 +62,11 @@ impl Vm {
         Ok(Self { fd, memory })
     }
 
+    /// The VM fd, for wiring devices (irqfds, ioeventfds).
+    pub fn fd(&self) -> &VmFd {
+        &self.fd
+    }
+
     pub fn memory(&self) -> &GuestMemoryMmap {
         &self.memory
     }

@@ -1,9 +1,15 @@
 //! Runs inside the probe guest (built static, placed in the probe image by
 //! hako-rootfs-builder). Each check prints one `HAKO-GUEST-PROBE:` line; the last is `ok` or
 //! `FAIL`. Checks are few because each syscall is costly where guest kernel mode is emulated.
+//! Device checks run when the kernel command line asks for them:
+//! `hako.probe.blk=<device>` reads the host's marker from sector 0 and writes the guest's at
+//! sector 1.
 #![forbid(unsafe_code)]
 
+use std::os::unix::fs::FileExt;
 use std::process::ExitCode;
+
+use hako_guest_probe::{BLK_ARG, BLK_GUEST_MARKER, BLK_HOST_MARKER, cmdline_value};
 
 fn check(name: &str, result: Result<String, String>, failed: &mut bool) {
     match result {
@@ -66,13 +72,55 @@ fn visible_cpu_features() -> Result<String, String> {
     ))
 }
 
+/// The virtio devices the kernel probed, as their device IDs (2 block, 19 vsock, 26 fs).
+fn virtio_devices() -> Result<String, String> {
+    let dir = "/sys/bus/virtio/devices";
+    let mut ids = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| format!("{dir}: {e}"))? {
+        let path = entry.map_err(|e| e.to_string())?.path().join("device");
+        let id = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let id = u32::from_str_radix(id.trim().trim_start_matches("0x"), 16)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        ids.push(id);
+    }
+    ids.sort_unstable();
+    Ok(format!("{ids:?}"))
+}
+
+fn block_device(dev: &str) -> Result<String, String> {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(dev)
+        .map_err(|e| format!("open {dev}: {e}"))?;
+    let mut first = vec![0u8; 512];
+    f.read_exact_at(&mut first, 0)
+        .map_err(|e| format!("read {dev}: {e}"))?;
+    if !first.starts_with(BLK_HOST_MARKER.as_bytes()) {
+        return Err(format!("sector 0 of {dev} lacks the host's marker"));
+    }
+    let mut sector = BLK_GUEST_MARKER.as_bytes().to_vec();
+    sector.resize(512, 0);
+    f.write_all_at(&sector, 512)
+        .map_err(|e| format!("write {dev}: {e}"))?;
+    f.sync_all().map_err(|e| format!("flush {dev}: {e}"))?;
+    Ok(format!(
+        "{dev} read the host's marker, wrote and flushed the guest's"
+    ))
+}
+
 fn main() -> ExitCode {
     println!("HAKO-GUEST-PROBE: start pid={}", std::process::id());
     let mut failed = false;
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     check("kernel", kernel_release(), &mut failed);
     check("file", file_round_trip(), &mut failed);
     check("spawn", spawn_child(), &mut failed);
     check("cpu", visible_cpu_features(), &mut failed);
+    check("virtio", virtio_devices(), &mut failed);
+    if let Some(dev) = cmdline_value(&cmdline, BLK_ARG) {
+        check("blk", block_device(&dev), &mut failed);
+    }
     if failed {
         println!("HAKO-GUEST-PROBE: FAIL");
         ExitCode::FAILURE

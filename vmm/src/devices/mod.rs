@@ -4,6 +4,8 @@
 
 pub mod bus;
 pub mod legacy;
+pub mod manager;
+pub mod virtio;
 
 use vmm_sys_util::eventfd::EventFd;
 

@@ -109,8 +109,10 @@ pub fn set_vcpu_identity(cpuid: &mut CpuId, index: u8, vcpus: u8) {
 
 /// The `clearcpuid=` kernel argument that hides the same features from inside the guest: the
 /// fallback DESIGN.md asks for, in case a host's CPUID masking does not reach the guest.
+/// (DESIGN.md's `noxsave` is gone from 6.1 kernels, which report it as unknown;
+/// `clearcpuid=xsave` does its job.)
 pub fn conservative_cmdline() -> &'static str {
-    "noxsave clearcpuid=cx16,xsave,smap,smep,popcnt,avx,avx2,bmi1,bmi2,fsgsbase,erms,fsrm,movbe"
+    "clearcpuid=cx16,xsave,smap,smep,popcnt,avx,avx2,bmi1,bmi2,fsgsbase,erms,fsrm,movbe"
 }
 
 #[cfg(test)]

@@ -1,0 +1,31 @@
+//! What the guest test program and the host-side VM tests agree on: kernel command-line keys
+//! that switch device checks on, and the markers each side writes.
+#![forbid(unsafe_code)]
+
+/// Prefix of every line the program prints.
+pub const LINE_PREFIX: &str = "HAKO-GUEST-PROBE:";
+/// `hako.probe.blk=<device>`: check a virtio-blk disk.
+pub const BLK_ARG: &str = "hako.probe.blk";
+/// What the host writes at the start of a test disk.
+pub const BLK_HOST_MARKER: &str = "HAKO-BLK host wrote this";
+/// What the guest writes at byte 512 of the test disk.
+pub const BLK_GUEST_MARKER: &str = "HAKO-BLK guest wrote this";
+
+/// The value of `key=` on a kernel command line.
+pub fn cmdline_value(cmdline: &str, key: &str) -> Option<String> {
+    cmdline
+        .split_whitespace()
+        .find_map(|arg| arg.strip_prefix(key)?.strip_prefix('=').map(str::to_owned))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_exact_keys_only() {
+        let c = "quiet hako.probe.blkx=no hako.probe.blk=/dev/vda end";
+        assert_eq!(cmdline_value(c, BLK_ARG).as_deref(), Some("/dev/vda"));
+        assert_eq!(cmdline_value(c, "hako.probe.fs"), None);
+    }
+}

@@ -1,0 +1,530 @@
+//! The virtio-mmio (version 2) register transport over any [`VirtioDevice`]: feature
+//! negotiation, queue setup, status, interrupt acknowledgement and the configuration space.
+//! Queue notifications normally bypass it (KVM signals an ioeventfd per queue); a notify that
+//! does reach it is forwarded to the same eventfd.
+
+use std::sync::Arc;
+
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+use super::{Activation, Interrupt, VirtioDevice};
+use crate::devices::BusDevice;
+
+const MAGIC: u32 = 0x7472_6976; // "virt"
+const VERSION: u32 = 2;
+const VENDOR_ID: u32 = 0x6f6b_6168; // "hako"
+
+/// Register offsets.
+const REG_MAGIC: u64 = 0x000;
+const REG_VERSION: u64 = 0x004;
+const REG_DEVICE_ID: u64 = 0x008;
+const REG_VENDOR_ID: u64 = 0x00c;
+const REG_DEVICE_FEATURES: u64 = 0x010;
+const REG_DEVICE_FEATURES_SEL: u64 = 0x014;
+const REG_DRIVER_FEATURES: u64 = 0x020;
+const REG_DRIVER_FEATURES_SEL: u64 = 0x024;
+const REG_QUEUE_SEL: u64 = 0x030;
+const REG_QUEUE_NUM_MAX: u64 = 0x034;
+const REG_QUEUE_NUM: u64 = 0x038;
+const REG_QUEUE_READY: u64 = 0x044;
+/// Where the driver writes a queue index to notify; KVM matches it to an ioeventfd.
+pub const REG_QUEUE_NOTIFY: u64 = 0x050;
+const REG_INTERRUPT_STATUS: u64 = 0x060;
+const REG_INTERRUPT_ACK: u64 = 0x064;
+const REG_STATUS: u64 = 0x070;
+const REG_QUEUE_DESC_LOW: u64 = 0x080;
+const REG_QUEUE_DESC_HIGH: u64 = 0x084;
+const REG_QUEUE_AVAIL_LOW: u64 = 0x090;
+const REG_QUEUE_AVAIL_HIGH: u64 = 0x094;
+const REG_QUEUE_USED_LOW: u64 = 0x0a0;
+const REG_QUEUE_USED_HIGH: u64 = 0x0a4;
+const REG_CONFIG_GENERATION: u64 = 0x0fc;
+const CONFIG_SPACE: u64 = 0x100;
+
+/// Device status bits.
+pub const STATUS_ACKNOWLEDGE: u32 = 1;
+pub const STATUS_DRIVER: u32 = 2;
+pub const STATUS_DRIVER_OK: u32 = 4;
+pub const STATUS_FEATURES_OK: u32 = 8;
+pub const STATUS_NEEDS_RESET: u32 = 0x40;
+pub const STATUS_FAILED: u32 = 0x80;
+
+/// A virtio device behind the MMIO registers.
+pub struct MmioTransport {
+    device: Box<dyn VirtioDevice>,
+    memory: GuestMemoryMmap,
+    interrupt: Arc<Interrupt>,
+    queues: Vec<Queue>,
+    queue_events: Vec<EventFd>,
+    status: u32,
+    device_features_sel: u32,
+    driver_features_sel: u32,
+    driver_features: u64,
+    queue_sel: u32,
+    activated: bool,
+}
+
+/// Errors creating the transport.
+#[derive(Debug, thiserror::Error)]
+pub enum MmioError {
+    #[error("device {name}: queue {index} has an invalid maximum size {size}")]
+    QueueSize {
+        name: String,
+        index: usize,
+        size: u16,
+    },
+    #[error("creating an eventfd for a queue of device {name}")]
+    EventFd {
+        name: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl MmioTransport {
+    pub fn new(
+        device: Box<dyn VirtioDevice>,
+        memory: GuestMemoryMmap,
+        interrupt: Arc<Interrupt>,
+    ) -> Result<Self, MmioError> {
+        let mut queues = Vec::new();
+        let mut queue_events = Vec::new();
+        for (index, &size) in device.queue_max_sizes().iter().enumerate() {
+            queues.push(Queue::new(size).map_err(|_| MmioError::QueueSize {
+                name: device.name().to_owned(),
+                index,
+                size,
+            })?);
+            queue_events.push(EventFd::new(libc::EFD_NONBLOCK).map_err(|source| {
+                MmioError::EventFd {
+                    name: device.name().to_owned(),
+                    source,
+                }
+            })?);
+        }
+        Ok(Self {
+            device,
+            memory,
+            interrupt,
+            queues,
+            queue_events,
+            status: 0,
+            device_features_sel: 0,
+            driver_features_sel: 0,
+            driver_features: 0,
+            queue_sel: 0,
+            activated: false,
+        })
+    }
+
+    /// The eventfd of each queue, for KVM ioeventfds on `REG_QUEUE_NOTIFY`.
+    pub fn queue_events(&self) -> &[EventFd] {
+        &self.queue_events
+    }
+
+    pub fn device_name(&self) -> &str {
+        self.device.name()
+    }
+
+    fn selected_queue(&mut self) -> Option<&mut Queue> {
+        if self.activated {
+            return None;
+        }
+        self.queues.get_mut(self.queue_sel as usize)
+    }
+
+    fn read_register(&self, offset: u64) -> u32 {
+        let queue = self.queues.get(self.queue_sel as usize);
+        match offset {
+            REG_MAGIC => MAGIC,
+            REG_VERSION => VERSION,
+            REG_DEVICE_ID => self.device.device_type(),
+            REG_VENDOR_ID => VENDOR_ID,
+            REG_DEVICE_FEATURES => match self.device_features_sel {
+                0 => self.device.features() as u32,
+                1 => (self.device.features() >> 32) as u32,
+                _ => 0,
+            },
+            REG_QUEUE_NUM_MAX => self
+                .device
+                .queue_max_sizes()
+                .get(self.queue_sel as usize)
+                .map_or(0, |s| u32::from(*s)),
+            // Once active the device owns the queues; every queue it was given is ready.
+            REG_QUEUE_READY if self.activated => {
+                u32::from((self.queue_sel as usize) < self.device.queue_max_sizes().len())
+            }
+            REG_QUEUE_READY => queue.map_or(0, |q| u32::from(q.ready())),
+            REG_INTERRUPT_STATUS => self.interrupt.status(),
+            REG_STATUS => self.status,
+            REG_CONFIG_GENERATION => 0,
+            _ => {
+                tracing::debug!(
+                    device = self.device.name(),
+                    offset,
+                    "read of an unknown register"
+                );
+                0
+            }
+        }
+    }
+
+    fn write_register(&mut self, offset: u64, value: u32) {
+        match offset {
+            REG_DEVICE_FEATURES_SEL => self.device_features_sel = value,
+            REG_DRIVER_FEATURES_SEL => self.driver_features_sel = value,
+            REG_DRIVER_FEATURES if self.status & STATUS_FEATURES_OK == 0 => {
+                match self.driver_features_sel {
+                    0 => {
+                        self.driver_features =
+                            (self.driver_features & !0xffff_ffff) | u64::from(value)
+                    }
+                    1 => {
+                        self.driver_features =
+                            (self.driver_features & 0xffff_ffff) | (u64::from(value) << 32)
+                    }
+                    _ => {}
+                }
+            }
+            REG_QUEUE_SEL => self.queue_sel = value,
+            REG_QUEUE_NUM => {
+                if let Some(q) = self.selected_queue() {
+                    q.set_size(value as u16);
+                }
+            }
+            REG_QUEUE_READY => {
+                if let Some(q) = self.selected_queue() {
+                    q.set_ready(value == 1);
+                }
+            }
+            REG_QUEUE_DESC_LOW | REG_QUEUE_DESC_HIGH | REG_QUEUE_AVAIL_LOW
+            | REG_QUEUE_AVAIL_HIGH | REG_QUEUE_USED_LOW | REG_QUEUE_USED_HIGH => {
+                let high = offset & 4 != 0;
+                let (lo, hi) = if high {
+                    (None, Some(value))
+                } else {
+                    (Some(value), None)
+                };
+                if let Some(q) = self.selected_queue() {
+                    match offset & !4 {
+                        REG_QUEUE_DESC_LOW => q.set_desc_table_address(lo, hi),
+                        REG_QUEUE_AVAIL_LOW => q.set_avail_ring_address(lo, hi),
+                        _ => q.set_used_ring_address(lo, hi),
+                    }
+                }
+            }
+            REG_QUEUE_NOTIFY => {
+                if let Some(evt) = self.queue_events.get(value as usize) {
+                    let _ = evt.write(1);
+                }
+            }
+            REG_INTERRUPT_ACK => self.interrupt.acknowledge(value),
+            REG_STATUS => self.write_status(value),
+            _ => {
+                tracing::debug!(
+                    device = self.device.name(),
+                    offset,
+                    value,
+                    "write to an unknown or read-only register"
+                );
+            }
+        }
+    }
+
+    fn write_status(&mut self, value: u32) {
+        if value == 0 {
+            self.reset();
+            return;
+        }
+        let newly = value & !self.status;
+        if newly & STATUS_FEATURES_OK != 0 {
+            let offered = self.device.features();
+            if self.driver_features & !offered != 0
+                || self.driver_features & super::VIRTIO_F_VERSION_1 == 0
+            {
+                tracing::warn!(
+                    device = self.device.name(),
+                    accepted = self.driver_features,
+                    offered,
+                    "the driver accepted features the device did not offer, or not VERSION_1"
+                );
+                self.status = value & !STATUS_FEATURES_OK;
+                return;
+            }
+        }
+        self.status = value;
+        if newly & STATUS_DRIVER_OK != 0 && !self.activated {
+            self.activate();
+        }
+    }
+
+    fn activate(&mut self) {
+        let name = self.device.name().to_owned();
+        if let Some(i) = self
+            .queues
+            .iter()
+            .position(|q| q.ready() && !q.is_valid(&self.memory))
+        {
+            tracing::warn!(device = %name, queue = i, "the driver set up an invalid queue");
+            self.fail();
+            return;
+        }
+        let events: Result<Vec<EventFd>, _> =
+            self.queue_events.iter().map(EventFd::try_clone).collect();
+        let events = match events {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!(device = %name, error = %e, "cloning queue eventfds");
+                self.fail();
+                return;
+            }
+        };
+        let activation = Activation {
+            memory: self.memory.clone(),
+            queues: std::mem::take(&mut self.queues),
+            queue_events: events,
+            interrupt: self.interrupt.clone(),
+            features: self.driver_features,
+        };
+        match self.device.activate(activation) {
+            Ok(()) => {
+                self.activated = true;
+                tracing::debug!(device = %name, "activated");
+            }
+            Err(e) => {
+                tracing::error!(device = %name, error = %e, "activating");
+                self.fail();
+            }
+        }
+    }
+
+    fn fail(&mut self) {
+        self.status |= STATUS_NEEDS_RESET;
+        self.interrupt.signal_config();
+    }
+
+    fn reset(&mut self) {
+        if self.activated {
+            // The worker owns the queues now; a real reset would need it to stop. Drivers
+            // reset on unbind, which these guests never do before power-off.
+            tracing::warn!(
+                device = self.device.name(),
+                "reset of an active device is not supported"
+            );
+            self.status |= STATUS_NEEDS_RESET;
+            return;
+        }
+        self.status = 0;
+        self.driver_features = 0;
+        self.device_features_sel = 0;
+        self.driver_features_sel = 0;
+        self.queue_sel = 0;
+        for q in &mut self.queues {
+            q.reset();
+        }
+        self.interrupt.acknowledge(u32::MAX);
+    }
+}
+
+impl BusDevice for MmioTransport {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        if offset >= CONFIG_SPACE {
+            self.device.read_config(offset - CONFIG_SPACE, data);
+            return;
+        }
+        let value = if data.len() == 4 && offset.is_multiple_of(4) {
+            self.read_register(offset)
+        } else {
+            0
+        };
+        let bytes = value.to_le_bytes();
+        let n = data.len().min(4);
+        data[..n].copy_from_slice(&bytes[..n]);
+        data[n..].fill(0);
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if offset >= CONFIG_SPACE {
+            self.device.write_config(offset - CONFIG_SPACE, data);
+            return;
+        }
+        match <[u8; 4]>::try_from(data) {
+            Ok(bytes) if offset.is_multiple_of(4) => {
+                self.write_register(offset, u32::from_le_bytes(bytes))
+            }
+            _ => tracing::debug!(
+                device = self.device.name(),
+                offset,
+                len = data.len(),
+                "ignoring a register write that is not 32-bit aligned"
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::virtio::{ActivateError, VIRTIO_F_VERSION_1};
+    use std::sync::Mutex;
+    use vm_memory::GuestAddress;
+
+    /// Queue count and features the device was activated with.
+    type Seen = Arc<Mutex<Option<(usize, u64)>>>;
+
+    struct Dummy {
+        activated: Seen,
+    }
+
+    impl VirtioDevice for Dummy {
+        fn device_type(&self) -> u32 {
+            2
+        }
+        fn name(&self) -> &str {
+            "dummy"
+        }
+        fn queue_max_sizes(&self) -> &[u16] {
+            &[16, 16]
+        }
+        fn features(&self) -> u64 {
+            VIRTIO_F_VERSION_1 | 1 << 9
+        }
+        fn read_config(&self, offset: u64, data: &mut [u8]) {
+            super::super::read_config_bytes(&[0xaa, 0xbb], offset, data);
+        }
+        fn activate(&mut self, a: Activation) -> Result<(), ActivateError> {
+            *self.activated.lock().unwrap() = Some((a.queues.len(), a.features));
+            Ok(())
+        }
+    }
+
+    fn transport() -> (MmioTransport, Seen) {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let activated = Arc::new(Mutex::new(None));
+        let irq = Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
+        let t = MmioTransport::new(
+            Box::new(Dummy {
+                activated: activated.clone(),
+            }),
+            mem,
+            irq,
+        )
+        .unwrap();
+        (t, activated)
+    }
+
+    fn r(t: &mut MmioTransport, offset: u64) -> u32 {
+        let mut b = [0u8; 4];
+        t.read(offset, &mut b);
+        u32::from_le_bytes(b)
+    }
+
+    fn w(t: &mut MmioTransport, offset: u64, v: u32) {
+        t.write(offset, &v.to_le_bytes());
+    }
+
+    fn setup_queue(t: &mut MmioTransport, index: u32, base: u32) {
+        w(t, REG_QUEUE_SEL, index);
+        w(t, REG_QUEUE_NUM, 16);
+        w(t, REG_QUEUE_DESC_LOW, base);
+        w(t, REG_QUEUE_AVAIL_LOW, base + 0x1000);
+        w(t, REG_QUEUE_USED_LOW, base + 0x2000);
+        w(t, REG_QUEUE_READY, 1);
+    }
+
+    #[test]
+    fn identifies_itself() {
+        let (mut t, _) = transport();
+        assert_eq!(r(&mut t, REG_MAGIC), MAGIC);
+        assert_eq!(r(&mut t, REG_VERSION), 2);
+        assert_eq!(r(&mut t, REG_DEVICE_ID), 2);
+        w(&mut t, REG_DEVICE_FEATURES_SEL, 1);
+        assert_eq!(
+            r(&mut t, REG_DEVICE_FEATURES),
+            1,
+            "VERSION_1 in the high word"
+        );
+        w(&mut t, REG_QUEUE_SEL, 1);
+        assert_eq!(r(&mut t, REG_QUEUE_NUM_MAX), 16);
+        w(&mut t, REG_QUEUE_SEL, 7);
+        assert_eq!(r(&mut t, REG_QUEUE_NUM_MAX), 0, "no such queue");
+        let mut b = [0u8; 1];
+        t.read(CONFIG_SPACE + 1, &mut b);
+        assert_eq!(b[0], 0xbb);
+    }
+
+    #[test]
+    fn full_handshake_activates_with_the_accepted_features() {
+        let (mut t, activated) = transport();
+        w(&mut t, REG_STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
+        w(&mut t, REG_DRIVER_FEATURES_SEL, 1);
+        w(&mut t, REG_DRIVER_FEATURES, 1);
+        w(
+            &mut t,
+            REG_STATUS,
+            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK,
+        );
+        assert_ne!(r(&mut t, REG_STATUS) & STATUS_FEATURES_OK, 0);
+        setup_queue(&mut t, 0, 0x10000);
+        setup_queue(&mut t, 1, 0x20000);
+        w(&mut t, REG_STATUS, 0xf & !STATUS_FAILED);
+        assert_eq!(*activated.lock().unwrap(), Some((2, VIRTIO_F_VERSION_1)));
+        // Queue registers are frozen once active.
+        w(&mut t, REG_QUEUE_SEL, 0);
+        w(&mut t, REG_QUEUE_READY, 0);
+        assert_eq!(r(&mut t, REG_QUEUE_READY), 1);
+    }
+
+    #[test]
+    fn features_not_offered_are_refused() {
+        let (mut t, _) = transport();
+        w(&mut t, REG_DRIVER_FEATURES_SEL, 0);
+        w(&mut t, REG_DRIVER_FEATURES, 1 << 3);
+        w(&mut t, REG_DRIVER_FEATURES_SEL, 1);
+        w(&mut t, REG_DRIVER_FEATURES, 1);
+        w(
+            &mut t,
+            REG_STATUS,
+            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK,
+        );
+        assert_eq!(r(&mut t, REG_STATUS) & STATUS_FEATURES_OK, 0);
+    }
+
+    #[test]
+    fn a_queue_outside_guest_memory_fails_activation() {
+        let (mut t, activated) = transport();
+        w(&mut t, REG_DRIVER_FEATURES_SEL, 1);
+        w(&mut t, REG_DRIVER_FEATURES, 1);
+        w(
+            &mut t,
+            REG_STATUS,
+            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK,
+        );
+        setup_queue(&mut t, 0, 0x7000_0000);
+        w(
+            &mut t,
+            REG_STATUS,
+            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK,
+        );
+        assert!(activated.lock().unwrap().is_none());
+        assert_ne!(r(&mut t, REG_STATUS) & STATUS_NEEDS_RESET, 0);
+    }
+
+    #[test]
+    fn reset_before_activation_clears_state_and_odd_accesses_are_ignored() {
+        let (mut t, _) = transport();
+        setup_queue(&mut t, 0, 0x10000);
+        w(&mut t, REG_STATUS, STATUS_ACKNOWLEDGE);
+        w(&mut t, REG_STATUS, 0);
+        assert_eq!(r(&mut t, REG_STATUS), 0);
+        w(&mut t, REG_QUEUE_SEL, 0);
+        assert_eq!(r(&mut t, REG_QUEUE_READY), 0);
+        t.write(REG_STATUS, &[1, 0]);
+        assert_eq!(r(&mut t, REG_STATUS), 0, "16-bit register write ignored");
+        let mut b = [0u8; 2];
+        t.read(REG_MAGIC + 1, &mut b);
+        assert_eq!(b, [0, 0]);
+    }
+}

@@ -1,0 +1,144 @@
+//! virtio devices on the virtio-mmio transport: the device trait every model implements, the
+//! interrupt they raise, and the IDs and feature bits they share.
+
+pub mod block;
+pub mod mmio;
+pub mod queue;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use virtio_queue::Queue;
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+/// Device IDs (virtio 1.2, section 5).
+pub const TYPE_BLOCK: u32 = 2;
+pub const TYPE_VSOCK: u32 = 19;
+pub const TYPE_FS: u32 = 26;
+
+/// Feature bits every device offers.
+pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+
+/// Interrupt status bits (the transport's InterruptStatus register).
+pub const INT_USED_RING: u32 = 1;
+pub const INT_CONFIG: u32 = 2;
+
+/// Errors activating a device.
+#[derive(Debug, thiserror::Error)]
+pub enum ActivateError {
+    #[error("the driver set up {got} queues; the device needs {want}")]
+    QueueCount { got: usize, want: usize },
+    #[error("starting the device worker")]
+    Worker(#[source] std::io::Error),
+}
+
+/// The guest interrupt of one device: a status word the driver reads and acknowledges, and
+/// the irqfd that raises the GSI.
+#[derive(Debug)]
+pub struct Interrupt {
+    status: AtomicU32,
+    evt: EventFd,
+}
+
+impl Interrupt {
+    pub fn new(evt: EventFd) -> Arc<Self> {
+        Arc::new(Self {
+            status: AtomicU32::new(0),
+            evt,
+        })
+    }
+
+    /// Tells the driver that used rings changed.
+    pub fn signal_used_queue(&self) {
+        self.raise(INT_USED_RING);
+    }
+
+    /// Tells the driver that the configuration space changed.
+    pub fn signal_config(&self) {
+        self.raise(INT_CONFIG);
+    }
+
+    fn raise(&self, bit: u32) {
+        self.status.fetch_or(bit, Ordering::AcqRel);
+        if let Err(e) = self.evt.write(1) {
+            tracing::warn!(error = %e, "raising a virtio interrupt");
+        }
+    }
+
+    pub fn status(&self) -> u32 {
+        self.status.load(Ordering::Acquire)
+    }
+
+    pub fn acknowledge(&self, bits: u32) {
+        self.status.fetch_and(!bits, Ordering::AcqRel);
+    }
+}
+
+/// What a device gets when the driver sets DRIVER_OK: guest memory, the queues as the driver
+/// configured them, the eventfd KVM signals on each queue's notify write, and the interrupt.
+pub struct Activation {
+    pub memory: GuestMemoryMmap,
+    pub queues: Vec<Queue>,
+    pub queue_events: Vec<EventFd>,
+    pub interrupt: Arc<Interrupt>,
+    /// Features the driver accepted.
+    pub features: u64,
+}
+
+/// A virtio device model. The transport owns the registers; the device offers features, a
+/// configuration space and, once activated, serves its queues (normally on its own thread).
+pub trait VirtioDevice: Send {
+    /// Device ID (`TYPE_*`).
+    fn device_type(&self) -> u32;
+    /// Name for logs and metrics.
+    fn name(&self) -> &str;
+    /// Largest size of each queue; the length is the number of queues.
+    fn queue_max_sizes(&self) -> &[u16];
+    /// Features offered to the driver.
+    fn features(&self) -> u64;
+    /// Reads the device-specific configuration space.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// Writes the configuration space (most devices ignore this).
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+    /// Starts serving the queues.
+    fn activate(&mut self, activation: Activation) -> Result<(), ActivateError>;
+}
+
+/// Copies `config[offset..]` into `data` where it overlaps; bytes past the end read as zero.
+pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    data.fill(0);
+    let Ok(start) = usize::try_from(offset) else {
+        return;
+    };
+    if let Some(src) = config.get(start..) {
+        let n = src.len().min(data.len());
+        data[..n].copy_from_slice(&src[..n]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_reads_clip_at_the_end() {
+        let cfg = [1u8, 2, 3, 4];
+        let mut b = [0xffu8; 4];
+        read_config_bytes(&cfg, 2, &mut b);
+        assert_eq!(b, [3, 4, 0, 0]);
+        read_config_bytes(&cfg, 100, &mut b);
+        assert_eq!(b, [0; 4]);
+    }
+
+    #[test]
+    fn interrupt_status_is_set_and_acknowledged() {
+        let irq = Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
+        irq.signal_used_queue();
+        irq.signal_config();
+        assert_eq!(irq.status(), INT_USED_RING | INT_CONFIG);
+        irq.acknowledge(INT_USED_RING);
+        assert_eq!(irq.status(), INT_CONFIG);
+        assert_eq!(irq.evt.read().unwrap(), 2);
+    }
+}
