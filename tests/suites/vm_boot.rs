@@ -6,20 +6,26 @@
 //!   runs (status, pause/resume, metrics), exit status 3 (guest reset) when the guest reboots,
 //!   and the control socket gone afterwards.
 //! - devices and poweroff: the kernel banner (loglevel 6); a virtio-blk disk the guest reads
-//!   the host's marker from and writes its own to, checked in the image file afterwards; exit
-//!   status 0 when the guest powers off.
+//!   the host's marker from and writes its own to, checked in the image file afterwards;
+//!   hybrid vsock both ways (the guest greets a host listener at `<uds>_<port>`; the host
+//!   connects with `CONNECT <port>` and has 600 KiB echoed, more than the credit window);
+//!   exit status 0 when the guest powers off, and no socket left behind.
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use hako_guest_probe::{BLK_ARG, BLK_GUEST_MARKER, BLK_HOST_MARKER};
+use hako_guest_probe::{
+    BLK_ARG, BLK_GUEST_MARKER, BLK_HOST_MARKER, VSOCK_ARG, VSOCK_GUEST_HELLO, VSOCK_HOST_HELLO,
+};
 use hako_rootfs_builder::images::{PROBE_DONE_MARKER, PROBE_INIT_MARKER, PROBE_POWEROFF_ARG};
 use hako_tests::boot::{self, Boot};
 use hako_tests::require::{self, Skip};
 use hako_tests::{fixtures, hako_vmm};
-use hako_vmm_api::{BlockConfig, ControlReply, ExitReason, VmState};
+use hako_vmm_api::{BlockConfig, ControlReply, ExitReason, VmState, VsockConfig};
 use libtest_mimic::{Arguments, Failed};
 
 /// Boots take ~1 minute here; allow for a loaded machine.
@@ -185,26 +191,134 @@ fn test_disk(dir: &Path) -> Result<PathBuf, Failed> {
     Ok(path)
 }
 
+const GUEST_PORT: u32 = 1234;
+const HOST_PORT: u32 = 52;
+const ECHO_BYTES: usize = 600 * 1024;
+
+/// The guest's greeting arrives at `<uds>_<HOST_PORT>`; answer it.
+fn answer_guest(listener: UnixListener) -> Result<(), String> {
+    let (stream, _) = listener.accept().map_err(|e| format!("accept: {e}"))?;
+    let mut reader = BufReader::new(stream.try_clone().map_err(|e| e.to_string())?);
+    let mut line = String::new();
+    reader
+        .read_line(&mut line)
+        .map_err(|e| format!("read: {e}"))?;
+    if line != VSOCK_GUEST_HELLO {
+        return Err(format!("the guest said {line:?}"));
+    }
+    (&stream)
+        .write_all(VSOCK_HOST_HELLO.as_bytes())
+        .map_err(|e| format!("answer: {e}"))
+}
+
+/// Connects through the hybrid socket until the guest listens, then has a payload echoed.
+fn echo_through_guest(uds: &Path, stop: &AtomicBool) -> Result<(), String> {
+    let payload: Vec<u8> = (0..ECHO_BYTES).map(|i| (i % 251) as u8).collect();
+    loop {
+        if stop.load(Ordering::SeqCst) {
+            return Err("the VM ended before the guest accepted a vsock connection".into());
+        }
+        let Ok(mut s) = UnixStream::connect(uds) else {
+            std::thread::sleep(Duration::from_millis(500));
+            continue;
+        };
+        s.write_all(format!("CONNECT {GUEST_PORT}\n").as_bytes())
+            .map_err(|e| format!("CONNECT: {e}"))?;
+        let mut reader = BufReader::new(s.try_clone().map_err(|e| e.to_string())?);
+        let mut line = String::new();
+        reader
+            .read_line(&mut line)
+            .map_err(|e| format!("reading OK: {e}"))?;
+        if line.is_empty() {
+            // The guest is not listening yet: the device reset the connection.
+            std::thread::sleep(Duration::from_millis(500));
+            continue;
+        }
+        if !line.starts_with("OK ") {
+            return Err(format!("the handshake answered {line:?}"));
+        }
+        let writer = {
+            let mut s = s.try_clone().map_err(|e| e.to_string())?;
+            let payload = payload.clone();
+            std::thread::spawn(move || {
+                s.write_all(&payload)?;
+                s.shutdown(std::net::Shutdown::Write)
+            })
+        };
+        let mut back = Vec::new();
+        reader
+            .read_to_end(&mut back)
+            .map_err(|e| format!("reading the echo: {e}"))?;
+        writer
+            .join()
+            .map_err(|_| "writer panicked")?
+            .map_err(|e| format!("sending: {e}"))?;
+        return if back == payload {
+            Ok(())
+        } else {
+            Err(format!(
+                "echo returned {} bytes, not the {} sent",
+                back.len(),
+                payload.len()
+            ))
+        };
+    }
+}
+
 fn boot_with_devices_and_power_off() -> Result<(), Failed> {
     let f = fixture()?;
     let disk = test_disk(f.dir.path())?;
-    let cmdline = format!("loglevel=6 {PROBE_POWEROFF_ARG} {BLK_ARG}=/dev/vda");
+    let uds = f.dir.path().join("vsock.sock");
+    let host_listener = UnixListener::bind(format!("{}_{HOST_PORT}", uds.display()))
+        .map_err(|e| format!("binding the host port socket: {e}"))?;
+    let cmdline = format!(
+        "loglevel=6 {PROBE_POWEROFF_ARG} {BLK_ARG}=/dev/vda {VSOCK_ARG}={GUEST_PORT},{HOST_PORT}"
+    );
     let mut config = hako_vmm::probe_vm(f.dir.path(), &f.kernel, &f.image, &cmdline);
     config.devices.block.push(BlockConfig {
         id: "test".into(),
         path: disk.clone(),
         read_only: false,
     });
+    config.devices.vsock = Some(VsockConfig {
+        guest_cid: 3,
+        uds_path: uds.clone(),
+    });
     let cmd = hako_vmm::command(&f.vmm, f.dir.path(), &config).map_err(|e| e.to_string())?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let answering = std::thread::spawn(move || answer_guest(host_listener));
+    let echoing = {
+        let (uds, stop) = (uds.clone(), stop.clone());
+        std::thread::spawn(move || echo_through_guest(&uds, &stop))
+    };
     let boot = boot::boot(cmd, deadline()).map_err(|e| format!("starting hako-vmm: {e}"))?;
+    stop.store(true, Ordering::SeqCst);
     print_console(&boot);
     expect(&boot, "Linux version 6.1")?;
-    expect(&boot, "HAKO-GUEST-PROBE: virtio: [2]")?;
+    expect(&boot, "HAKO-GUEST-PROBE: virtio: [2, 19]")?;
     expect(
         &boot,
         "HAKO-GUEST-PROBE: blk: /dev/vda read the host's marker",
     )?;
+    expect(
+        &boot,
+        &format!("vsock-connect: host port {HOST_PORT} answered"),
+    )?;
+    expect(
+        &boot,
+        &format!("vsock-echo: echoed {ECHO_BYTES} bytes to cid 2"),
+    )?;
     expect_probe_ran(&boot)?;
+    echoing.join().map_err(|_| "the echo thread panicked")??;
+    if !answering.is_finished() {
+        return Err("the guest never connected to the host listener".into());
+    }
+    answering
+        .join()
+        .map_err(|_| "the answering thread panicked")??;
+    if uds.exists() {
+        return Err("the vsock socket was left behind".into());
+    }
     let image = std::fs::read(&disk).map_err(|e| format!("reading {}: {e}", disk.display()))?;
     if !image[512..].starts_with(BLK_GUEST_MARKER.as_bytes()) {
         return Err("the guest's write did not reach the disk image".into());

@@ -18,6 +18,7 @@ use crate::devices::legacy::serial::{self, SerialConsole};
 use crate::devices::manager::{DeviceManager, ManagerError};
 use crate::devices::virtio::VirtioDevice;
 use crate::devices::virtio::block::{self, Block, BlockError};
+use crate::devices::virtio::vsock::{self, Vsock, VsockError};
 use crate::devices::{Bus, BusError, IrqTrigger};
 use crate::metrics::Counters;
 use crate::vcpu::{self, Vcpu, VcpuControl};
@@ -68,6 +69,8 @@ pub enum BuildError {
     Manager(#[from] ManagerError),
     #[error(transparent)]
     Block(#[from] BlockError),
+    #[error(transparent)]
+    Vsock(#[from] VsockError),
 }
 
 fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> BuildError {
@@ -134,6 +137,12 @@ pub fn build(
     let mut mmio = Bus::new();
     let mut devices = Vec::new();
     let mut manager = DeviceManager::default();
+    if let Some(v) = &config.devices.vsock {
+        let counters = Counters::new(vsock::COUNTERS);
+        let dev = Vsock::new(v.guest_cid, &v.uds_path, counters.clone())?;
+        devices.push(("vsock".to_owned(), counters));
+        manager.add(vm.fd(), &mut mmio, &guest_memory, Box::new(dev))?;
+    }
     for blk in &config.devices.block {
         let counters = Counters::new(block::COUNTERS);
         let dev = Block::open(&blk.id, &blk.path, blk.read_only, counters.clone())?;

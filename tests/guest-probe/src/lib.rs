@@ -11,6 +11,21 @@ pub const BLK_HOST_MARKER: &str = "HAKO-BLK host wrote this";
 /// What the guest writes at byte 512 of the test disk.
 pub const BLK_GUEST_MARKER: &str = "HAKO-BLK guest wrote this";
 
+/// `hako.probe.vsock=<guest-port>,<host-port>`: connect to the host's `<host-port>`, then
+/// echo one connection on `<guest-port>`.
+pub const VSOCK_ARG: &str = "hako.probe.vsock";
+/// The guest's line to the host listener, and the host's answer.
+pub const VSOCK_GUEST_HELLO: &str = "HAKO-VSOCK hello from the guest\n";
+pub const VSOCK_HOST_HELLO: &str = "HAKO-VSOCK hello from the host\n";
+/// Printed when the guest's echo listener is up.
+pub const VSOCK_LISTENING: &str = "vsock: listening on";
+
+/// Parses `<guest-port>,<host-port>`.
+pub fn vsock_ports(value: &str) -> Option<(u32, u32)> {
+    let (g, h) = value.split_once(',')?;
+    Some((g.parse().ok()?, h.parse().ok()?))
+}
+
 /// The value of `key=` on a kernel command line.
 pub fn cmdline_value(cmdline: &str, key: &str) -> Option<String> {
     cmdline
@@ -27,5 +42,7 @@ mod tests {
         let c = "quiet hako.probe.blkx=no hako.probe.blk=/dev/vda end";
         assert_eq!(cmdline_value(c, BLK_ARG).as_deref(), Some("/dev/vda"));
         assert_eq!(cmdline_value(c, "hako.probe.fs"), None);
+        assert_eq!(vsock_ports("1234,52"), Some((1234, 52)));
+        assert_eq!(vsock_ports("1234"), None);
     }
 }

@@ -3,13 +3,20 @@
 //! `FAIL`. Checks are few because each syscall is costly where guest kernel mode is emulated.
 //! Device checks run when the kernel command line asks for them:
 //! `hako.probe.blk=<device>` reads the host's marker from sector 0 and writes the guest's at
-//! sector 1.
+//! sector 1; `hako.probe.vsock=<guest-port>,<host-port>` greets a host listener, then echoes
+//! one host connection back until its EOF.
 #![forbid(unsafe_code)]
 
 use std::os::unix::fs::FileExt;
 use std::process::ExitCode;
 
-use hako_guest_probe::{BLK_ARG, BLK_GUEST_MARKER, BLK_HOST_MARKER, cmdline_value};
+use std::io::{BufRead, BufReader, Read, Write};
+
+use hako_guest_probe::{
+    BLK_ARG, BLK_GUEST_MARKER, BLK_HOST_MARKER, VSOCK_ARG, VSOCK_GUEST_HELLO, VSOCK_HOST_HELLO,
+    VSOCK_LISTENING, cmdline_value, vsock_ports,
+};
+use vsock::{VMADDR_CID_ANY, VMADDR_CID_HOST, VsockListener, VsockStream};
 
 fn check(name: &str, result: Result<String, String>, failed: &mut bool) {
     match result {
@@ -109,6 +116,35 @@ fn block_device(dev: &str) -> Result<String, String> {
     ))
 }
 
+fn vsock_to_host(port: u32) -> Result<String, String> {
+    let mut s = VsockStream::connect_with_cid_port(VMADDR_CID_HOST, port)
+        .map_err(|e| format!("connect to host port {port}: {e}"))?;
+    s.write_all(VSOCK_GUEST_HELLO.as_bytes())
+        .map_err(|e| format!("write: {e}"))?;
+    let mut line = String::new();
+    BufReader::new(s)
+        .read_line(&mut line)
+        .map_err(|e| format!("read: {e}"))?;
+    if line == VSOCK_HOST_HELLO {
+        Ok(format!("host port {port} answered"))
+    } else {
+        Err(format!("host port {port} answered {line:?}"))
+    }
+}
+
+fn vsock_echo(port: u32) -> Result<String, String> {
+    let listener = VsockListener::bind_with_cid_port(VMADDR_CID_ANY, port)
+        .map_err(|e| format!("listen on {port}: {e}"))?;
+    println!("HAKO-GUEST-PROBE: {VSOCK_LISTENING} {port}");
+    let (mut s, peer) = listener.accept().map_err(|e| format!("accept: {e}"))?;
+    let mut data = Vec::new();
+    s.read_to_end(&mut data).map_err(|e| format!("read: {e}"))?;
+    s.write_all(&data).map_err(|e| format!("echo: {e}"))?;
+    s.shutdown(std::net::Shutdown::Both)
+        .map_err(|e| format!("shutdown: {e}"))?;
+    Ok(format!("echoed {} bytes to cid {}", data.len(), peer.cid()))
+}
+
 fn main() -> ExitCode {
     println!("HAKO-GUEST-PROBE: start pid={}", std::process::id());
     let mut failed = false;
@@ -120,6 +156,14 @@ fn main() -> ExitCode {
     check("virtio", virtio_devices(), &mut failed);
     if let Some(dev) = cmdline_value(&cmdline, BLK_ARG) {
         check("blk", block_device(&dev), &mut failed);
+    }
+    match cmdline_value(&cmdline, VSOCK_ARG).map(|v| vsock_ports(&v)) {
+        Some(Some((guest_port, host_port))) => {
+            check("vsock-connect", vsock_to_host(host_port), &mut failed);
+            check("vsock-echo", vsock_echo(guest_port), &mut failed);
+        }
+        Some(None) => check("vsock", Err(format!("bad {VSOCK_ARG}")), &mut failed),
+        None => {}
     }
     if failed {
         println!("HAKO-GUEST-PROBE: FAIL");

@@ -307,14 +307,22 @@ impl MmioTransport {
 
     fn reset(&mut self) {
         if self.activated {
-            // The worker owns the queues now; a real reset would need it to stop. Drivers
-            // reset on unbind, which these guests never do before power-off.
-            tracing::warn!(
-                device = self.device.name(),
-                "reset of an active device is not supported"
-            );
-            self.status |= STATUS_NEEDS_RESET;
-            return;
+            if !self.device.reset() {
+                tracing::warn!(
+                    device = self.device.name(),
+                    "the device cannot be reset while active"
+                );
+                self.status |= STATUS_NEEDS_RESET;
+                return;
+            }
+            // The worker had the queues; start again from fresh ones.
+            self.queues = self
+                .device
+                .queue_max_sizes()
+                .iter()
+                .filter_map(|&size| Queue::new(size).ok())
+                .collect();
+            self.activated = false;
         }
         self.status = 0;
         self.driver_features = 0;
@@ -398,6 +406,10 @@ mod tests {
             *self.activated.lock().unwrap() = Some((a.queues.len(), a.features));
             Ok(())
         }
+        fn reset(&mut self) -> bool {
+            *self.activated.lock().unwrap() = None;
+            true
+        }
     }
 
     fn transport() -> (MmioTransport, Seen) {
@@ -475,6 +487,13 @@ mod tests {
         w(&mut t, REG_QUEUE_SEL, 0);
         w(&mut t, REG_QUEUE_READY, 0);
         assert_eq!(r(&mut t, REG_QUEUE_READY), 1);
+        // A reset stops the device; the queues start afresh and it can be activated again.
+        w(&mut t, REG_STATUS, 0);
+        assert_eq!(*activated.lock().unwrap(), None);
+        assert_eq!(r(&mut t, REG_STATUS), 0);
+        assert_eq!(r(&mut t, REG_QUEUE_READY), 0);
+        w(&mut t, REG_QUEUE_SEL, 1);
+        assert_eq!(r(&mut t, REG_QUEUE_NUM_MAX), 16);
     }
 
     #[test]

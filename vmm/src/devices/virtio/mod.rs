@@ -4,6 +4,7 @@
 pub mod block;
 pub mod mmio;
 pub mod queue;
+pub mod vsock;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -103,6 +104,11 @@ pub trait VirtioDevice: Send {
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
     /// Starts serving the queues.
     fn activate(&mut self, activation: Activation) -> Result<(), ActivateError>;
+    /// Stops serving the queues (the driver reset the device) so that it can be activated
+    /// again; false when the device cannot.
+    fn reset(&mut self) -> bool {
+        false
+    }
 }
 
 /// Copies `config[offset..]` into `data` where it overlaps; bytes past the end read as zero.

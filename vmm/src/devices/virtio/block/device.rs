@@ -5,6 +5,7 @@ use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
@@ -47,6 +48,7 @@ pub struct Block {
     read_only: bool,
     config: [u8; 8],
     counters: Arc<Counters>,
+    worker: Option<(JoinHandle<File>, EventFd)>,
 }
 
 impl Block {
@@ -84,6 +86,7 @@ impl Block {
             read_only,
             config: (capacity / SECTOR_SIZE).to_le_bytes(),
             counters,
+            worker: None,
         })
     }
 }
@@ -121,7 +124,9 @@ impl VirtioDevice for Block {
             .file
             .take()
             .ok_or(ActivateError::QueueCount { got: 1, want: 1 })?;
+        let kill = EventFd::new(libc::EFD_NONBLOCK).map_err(ActivateError::Worker)?;
         let worker = Worker {
+            kill: kill.try_clone().map_err(ActivateError::Worker)?,
             id: self.name.as_bytes().to_vec(),
             file,
             capacity: self.capacity,
@@ -132,15 +137,31 @@ impl VirtioDevice for Block {
             interrupt: a.interrupt,
             counters: self.counters.clone(),
         };
-        std::thread::Builder::new()
+        let handle = std::thread::Builder::new()
             .name(self.name.clone())
             .spawn(move || worker.run())
-            .map(drop)
-            .map_err(ActivateError::Worker)
+            .map_err(ActivateError::Worker)?;
+        self.worker = Some((handle, kill));
+        Ok(())
+    }
+
+    fn reset(&mut self) -> bool {
+        let Some((handle, kill)) = self.worker.take() else {
+            return true;
+        };
+        let _ = kill.write(1);
+        match handle.join() {
+            Ok(file) => {
+                self.file = Some(file);
+                true
+            }
+            Err(_) => false,
+        }
     }
 }
 
 struct Worker {
+    kill: EventFd,
     id: Vec<u8>,
     file: File,
     capacity: u64,
@@ -153,19 +174,24 @@ struct Worker {
 }
 
 impl Worker {
-    fn run(mut self) {
+    /// Serves the queue until killed; hands the file back for a later activation.
+    fn run(mut self) -> File {
         let name = String::from_utf8_lossy(&self.id).into_owned();
-        let waiter = match Waiter::new(&self.event) {
+        let waiter = match Waiter::new(&self.event, &self.kill) {
             Ok(w) => w,
             Err(e) => {
                 tracing::error!(device = %name, error = %e, "cannot wait for the queue; the device stops");
-                return;
+                return self.file;
             }
         };
         loop {
-            if let Err(e) = waiter.wait() {
-                tracing::error!(device = %name, error = %e, "waiting for the queue; the device stops");
-                return;
+            match waiter.wait() {
+                Ok(true) => return self.file,
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::error!(device = %name, error = %e, "waiting for the queue; the device stops");
+                    return self.file;
+                }
             }
             let _ = self.event.read();
             self.process_queue();
@@ -200,25 +226,28 @@ impl Worker {
     }
 }
 
-/// Waits for one eventfd to become readable.
+/// Waits for the queue's eventfd or the kill eventfd.
 struct Waiter(Epoll);
 
 impl Waiter {
-    fn new(evt: &EventFd) -> std::io::Result<Self> {
+    fn new(queue: &EventFd, kill: &EventFd) -> std::io::Result<Self> {
         let epoll = Epoll::new()?;
-        epoll.ctl(
-            ControlOperation::Add,
-            evt.as_raw_fd(),
-            EpollEvent::new(EventSet::IN, 0),
-        )?;
+        for (token, fd) in [(0, queue.as_raw_fd()), (1, kill.as_raw_fd())] {
+            epoll.ctl(
+                ControlOperation::Add,
+                fd,
+                EpollEvent::new(EventSet::IN, token),
+            )?;
+        }
         Ok(Self(epoll))
     }
 
-    fn wait(&self) -> std::io::Result<()> {
-        let mut events = [EpollEvent::default()];
+    /// True when killed.
+    fn wait(&self) -> std::io::Result<bool> {
+        let mut events = [EpollEvent::default(); 2];
         loop {
             match self.0.wait(-1, &mut events) {
-                Ok(_) => return Ok(()),
+                Ok(n) => return Ok(events[..n].iter().any(|e| e.data() == 1)),
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             }

@@ -1,0 +1,307 @@
+//! The virtio-vsock device: three queues (RX, TX, event), the guest CID in the configuration
+//! space, and the worker thread that moves packets between the queues and the muxer.
+
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use virtio_queue::{Queue, QueueOwnedT};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::epoll::{ControlOperation, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::muxer::{self, Muxer};
+use super::packet::{self, MAX_PAYLOAD};
+use crate::devices::virtio::{
+    ActivateError, Activation, Interrupt, TYPE_VSOCK, VIRTIO_F_VERSION_1, VirtioDevice, queue,
+    read_config_bytes,
+};
+use crate::metrics::Counters;
+
+const QUEUE_SIZES: &[u16] = &[256, 256, 256];
+const RX: usize = 0;
+const TX: usize = 1;
+const EVENT: usize = 2;
+const TOKEN_KILL: u64 = 3;
+
+/// Counters (indices shared with the muxer for the first two and the last).
+pub const COUNTERS: &[&str] = &[
+    "connections",
+    "resets",
+    "tx_packets",
+    "rx_packets",
+    "tx_bytes",
+    "rx_bytes",
+    "malformed",
+];
+const TX_PACKETS: usize = 2;
+const RX_PACKETS: usize = 3;
+const TX_BYTES: usize = 4;
+const RX_BYTES: usize = 5;
+
+/// Errors creating the device.
+#[derive(Debug, thiserror::Error)]
+pub enum VsockError {
+    #[error("listening on the hybrid vsock socket {path}")]
+    Listen {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Removes the listening socket's file when the device goes away.
+struct SocketFile(PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_file(&self.0) {
+            tracing::warn!(path = %self.0.display(), error = %e, "removing the vsock socket");
+        }
+    }
+}
+
+pub struct Vsock {
+    _socket: SocketFile,
+    guest_cid: u64,
+    config: [u8; 8],
+    muxer: Option<Muxer>,
+    worker: Option<(JoinHandle<Muxer>, EventFd)>,
+    counters: Arc<Counters>,
+}
+
+impl Vsock {
+    /// Binds `uds_path` now, so host clients can connect before the guest is up (they wait
+    /// for the guest's answer).
+    pub fn new(
+        guest_cid: u32,
+        uds_path: &Path,
+        counters: Arc<Counters>,
+    ) -> Result<Self, VsockError> {
+        let err = |source| VsockError::Listen {
+            path: uds_path.to_owned(),
+            source,
+        };
+        let listener = UnixListener::bind(uds_path).map_err(err)?;
+        let socket = SocketFile(uds_path.to_owned());
+        let muxer =
+            Muxer::new(u64::from(guest_cid), uds_path, listener, counters.clone()).map_err(err)?;
+        Ok(Self {
+            _socket: socket,
+            guest_cid: u64::from(guest_cid),
+            config: u64::from(guest_cid).to_le_bytes(),
+            muxer: Some(muxer),
+            worker: None,
+            counters,
+        })
+    }
+}
+
+impl VirtioDevice for Vsock {
+    fn device_type(&self) -> u32 {
+        TYPE_VSOCK
+    }
+
+    fn name(&self) -> &str {
+        "vsock"
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        QUEUE_SIZES
+    }
+
+    fn features(&self) -> u64 {
+        VIRTIO_F_VERSION_1
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.config, offset, data);
+    }
+
+    fn activate(&mut self, a: Activation) -> Result<(), ActivateError> {
+        let got = a.queues.len();
+        if got != QUEUE_SIZES.len() || a.queue_events.len() != QUEUE_SIZES.len() {
+            return Err(ActivateError::QueueCount {
+                got,
+                want: QUEUE_SIZES.len(),
+            });
+        }
+        let muxer = self
+            .muxer
+            .take()
+            .ok_or(ActivateError::QueueCount { got, want: 3 })?;
+        let kill = EventFd::new(libc::EFD_NONBLOCK).map_err(ActivateError::Worker)?;
+        let worker_kill = kill.try_clone().map_err(ActivateError::Worker)?;
+        let mut queues = a.queues.into_iter();
+        let mut events = a.queue_events.into_iter();
+        let (Some(rx), Some(tx), Some(rx_evt), Some(tx_evt), Some(ev_evt)) = (
+            queues.next(),
+            queues.next(),
+            events.next(),
+            events.next(),
+            events.next(),
+        ) else {
+            return Err(ActivateError::QueueCount { got, want: 3 });
+        };
+        let worker = Worker {
+            muxer,
+            memory: a.memory,
+            rx,
+            tx,
+            events: [rx_evt, tx_evt, ev_evt],
+            kill: worker_kill,
+            interrupt: a.interrupt,
+            counters: self.counters.clone(),
+        };
+        let handle = std::thread::Builder::new()
+            .name("vsock".into())
+            .spawn(move || worker.run())
+            .map_err(ActivateError::Worker)?;
+        self.worker = Some((handle, kill));
+        tracing::debug!(cid = self.guest_cid, "vsock active");
+        Ok(())
+    }
+
+    fn reset(&mut self) -> bool {
+        let Some((handle, kill)) = self.worker.take() else {
+            return true;
+        };
+        let _ = kill.write(1);
+        match handle.join() {
+            Ok(mut muxer) => {
+                muxer.reset();
+                self.muxer = Some(muxer);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+struct Worker {
+    muxer: Muxer,
+    memory: GuestMemoryMmap,
+    rx: Queue,
+    tx: Queue,
+    events: [EventFd; 3],
+    kill: EventFd,
+    interrupt: Arc<Interrupt>,
+    counters: Arc<Counters>,
+}
+
+impl Worker {
+    fn run(mut self) -> Muxer {
+        let epoll_ok = self
+            .events
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (i as u64, e.as_raw_fd()))
+            .chain([(TOKEN_KILL, self.kill.as_raw_fd())])
+            .all(|(token, fd)| {
+                self.muxer
+                    .epoll()
+                    .ctl(
+                        ControlOperation::Add,
+                        fd,
+                        EpollEvent::new(EventSet::IN, token),
+                    )
+                    .is_ok()
+            });
+        if !epoll_ok {
+            tracing::error!("vsock: cannot wait for queue events; the device stops");
+            return self.muxer;
+        }
+        let mut events = vec![EpollEvent::default(); 32];
+        let mut buf = vec![0u8; MAX_PAYLOAD];
+        loop {
+            let n = match self
+                .muxer
+                .epoll()
+                .wait(self.muxer.timeout_ms(), &mut events)
+            {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::error!(error = %e, "vsock: epoll failed; the device stops");
+                    return self.muxer;
+                }
+            };
+            for e in &events[..n] {
+                match e.data() {
+                    TOKEN_KILL => return self.muxer,
+                    t if t == RX as u64 || t == EVENT as u64 => {
+                        let _ = self.events[t as usize].read();
+                    }
+                    t if t == TX as u64 => {
+                        let _ = self.events[TX].read();
+                        self.process_tx();
+                    }
+                    t => self.muxer.handle_event(t, e.event_set()),
+                }
+            }
+            self.muxer.expire();
+            self.process_rx(&mut buf);
+        }
+    }
+
+    fn process_tx(&mut self) {
+        let mut used = false;
+        while let Some(chain) = queue::pop(&mut self.tx, &self.memory) {
+            let head = chain.head_index();
+            match packet::read_tx(chain, &self.memory) {
+                Ok(p) => {
+                    self.counters.add(TX_PACKETS, 1);
+                    self.counters.add(TX_BYTES, p.payload.len() as u64);
+                    self.muxer.on_guest_packet(p);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "dropping a malformed vsock packet from the guest");
+                    self.counters.add(muxer::MALFORMED, 1);
+                }
+            }
+            queue::complete(&mut self.tx, &self.memory, head, 0);
+            used = true;
+        }
+        if used {
+            queue::notify(&mut self.tx, &self.memory, &self.interrupt);
+        }
+    }
+
+    fn process_rx(&mut self, buf: &mut [u8]) {
+        let mut used = false;
+        while self.muxer.has_rx_work() {
+            let Some(chain) = queue::pop(&mut self.rx, &self.memory) else {
+                break;
+            };
+            let head = chain.head_index();
+            let room = match packet::rx_room(&chain, &self.memory) {
+                Ok(room) => room,
+                Err(e) => {
+                    tracing::warn!(error = %e, "the guest gave an unusable vsock RX buffer");
+                    self.counters.add(muxer::MALFORMED, 1);
+                    queue::complete(&mut self.rx, &self.memory, head, 0);
+                    used = true;
+                    continue;
+                }
+            };
+            let Some((header, len)) = self.muxer.next_rx(room, buf) else {
+                self.rx.go_to_previous_position();
+                break;
+            };
+            let written = packet::write_rx(chain, &self.memory, header, &buf[..len])
+                .unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "writing a vsock packet to the guest");
+                    0
+                });
+            self.counters.add(RX_PACKETS, 1);
+            self.counters.add(RX_BYTES, len as u64);
+            queue::complete(&mut self.rx, &self.memory, head, written);
+            used = true;
+        }
+        if used {
+            queue::notify(&mut self.rx, &self.memory, &self.interrupt);
+        }
+    }
+}

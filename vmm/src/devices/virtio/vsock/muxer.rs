@@ -1,0 +1,567 @@
+//! The host side of every connection: the listening Unix socket, host clients still in the
+//! handshake, and the connections keyed by (host port, guest port). It routes guest packets
+//! to connections, picks the next packet for the guest, and keeps epoll interest in each
+//! host socket in line with what the connection can do (read only with guest credit, write
+//! only with buffered bytes).
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::io::{ErrorKind, Read};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+
+use super::HOST_CID;
+use super::connection::{Connection, State, Verdict, rst_for};
+use super::hybrid::{self, Handshake};
+use super::packet::{Header, OP_REQUEST, OP_RST, Packet, TYPE_STREAM};
+use crate::metrics::Counters;
+
+/// epoll tokens below this are the worker's own (queues, kill); host sockets are fd + this.
+pub const FIRST_FD_TOKEN: u64 = 16;
+pub const TOKEN_LISTENER: u64 = 8;
+
+/// How long a host client may take to send its CONNECT line, and the guest to accept or to
+/// answer a SHUTDOWN. Generous: guest kernels can be slow where kernel mode is emulated.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// First host port handed to host-initiated connections (as Firecracker does).
+const FIRST_LOCAL_PORT: u32 = 1 << 30;
+
+/// Counter indices (see `device::COUNTERS`).
+pub const CONNECTIONS: usize = 0;
+pub const RESETS: usize = 1;
+pub const MALFORMED: usize = 6;
+
+type Key = (u32, u32);
+
+struct Unclaimed {
+    stream: UnixStream,
+    line: Vec<u8>,
+    since: Instant,
+}
+
+pub struct Muxer {
+    guest_cid: u64,
+    uds_path: PathBuf,
+    listener: UnixListener,
+    epoll: Epoll,
+    conns: HashMap<Key, Connection>,
+    by_fd: HashMap<RawFd, Key>,
+    unclaimed: HashMap<RawFd, Unclaimed>,
+    /// Interest registered per connection; absent = not in epoll.
+    interest: HashMap<Key, EventSet>,
+    /// Connections whose host socket epoll reported readable (or hung up) and that have not
+    /// been drained since.
+    readable: BTreeSet<Key>,
+    control: VecDeque<Header>,
+    next_port: u32,
+    counters: Arc<Counters>,
+}
+
+fn token(fd: RawFd) -> u64 {
+    FIRST_FD_TOKEN + fd as u64
+}
+
+impl Muxer {
+    pub fn new(
+        guest_cid: u64,
+        uds_path: &Path,
+        listener: UnixListener,
+        counters: Arc<Counters>,
+    ) -> std::io::Result<Self> {
+        listener.set_nonblocking(true)?;
+        let epoll = Epoll::new()?;
+        epoll.ctl(
+            ControlOperation::Add,
+            listener.as_raw_fd(),
+            EpollEvent::new(EventSet::IN, TOKEN_LISTENER),
+        )?;
+        Ok(Self {
+            guest_cid,
+            uds_path: uds_path.to_owned(),
+            listener,
+            epoll,
+            conns: HashMap::new(),
+            by_fd: HashMap::new(),
+            unclaimed: HashMap::new(),
+            interest: HashMap::new(),
+            readable: BTreeSet::new(),
+            control: VecDeque::new(),
+            next_port: FIRST_LOCAL_PORT,
+            counters,
+        })
+    }
+
+    pub fn epoll(&self) -> &Epoll {
+        &self.epoll
+    }
+
+    /// Milliseconds epoll may sleep: forever unless a timeout is running.
+    pub fn timeout_ms(&self) -> i32 {
+        let waiting = !self.unclaimed.is_empty()
+            || self.conns.values().any(|c| c.state() != State::Established);
+        if waiting { 500 } else { -1 }
+    }
+
+    /// Drops every connection (device reset): host sockets see EOF.
+    pub fn reset(&mut self) {
+        let keys: Vec<Key> = self.conns.keys().copied().collect();
+        for k in keys {
+            self.remove(k, false);
+        }
+        for (fd, _) in self.unclaimed.drain() {
+            let _ = self
+                .epoll
+                .ctl(ControlOperation::Delete, fd, EpollEvent::default());
+        }
+        self.control.clear();
+    }
+
+    /// An epoll event on the listener or a host socket.
+    pub fn handle_event(&mut self, token: u64, events: EventSet) {
+        if token == TOKEN_LISTENER {
+            self.accept_all();
+            return;
+        }
+        let Some(fd) = token
+            .checked_sub(FIRST_FD_TOKEN)
+            .and_then(|f| RawFd::try_from(f).ok())
+        else {
+            return;
+        };
+        if self.unclaimed.contains_key(&fd) {
+            self.read_handshake(fd);
+            return;
+        }
+        let Some(&key) = self.by_fd.get(&fd) else {
+            return;
+        };
+        if events
+            .intersects(EventSet::IN | EventSet::HANG_UP | EventSet::READ_HANG_UP | EventSet::ERROR)
+        {
+            self.readable.insert(key);
+        }
+        if events.contains(EventSet::OUT) {
+            let finished = self
+                .conns
+                .get_mut(&key)
+                .is_some_and(|c| c.flush().is_err() || c.done());
+            if finished {
+                self.remove(key, true);
+                return;
+            }
+        }
+        self.sync_interest(key);
+    }
+
+    fn accept_all(&mut self) {
+        loop {
+            match self.listener.accept() {
+                Ok((stream, _)) => {
+                    if stream.set_nonblocking(true).is_err() {
+                        continue;
+                    }
+                    let fd = stream.as_raw_fd();
+                    let ev = EpollEvent::new(EventSet::IN, token(fd));
+                    if self.epoll.ctl(ControlOperation::Add, fd, ev).is_ok() {
+                        self.unclaimed.insert(
+                            fd,
+                            Unclaimed {
+                                stream,
+                                line: Vec::new(),
+                                since: Instant::now(),
+                            },
+                        );
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accepting a host vsock client");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn read_handshake(&mut self, fd: RawFd) {
+        let Some(u) = self.unclaimed.get_mut(&fd) else {
+            return;
+        };
+        let mut buf = [0u8; hybrid::MAX_LINE];
+        let room = hybrid::MAX_LINE - u.line.len();
+        // Read byte-wise up to the newline so no payload is swallowed with the handshake.
+        let mut closed = false;
+        for _ in 0..room {
+            match u.stream.read(&mut buf[..1]) {
+                Ok(0) => {
+                    closed = true;
+                    break;
+                }
+                Ok(_) => {
+                    u.line.push(buf[0]);
+                    if buf[0] == b'\n' {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    closed = true;
+                    break;
+                }
+            }
+        }
+        let verdict = if closed {
+            Handshake::Invalid("the client hung up".into())
+        } else {
+            hybrid::parse(&u.line)
+        };
+        match verdict {
+            Handshake::Incomplete => {}
+            Handshake::Invalid(why) => {
+                tracing::debug!(%why, "dropping a host vsock client");
+                self.drop_unclaimed(fd);
+            }
+            Handshake::Connect(port) => {
+                let Some(u) = self.drop_unclaimed(fd) else {
+                    return;
+                };
+                let local = self.allocate_port();
+                let conn = Connection::host_initiated(u.stream, local, port, self.guest_cid);
+                self.insert(conn);
+            }
+        }
+    }
+
+    fn drop_unclaimed(&mut self, fd: RawFd) -> Option<Unclaimed> {
+        let _ = self
+            .epoll
+            .ctl(ControlOperation::Delete, fd, EpollEvent::default());
+        self.unclaimed.remove(&fd)
+    }
+
+    fn allocate_port(&mut self) -> u32 {
+        loop {
+            let port = self.next_port;
+            self.next_port = self.next_port.checked_add(1).unwrap_or(FIRST_LOCAL_PORT);
+            if !self.conns.keys().any(|(local, _)| *local == port) {
+                return port;
+            }
+        }
+    }
+
+    fn insert(&mut self, conn: Connection) {
+        let key = (conn.local_port, conn.peer_port);
+        self.by_fd.insert(conn.stream.as_raw_fd(), key);
+        self.conns.insert(key, conn);
+        self.counters.add(CONNECTIONS, 1);
+        self.sync_interest(key);
+    }
+
+    /// Removes a connection; its host socket closes.
+    fn remove(&mut self, key: Key, send_rst: bool) {
+        let Some(mut conn) = self.conns.remove(&key) else {
+            return;
+        };
+        let fd = conn.stream.as_raw_fd();
+        if self.interest.remove(&key).is_some() {
+            let _ = self
+                .epoll
+                .ctl(ControlOperation::Delete, fd, EpollEvent::default());
+        }
+        self.by_fd.remove(&fd);
+        self.readable.remove(&key);
+        if send_rst {
+            self.control.push_back(conn.header(OP_RST, 0));
+            self.counters.add(RESETS, 1);
+        }
+    }
+
+    /// Registers exactly the events the connection can act on.
+    fn sync_interest(&mut self, key: Key) {
+        let Some(conn) = self.conns.get(&key) else {
+            return;
+        };
+        let mut want = EventSet::empty();
+        if conn.wants_read() && !self.readable.contains(&key) {
+            want |= EventSet::IN | EventSet::READ_HANG_UP;
+        }
+        if conn.wants_write() {
+            want |= EventSet::OUT;
+        }
+        let fd = conn.stream.as_raw_fd();
+        let current = self.interest.get(&key).copied();
+        let result = match (current, want.is_empty()) {
+            (None, true) => Ok(()),
+            (Some(_), true) => {
+                self.interest.remove(&key);
+                self.epoll
+                    .ctl(ControlOperation::Delete, fd, EpollEvent::default())
+            }
+            (None, false) => {
+                self.interest.insert(key, want);
+                self.epoll
+                    .ctl(ControlOperation::Add, fd, EpollEvent::new(want, token(fd)))
+            }
+            (Some(cur), false) if cur == want => Ok(()),
+            (Some(_), false) => {
+                self.interest.insert(key, want);
+                self.epoll.ctl(
+                    ControlOperation::Modify,
+                    fd,
+                    EpollEvent::new(want, token(fd)),
+                )
+            }
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "epoll on a host vsock socket");
+        }
+    }
+
+    /// Handles a packet the guest sent.
+    pub fn on_guest_packet(&mut self, p: Packet) {
+        let h = p.header;
+        if h.kind != TYPE_STREAM || h.src_cid != self.guest_cid || h.dst_cid != HOST_CID {
+            self.counters.add(MALFORMED, 1);
+            if h.op != OP_RST {
+                self.control.push_back(rst_for(&h));
+            }
+            return;
+        }
+        let key = (h.dst_port, h.src_port);
+        if let Some(conn) = self.conns.get_mut(&key) {
+            match conn.on_packet(&p) {
+                Verdict::Keep => self.sync_interest(key),
+                Verdict::Close { send_rst } => self.remove(key, send_rst),
+            }
+            return;
+        }
+        match h.op {
+            OP_REQUEST => self.guest_connect(&h),
+            OP_RST => {}
+            _ => self.control.push_back(rst_for(&h)),
+        }
+    }
+
+    fn guest_connect(&mut self, h: &Header) {
+        let port = h.dst_port;
+        let path = PathBuf::from(format!("{}_{port}", self.uds_path.display()));
+        match UnixStream::connect(&path).and_then(|s| s.set_nonblocking(true).map(|()| s)) {
+            Ok(stream) => {
+                let conn = Connection::guest_initiated(stream, h, self.guest_cid);
+                self.insert(conn);
+            }
+            Err(e) => {
+                tracing::debug!(path = %path.display(), error = %e, "guest connection refused");
+                self.control.push_back(rst_for(h));
+            }
+        }
+    }
+
+    /// Whether a packet for the guest is ready.
+    pub fn has_rx_work(&self) -> bool {
+        !self.control.is_empty()
+            || self.conns.values().any(Connection::owes_control)
+            || self
+                .readable
+                .iter()
+                .any(|k| self.conns.get(k).is_some_and(Connection::wants_read))
+    }
+
+    /// The next packet for the guest with its payload in `buf[..len]`.
+    pub fn next_rx(&mut self, room: usize, buf: &mut [u8]) -> Option<(Header, usize)> {
+        if let Some(h) = self.control.pop_front() {
+            return Some((h, 0));
+        }
+        let owing: Option<Key> = self
+            .conns
+            .iter()
+            .find(|(_, c)| c.owes_control())
+            .map(|(k, _)| *k);
+        if let Some(key) = owing {
+            let out = self
+                .conns
+                .get_mut(&key)
+                .and_then(|c| c.next_for_guest(room, buf));
+            self.sync_interest(key);
+            return out;
+        }
+        let keys: Vec<Key> = self.readable.iter().copied().collect();
+        for key in keys {
+            let Some(conn) = self.conns.get_mut(&key) else {
+                self.readable.remove(&key);
+                continue;
+            };
+            if !conn.wants_read() {
+                continue;
+            }
+            match conn.next_for_guest(room, buf) {
+                Some(out) => {
+                    self.sync_interest(key);
+                    return Some(out);
+                }
+                None => {
+                    self.readable.remove(&key);
+                    self.sync_interest(key);
+                }
+            }
+        }
+        None
+    }
+
+    /// Ends handshakes and closes that took too long.
+    pub fn expire(&mut self) {
+        let now = Instant::now();
+        let stale: Vec<RawFd> = self
+            .unclaimed
+            .iter()
+            .filter(|(_, u)| now.duration_since(u.since) > HANDSHAKE_TIMEOUT)
+            .map(|(fd, _)| *fd)
+            .collect();
+        for fd in stale {
+            self.drop_unclaimed(fd);
+        }
+        let expired: Vec<(Key, bool)> = self
+            .conns
+            .iter()
+            .filter_map(|(k, c)| match c.state() {
+                State::Connecting if now.duration_since(c.since()) > CONNECT_TIMEOUT => {
+                    Some((*k, true))
+                }
+                State::Closing if now.duration_since(c.since()) > CLOSE_TIMEOUT => Some((*k, true)),
+                _ => None,
+            })
+            .collect();
+        for (k, rst) in expired {
+            tracing::debug!(local = k.0, peer = k.1, "vsock connection timed out");
+            self.remove(k, rst);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::virtio::vsock::device::COUNTERS;
+    use crate::devices::virtio::vsock::packet::{OP_RESPONSE, OP_RW};
+    use std::io::{BufRead, BufReader, Write};
+
+    const CID: u64 = 3;
+
+    fn muxer(dir: &Path) -> Muxer {
+        let path = dir.join("v.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        Muxer::new(CID, &path, listener, Counters::new(COUNTERS)).unwrap()
+    }
+
+    fn pump(m: &mut Muxer) {
+        let mut events = vec![EpollEvent::default(); 16];
+        let n = m.epoll().wait(100, &mut events).unwrap();
+        for e in &events[..n] {
+            m.handle_event(e.data(), e.event_set());
+        }
+    }
+
+    fn guest_packet(op: u16, src_port: u32, dst_port: u32, payload: &[u8]) -> Packet {
+        Packet {
+            header: Header {
+                src_cid: CID,
+                dst_cid: HOST_CID,
+                src_port,
+                dst_port,
+                len: payload.len() as u32,
+                kind: TYPE_STREAM,
+                op,
+                flags: 0,
+                buf_alloc: 65536,
+                fwd_cnt: 0,
+            },
+            payload: payload.to_vec(),
+        }
+    }
+
+    #[test]
+    fn host_connect_handshake_reaches_the_guest_and_data_flows() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = muxer(dir.path());
+        let mut client = UnixStream::connect(dir.path().join("v.sock")).unwrap();
+        client.write_all(b"CONNECT 1024\n").unwrap();
+        for _ in 0..3 {
+            pump(&mut m);
+        }
+        assert!(m.has_rx_work());
+        let mut buf = vec![0u8; 4096];
+        let (req, _) = m.next_rx(4096, &mut buf).unwrap();
+        assert_eq!(
+            (req.op, { req.dst_port }, { req.dst_cid }),
+            (OP_REQUEST, 1024, CID)
+        );
+        let local = req.src_port;
+        m.on_guest_packet(guest_packet(OP_RESPONSE, 1024, local, b""));
+        let mut reader = BufReader::new(client.try_clone().unwrap());
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        assert_eq!(line, format!("OK {local}\n"));
+        m.on_guest_packet(guest_packet(OP_RW, 1024, local, b"from guest"));
+        let mut got = [0u8; 10];
+        reader.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"from guest");
+        client.write_all(b"from host").unwrap();
+        pump(&mut m);
+        let (h, n) = m.next_rx(4096, &mut buf).unwrap();
+        assert_eq!((h.op, &buf[..n]), (OP_RW, &b"from host"[..]));
+    }
+
+    #[test]
+    fn guest_connect_goes_to_the_port_socket_or_is_reset() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = muxer(dir.path());
+        let mut buf = vec![0u8; 64];
+        m.on_guest_packet(guest_packet(OP_REQUEST, 5000, 52, b""));
+        let (h, _) = m.next_rx(4096, &mut buf).unwrap();
+        assert_eq!(
+            (h.op, { h.dst_port }),
+            (OP_RST, 5000),
+            "nobody listens on _52"
+        );
+        let port_sock = UnixListener::bind(dir.path().join("v.sock_52")).unwrap();
+        m.on_guest_packet(guest_packet(OP_REQUEST, 5001, 52, b""));
+        let (h, _) = m.next_rx(4096, &mut buf).unwrap();
+        assert_eq!({ h.op }, OP_RESPONSE);
+        let (mut accepted, _) = port_sock.accept().unwrap();
+        m.on_guest_packet(guest_packet(OP_RW, 5001, 52, b"hi"));
+        let mut got = [0u8; 2];
+        accepted.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"hi");
+    }
+
+    #[test]
+    fn bad_handshakes_and_foreign_packets_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = muxer(dir.path());
+        let mut client = UnixStream::connect(dir.path().join("v.sock")).unwrap();
+        client.write_all(b"HELLO\n").unwrap();
+        for _ in 0..3 {
+            pump(&mut m);
+        }
+        let mut b = [0u8; 1];
+        assert_eq!(client.read(&mut b).unwrap(), 0, "client closed");
+        let mut p = guest_packet(OP_RW, 1, 2, b"x");
+        p.header.src_cid = 99;
+        m.on_guest_packet(p);
+        let mut buf = vec![0u8; 64];
+        assert_eq!({ m.next_rx(4096, &mut buf).unwrap().0.op }, OP_RST);
+        m.on_guest_packet(guest_packet(OP_RW, 7, 8, b"x"));
+        assert_eq!(
+            { m.next_rx(4096, &mut buf).unwrap().0.op },
+            OP_RST,
+            "no such connection"
+        );
+        m.on_guest_packet(guest_packet(OP_RST, 7, 8, b""));
+        assert!(!m.has_rx_work(), "no RST in answer to an RST");
+    }
+}
