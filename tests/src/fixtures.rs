@@ -94,12 +94,29 @@ pub fn workspace_binary(package: &str, bin: &str) -> Result<PathBuf, String> {
     Ok(target_dir.join("debug").join(bin))
 }
 
+fn probe_manifest() -> Result<hako_rootfs_builder::manifest::Manifest, String> {
+    let program = guest_binary("hako-guest-probe")?;
+    hako_rootfs_builder::images::probe_image(std::path::Path::new("/bin/busybox"), &program)
+        .map_err(|e| format!("building the probe image: {e}"))
+}
+
+/// Writes the probe image's tree into `dir` (a virtio-fs root; needs root for /dev nodes).
+pub fn probe_root_dir(dir: &Path) -> Result<(), String> {
+    let manifest = probe_manifest()?;
+    let skipped = hako_rootfs_builder::dir::write(&manifest, dir)
+        .map_err(|e| format!("writing the probe tree into {}: {e}", dir.display()))?;
+    if skipped.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "could not create {skipped:?} (device nodes need root)"
+        ))
+    }
+}
+
 /// Writes the probe image (busybox + hako-guest-probe) and returns its path.
 pub fn probe_image() -> Result<PathBuf, String> {
-    let program = guest_binary("hako-guest-probe")?;
-    let manifest =
-        hako_rootfs_builder::images::probe_image(std::path::Path::new("/bin/busybox"), &program)
-            .map_err(|e| format!("building the probe image: {e}"))?;
+    let manifest = probe_manifest()?;
     let dir = repo_root().join("target/hako-fixtures");
     std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     let path = dir.join(format!("probe-{}.cpio", std::process::id()));

@@ -19,6 +19,7 @@ pub fn probe_vm(dir: &Path, kernel: &Path, initrd: &Path, cmdline: &str) -> VmCo
             path: kernel.to_owned(),
             initrd: Some(initrd.to_owned()),
             cmdline: cmdline.to_owned(),
+            boot_protocol: Default::default(),
         },
         console: ConsoleConfig::Stdout,
         control_socket: Some(control_socket(dir)),

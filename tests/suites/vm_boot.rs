@@ -2,10 +2,14 @@
 //! takes about a minute where guest kernel mode is emulated, so the suite boots few VMs and
 //! checks several things in each; skip them locally with `--skip vm_`.
 //!
-//! - reboot: the probe's markers on the console, the control API answering while the guest
-//!   runs (status, pause/resume, metrics), exit status 3 (guest reset) when the guest reboots,
-//!   and the control socket gone afterwards.
-//! - devices and poweroff: the kernel banner (loglevel 6); a virtio-blk disk the guest reads
+//! - reboot: entered through the 64-bit Linux boot protocol (zero page); the probe's markers
+//!   on the console, the control API answering while the guest runs (status, pause/resume,
+//!   metrics), exit status 3 (guest reset) when the guest reboots, and the control socket gone
+//!   afterwards.
+//! - devices and poweroff: entered through PVH with no initrd, its root file system a
+//!   virtio-fs share of the probe tree (`rootfstype=virtiofs`) where the guest reads, stats
+//!   and lists the host's file and writes its own, checked on the host afterwards; the
+//!   kernel banner (loglevel 6); a virtio-blk disk the guest reads
 //!   the host's marker from and writes its own to, checked in the image file afterwards;
 //!   hybrid vsock both ways (the guest greets a host listener at `<uds>_<port>`; the host
 //!   connects with `CONNECT <port>` and has 600 KiB echoed, more than the credit window);
@@ -19,13 +23,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use hako_guest_probe::{
-    BLK_ARG, BLK_GUEST_MARKER, BLK_HOST_MARKER, VSOCK_ARG, VSOCK_GUEST_HELLO, VSOCK_HOST_HELLO,
+    BLK_ARG, BLK_GUEST_MARKER, BLK_HOST_MARKER, FS_ARG, FS_GUEST_CONTENT, FS_GUEST_FILE,
+    FS_HOST_CONTENT, FS_HOST_FILE, VSOCK_ARG, VSOCK_GUEST_HELLO, VSOCK_HOST_HELLO,
 };
 use hako_rootfs_builder::images::{PROBE_DONE_MARKER, PROBE_INIT_MARKER, PROBE_POWEROFF_ARG};
 use hako_tests::boot::{self, Boot};
 use hako_tests::require::{self, Skip};
 use hako_tests::{fixtures, hako_vmm};
-use hako_vmm_api::{BlockConfig, ControlReply, ExitReason, VmState, VsockConfig};
+use hako_vmm_api::{
+    BlockConfig, BootProtocol, ControlReply, ExitReason, FsConfig, VmState, VsockConfig,
+};
 use libtest_mimic::{Arguments, Failed};
 
 /// Boots take ~1 minute here; allow for a loaded machine.
@@ -160,7 +167,9 @@ fn exercise_control_api(path: &Path) -> Result<(), String> {
 
 fn boot_reboots_and_serves_the_control_api() -> Result<(), Failed> {
     let f = fixture()?;
-    let config = hako_vmm::probe_vm(f.dir.path(), &f.kernel, &f.image, "quiet");
+    let mut config = hako_vmm::probe_vm(f.dir.path(), &f.kernel, &f.image, "quiet");
+    // This boot takes the 64-bit Linux boot protocol (zero page); the other takes PVH.
+    config.kernel.boot_protocol = BootProtocol::Linux64;
     let cmd = hako_vmm::command(&f.vmm, f.dir.path(), &config).map_err(|e| e.to_string())?;
     let socket = hako_vmm::control_socket(f.dir.path());
     let api = {
@@ -172,6 +181,7 @@ fn boot_reboots_and_serves_the_control_api() -> Result<(), Failed> {
     api.join()
         .map_err(|_| "the control API thread panicked")??;
     expect_probe_ran(&boot)?;
+    expect(&boot, "entry=Linux64")?;
     expect_exit(&boot, ExitReason::GuestReset)?;
     if socket.exists() {
         return Err("the control socket was left behind".into());
@@ -191,6 +201,7 @@ fn test_disk(dir: &Path) -> Result<PathBuf, Failed> {
     Ok(path)
 }
 
+const ROOT_TAG: &str = "hako-root";
 const GUEST_PORT: u32 = 1234;
 const HOST_PORT: u32 = 52;
 const ECHO_BYTES: usize = 600 * 1024;
@@ -271,10 +282,23 @@ fn boot_with_devices_and_power_off() -> Result<(), Failed> {
     let uds = f.dir.path().join("vsock.sock");
     let host_listener = UnixListener::bind(format!("{}_{HOST_PORT}", uds.display()))
         .map_err(|e| format!("binding the host port socket: {e}"))?;
+    let root = f.dir.path().join("root");
+    fixtures::probe_root_dir(&root)?;
+    let shared = root.join("hako-fs");
+    std::fs::create_dir(&shared).map_err(|e| format!("creating {}: {e}", shared.display()))?;
+    std::fs::write(shared.join(FS_HOST_FILE), FS_HOST_CONTENT)
+        .map_err(|e| format!("writing the host's file: {e}"))?;
     let cmdline = format!(
-        "loglevel=6 {PROBE_POWEROFF_ARG} {BLK_ARG}=/dev/vda {VSOCK_ARG}={GUEST_PORT},{HOST_PORT}"
+        "loglevel=6 {PROBE_POWEROFF_ARG} root={ROOT_TAG} rootfstype=virtiofs rw init=/init \
+         {FS_ARG}=/hako-fs {BLK_ARG}=/dev/vda {VSOCK_ARG}={GUEST_PORT},{HOST_PORT}"
     );
     let mut config = hako_vmm::probe_vm(f.dir.path(), &f.kernel, &f.image, &cmdline);
+    config.kernel.initrd = None;
+    config.devices.fs.push(FsConfig {
+        tag: ROOT_TAG.into(),
+        shared_dir: root.clone(),
+        read_only: false,
+    });
     config.devices.block.push(BlockConfig {
         id: "test".into(),
         path: disk.clone(),
@@ -294,8 +318,16 @@ fn boot_with_devices_and_power_off() -> Result<(), Failed> {
     let boot = boot::boot(cmd, deadline()).map_err(|e| format!("starting hako-vmm: {e}"))?;
     stop.store(true, Ordering::SeqCst);
     print_console(&boot);
+    expect(&boot, "entry=Pvh")?;
     expect(&boot, "Linux version 6.1")?;
-    expect(&boot, "HAKO-GUEST-PROBE: virtio: [2, 19]")?;
+    expect(&boot, "HAKO-GUEST-PROBE: virtio: [2, 19, 26]")?;
+    expect(
+        &boot,
+        &format!(
+            "fs: root is virtiofs; read {} bytes, wrote, listed [\"{FS_GUEST_FILE}\", \"{FS_HOST_FILE}\"]",
+            FS_HOST_CONTENT.len()
+        ),
+    )?;
     expect(
         &boot,
         "HAKO-GUEST-PROBE: blk: /dev/vda read the host's marker",
@@ -318,6 +350,11 @@ fn boot_with_devices_and_power_off() -> Result<(), Failed> {
         .map_err(|_| "the answering thread panicked")??;
     if uds.exists() {
         return Err("the vsock socket was left behind".into());
+    }
+    let written = std::fs::read_to_string(shared.join(FS_GUEST_FILE))
+        .map_err(|e| format!("reading the guest's file on the host: {e}"))?;
+    if written != FS_GUEST_CONTENT {
+        return Err(format!("the guest's file holds {written:?}").into());
     }
     let image = std::fs::read(&disk).map_err(|e| format!("reading {}: {e}", disk.display()))?;
     if !image[512..].starts_with(BLK_GUEST_MARKER.as_bytes()) {

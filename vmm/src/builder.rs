@@ -8,7 +8,7 @@ use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use hako_vmm_api::{ConsoleConfig, CpuProfile, VmConfig, VmState};
+use hako_vmm_api::{BootProtocol, ConsoleConfig, CpuProfile, VmConfig, VmState};
 use kvm_ioctls::Kvm;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -18,6 +18,7 @@ use crate::devices::legacy::serial::{self, SerialConsole};
 use crate::devices::manager::{DeviceManager, ManagerError};
 use crate::devices::virtio::VirtioDevice;
 use crate::devices::virtio::block::{self, Block, BlockError};
+use crate::devices::virtio::fs::{self, Fs, FsError};
 use crate::devices::virtio::vsock::{self, Vsock, VsockError};
 use crate::devices::{Bus, BusError, IrqTrigger};
 use crate::metrics::Counters;
@@ -71,6 +72,8 @@ pub enum BuildError {
     Block(#[from] BlockError),
     #[error(transparent)]
     Vsock(#[from] VsockError),
+    #[error(transparent)]
+    Fs(#[from] FsError),
 }
 
 fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> BuildError {
@@ -129,7 +132,8 @@ pub fn build(
     let guest_memory = memory::create(machine.memory_mib)?;
     let vm = Vm::new(&kvm, guest_memory.clone())?;
 
-    let kernel = loader::load_kernel(&guest_memory, &config.kernel.path)?;
+    let allow_pvh = config.kernel.boot_protocol == BootProtocol::Auto;
+    let kernel = loader::load_kernel(&guest_memory, &config.kernel.path, allow_pvh)?;
     let initrd = match &config.kernel.initrd {
         Some(path) => Some(loader::load_initrd(&guest_memory, path, &kernel)?),
         None => None,
@@ -141,6 +145,12 @@ pub fn build(
         let counters = Counters::new(vsock::COUNTERS);
         let dev = Vsock::new(v.guest_cid, &v.uds_path, counters.clone())?;
         devices.push(("vsock".to_owned(), counters));
+        manager.add(vm.fd(), &mut mmio, &guest_memory, Box::new(dev))?;
+    }
+    for fs in &config.devices.fs {
+        let counters = Counters::new(fs::COUNTERS);
+        let dev = Fs::new(&fs.tag, &fs.shared_dir, fs.read_only, counters.clone())?;
+        devices.push((dev.name().to_owned(), counters));
         manager.add(vm.fd(), &mut mmio, &guest_memory, Box::new(dev))?;
     }
     for blk in &config.devices.block {
@@ -266,6 +276,7 @@ mod tests {
                 path: "/k".into(),
                 initrd: None,
                 cmdline: user.into(),
+                boot_protocol: Default::default(),
             },
             console,
             control_socket: None,

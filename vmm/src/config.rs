@@ -164,6 +164,7 @@ mod tests {
                 path: kernel,
                 initrd: None,
                 cmdline: String::new(),
+                boot_protocol: Default::default(),
             },
             console: Default::default(),
             control_socket: Some(dir.join("control.sock")),

@@ -26,6 +26,13 @@ pub fn vsock_ports(value: &str) -> Option<(u32, u32)> {
     Some((g.parse().ok()?, h.parse().ok()?))
 }
 
+/// `hako.probe.fs=<dir>`: read the host's file in `<dir>`, write the guest's, stat, list.
+pub const FS_ARG: &str = "hako.probe.fs";
+pub const FS_HOST_FILE: &str = "host.txt";
+pub const FS_HOST_CONTENT: &str = "HAKO-FS written by the host\n";
+pub const FS_GUEST_FILE: &str = "guest.txt";
+pub const FS_GUEST_CONTENT: &str = "HAKO-FS written by the guest\n";
+
 /// The value of `key=` on a kernel command line.
 pub fn cmdline_value(cmdline: &str, key: &str) -> Option<String> {
     cmdline

@@ -4,7 +4,8 @@
 //! Device checks run when the kernel command line asks for them:
 //! `hako.probe.blk=<device>` reads the host's marker from sector 0 and writes the guest's at
 //! sector 1; `hako.probe.vsock=<guest-port>,<host-port>` greets a host listener, then echoes
-//! one host connection back until its EOF.
+//! one host connection back until its EOF; `hako.probe.fs=<dir>` reads, writes, stats and
+//! lists files in a virtio-fs directory and reports the root file system's type.
 #![forbid(unsafe_code)]
 
 use std::os::unix::fs::FileExt;
@@ -13,8 +14,9 @@ use std::process::ExitCode;
 use std::io::{BufRead, BufReader, Read, Write};
 
 use hako_guest_probe::{
-    BLK_ARG, BLK_GUEST_MARKER, BLK_HOST_MARKER, VSOCK_ARG, VSOCK_GUEST_HELLO, VSOCK_HOST_HELLO,
-    VSOCK_LISTENING, cmdline_value, vsock_ports,
+    BLK_ARG, BLK_GUEST_MARKER, BLK_HOST_MARKER, FS_ARG, FS_GUEST_CONTENT, FS_GUEST_FILE,
+    FS_HOST_CONTENT, FS_HOST_FILE, VSOCK_ARG, VSOCK_GUEST_HELLO, VSOCK_HOST_HELLO, VSOCK_LISTENING,
+    cmdline_value, vsock_ports,
 };
 use vsock::{VMADDR_CID_ANY, VMADDR_CID_HOST, VsockListener, VsockStream};
 
@@ -116,6 +118,45 @@ fn block_device(dev: &str) -> Result<String, String> {
     ))
 }
 
+/// The type of the file system mounted on `/`.
+fn root_fs_type() -> Result<String, String> {
+    let mounts = std::fs::read_to_string("/proc/mounts").map_err(|e| e.to_string())?;
+    mounts
+        .lines()
+        .rev()
+        .find_map(|l| {
+            let mut f = l.split_whitespace();
+            let (_, point, kind) = (f.next()?, f.next()?, f.next()?);
+            (point == "/").then(|| kind.to_owned())
+        })
+        .ok_or_else(|| "no mount on /".into())
+}
+
+fn shared_dir(dir: &str) -> Result<String, String> {
+    let dir = std::path::Path::new(dir);
+    let host = dir.join(FS_HOST_FILE);
+    let text =
+        std::fs::read_to_string(&host).map_err(|e| format!("read {}: {e}", host.display()))?;
+    if text != FS_HOST_CONTENT {
+        return Err(format!("{} holds {text:?}", host.display()));
+    }
+    let size = std::fs::metadata(&host)
+        .map_err(|e| format!("stat {}: {e}", host.display()))?
+        .len();
+    let guest = dir.join(FS_GUEST_FILE);
+    std::fs::write(&guest, FS_GUEST_CONTENT)
+        .map_err(|e| format!("write {}: {e}", guest.display()))?;
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map_err(|e| format!("list {}: {e}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect();
+    names.sort();
+    Ok(format!(
+        "root is {}; read {size} bytes, wrote, listed {names:?}",
+        root_fs_type()?
+    ))
+}
+
 fn vsock_to_host(port: u32) -> Result<String, String> {
     let mut s = VsockStream::connect_with_cid_port(VMADDR_CID_HOST, port)
         .map_err(|e| format!("connect to host port {port}: {e}"))?;
@@ -156,6 +197,9 @@ fn main() -> ExitCode {
     check("virtio", virtio_devices(), &mut failed);
     if let Some(dev) = cmdline_value(&cmdline, BLK_ARG) {
         check("blk", block_device(&dev), &mut failed);
+    }
+    if let Some(dir) = cmdline_value(&cmdline, FS_ARG) {
+        check("fs", shared_dir(&dir), &mut failed);
     }
     match cmdline_value(&cmdline, VSOCK_ARG).map(|v| vsock_ports(&v)) {
         Some(Some((guest_port, host_port))) => {

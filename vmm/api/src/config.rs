@@ -71,6 +71,19 @@ pub struct KernelConfig {
     /// profile's fallbacks).
     #[serde(default)]
     pub cmdline: String,
+    #[serde(default)]
+    pub boot_protocol: BootProtocol,
+}
+
+/// How the kernel is entered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum BootProtocol {
+    /// PVH when the ELF kernel has the PVH note, else the 64-bit Linux boot protocol.
+    #[default]
+    Auto,
+    /// The 64-bit Linux boot protocol (zero page, long mode) even when PVH is available.
+    Linux64,
 }
 
 /// Where the guest's serial console goes.
@@ -154,7 +167,7 @@ mod tests {
     fn full_config_round_trips() {
         let json = r#"{
             "machine": {"vcpus": 2, "memory_mib": 512, "cpu_profile": "conservative"},
-            "kernel": {"path": "/k", "initrd": "/i", "cmdline": "quiet"},
+            "kernel": {"path": "/k", "initrd": "/i", "cmdline": "quiet", "boot_protocol": "linux64"},
             "console": {"output": "file", "path": "/tmp/console.log"},
             "control_socket": "/run/hako/x/control.sock",
             "devices": {
@@ -165,6 +178,7 @@ mod tests {
         }"#;
         let cfg: VmConfig = serde_json::from_str(json).unwrap();
         assert_eq!(cfg.machine.cpu_profile, CpuProfile::Conservative);
+        assert_eq!(cfg.kernel.boot_protocol, BootProtocol::Linux64);
         assert_eq!(cfg.console, ConsoleConfig::File("/tmp/console.log".into()));
         assert!(cfg.devices.fs[0].read_only);
         assert!(!cfg.devices.block[0].read_only);

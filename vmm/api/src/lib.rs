@@ -6,8 +6,8 @@ pub mod config;
 pub mod control;
 
 pub use config::{
-    BlockConfig, ConsoleConfig, DevicesConfig, FsConfig, KernelConfig, MachineConfig, VmConfig,
-    VsockConfig,
+    BlockConfig, BootProtocol, ConsoleConfig, DevicesConfig, FsConfig, KernelConfig, MachineConfig,
+    VmConfig, VsockConfig,
 };
 pub use control::{ControlReply, ControlRequest, ExitReason, Metrics, VmState};
 

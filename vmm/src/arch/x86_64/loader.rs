@@ -71,8 +71,13 @@ pub struct LoadedKernel {
     pub setup_header: Option<setup_header>,
 }
 
-/// Loads `path` at 1 MiB (or where its ELF headers say).
-pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, LoaderError> {
+/// Loads `path` at 1 MiB (or where its ELF headers say). `allow_pvh: false` enters an ELF
+/// kernel through the 64-bit boot protocol even when it has a PVH note.
+pub fn load_kernel(
+    mem: &GuestMemoryMmap,
+    path: &Path,
+    allow_pvh: bool,
+) -> Result<LoadedKernel, LoaderError> {
     let open = || {
         File::open(path).map_err(|source| LoaderError::Open {
             path: path.to_owned(),
@@ -84,7 +89,7 @@ pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, L
     let elf_err = match Elf::load(mem, None, &mut file, himem) {
         Ok(r) => {
             let entry = match r.pvh_boot_cap {
-                PvhBootCapability::PvhEntryPresent(addr) => EntryPoint::Pvh(addr),
+                PvhBootCapability::PvhEntryPresent(addr) if allow_pvh => EntryPoint::Pvh(addr),
                 _ => EntryPoint::Linux64(r.kernel_load),
             };
             return Ok(LoadedKernel {
@@ -192,7 +197,7 @@ mod tests {
         let path = dir.path().join("kernel");
         std::fs::write(&path, vec![0x5a; 8192]).unwrap();
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 16 << 20)]).unwrap();
-        let err = load_kernel(&mem, &path).unwrap_err();
+        let err = load_kernel(&mem, &path, true).unwrap_err();
         assert!(matches!(err, LoaderError::UnknownFormat { .. }), "{err}");
         assert!(err.to_string().contains("kernel"), "{err}");
     }

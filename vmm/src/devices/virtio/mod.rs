@@ -2,6 +2,7 @@
 //! interrupt they raise, and the IDs and feature bits they share.
 
 pub mod block;
+pub mod fs;
 pub mod mmio;
 pub mod queue;
 pub mod vsock;
