@@ -131,13 +131,18 @@ pub fn build(
     let mem_size = u64::from(machine.memory_mib) << 20;
     let guest_memory = memory::create(machine.memory_mib)?;
     let vm = Vm::new(&kvm, guest_memory.clone())?;
+    tracing::debug!(ms = started.elapsed().as_secs_f64() * 1e3, "VM created");
 
+    memory::advise_huge_pages(&guest_memory, true);
     let allow_pvh = config.kernel.boot_protocol == BootProtocol::Auto;
     let kernel = loader::load_kernel(&guest_memory, &config.kernel.path, allow_pvh)?;
+    tracing::debug!(ms = started.elapsed().as_secs_f64() * 1e3, "kernel loaded");
     let initrd = match &config.kernel.initrd {
         Some(path) => Some(loader::load_initrd(&guest_memory, path, &kernel)?),
         None => None,
     };
+    tracing::debug!(ms = started.elapsed().as_secs_f64() * 1e3, "initrd loaded");
+    memory::advise_huge_pages(&guest_memory, false);
     let mut mmio = Bus::new();
     let mut devices = Vec::new();
     let mut manager = DeviceManager::default();

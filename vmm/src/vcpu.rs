@@ -211,7 +211,11 @@ impl Vcpu {
                 Wanted::Stop => break,
             }
             if first {
-                tracing::debug!("first KVM_RUN");
+                // Wall-clock microseconds, so a benchmark can compare with when it spawned us.
+                let epoch_us = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_micros());
+                tracing::debug!(epoch_us, "first KVM_RUN");
                 first = false;
             }
             let next = match self.fd.run() {

@@ -1,14 +1,16 @@
 //! `hako-bench-vmm [RUNS]`: hako-vmm against `qemu-system-x86_64 -M microvm` on the same
 //! kernel and initramfs, in one run, and prints a table with the ratios. Never asserts.
 //!
-//! - start → first KVM_RUN: each VMM runs under `strace -f --seccomp-bpf -e trace=ioctl`
-//!   (only ioctls stop, for both alike); the time from spawning to the first `KVM_RUN`.
+//! - start → first KVM_RUN: wall-clock time from spawning to the first `KVM_RUN`, as each VMM
+//!   reports it with its own lightweight tracing: hako-vmm's `first KVM_RUN epoch_us=` debug
+//!   line, QEMU's `kvm_vcpu_ioctl` trace event (type 0xae80) in its `-D` log. (strace would
+//!   stop every ioctl and inflate both.)
 //! - start → kernel banner: without strace, until "Linux version" is on the console
 //!   (`loglevel=6`); where guest kernel mode is emulated this is dominated by the guest.
 //! - VMM overhead: RSS of the VMM process at the banner, less the mappings as large as guest
 //!   RAM (guest memory itself).
 //!
-//! Needs `target/hako-env` (scripts/setup.sh), /dev/kvm, strace and QEMU.
+//! Needs `target/hako-env` (scripts/setup.sh), /dev/kvm and QEMU.
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -83,44 +85,54 @@ fn now_epoch() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
-/// Spawn → first KVM_RUN, from strace's wall-clock timestamps.
+/// When hako-vmm's first KVM_RUN happened (epoch seconds), from its debug log.
+fn hako_first_run(log: &str) -> Option<f64> {
+    let line = log.lines().find(|l| l.contains("first KVM_RUN"))?;
+    let us = line.split("epoch_us=").nth(1)?.split_whitespace().next()?;
+    Some(us.parse::<f64>().ok()? / 1e6)
+}
+
+/// When QEMU's first KVM_RUN happened, from `kvm_vcpu_ioctl` lines `PID@SECS.USECS:...`.
+fn qemu_first_run(log: &str) -> Option<f64> {
+    let line = log
+        .lines()
+        .find(|l| l.contains("kvm_vcpu_ioctl") && l.contains("type 0xae80"))?;
+    let stamp = line.split('@').nth(1)?.split(':').next()?;
+    stamp.parse().ok()
+}
+
+/// Spawn → first KVM_RUN, in milliseconds.
 fn first_kvm_run(vmm: Vmm, inputs: &Inputs) -> Result<f64> {
-    let inner = command(vmm, inputs)?;
-    let trace = inputs.dir.path().join("strace.txt");
-    let _ = std::fs::remove_file(&trace);
-    let mut cmd = Command::new("strace");
-    cmd.args([
-        "-f",
-        "--seccomp-bpf",
-        "-e",
-        "trace=ioctl",
-        "-e",
-        "signal=none",
-        "-ttt",
-        "-q",
-        "-o",
-    ])
-    .arg(&trace)
-    .arg(inner.get_program())
-    .args(inner.get_args())
-    .envs(inner.get_envs().filter_map(|(k, v)| v.map(|v| (k, v))))
-    .stdin(Stdio::null())
-    .stdout(Stdio::null())
-    .stderr(Stdio::null());
+    let mut cmd = command(vmm, inputs)?;
+    let log = inputs.dir.path().join("vmm.log");
+    let _ = std::fs::remove_file(&log);
+    match vmm {
+        Vmm::Hako => {
+            cmd.env("HAKO_LOG", "hako_vmm::vcpu=debug");
+            cmd.stderr(std::fs::File::create(&log)?);
+        }
+        Vmm::Qemu => {
+            // `-msg timestamp=on` prefixes each trace line with `PID@SECS.USECS:`.
+            cmd.args(["-msg", "timestamp=on", "-trace", "kvm_vcpu_ioctl", "-D"])
+                .arg(&log);
+            cmd.stderr(Stdio::null());
+        }
+    }
+    cmd.stdin(Stdio::null()).stdout(Stdio::null());
     let start = now_epoch();
-    let mut child = cmd.spawn().context("spawning strace")?;
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("spawning {}", vmm.name()))?;
     let begun = Instant::now();
     let found = loop {
-        let text = std::fs::read_to_string(&trace).unwrap_or_default();
-        let hit = text
-            .lines()
-            .find(|l| l.contains("KVM_RUN"))
-            .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok());
-        if let Some(t) = hit {
-            break Some(t);
-        }
-        if begun.elapsed() > Duration::from_secs(30) || child.try_wait()?.is_some() {
-            break None;
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let hit = match vmm {
+            Vmm::Hako => hako_first_run(&text),
+            Vmm::Qemu => qemu_first_run(&text),
+        };
+        if hit.is_some() || begun.elapsed() > Duration::from_secs(30) || child.try_wait()?.is_some()
+        {
+            break hit;
         }
         std::thread::sleep(Duration::from_millis(20));
     };
@@ -128,7 +140,7 @@ fn first_kvm_run(vmm: Vmm, inputs: &Inputs) -> Result<f64> {
     let _ = child.wait();
     match found {
         Some(t) => Ok((t - start) * 1e3),
-        None => bail!("{} never issued KVM_RUN under strace", vmm.name()),
+        None => bail!("{} never reported its first KVM_RUN", vmm.name()),
     }
 }
 
@@ -240,7 +252,7 @@ fn main() -> Result<()> {
     println!("| metric | hako-vmm | qemu microvm | qemu / hako |");
     println!("|---|---|---|---|");
     line(
-        "start → first KVM_RUN (under strace)",
+        "start → first KVM_RUN",
         median(h.0.clone()),
         median(q.0.clone()),
         "ms",
@@ -258,4 +270,19 @@ fn main() -> Result<()> {
         "MiB",
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_both_vmms_first_run_stamps() {
+        let hako = "2026-11-23T17:27:43.701732Z DEBUG vcpu{index=0}: hako_vmm::vcpu: first KVM_RUN epoch_us=1795454863701732";
+        assert_eq!(hako_first_run(hako), Some(1_795_454_863.701_732));
+        let qemu = "123@1795454863.701732:kvm_vcpu_ioctl cpu_index 0, type 0xae9a, arg 0x0\n\
+                    123@1795454863.801732:kvm_vcpu_ioctl cpu_index 0, type 0xae80, arg (nil)";
+        assert_eq!(qemu_first_run(qemu), Some(1_795_454_863.801_732));
+        assert_eq!(qemu_first_run("nothing"), None);
+    }
 }
