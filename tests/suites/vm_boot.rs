@@ -6,6 +6,8 @@
 //!   on the console, the control API answering while the guest runs (status, pause/resume,
 //!   metrics), exit status 3 (guest reset) when the guest reboots, and the control socket gone
 //!   afterwards.
+//! - stop paths (no full boot): the control API's shutdown without grace, with a grace the
+//!   guest lets run out, and SIGTERM each end hako-vmm with status 5 and remove its sockets.
 //! - devices and poweroff: entered through PVH with no initrd, its root file system a
 //!   virtio-fs share of the probe tree (`rootfstype=virtiofs`) where the guest reads, stats
 //!   and lists the host's file and writes its own, checked on the host afterwards; the
@@ -364,6 +366,104 @@ fn boot_with_devices_and_power_off() -> Result<(), Failed> {
     expect_exit(&boot, ExitReason::GuestPoweroff)
 }
 
+/// Starts hako-vmm (with a vsock device, to check that socket's cleanup too), waits for
+/// its control socket, runs `stop`, and returns the exit code, the time from `stop` to exit,
+/// and the VMM's log.
+fn start_and_stop(
+    f: &Fixture,
+    name: &str,
+    stop: impl FnOnce(&Path, u32) -> Result<(), String>,
+) -> Result<(i32, Duration, String), Failed> {
+    let dir = f.dir.path().join(name);
+    std::fs::create_dir(&dir).map_err(|e| e.to_string())?;
+    let mut config = hako_vmm::probe_vm(&dir, &f.kernel, &f.image, "quiet");
+    let uds = dir.join("vsock.sock");
+    config.devices.vsock = Some(VsockConfig {
+        guest_cid: 3,
+        uds_path: uds.clone(),
+    });
+    let log = dir.join("vmm.log");
+    let mut cmd = hako_vmm::command(&f.vmm, &dir, &config).map_err(|e| e.to_string())?;
+    cmd.stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).map_err(|e| e.to_string())?);
+    let mut child = cmd.spawn().map_err(|e| format!("spawning hako-vmm: {e}"))?;
+    let socket = hako_vmm::control_socket(&dir);
+    let begun = Instant::now();
+    while !socket.exists() && begun.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let asked = Instant::now();
+    let stopped = stop(&socket, child.id());
+    let status = loop {
+        if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
+            break status;
+        }
+        if asked.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("{name}: hako-vmm did not stop within 30 s").into());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    stopped.map_err(|e| format!("{name}: {e}"))?;
+    let took = asked.elapsed();
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    for path in [&socket, &uds] {
+        if path.exists() {
+            return Err(format!("{name}: {} was left behind", path.display()).into());
+        }
+    }
+    Ok((status.code().unwrap_or(-1), took, text))
+}
+
+fn stop_paths_exit_5_and_clean_up() -> Result<(), Failed> {
+    let f = fixture()?;
+    let stopped = ExitReason::Stopped.exit_code() as i32;
+    let shutdown = |grace: u64| {
+        move |socket: &Path, _pid: u32| {
+            let request = format!("{{\"request\":\"shutdown\",\"grace_ms\":{grace}}}");
+            let mut s = UnixStream::connect(socket).map_err(|e| e.to_string())?;
+            s.write_all(format!("{request}\n").as_bytes())
+                .map_err(|e| e.to_string())?;
+            let mut line = String::new();
+            BufReader::new(s)
+                .read_line(&mut line)
+                .map_err(|e| e.to_string())?;
+            match serde_json::from_str::<ControlReply>(&line) {
+                Ok(ControlReply::Done) => Ok(()),
+                other => Err(format!("shutdown answered {other:?}")),
+            }
+        }
+    };
+    let (code, took, _) = start_and_stop(&f, "forced", shutdown(0))?;
+    if code != stopped || took > Duration::from_secs(5) {
+        return Err(format!("shutdown without grace: status {code} after {took:?}").into());
+    }
+    // This guest has no keyboard driver: Ctrl-Alt-Del goes unanswered and the grace runs out.
+    let (code, took, log) = start_and_stop(&f, "graceful", shutdown(1000))?;
+    if code != stopped || took < Duration::from_millis(1000) {
+        return Err(format!("shutdown with 1 s grace: status {code} after {took:?}").into());
+    }
+    if !log.contains("did not stop within the grace period") {
+        return Err(format!("the log does not say the grace ran out:\n{log}").into());
+    }
+    let (code, _, _) = start_and_stop(&f, "sigterm", |_, pid| {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .map_err(|e| e.to_string())?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(format!("kill: {status}"))
+        }
+    })?;
+    if code != stopped {
+        return Err(format!("SIGTERM: status {code}").into());
+    }
+    Ok(())
+}
+
 fn prerequisites() -> Result<(), Skip> {
     require::kvm()?;
     require::program("/bin/busybox")?;
@@ -373,6 +473,11 @@ fn prerequisites() -> Result<(), Skip> {
 fn main() {
     let args = Arguments::from_args();
     let trials = vec![
+        require::trial(
+            "vm_stop_paths_exit_5_and_clean_up",
+            prerequisites,
+            stop_paths_exit_5_and_clean_up,
+        ),
         require::trial(
             "vm_boot_reboot_exits_3_and_serves_the_control_api",
             prerequisites,

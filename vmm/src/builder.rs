@@ -199,14 +199,19 @@ pub fn build(
         None => None,
     };
     let reset_tx = Mutex::new(tx.clone());
-    let i8042 = I8042::new(ResetSignal(Box::new(move || {
-        let tx = reset_tx.lock().unwrap_or_else(|p| p.into_inner());
-        let _ = tx.send(VmmEvent::GuestReset);
-    })));
+    let kbd_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(io("creating the keyboard irqfd"))?;
+    vm.register_irqfd(&kbd_irq, layout::I8042_KBD_IRQ)?;
+    let i8042 = Arc::new(Mutex::new(I8042::new(
+        IrqTrigger(kbd_irq),
+        ResetSignal(Box::new(move || {
+            let tx = reset_tx.lock().unwrap_or_else(|p| p.into_inner());
+            let _ = tx.send(VmmEvent::GuestReset);
+        })),
+    )));
     pio.insert(
         u64::from(layout::I8042_PORT_BASE),
         u64::from(layout::I8042_PORT_LEN),
-        Arc::new(Mutex::new(i8042)),
+        i8042.clone(),
     )?;
     let pio = Arc::new(pio);
 
@@ -258,6 +263,8 @@ pub fn build(
         vcpu_exits,
         devices,
         console,
+        i8042,
+        shutdown_deadline: None,
         vcpus: machine.vcpus,
         memory_mib: machine.memory_mib,
         started,

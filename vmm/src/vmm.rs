@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use hako_vmm_api::{ControlReply, ControlRequest, ExitReason, Metrics, VmState};
 
+use crate::devices::legacy::i8042::I8042;
 use crate::devices::legacy::serial::SerialConsole;
 use crate::metrics::{self, Counters};
 use crate::vcpu::{VcpuControl, Wanted, Where};
@@ -42,6 +43,9 @@ pub struct Vmm {
     pub(crate) vcpu_exits: Vec<Arc<Counters>>,
     pub(crate) devices: Vec<(String, Arc<Counters>)>,
     pub(crate) console: Option<Arc<Mutex<SerialConsole>>>,
+    pub(crate) i8042: Arc<Mutex<I8042>>,
+    /// When a graceful shutdown gives up waiting for the guest.
+    pub(crate) shutdown_deadline: Option<Instant>,
     pub(crate) vcpus: u8,
     pub(crate) memory_mib: u32,
     pub(crate) started: Instant,
@@ -53,7 +57,20 @@ impl Vmm {
     /// Runs until the guest ends, a control request or a signal stops it; returns why.
     pub fn run(mut self) -> ExitReason {
         let reason = loop {
-            match self.events.recv_timeout(POWEROFF_POLL) {
+            let wait = match self.shutdown_deadline {
+                Some(deadline) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        tracing::info!(
+                            "the guest did not stop within the grace period; stopping it"
+                        );
+                        break ExitReason::Stopped;
+                    }
+                    left.min(POWEROFF_POLL)
+                }
+                None => POWEROFF_POLL,
+            };
+            match self.events.recv_timeout(wait) {
                 Ok(VmmEvent::GuestReset) => {
                     tracing::info!("the guest reset the machine (i8042)");
                     break ExitReason::GuestReset;
@@ -82,7 +99,7 @@ impl Vmm {
                     break ExitReason::Stopped;
                 }
                 Err(RecvTimeoutError::Timeout) => {
-                    if self.state == VmState::Running && self.powered_off() {
+                    if self.state != VmState::Paused && self.powered_off() {
                         tracing::info!("every vCPU halted with interrupts off: guest powered off");
                         break ExitReason::GuestPoweroff;
                     }
@@ -123,9 +140,27 @@ impl Vmm {
                 self.state = VmState::Running;
                 (ControlReply::Done, None)
             }
-            ControlRequest::Shutdown { .. } => {
+            ControlRequest::Shutdown { grace_ms: 0 } => {
                 self.state = VmState::ShuttingDown;
                 (ControlReply::Done, Some(ExitReason::Stopped))
+            }
+            ControlRequest::Shutdown { grace_ms } => {
+                if self.state == VmState::Paused {
+                    self.control.request(Wanted::Run, &self.vcpu_threads);
+                }
+                self.state = VmState::ShuttingDown;
+                let typed = self
+                    .i8042
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .ctrl_alt_del();
+                tracing::info!(
+                    grace_ms,
+                    ctrl_alt_del = typed,
+                    "shutting down: asked the guest (Ctrl-Alt-Del) where it has a keyboard"
+                );
+                self.shutdown_deadline = Some(Instant::now() + Duration::from_millis(grace_ms));
+                (ControlReply::Done, None)
             }
             ControlRequest::Metrics => (ControlReply::Metrics(self.metrics()), None),
         }
