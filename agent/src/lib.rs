@@ -1,15 +1,22 @@
-//! The Hako agent. This foundation holds only what the guest image needs to exist: a binary
-//! that identifies itself. The API server, PID 1 duties and containers arrive with the agent
-//! issue (see docs/ARCHITECTURE.md).
+//! The Hako agent: PID 1 of the sandbox VM (or a host process in tests), serving the agent API
+//! over ttrpc. See docs/ARCHITECTURE.md for the module tree.
 #![deny(unsafe_code)]
 
-/// The agent's version, reported by `--version` and later by the Version RPC.
+pub mod config;
+pub mod init;
+pub mod sandbox;
+pub mod server;
+pub mod storage;
+
+/// The agent's version, reported by `--version` and the Version RPC.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// One line that says what this agent build is and what it serves.
 pub fn banner() -> String {
     format!(
-        "hako-agent {VERSION} (API on vsock port {}, shared fs tag {})",
+        "hako-agent {VERSION} (API {}.{} on vsock port {}, shared fs tag {})",
+        hako_agent_api::API_MAJOR,
+        hako_agent_api::API_MINOR,
         hako_agent_api::AGENT_API_PORT,
         hako_agent_api::SHARED_FS_TAG
     )

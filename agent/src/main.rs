@@ -1,9 +1,99 @@
-//! `hako-agent`: prints its banner. Serving the agent API is the agent issue's work.
-fn main() -> std::process::ExitCode {
-    println!("{}", hako_agent::banner());
-    if std::env::args().any(|a| a == "--version") {
-        return std::process::ExitCode::SUCCESS;
+//! `hako-agent`: as PID 1 of a VM, mounts the basics, reaps orphans, serves the agent API on
+//! vsock and powers off when the sandbox is destroyed (or on a fatal error, so the VM never
+//! hangs). As a host process (tests), serves on the address given with `--listen`.
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use hako_agent::config::AgentConfig;
+use hako_agent::sandbox::{Sandbox, Shutdown};
+use hako_agent::{init, server};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--version") {
+        println!("{}", hako_agent::banner());
+        return ExitCode::SUCCESS;
     }
-    eprintln!("hako-agent: the agent API server is not implemented yet");
-    std::process::ExitCode::FAILURE
+    let pid1 = init::is_pid1();
+    if pid1 && let Err(e) = init::mount_basics() {
+        eprintln!("hako-agent: {:#}", anyhow::Error::from(e));
+        init::power_off();
+    }
+    let config = if pid1 {
+        AgentConfig::for_init(&init::kernel_cmdline())
+    } else {
+        match AgentConfig::from_args(&args) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("hako-agent: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_new(&config.log).unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+    tracing::info!("{}", hako_agent::banner());
+    let result = run(&config);
+    match (result, config.init) {
+        (Ok(Shutdown::PowerOff), _) => init::power_off(),
+        (Ok(Shutdown::Exit), false) => ExitCode::SUCCESS,
+        (Err(e), false) => {
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+        // PID 1 never just exits: that would panic the kernel. End the VM instead.
+        (Ok(Shutdown::Exit), true) => init::power_off(),
+        (Err(e), true) => {
+            tracing::error!("fatal: {e:#}");
+            init::power_off()
+        }
+    }
+}
+
+fn run(config: &AgentConfig) -> anyhow::Result<Shutdown> {
+    if config.init
+        && let Err(e) = init::loopback_up()
+    {
+        tracing::warn!(error = %e, "bringing up loopback");
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        let sandbox = Arc::new(Sandbox::new(config.init));
+        spawn_signal_watchers(sandbox.clone(), config.init)?;
+        server::serve(&config.listen, sandbox)
+            .await
+            .context("serving the agent API")
+    })
+}
+
+/// SIGTERM/SIGINT end the service; as PID 1, SIGCHLD reaps orphans.
+fn spawn_signal_watchers(sandbox: Arc<Sandbox>, init: bool) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("watching SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("watching SIGINT")?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::info!("stopping on a signal");
+        sandbox.stop();
+    });
+    if init {
+        let mut chld = signal(SignalKind::child()).context("watching SIGCHLD")?;
+        tokio::spawn(async move {
+            while chld.recv().await.is_some() {
+                init::reap_orphans();
+            }
+        });
+    }
+    Ok(())
 }

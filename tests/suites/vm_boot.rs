@@ -100,6 +100,7 @@ fn expect_probe_ran(boot: &Boot) -> Result<(), Failed> {
     expect(boot, "HAKO-GUEST-PROBE: spawn: child")?;
     // The conservative CPU profile reached the guest: none of the hidden features is visible.
     expect(boot, "of popcnt/xsave/smap/cx16/avx visible: []")?;
+    expect(boot, "HAKO-GUEST-PROBE: clocksource: kvm-clock")?;
     expect(boot, "HAKO-GUEST-PROBE: ok")?;
     expect(boot, &format!("{PROBE_DONE_MARKER}0"))
 }

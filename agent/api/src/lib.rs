@@ -1,6 +1,35 @@
-//! The contract between the runtime and the in-guest agent. The protobuf/ttrpc definitions
-//! arrive with the agent issue; the constants both sides need live here already.
+//! The contract between the runtime and the in-guest agent: the ttrpc services and protobuf
+//! messages generated at build time from `protos/` (never committed), the API version, and the
+//! constants both sides need.
 #![forbid(unsafe_code)]
+
+/// Generated from `protos/agent.proto`.
+#[allow(warnings, clippy::all, clippy::pedantic)]
+pub mod agent {
+    include!(concat!(env!("OUT_DIR"), "/agent.rs"));
+}
+
+/// Generated ttrpc client and server for `AgentService`.
+#[allow(warnings, clippy::all, clippy::pedantic)]
+pub mod agent_ttrpc {
+    include!(concat!(env!("OUT_DIR"), "/agent_ttrpc.rs"));
+}
+
+/// Generated from `protos/health.proto`.
+#[allow(warnings, clippy::all, clippy::pedantic)]
+pub mod health {
+    include!(concat!(env!("OUT_DIR"), "/health.rs"));
+}
+
+/// Generated ttrpc client and server for `Health`.
+#[allow(warnings, clippy::all, clippy::pedantic)]
+pub mod health_ttrpc {
+    include!(concat!(env!("OUT_DIR"), "/health_ttrpc.rs"));
+}
+
+/// The API version (`Health.Version`): a runtime refuses an agent of another major.
+pub const API_MAJOR: u32 = 1;
+pub const API_MINOR: u32 = 0;
 
 /// vsock port the agent's ttrpc API listens on.
 pub const AGENT_API_PORT: u32 = 1024;
@@ -12,3 +41,33 @@ pub const SHARED_FS_TAG: &str = "hako-shared";
 pub const SHARED_FS_MOUNT_POINT: &str = "/run/hako/shared";
 /// Directories the guest image must hold for the agent (relative to `/`).
 pub const GUEST_IMAGE_DIRS: &[&str] = &["dev", "etc", "proc", "run", "sys", "tmp"];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protobuf::Message;
+
+    #[test]
+    fn messages_round_trip_through_the_wire_format() {
+        let mut req = agent::CreateContainerRequest::new();
+        req.container_id = "c1".into();
+        req.oci_spec_json = br#"{"ociVersion":"1.0.2"}"#.to_vec();
+        let mut storage = agent::Storage::new();
+        storage.driver = "virtiofs".into();
+        storage.mount_point = SHARED_FS_MOUNT_POINT.into();
+        req.storages.push(storage);
+        let bytes = req.write_to_bytes().unwrap();
+        let back = agent::CreateContainerRequest::parse_from_bytes(&bytes).unwrap();
+        assert_eq!(back, req);
+    }
+
+    #[test]
+    fn truncated_messages_are_errors_not_panics() {
+        let mut req = agent::ExecProcessRequest::new();
+        req.container_id = "c".repeat(100);
+        let bytes = req.write_to_bytes().unwrap();
+        for cut in [1, 10, bytes.len() - 1] {
+            assert!(agent::ExecProcessRequest::parse_from_bytes(&bytes[..cut]).is_err());
+        }
+    }
+}

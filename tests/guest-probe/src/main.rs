@@ -81,6 +81,14 @@ fn visible_cpu_features() -> Result<String, String> {
     ))
 }
 
+/// The clock source the kernel chose (kvm-clock when the VMM exposes it).
+fn clocksource() -> Result<String, String> {
+    let path = "/sys/devices/system/clocksource/clocksource0/current_clocksource";
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_owned())
+        .map_err(|e| format!("{path}: {e}"))
+}
+
 /// The virtio devices the kernel probed, as their device IDs (2 block, 19 vsock, 26 fs).
 fn virtio_devices() -> Result<String, String> {
     let dir = "/sys/bus/virtio/devices";
@@ -194,6 +202,7 @@ fn main() -> ExitCode {
     check("file", file_round_trip(), &mut failed);
     check("spawn", spawn_child(), &mut failed);
     check("cpu", visible_cpu_features(), &mut failed);
+    check("clocksource", clocksource(), &mut failed);
     check("virtio", virtio_devices(), &mut failed);
     if let Some(dev) = cmdline_value(&cmdline, BLK_ARG) {
         check("blk", block_device(&dev), &mut failed);
