@@ -116,13 +116,28 @@ pub fn probe_root_dir(dir: &Path) -> Result<(), String> {
 
 /// Writes the probe image (busybox + hako-guest-probe) and returns its path.
 pub fn probe_image() -> Result<PathBuf, String> {
-    let manifest = probe_manifest()?;
+    write_image("probe", &probe_manifest()?)
+}
+
+/// Writes the agent image (the static hako-agent as /init) and returns its path.
+pub fn agent_image() -> Result<PathBuf, String> {
+    let agent = guest_binary("hako-agent")?;
+    let manifest = hako_rootfs_builder::images::agent_image(&agent)
+        .map_err(|e| format!("building the agent image: {e}"))?;
+    write_image("agent", &manifest)
+}
+
+/// Writes `manifest` as an uncompressed cpio under target/hako-fixtures, named per process.
+fn write_image(
+    name: &str,
+    manifest: &hako_rootfs_builder::manifest::Manifest,
+) -> Result<PathBuf, String> {
     let dir = repo_root().join("target/hako-fixtures");
     std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-    let path = dir.join(format!("probe-{}.cpio", std::process::id()));
+    let path = dir.join(format!("{name}-{}.cpio", std::process::id()));
     let mut file =
         std::fs::File::create(&path).map_err(|e| format!("creating {}: {e}", path.display()))?;
-    hako_rootfs_builder::cpio::write(&manifest, &mut file)
+    hako_rootfs_builder::cpio::write(manifest, &mut file)
         .map_err(|e| format!("writing {}: {e}", path.display()))?;
     Ok(path)
 }

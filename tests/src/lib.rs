@@ -3,6 +3,7 @@
 //! captures the console ([`boot`]), and the hako-vmm and QEMU commands.
 #![forbid(unsafe_code)]
 
+pub mod agent;
 pub mod boot;
 pub mod fixtures;
 pub mod hako_vmm;

@@ -23,6 +23,20 @@ pub fn kvm() -> Result<(), Skip> {
         .map_err(|e| Skip(format!("/dev/kvm is not usable: {e}")))
 }
 
+/// The test runs as root (effective uid 0, from /proc/self/status).
+pub fn root() -> Result<(), Skip> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let euid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|v| v.split_whitespace().nth(1));
+    if euid == Some("0") {
+        Ok(())
+    } else {
+        Err(Skip("needs root (mount namespaces and mounts)".into()))
+    }
+}
+
 /// A program is on PATH (or an absolute path exists).
 pub fn program(name: &str) -> Result<(), Skip> {
     if Path::new(name).is_absolute() {

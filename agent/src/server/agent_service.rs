@@ -12,6 +12,7 @@ use hako_agent_api::agent_ttrpc::AgentService;
 use ttrpc::r#async::TtrpcContext;
 
 use crate::sandbox::{Sandbox, SandboxError};
+use crate::storage::StorageError;
 
 pub struct AgentServiceImpl {
     pub sandbox: Arc<Sandbox>,
@@ -24,6 +25,11 @@ fn status(e: SandboxError) -> ttrpc::Error {
         SandboxError::AlreadyCreated(_) => Code::ALREADY_EXISTS,
         SandboxError::NotInVm(_) => Code::FAILED_PRECONDITION,
         SandboxError::Hostname(_) | SandboxError::DateTime(_) => Code::INVALID_ARGUMENT,
+        SandboxError::Storage(
+            StorageError::MountPoint(_)
+            | StorageError::Driver(_)
+            | StorageError::EmptySource { .. },
+        ) => Code::INVALID_ARGUMENT,
         SandboxError::Storage(_) | SandboxError::Io { .. } => Code::INTERNAL,
     };
     // The whole chain, so the runtime's error names the root cause.

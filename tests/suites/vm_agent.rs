@@ -1,0 +1,133 @@
+//! Tier 3 (KVM): the agent image boots in hako-vmm with the agent as PID 1; the host reaches
+//! the agent through hybrid vsock (`CONNECT 1024`), checks its health and guest details,
+//! creates the sandbox with the virtio-fs share mounted where the API says, and destroys it
+//! with power-off, which ends hako-vmm with status 0 (guest powered off).
+
+use std::time::Duration;
+
+use hako_agent_api::agent::{
+    CreateSandboxRequest, DestroySandboxRequest, GuestDetailsRequest, Storage,
+};
+use hako_agent_api::health::CheckRequest;
+use hako_agent_api::{AGENT_API_PORT, SHARED_FS_MOUNT_POINT, SHARED_FS_TAG};
+use hako_tests::agent::{self, Clients};
+use hako_tests::boot::{self, Boot};
+use hako_tests::require::{self, Skip};
+use hako_tests::{fixtures, hako_vmm};
+use hako_vmm_api::{ExitReason, FsConfig, VsockConfig};
+use libtest_mimic::{Arguments, Failed};
+
+const RPC: Duration = Duration::from_secs(60);
+
+fn deadline() -> Duration {
+    let secs = std::env::var("HAKO_VM_TIMEOUT")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(600);
+    Duration::from_secs(secs)
+}
+
+async fn drive(uds: std::path::PathBuf) -> Result<(), String> {
+    let Clients { health, agent } = agent::connect_hybrid(&uds, AGENT_API_PORT, deadline()).await?;
+    let ctx = || agent::ctx(RPC);
+    health
+        .check(ctx(), &CheckRequest::new())
+        .await
+        .map_err(|e| format!("Check: {e}"))?;
+    let d = agent
+        .guest_details(ctx(), &GuestDetailsRequest::new())
+        .await
+        .map_err(|e| format!("GuestDetails: {e}"))?;
+    if !d.init || !d.kernel_release.starts_with("6.1") {
+        return Err(format!("GuestDetails answered {d:?}"));
+    }
+    let mut share = Storage::new();
+    share.driver = "virtiofs".into();
+    share.source = SHARED_FS_TAG.into();
+    share.fstype = "virtiofs".into();
+    share.mount_point = SHARED_FS_MOUNT_POINT.into();
+    let mut req = CreateSandboxRequest::new();
+    req.sandbox_id = "vm-agent-test".into();
+    req.hostname = "hako-test".into();
+    req.storages.push(share);
+    agent
+        .create_sandbox(ctx(), &req)
+        .await
+        .map_err(|e| format!("CreateSandbox: {e}"))?;
+    let mut destroy = DestroySandboxRequest::new();
+    destroy.power_off = true;
+    agent
+        .destroy_sandbox(ctx(), &destroy)
+        .await
+        .map_err(|e| format!("DestroySandbox: {e}"))?;
+    Ok(())
+}
+
+fn agent_boots_serves_and_powers_off() -> Result<(), Failed> {
+    let vmm = fixtures::workspace_binary("hako-vmm", "hako-vmm")?;
+    let kernel = fixtures::kernel().map_err(|s| Failed::from(s.to_string()))?;
+    let image = fixtures::agent_image()?;
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let shared = dir.path().join("shared");
+    std::fs::create_dir(&shared).map_err(|e| e.to_string())?;
+    let uds = dir.path().join("vsock.sock");
+    let mut config = hako_vmm::probe_vm(dir.path(), &kernel, &image, "quiet");
+    config.devices.vsock = Some(VsockConfig {
+        guest_cid: 3,
+        uds_path: uds.clone(),
+    });
+    config.devices.fs.push(FsConfig {
+        tag: SHARED_FS_TAG.into(),
+        shared_dir: shared,
+        read_only: false,
+    });
+    let cmd = hako_vmm::command(&vmm, dir.path(), &config).map_err(|e| e.to_string())?;
+    let driver = std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?
+            .block_on(drive(uds))
+    });
+    let boot: Boot = boot::boot(cmd, deadline()).map_err(|e| format!("starting hako-vmm: {e}"))?;
+    let _ = std::fs::remove_file(&image);
+    eprintln!(
+        "--- console and VMM log ---\n{}--- end ({:.1}s) ---",
+        boot.console(),
+        boot.elapsed.as_secs_f64()
+    );
+    driver.join().map_err(|_| "the driver thread panicked")??;
+    for needle in [
+        "hako-agent",
+        "agent API serving",
+        "sandbox created",
+        "mounted",
+        "powering off",
+    ] {
+        if boot.time_of(needle).is_none() {
+            return Err(format!("the console never showed {needle:?}").into());
+        }
+    }
+    let want = i32::from(ExitReason::GuestPoweroff.exit_code());
+    match boot.exit.and_then(|s| s.code()) {
+        Some(code) if code == want => Ok(()),
+        other => Err(
+            format!("hako-vmm ended with {other:?}, expected {want} (guest powered off)").into(),
+        ),
+    }
+}
+
+fn prerequisites() -> Result<(), Skip> {
+    require::kvm()?;
+    fixtures::kernel().map(drop)
+}
+
+fn main() {
+    let args = Arguments::from_args();
+    let trials = vec![require::trial(
+        "vm_agent_answers_over_vsock_and_powers_off",
+        prerequisites,
+        agent_boots_serves_and_powers_off,
+    )];
+    libtest_mimic::run(&args, trials).exit();
+}
