@@ -1,7 +1,9 @@
 //! The agent's settings: from its command line when it runs as a host process (tests), from
 //! the kernel command line's `agent.*` options when it is PID 1 of a VM.
 
-use hako_agent_api::AGENT_API_PORT;
+use std::path::PathBuf;
+
+use hako_agent_api::{AGENT_API_PORT, SHARED_FS_MOUNT_POINT};
 
 /// What the agent serves and how it logs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -12,7 +14,14 @@ pub struct AgentConfig {
     pub init: bool,
     /// tracing filter (`agent.log=` on the kernel command line).
     pub log: String,
+    /// Bundles and libcontainer state.
+    pub state_dir: PathBuf,
+    /// Where container files are shared from the host (container `<id>` under `<id>/`).
+    pub shared_dir: PathBuf,
 }
+
+/// Defaults in the guest.
+pub const STATE_DIR: &str = "/run/hako/agent";
 
 /// Errors in the agent's command line.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -34,6 +43,8 @@ impl AgentConfig {
             listen: format!("vsock://-1:{AGENT_API_PORT}"),
             init: true,
             log: "info".into(),
+            state_dir: STATE_DIR.into(),
+            shared_dir: SHARED_FS_MOUNT_POINT.into(),
         };
         for arg in kernel_cmdline.split_whitespace() {
             if let Some(v) = arg.strip_prefix("agent.log=") {
@@ -53,6 +64,8 @@ impl AgentConfig {
             listen: format!("vsock://-1:{AGENT_API_PORT}"),
             init: false,
             log: "info".into(),
+            state_dir: STATE_DIR.into(),
+            shared_dir: SHARED_FS_MOUNT_POINT.into(),
         };
         let mut it = args.iter();
         while let Some(arg) = it.next() {
@@ -65,6 +78,15 @@ impl AgentConfig {
                     c.listen = v.clone();
                 }
                 "--log" => c.log = it.next().ok_or(ConfigError::Missing("--log"))?.clone(),
+                "--state-dir" => {
+                    c.state_dir = it.next().ok_or(ConfigError::Missing("--state-dir"))?.into()
+                }
+                "--shared-dir" => {
+                    c.shared_dir = it
+                        .next()
+                        .ok_or(ConfigError::Missing("--shared-dir"))?
+                        .into()
+                }
                 other => return Err(ConfigError::Unknown(other.to_owned())),
             }
         }

@@ -3,7 +3,10 @@
 #![deny(unsafe_code)]
 
 pub mod config;
+pub mod container;
 pub mod init;
+pub mod io;
+pub mod process;
 pub mod sandbox;
 pub mod server;
 pub mod storage;

@@ -1,11 +1,13 @@
 //! `hako-agent`: as PID 1 of a VM, mounts the basics, reaps orphans, serves the agent API on
 //! vsock and powers off when the sandbox is destroyed (or on a fatal error, so the VM never
 //! hangs). As a host process (tests), serves on the address given with `--listen`.
+use std::os::fd::AsFd;
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use hako_agent::config::AgentConfig;
+use hako_agent::container::{Containers, Layout};
 use hako_agent::sandbox::{Sandbox, Shutdown};
 use hako_agent::{init, server};
 use tracing_subscriber::EnvFilter;
@@ -32,9 +34,19 @@ fn main() -> ExitCode {
             }
         }
     };
+    // Logs go to a close-on-exec copy of stderr: a container process forked from the agent
+    // replaces fd 2 with the container's stderr before it execs, and whatever libcontainer
+    // logs in between must not land in the container's output.
+    let log_out = match std::io::stderr().as_fd().try_clone_to_owned() {
+        Ok(fd) => std::fs::File::from(fd),
+        Err(e) => {
+            eprintln!("hako-agent: duplicating stderr for logs: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_new(&config.log).unwrap_or_else(|_| EnvFilter::new("info")))
-        .with_writer(std::io::stderr)
+        .with_writer(Mutex::new(log_out))
         .with_ansi(false)
         .init();
     tracing::info!("{}", hako_agent::banner());
@@ -67,15 +79,29 @@ fn run(config: &AgentConfig) -> anyhow::Result<Shutdown> {
         .context("starting the async runtime")?;
     runtime.block_on(async {
         let sandbox = Arc::new(Sandbox::new(config.init));
-        spawn_signal_watchers(sandbox.clone(), config.init)?;
-        server::serve(&config.listen, sandbox)
+        // Held while libcontainer forks and waits, so the orphan reaper never takes its
+        // intermediate processes' statuses.
+        let fork_lock = Arc::new(Mutex::new(()));
+        let containers = Arc::new(Containers::new(
+            Layout {
+                state_dir: config.state_dir.clone(),
+                shared_dir: config.shared_dir.clone(),
+            },
+            fork_lock.clone(),
+        ));
+        spawn_signal_watchers(sandbox.clone(), config.init, fork_lock)?;
+        server::serve(&config.listen, sandbox, containers)
             .await
             .context("serving the agent API")
     })
 }
 
 /// SIGTERM/SIGINT end the service; as PID 1, SIGCHLD reaps orphans.
-fn spawn_signal_watchers(sandbox: Arc<Sandbox>, init: bool) -> anyhow::Result<()> {
+fn spawn_signal_watchers(
+    sandbox: Arc<Sandbox>,
+    init: bool,
+    fork_lock: Arc<Mutex<()>>,
+) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("watching SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("watching SIGINT")?;
@@ -91,7 +117,11 @@ fn spawn_signal_watchers(sandbox: Arc<Sandbox>, init: bool) -> anyhow::Result<()
         let mut chld = signal(SignalKind::child()).context("watching SIGCHLD")?;
         tokio::spawn(async move {
             while chld.recv().await.is_some() {
-                init::reap_orphans();
+                // Never block the runtime: while libcontainer forks, skip this round; the
+                // next SIGCHLD reaps what is left.
+                if let Ok(_forking) = fork_lock.try_lock() {
+                    init::reap_orphans();
+                }
             }
         });
     }

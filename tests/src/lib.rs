@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod boot;
+pub mod bundle;
 pub mod fixtures;
 pub mod hako_vmm;
 pub mod qemu;

@@ -1,23 +1,28 @@
 //! Tier 2 (root): hako-agent as a host process in a private mount namespace, driven over a
 //! Unix socket by the generated ttrpc clients: health and version, guest details, sandbox
-//! create (a tmpfs storage) and destroy, bad requests answered with clear statuses, garbage
-//! on the socket survived, and a clean exit with the socket removed.
+//! create (a tmpfs storage) and destroy, busybox containers (output, exit codes 3/0/143/137,
+//! exec, stdin), bad requests answered with clear statuses, garbage on the socket survived,
+//! and a clean exit with the socket, containers and cgroups gone. This host's cgroups are v1
+//! (DESIGN.md); in the VM the same code runs on v2.
 
 use std::io::Write;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use hako_agent_api::API_MAJOR;
 use hako_agent_api::agent::{
-    CreateSandboxRequest, DestroySandboxRequest, GuestDetailsRequest, SetGuestDateTimeRequest,
-    Storage,
+    ContainerRequest, CreateContainerRequest, CreateSandboxRequest, DestroySandboxRequest,
+    ExecProcessRequest, GuestDetailsRequest, ProcessRequest, ReadStreamRequest,
+    RemoveContainerRequest, SetGuestDateTimeRequest, SignalProcessRequest, Storage,
+    WriteStreamRequest,
 };
+use hako_agent_api::agent_ttrpc::AgentServiceClient;
 use hako_agent_api::health::CheckRequest;
 use hako_agent_api::health::health_check_response::ServingStatus;
-use hako_agent_api::{API_MAJOR, agent::ContainerRequest};
 use hako_tests::agent::{self, Clients};
-use hako_tests::fixtures;
 use hako_tests::require::{self, Skip};
+use hako_tests::{bundle, fixtures};
 use libtest_mimic::{Arguments, Failed};
 
 const RPC: Duration = Duration::from_secs(10);
@@ -33,6 +38,7 @@ impl Drop for Agent {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+        clean_cgroups();
     }
 }
 
@@ -46,7 +52,10 @@ fn start_agent() -> Result<Agent, Failed> {
         .arg(&bin)
         .arg("--listen")
         .arg(format!("unix://{}", socket.display()))
-        .args(["--log", "debug"])
+        .args(["--log", "info", "--state-dir"])
+        .arg(dir.path().join("state"))
+        .arg("--shared-dir")
+        .arg(dir.path().join("shared"))
         .stdin(Stdio::null())
         .spawn()
         .map_err(|e| format!("starting the agent: {e}"))?;
@@ -162,6 +171,8 @@ async fn exercise(a: &mut Agent) -> Result<(), String> {
         .await
         .map_err(|e| format!("Check after garbage: {e}"))?;
 
+    containers(a, &agent).await?;
+
     let mut destroy = DestroySandboxRequest::new();
     destroy.power_off = true;
     agent
@@ -169,6 +180,243 @@ async fn exercise(a: &mut Agent) -> Result<(), String> {
         .await
         .map_err(|e| format!("DestroySandbox: {e}"))?;
     Ok(())
+}
+
+/// Reads a stream to its end.
+async fn read_all(
+    agent: &AgentServiceClient,
+    id: &str,
+    exec_id: &str,
+    stderr: bool,
+) -> Result<String, String> {
+    let mut out = Vec::new();
+    loop {
+        let mut r = ReadStreamRequest::new();
+        r.container_id = id.into();
+        r.exec_id = exec_id.into();
+        r.len = 4096;
+        let chunk = if stderr {
+            agent.read_stderr(agent::ctx(RPC), &r).await
+        } else {
+            agent.read_stdout(agent::ctx(RPC), &r).await
+        }
+        .map_err(|e| format!("reading {id}/{exec_id}: {e}"))?;
+        if chunk.data.is_empty() {
+            return Ok(String::from_utf8_lossy(&out).into_owned());
+        }
+        out.extend(chunk.data);
+    }
+}
+
+async fn wait(agent: &AgentServiceClient, id: &str, exec_id: &str) -> Result<i32, String> {
+    let mut r = ProcessRequest::new();
+    r.container_id = id.into();
+    r.exec_id = exec_id.into();
+    Ok(agent
+        .wait_process(agent::ctx(RPC), &r)
+        .await
+        .map_err(|e| format!("WaitProcess {id}: {e}"))?
+        .status)
+}
+
+async fn create_and_start(
+    a: &Agent,
+    agent: &AgentServiceClient,
+    id: &str,
+    args: &[&str],
+) -> Result<(), String> {
+    let rootfs = a.dir.path().join("shared").join(id).join("rootfs");
+    bundle::busybox_rootfs(&rootfs)?;
+    let cgroup = format!("/{}/{id}", test_cgroup());
+    let mut req = CreateContainerRequest::new();
+    req.container_id = id.into();
+    req.oci_spec_json = bundle::spec_json("rootfs", args, &cgroup).into_bytes();
+    agent
+        .create_container(agent::ctx(RPC), &req)
+        .await
+        .map_err(|e| format!("CreateContainer {id}: {e}"))?;
+    let mut start = ContainerRequest::new();
+    start.container_id = id.into();
+    agent
+        .start_container(agent::ctx(RPC), &start)
+        .await
+        .map_err(|e| format!("StartContainer {id}: {e}"))?;
+    Ok(())
+}
+
+async fn remove(agent: &AgentServiceClient, id: &str) -> Result<(), String> {
+    let mut r = RemoveContainerRequest::new();
+    r.container_id = id.into();
+    agent
+        .remove_container(agent::ctx(RPC), &r)
+        .await
+        .map_err(|e| format!("RemoveContainer {id}: {e}"))?;
+    Ok(())
+}
+
+const SIGKILL: u32 = 9;
+const SIGTERM: u32 = 15;
+
+async fn signal(
+    agent: &AgentServiceClient,
+    id: &str,
+    exec_id: &str,
+    sig: u32,
+) -> Result<(), String> {
+    let mut r = SignalProcessRequest::new();
+    r.container_id = id.into();
+    r.exec_id = exec_id.into();
+    r.signal = sig;
+    agent
+        .signal_process(agent::ctx(RPC), &r)
+        .await
+        .map_err(|e| format!("SignalProcess {id}: {e}"))?;
+    Ok(())
+}
+
+async fn containers(a: &Agent, agent: &AgentServiceClient) -> Result<(), String> {
+    // Output on both streams and an exit code.
+    create_and_start(
+        a,
+        agent,
+        "c-out",
+        &["sh", "-c", "echo hello; echo oops >&2; exit 3"],
+    )
+    .await?;
+    let out = read_all(agent, "c-out", "", false).await?;
+    let err = read_all(agent, "c-out", "", true).await?;
+    let status = wait(agent, "c-out", "").await?;
+    if (out.as_str(), err.as_str(), status) != ("hello\n", "oops\n", 3) {
+        return Err(format!(
+            "c-out: stdout {out:?} stderr {err:?} status {status}"
+        ));
+    }
+    if wait(agent, "c-out", "").await? != 3 {
+        return Err("a second WaitProcess lost the status".into());
+    }
+    remove(agent, "c-out").await?;
+
+    // A long-running container: exec into it, stdin, then SIGTERM (143).
+    create_and_start(a, agent, "c-long", &["sleep", "1000"]).await?;
+    let mut exec = ExecProcessRequest::new();
+    exec.container_id = "c-long".into();
+    exec.exec_id = "e1".into();
+    exec.process_json = bundle::process_json(&["cat"]).into_bytes();
+    agent
+        .exec_process(agent::ctx(RPC), &exec)
+        .await
+        .map_err(|e| format!("ExecProcess: {e}"))?;
+    let mut w = WriteStreamRequest::new();
+    w.container_id = "c-long".into();
+    w.exec_id = "e1".into();
+    w.data = b"through stdin".to_vec();
+    agent
+        .write_stdin(agent::ctx(RPC), &w)
+        .await
+        .map_err(|e| format!("WriteStdin: {e}"))?;
+    let mut close = ProcessRequest::new();
+    close.container_id = "c-long".into();
+    close.exec_id = "e1".into();
+    agent
+        .close_stdin(agent::ctx(RPC), &close)
+        .await
+        .map_err(|e| format!("CloseStdin: {e}"))?;
+    let echoed = read_all(agent, "c-long", "e1", false).await?;
+    let st = wait(agent, "c-long", "e1").await?;
+    if (echoed.as_str(), st) != ("through stdin", 0) {
+        return Err(format!("exec cat: {echoed:?} status {st}"));
+    }
+    // SIGTERM kills an exec'd process (143); a container's init is PID 1 of its namespace and
+    // ignores SIGTERM without a handler, as under runc, so it gets SIGKILL (137).
+    exec.exec_id = "e2".into();
+    exec.process_json = bundle::process_json(&["sleep", "1000"]).into_bytes();
+    agent
+        .exec_process(agent::ctx(RPC), &exec)
+        .await
+        .map_err(|e| format!("ExecProcess e2: {e}"))?;
+    signal(agent, "c-long", "e2", SIGTERM).await?;
+    let st = wait(agent, "c-long", "e2").await?;
+    if st != 143 {
+        return Err(format!("SIGTERM gave status {st}, expected 143"));
+    }
+    signal(agent, "c-long", "", SIGKILL).await?;
+    let st = wait(agent, "c-long", "").await?;
+    if st != 137 {
+        return Err(format!("SIGKILL gave status {st}, expected 137"));
+    }
+    remove(agent, "c-long").await?;
+
+    // A container still running when the sandbox is destroyed.
+    create_and_start(a, agent, "c-left", &["sleep", "1000"]).await?;
+
+    // Bad requests.
+    let code = |r: Result<_, ttrpc::Error>| r.err().as_ref().and_then(code_of);
+    let mut dup = CreateContainerRequest::new();
+    dup.container_id = "c-left".into();
+    dup.oci_spec_json = bundle::spec_json("rootfs", &["true"], "/x").into_bytes();
+    if code(agent.create_container(agent::ctx(RPC), &dup).await)
+        != Some(ttrpc::Code::ALREADY_EXISTS)
+    {
+        return Err("a duplicate container id was not refused".into());
+    }
+    let mut bad = CreateContainerRequest::new();
+    bad.container_id = "c-bad".into();
+    bad.oci_spec_json = b"{not json".to_vec();
+    if code(agent.create_container(agent::ctx(RPC), &bad).await)
+        != Some(ttrpc::Code::INVALID_ARGUMENT)
+    {
+        return Err("a malformed spec was not refused as invalid".into());
+    }
+    bad.oci_spec_json = bundle::spec_json("../../../etc", &["true"], "/x").into_bytes();
+    if code(agent.create_container(agent::ctx(RPC), &bad).await)
+        != Some(ttrpc::Code::INVALID_ARGUMENT)
+    {
+        return Err("a root path climbing out was not refused".into());
+    }
+    if code(
+        agent
+            .start_container(agent::ctx(RPC), &{
+                let mut r = ContainerRequest::new();
+                r.container_id = "nope".into();
+                r
+            })
+            .await,
+    ) != Some(ttrpc::Code::NOT_FOUND)
+    {
+        return Err("an unknown container was not NOT_FOUND".into());
+    }
+    Ok(())
+}
+
+/// The parent cgroup of this run's containers (unique per test process).
+fn test_cgroup() -> String {
+    format!("hako-test-{}", std::process::id())
+}
+
+/// Removes this run's parent cgroups (libcontainer removes only the containers' own) and
+/// returns any container cgroup that was left in them.
+fn clean_cgroups() -> Vec<String> {
+    let mut left = Vec::new();
+    let Ok(controllers) = std::fs::read_dir("/sys/fs/cgroup") else {
+        return left;
+    };
+    for c in controllers.flatten() {
+        let parent = c.path().join(test_cgroup());
+        if let Ok(children) = std::fs::read_dir(&parent) {
+            for child in children.flatten().filter(|e| e.path().is_dir()) {
+                left.push(child.path().display().to_string());
+                // Processes a failed run left in the test's own cgroups go with them.
+                let procs = std::fs::read_to_string(child.path().join("cgroup.procs"));
+                for pid in procs.unwrap_or_default().split_whitespace() {
+                    let _ = Command::new("kill").args(["-9", pid]).status();
+                }
+                std::thread::sleep(Duration::from_millis(100));
+                let _ = std::fs::remove_dir(child.path());
+            }
+            let _ = std::fs::remove_dir(&parent);
+        }
+    }
+    left
 }
 
 fn agent_serves_and_cleans_up() -> Result<(), Failed> {
@@ -193,6 +441,10 @@ fn agent_serves_and_cleans_up() -> Result<(), Failed> {
     }
     if a.dir.path().join("agent.sock").exists() {
         return Err("the agent left its socket behind".into());
+    }
+    let left = clean_cgroups();
+    if !left.is_empty() {
+        return Err(format!("cgroups left behind: {left:?}").into());
     }
     Ok(())
 }

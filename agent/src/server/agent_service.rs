@@ -4,18 +4,44 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use std::time::Duration;
+
 use hako_agent_api::agent::{
-    CreateSandboxRequest, DestroySandboxRequest, Empty, GuestDetailsRequest, GuestDetailsResponse,
-    SetGuestDateTimeRequest,
+    ContainerRequest, CreateContainerRequest, CreateSandboxRequest, DestroySandboxRequest, Empty,
+    ExecProcessRequest, GuestDetailsRequest, GuestDetailsResponse, ProcessRequest,
+    ReadStreamRequest, ReadStreamResponse, RemoveContainerRequest, SetGuestDateTimeRequest,
+    SignalProcessRequest, WaitProcessResponse, WriteStreamRequest, WriteStreamResponse,
 };
 use hako_agent_api::agent_ttrpc::AgentService;
 use ttrpc::r#async::TtrpcContext;
 
+use crate::container::spec::SpecError;
+use crate::container::{ContainerError, Containers};
 use crate::sandbox::{Sandbox, SandboxError};
 use crate::storage::StorageError;
 
 pub struct AgentServiceImpl {
     pub sandbox: Arc<Sandbox>,
+    pub containers: Arc<Containers>,
+}
+
+/// How long RemoveContainer waits for a killed init when the request gives no timeout.
+const DEFAULT_REMOVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest read one ReadStdout/ReadStderr returns.
+const MAX_READ: usize = 1 << 20;
+
+/// The ttrpc status for a container error.
+fn container_status(e: ContainerError) -> ttrpc::Error {
+    use ttrpc::Code;
+    let code = match &e {
+        ContainerError::Spec(SpecError::RootMissing(_)) => Code::FAILED_PRECONDITION,
+        ContainerError::Spec(_) | ContainerError::Signal(_) => Code::INVALID_ARGUMENT,
+        ContainerError::Exists(_) | ContainerError::ProcessExists { .. } => Code::ALREADY_EXISTS,
+        ContainerError::NotFound(_) | ContainerError::ProcessNotFound { .. } => Code::NOT_FOUND,
+        ContainerError::Unsupported(_) => Code::UNIMPLEMENTED,
+        ContainerError::Runtime { .. } => Code::INTERNAL,
+    };
+    to_status(code, &e)
 }
 
 /// The ttrpc status for a sandbox error.
@@ -32,9 +58,13 @@ fn status(e: SandboxError) -> ttrpc::Error {
         ) => Code::INVALID_ARGUMENT,
         SandboxError::Storage(_) | SandboxError::Io { .. } => Code::INTERNAL,
     };
-    // The whole chain, so the runtime's error names the root cause.
+    to_status(code, &e)
+}
+
+/// The whole error chain as the status message, so the runtime's error names the root cause.
+fn to_status(code: ttrpc::Code, e: &dyn std::error::Error) -> ttrpc::Error {
     let mut msg = e.to_string();
-    let mut source = std::error::Error::source(&e);
+    let mut source = e.source();
     while let Some(s) = source {
         msg.push_str(": ");
         msg.push_str(&s.to_string());
@@ -60,6 +90,11 @@ impl AgentService for AgentServiceImpl {
         _: &TtrpcContext,
         req: DestroySandboxRequest,
     ) -> ttrpc::Result<Empty> {
+        let timeout = match req.timeout_secs {
+            0 => DEFAULT_REMOVE_TIMEOUT,
+            s => Duration::from_secs(u64::from(s)),
+        };
+        self.containers.remove_all(timeout).await;
         self.sandbox.destroy(req).await.map_err(status)?;
         Ok(Empty::new())
     }
@@ -80,6 +115,157 @@ impl AgentService for AgentServiceImpl {
         self.sandbox
             .set_date_time(req.sec, req.usec)
             .map_err(status)?;
+        Ok(Empty::new())
+    }
+
+    async fn create_container(
+        &self,
+        _: &TtrpcContext,
+        req: CreateContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        if !req.storages.is_empty() {
+            return Err(container_status(ContainerError::Unsupported(
+                "per-container storages",
+            )));
+        }
+        self.containers
+            .create(&req.container_id, &req.oci_spec_json)
+            .await
+            .map_err(container_status)?;
+        Ok(Empty::new())
+    }
+
+    async fn start_container(
+        &self,
+        _: &TtrpcContext,
+        req: ContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        self.containers
+            .start(&req.container_id)
+            .await
+            .map_err(container_status)?;
+        Ok(Empty::new())
+    }
+
+    async fn remove_container(
+        &self,
+        _: &TtrpcContext,
+        req: RemoveContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        let timeout = match req.timeout_secs {
+            0 => DEFAULT_REMOVE_TIMEOUT,
+            s => Duration::from_secs(u64::from(s)),
+        };
+        self.containers
+            .remove(&req.container_id, timeout)
+            .await
+            .map_err(container_status)?;
+        Ok(Empty::new())
+    }
+
+    async fn exec_process(
+        &self,
+        _: &TtrpcContext,
+        req: ExecProcessRequest,
+    ) -> ttrpc::Result<Empty> {
+        self.containers
+            .exec(&req.container_id, &req.exec_id, &req.process_json)
+            .await
+            .map_err(container_status)?;
+        Ok(Empty::new())
+    }
+
+    async fn wait_process(
+        &self,
+        _: &TtrpcContext,
+        req: ProcessRequest,
+    ) -> ttrpc::Result<WaitProcessResponse> {
+        let p = self
+            .containers
+            .process(&req.container_id, &req.exec_id)
+            .await
+            .map_err(container_status)?;
+        let mut r = WaitProcessResponse::new();
+        r.status = p.wait().await;
+        Ok(r)
+    }
+
+    async fn signal_process(
+        &self,
+        _: &TtrpcContext,
+        req: SignalProcessRequest,
+    ) -> ttrpc::Result<Empty> {
+        self.containers
+            .signal(&req.container_id, &req.exec_id, req.signal, req.all)
+            .await
+            .map_err(container_status)?;
+        Ok(Empty::new())
+    }
+
+    async fn write_stdin(
+        &self,
+        _: &TtrpcContext,
+        req: WriteStreamRequest,
+    ) -> ttrpc::Result<WriteStreamResponse> {
+        let p = self
+            .containers
+            .process(&req.container_id, &req.exec_id)
+            .await
+            .map_err(container_status)?;
+        let io = p.io.clone();
+        let data = req.data;
+        let written = tokio::task::spawn_blocking(move || io.write_stdin(&data))
+            .await
+            .map_err(|e| to_status(ttrpc::Code::INTERNAL, &e))?
+            .map_err(|e| to_status(ttrpc::Code::FAILED_PRECONDITION, &e))?;
+        let mut r = WriteStreamResponse::new();
+        r.len = written as u32;
+        Ok(r)
+    }
+
+    async fn read_stdout(
+        &self,
+        _: &TtrpcContext,
+        req: ReadStreamRequest,
+    ) -> ttrpc::Result<ReadStreamResponse> {
+        let p = self
+            .containers
+            .process(&req.container_id, &req.exec_id)
+            .await
+            .map_err(container_status)?;
+        let mut r = ReadStreamResponse::new();
+        r.data =
+            p.io.stdout
+                .read((req.len as usize).clamp(1, MAX_READ))
+                .await;
+        Ok(r)
+    }
+
+    async fn read_stderr(
+        &self,
+        _: &TtrpcContext,
+        req: ReadStreamRequest,
+    ) -> ttrpc::Result<ReadStreamResponse> {
+        let p = self
+            .containers
+            .process(&req.container_id, &req.exec_id)
+            .await
+            .map_err(container_status)?;
+        let mut r = ReadStreamResponse::new();
+        r.data =
+            p.io.stderr
+                .read((req.len as usize).clamp(1, MAX_READ))
+                .await;
+        Ok(r)
+    }
+
+    async fn close_stdin(&self, _: &TtrpcContext, req: ProcessRequest) -> ttrpc::Result<Empty> {
+        let p = self
+            .containers
+            .process(&req.container_id, &req.exec_id)
+            .await
+            .map_err(container_status)?;
+        p.io.close_stdin();
         Ok(Empty::new())
     }
 }

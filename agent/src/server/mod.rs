@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use hako_agent_api::{agent_ttrpc, health_ttrpc};
 
+use crate::container::Containers;
 use crate::sandbox::{Sandbox, Shutdown};
 
 /// Errors serving the API.
@@ -24,7 +25,11 @@ pub enum ServerError {
 }
 
 /// Serves until the sandbox is destroyed or the process is told to stop; returns how it ended.
-pub async fn serve(addr: &str, sandbox: Arc<Sandbox>) -> Result<Shutdown, ServerError> {
+pub async fn serve(
+    addr: &str,
+    sandbox: Arc<Sandbox>,
+    containers: Arc<Containers>,
+) -> Result<Shutdown, ServerError> {
     if let Some(path) = addr.strip_prefix("unix://") {
         // A stale socket from an earlier run would make bind fail.
         let _ = std::fs::remove_file(path);
@@ -33,6 +38,7 @@ pub async fn serve(addr: &str, sandbox: Arc<Sandbox>) -> Result<Shutdown, Server
     services.extend(agent_ttrpc::create_agent_service(Arc::new(
         agent_service::AgentServiceImpl {
             sandbox: sandbox.clone(),
+            containers,
         },
     )));
     let mut server = ttrpc::r#async::Server::new()

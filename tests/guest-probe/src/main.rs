@@ -81,9 +81,25 @@ fn visible_cpu_features() -> Result<String, String> {
     ))
 }
 
-/// The clock source the kernel chose (kvm-clock when the VMM exposes it).
+/// The clock source the kernel chose and the ones it has (kvm-clock when the VMM exposes the
+/// KVM paravirtual clock; Linux prefers an invariant TSC over it).
 fn clocksource() -> Result<String, String> {
-    let path = "/sys/devices/system/clocksource/clocksource0/current_clocksource";
+    let dir = "/sys/devices/system/clocksource/clocksource0";
+    let read = |f: &str| {
+        std::fs::read_to_string(format!("{dir}/{f}"))
+            .map(|s| s.trim().to_owned())
+            .map_err(|e| format!("{dir}/{f}: {e}"))
+    };
+    Ok(format!(
+        "{} (available: {})",
+        read("current_clocksource")?,
+        read("available_clocksource")?
+    ))
+}
+
+/// The CPUs the kernel brought online (e.g. "0-1").
+fn online_cpus() -> Result<String, String> {
+    let path = "/sys/devices/system/cpu/online";
     std::fs::read_to_string(path)
         .map(|s| s.trim().to_owned())
         .map_err(|e| format!("{path}: {e}"))
@@ -203,6 +219,7 @@ fn main() -> ExitCode {
     check("spawn", spawn_child(), &mut failed);
     check("cpu", visible_cpu_features(), &mut failed);
     check("clocksource", clocksource(), &mut failed);
+    check("online cpus", online_cpus(), &mut failed);
     check("virtio", virtio_devices(), &mut failed);
     if let Some(dev) = cmdline_value(&cmdline, BLK_ARG) {
         check("blk", block_device(&dev), &mut failed);

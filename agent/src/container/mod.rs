@@ -1,0 +1,345 @@
+//! The containers of the sandbox: created with libcontainer from the OCI spec the runtime
+//! sends, their init and exec processes, and their teardown. One lock per container;
+//! libcontainer's blocking calls run off the async runtime, under the fork lock the orphan
+//! reaper also takes (it must not reap libcontainer's intermediate processes).
+
+pub mod spec;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use libcontainer::container::Container;
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::syscall::syscall::SyscallType;
+use libcontainer::workload::default::DefaultExecutor;
+use nix::sys::signal::Signal;
+
+use crate::io::ProcessIo;
+use crate::process::Process;
+use spec::SpecError;
+
+/// Errors of container requests.
+#[derive(Debug, thiserror::Error)]
+pub enum ContainerError {
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    #[error("container {0:?} already exists")]
+    Exists(String),
+    #[error("container {0:?} does not exist")]
+    NotFound(String),
+    #[error("process {exec_id:?} of container {id:?} does not exist")]
+    ProcessNotFound { id: String, exec_id: String },
+    #[error("process {exec_id:?} of container {id:?} already exists")]
+    ProcessExists { id: String, exec_id: String },
+    #[error("{0} is not supported yet")]
+    Unsupported(&'static str),
+    #[error("signal {0} is not a valid signal number")]
+    Signal(u32),
+    #[error("container {id:?}: {what}")]
+    Runtime {
+        id: String,
+        what: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+fn runtime(
+    id: &str,
+    what: &'static str,
+) -> impl FnOnce(Box<dyn std::error::Error + Send + Sync>) -> ContainerError {
+    let id = id.to_owned();
+    move |source| ContainerError::Runtime { id, what, source }
+}
+
+/// One container and its processes.
+pub struct Entry {
+    id: String,
+    bundle: PathBuf,
+    inner: Arc<Mutex<Container>>,
+    init: Arc<Process>,
+    execs: Mutex<HashMap<String, Arc<Process>>>,
+}
+
+/// Where containers live in the guest.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    /// Bundles (config.json) and libcontainer's state, under `<state_dir>/{bundles,youki}`.
+    pub state_dir: PathBuf,
+    /// The shared file system; container `<id>` has its files under `<shared_dir>/<id>/`.
+    pub shared_dir: PathBuf,
+}
+
+pub struct Containers {
+    layout: Layout,
+    fork_lock: Arc<Mutex<()>>,
+    map: tokio::sync::Mutex<HashMap<String, Arc<Entry>>>,
+}
+
+/// Runs a blocking libcontainer call off the async runtime.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ContainerError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ContainerError::Runtime {
+            id: String::new(),
+            what: "a blocking task failed",
+            source: Box::new(e),
+        })
+}
+
+impl Containers {
+    pub fn new(layout: Layout, fork_lock: Arc<Mutex<()>>) -> Self {
+        Self {
+            layout,
+            fork_lock,
+            map: tokio::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn youki_root(&self) -> PathBuf {
+        self.layout.state_dir.join("youki")
+    }
+
+    async fn get(&self, id: &str) -> Result<Arc<Entry>, ContainerError> {
+        self.map
+            .lock()
+            .await
+            .get(id)
+            .cloned()
+            .ok_or_else(|| ContainerError::NotFound(id.to_owned()))
+    }
+
+    /// Creates a container (state "created": its init waits for StartContainer).
+    pub async fn create(&self, id: &str, spec_json: &[u8]) -> Result<(), ContainerError> {
+        spec::check_id(id)?;
+        let mut map = self.map.lock().await;
+        if map.contains_key(id) {
+            return Err(ContainerError::Exists(id.to_owned()));
+        }
+        let mut spec = spec::parse(spec_json)?;
+        spec::resolve_root(&mut spec, &self.layout.shared_dir.join(id))?;
+        if spec.process().as_ref().and_then(|p| p.terminal()) == Some(true) {
+            return Err(ContainerError::Unsupported(
+                "a terminal for the container's process",
+            ));
+        }
+        let bundle = self.layout.state_dir.join("bundles").join(id);
+        std::fs::create_dir_all(&bundle)
+            .map_err(|e| runtime(id, "creating its bundle")(Box::new(e)))?;
+        let json = serde_json::to_vec(&spec)
+            .map_err(|e| runtime(id, "writing config.json")(Box::new(e)))?;
+        std::fs::write(bundle.join("config.json"), json)
+            .map_err(|e| runtime(id, "writing config.json")(Box::new(e)))?;
+        let (io, child) =
+            ProcessIo::pipes().map_err(|e| runtime(id, "making its pipes")(Box::new(e)))?;
+        let (cid, root, lock, b) = (
+            id.to_owned(),
+            self.youki_root(),
+            self.fork_lock.clone(),
+            bundle.clone(),
+        );
+        let container = blocking(move || {
+            let _forking = lock.lock().unwrap_or_else(|p| p.into_inner());
+            ContainerBuilder::new(cid, SyscallType::Linux)
+                .with_executor(DefaultExecutor {})
+                .with_root_path(root)
+                .and_then(|builder| {
+                    builder
+                        .with_stdin(child.stdin)
+                        .with_stdout(child.stdout)
+                        .with_stderr(child.stderr)
+                        .as_init(b)
+                        .with_systemd(false)
+                        .with_detach(true)
+                        .build()
+                })
+        })
+        .await?
+        .map_err(|e| runtime(id, "creating it with libcontainer")(Box::new(e)))?;
+        let pid = container.pid().ok_or_else(|| {
+            runtime(id, "reading its init pid")("libcontainer reported no pid".into())
+        })?;
+        let init = Process::watch(pid, io)
+            .map_err(|e| runtime(id, "watching its init process")(Box::new(e)))?;
+        map.insert(
+            id.to_owned(),
+            Arc::new(Entry {
+                id: id.to_owned(),
+                bundle,
+                inner: Arc::new(Mutex::new(container)),
+                init: Arc::new(init),
+                execs: Mutex::new(HashMap::new()),
+            }),
+        );
+        tracing::info!(container_id = id, pid = pid.as_raw(), "container created");
+        Ok(())
+    }
+
+    /// Starts the container's process.
+    pub async fn start(&self, id: &str) -> Result<(), ContainerError> {
+        let e = self.get(id).await?;
+        let inner = e.inner.clone();
+        blocking(move || inner.lock().unwrap_or_else(|p| p.into_inner()).start())
+            .await?
+            .map_err(|err| runtime(id, "starting it")(Box::new(err)))?;
+        tracing::info!(container_id = id, "container started");
+        Ok(())
+    }
+
+    /// The init process (`exec_id` "") or an exec.
+    pub async fn process(&self, id: &str, exec_id: &str) -> Result<Arc<Process>, ContainerError> {
+        let e = self.get(id).await?;
+        if exec_id.is_empty() {
+            return Ok(e.init.clone());
+        }
+        e.execs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(exec_id)
+            .cloned()
+            .ok_or_else(|| ContainerError::ProcessNotFound {
+                id: id.to_owned(),
+                exec_id: exec_id.to_owned(),
+            })
+    }
+
+    /// Sends a signal to a process, or (`all`) to every process of the container.
+    pub async fn signal(
+        &self,
+        id: &str,
+        exec_id: &str,
+        signal: u32,
+        all: bool,
+    ) -> Result<(), ContainerError> {
+        let sig = i32::try_from(signal)
+            .ok()
+            .and_then(|s| Signal::try_from(s).ok())
+            .ok_or(ContainerError::Signal(signal))?;
+        let e = self.get(id).await?;
+        if exec_id.is_empty() || all {
+            if e.init.exited().is_some() && !all {
+                return Ok(());
+            }
+            let inner = e.inner.clone();
+            blocking(move || {
+                inner
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .kill(sig, all)
+            })
+            .await?
+            .map_err(|err| runtime(id, "signalling it")(Box::new(err)))?;
+            return Ok(());
+        }
+        let p = self.process(id, exec_id).await?;
+        if p.exited().is_none() {
+            nix::sys::signal::kill(p.pid, sig)
+                .map_err(|err| runtime(id, "signalling a process")(Box::new(err)))?;
+        }
+        Ok(())
+    }
+
+    /// Runs another process in the container (OCI process JSON).
+    pub async fn exec(
+        &self,
+        id: &str,
+        exec_id: &str,
+        process_json: &[u8],
+    ) -> Result<(), ContainerError> {
+        let e = self.get(id).await?;
+        if exec_id.is_empty()
+            || e.execs
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains_key(exec_id)
+        {
+            return Err(ContainerError::ProcessExists {
+                id: id.to_owned(),
+                exec_id: exec_id.to_owned(),
+            });
+        }
+        spec::check_id(exec_id)?;
+        let process: oci_spec::runtime::Process =
+            serde_json::from_slice(process_json).map_err(SpecError::Parse)?;
+        if process.terminal() == Some(true) {
+            return Err(ContainerError::Unsupported("a terminal for an exec"));
+        }
+        let path = e.bundle.join(format!("exec-{exec_id}.json"));
+        std::fs::write(&path, process_json)
+            .map_err(|err| runtime(id, "writing the exec's process.json")(Box::new(err)))?;
+        let (io, child) =
+            ProcessIo::pipes().map_err(|err| runtime(id, "making pipes")(Box::new(err)))?;
+        let (cid, root, lock) = (id.to_owned(), self.youki_root(), self.fork_lock.clone());
+        let pid = blocking(move || {
+            let _forking = lock.lock().unwrap_or_else(|p| p.into_inner());
+            ContainerBuilder::new(cid, SyscallType::Linux)
+                .with_executor(DefaultExecutor {})
+                .with_root_path(root)
+                .and_then(|builder| {
+                    builder
+                        .with_stdin(child.stdin)
+                        .with_stdout(child.stdout)
+                        .with_stderr(child.stderr)
+                        .as_tenant()
+                        .with_process(Some(path))
+                        .with_detach(true)
+                        .build()
+                })
+        })
+        .await?
+        .map_err(|err| runtime(id, "executing a process")(Box::new(err)))?;
+        let p = Process::watch(pid, io)
+            .map_err(|err| runtime(id, "watching an exec")(Box::new(err)))?;
+        e.execs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(exec_id.to_owned(), Arc::new(p));
+        tracing::info!(
+            container_id = id,
+            exec_id,
+            pid = pid.as_raw(),
+            "exec started"
+        );
+        Ok(())
+    }
+
+    /// Kills whatever still runs, waits up to `timeout` for the init, deletes the container.
+    pub async fn remove(&self, id: &str, timeout: Duration) -> Result<(), ContainerError> {
+        let e = self.get(id).await?;
+        if e.init.exited().is_none() {
+            let inner = e.inner.clone();
+            let _ = blocking(move || {
+                inner
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .kill(Signal::SIGKILL, true)
+            })
+            .await?;
+            if tokio::time::timeout(timeout, e.init.wait()).await.is_err() {
+                tracing::warn!(container_id = id, "init did not exit after SIGKILL");
+            }
+        }
+        let inner = e.inner.clone();
+        blocking(move || inner.lock().unwrap_or_else(|p| p.into_inner()).delete(true))
+            .await?
+            .map_err(|err| runtime(id, "deleting it")(Box::new(err)))?;
+        let _ = std::fs::remove_dir_all(&e.bundle);
+        self.map.lock().await.remove(id);
+        tracing::info!(container_id = %e.id, "container removed");
+        Ok(())
+    }
+
+    /// Removes every container (DestroySandbox).
+    pub async fn remove_all(&self, timeout: Duration) {
+        let ids: Vec<String> = self.map.lock().await.keys().cloned().collect();
+        for id in ids {
+            if let Err(e) = self.remove(&id, timeout).await {
+                tracing::warn!(container_id = %id, error = %e, "removing at teardown");
+            }
+        }
+    }
+}

@@ -1,0 +1,173 @@
+//! A process's standard streams: stdin as a pipe the agent writes, stdout and stderr as pipes
+//! the agent drains into buffers right away, so a process that exits (or a host that reads
+//! late) loses no output. ReadStdout/ReadStderr take from the buffers and wait for more.
+
+use std::collections::VecDeque;
+use std::io::Write;
+use std::os::fd::OwnedFd;
+use std::sync::{Arc, Mutex};
+
+use tokio::io::AsyncReadExt;
+use tokio::sync::Notify;
+
+/// Bytes buffered per stream before the agent stops draining the pipe (the process then
+/// blocks on a full pipe until the host reads).
+const BUFFER_LIMIT: usize = 4 << 20;
+
+/// One output stream's buffer.
+#[derive(Default)]
+pub struct Output {
+    state: Mutex<(VecDeque<u8>, bool)>,
+    changed: Notify,
+}
+
+impl Output {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (VecDeque<u8>, bool)> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Up to `max` bytes, waiting until there are some; empty at end of stream.
+    pub async fn read(&self, max: usize) -> Vec<u8> {
+        loop {
+            let notified = self.changed.notified();
+            {
+                let mut s = self.lock();
+                if !s.0.is_empty() {
+                    let n = max.max(1).min(s.0.len());
+                    let out: Vec<u8> = s.0.drain(..n).collect();
+                    self.changed.notify_waiters();
+                    return out;
+                }
+                if s.1 {
+                    return Vec::new();
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// Drains a pipe into the buffer until EOF.
+    pub async fn fill_from(self: Arc<Self>, pipe: OwnedFd) {
+        let Ok(mut rx) = tokio::net::unix::pipe::Receiver::from_owned_fd(pipe) else {
+            self.finish();
+            return;
+        };
+        let mut chunk = vec![0u8; 64 * 1024];
+        loop {
+            // Back-pressure: wait while the buffer is full.
+            loop {
+                let notified = self.changed.notified();
+                if self.lock().0.len() < BUFFER_LIMIT {
+                    break;
+                }
+                notified.await;
+            }
+            match rx.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    self.lock().0.extend(&chunk[..n]);
+                    self.changed.notify_waiters();
+                }
+            }
+        }
+        self.finish();
+    }
+
+    fn finish(&self) {
+        self.lock().1 = true;
+        self.changed.notify_waiters();
+    }
+}
+
+/// The agent's ends of a process's streams.
+pub struct ProcessIo {
+    stdin: Mutex<Option<std::fs::File>>,
+    pub stdout: Arc<Output>,
+    pub stderr: Arc<Output>,
+}
+
+/// The process's ends, handed to libcontainer.
+pub struct ChildStdio {
+    pub stdin: OwnedFd,
+    pub stdout: OwnedFd,
+    pub stderr: OwnedFd,
+}
+
+impl ProcessIo {
+    /// Makes the three pipes and starts draining stdout and stderr.
+    pub fn pipes() -> std::io::Result<(Arc<Self>, ChildStdio)> {
+        let (stdin_r, stdin_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        let (stdout_r, stdout_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        let (stderr_r, stderr_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        let io = Arc::new(Self {
+            stdin: Mutex::new(Some(std::fs::File::from(stdin_w))),
+            stdout: Arc::default(),
+            stderr: Arc::default(),
+        });
+        tokio::spawn(io.stdout.clone().fill_from(stdout_r));
+        tokio::spawn(io.stderr.clone().fill_from(stderr_r));
+        Ok((
+            io,
+            ChildStdio {
+                stdin: stdin_r,
+                stdout: stdout_w,
+                stderr: stderr_w,
+            },
+        ))
+    }
+
+    /// Writes to stdin (blocking briefly if the pipe is full); errors once it is closed.
+    pub fn write_stdin(&self, data: &[u8]) -> std::io::Result<usize> {
+        let mut guard = self.stdin.lock().unwrap_or_else(|p| p.into_inner());
+        match guard.as_mut() {
+            Some(f) => f.write_all(data).map(|()| data.len()),
+            None => Err(std::io::Error::new(
+                std::io::ErrorKind::BrokenPipe,
+                "stdin is closed",
+            )),
+        }
+    }
+
+    /// Closes stdin: the process reads EOF.
+    pub fn close_stdin(&self) {
+        self.stdin.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn output_written_before_exit_is_kept_until_read() {
+        let (io, child) = ProcessIo::pipes().unwrap();
+        let mut out = std::fs::File::from(child.stdout);
+        out.write_all(b"hello ").unwrap();
+        out.write_all(b"world").unwrap();
+        drop(out);
+        drop(child.stderr);
+        let mut got = Vec::new();
+        loop {
+            let chunk = io.stdout.read(4).await;
+            if chunk.is_empty() {
+                break;
+            }
+            assert!(chunk.len() <= 4);
+            got.extend(chunk);
+        }
+        assert_eq!(got, b"hello world");
+        assert!(io.stderr.read(10).await.is_empty(), "EOF on stderr");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn stdin_reaches_the_child_and_closes() {
+        let (io, child) = ProcessIo::pipes().unwrap();
+        io.write_stdin(b"in").unwrap();
+        io.close_stdin();
+        assert!(io.write_stdin(b"more").is_err());
+        let mut r = std::fs::File::from(child.stdin);
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut r, &mut s).unwrap();
+        assert_eq!(s, "in");
+    }
+}
