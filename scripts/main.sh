@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job: set up and build everything, tell whether this host can run Hako sandboxes
-# (`hako check`), then boot Hako's guest kernel with the probe image in hako-vmm and show its
-# console. (Once the agent and runtime land, this runs a container in a Hako sandbox.)
+# (`hako check`), then run a busybox container inside a Hako sandbox (its own KVM guest with
+# the agent as PID 1) and show its output.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
@@ -12,18 +12,15 @@ scripts/setup.sh
 echo "== hako check"
 target/release/hako check || { echo "this host cannot run Hako sandboxes (see above)"; exit 1; }
 
-echo "== booting the guest kernel with the probe image in hako-vmm (about a minute where guest kernel mode is emulated)"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
-cat > "$work/vm.json" <<JSON
-{
-  "machine": {"vcpus": 1, "memory_mib": 256, "cpu_profile": "conservative"},
-  "kernel": {"path": "$HAKO_KERNEL", "initrd": "$HAKO_PROBE_IMAGE",
-             "cmdline": "loglevel=6 hako.end=poweroff"},
-  "console": {"output": "stdout"},
-  "control_socket": "$work/control.sock"
-}
-JSON
+target/release/hako-rootfs-builder busybox-bundle --out "$work/bundle" -- \
+  sh -c 'echo "Hello from a container in a Hako sandbox"; echo "guest kernel: $(cat /proc/sys/kernel/osrelease)"; echo "cgroup: $(cat /proc/self/cgroup)"; exit 0'
+
+echo "== hako run: a container in a Hako sandbox (the VM boots in about a minute where guest kernel mode is emulated, milliseconds on real KVM)"
 start=$SECONDS
-target/release/hako-vmm --config "$work/vm.json"
-echo "== the guest powered off; hako-vmm exited 0 after $((SECONDS - start)) s"
+status=0
+target/release/hako run --root "$work/run" --bundle "$work/bundle" \
+  --kernel "$HAKO_KERNEL" --image "$HAKO_AGENT_IMAGE" hako-demo || status=$?
+echo "== the container exited with status $status after $((SECONDS - start)) s; its sandbox VM is gone"
+exit "$status"

@@ -88,6 +88,58 @@ pub enum InitError {
     },
 }
 
+/// Where the agent's new root is mounted before it is moved onto `/`.
+const NEW_ROOT: &str = "/.hako-root";
+
+/// Leaves the initramfs: containers are set up with pivot_root(2), which refuses to move
+/// the kernel's initial root file system. So PID 1 mounts a tmpfs, makes the image's top
+/// directories in it, moves it onto `/` and chroots into it (what switch_root does, without
+/// copying: the running agent needs no file from the old root). Skipped when `/` is already
+/// a real mount (a virtio-fs or block root).
+pub fn leave_initramfs() -> Result<(), InitError> {
+    use nix::sys::statfs::{FsType, TMPFS_MAGIC, statfs};
+    // The initramfs is ramfs or tmpfs; nix names only the latter.
+    const RAMFS_MAGIC: FsType = FsType(0x8584_58f6);
+    let on_initramfs = statfs("/").is_ok_and(|s| {
+        let t = s.filesystem_type();
+        t == RAMFS_MAGIC || t == TMPFS_MAGIC
+    });
+    if !on_initramfs {
+        return Ok(());
+    }
+    let step = |what: &'static str| {
+        move |source: nix::Error| InitError::Mount {
+            target: NEW_ROOT,
+            fstype: what,
+            source,
+        }
+    };
+    std::fs::create_dir_all(NEW_ROOT).map_err(|source| InitError::Create {
+        target: NEW_ROOT,
+        source,
+    })?;
+    mount(
+        Some("tmpfs"),
+        NEW_ROOT,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=0755"),
+    )
+    .map_err(step("tmpfs"))?;
+    for dir in hako_agent_api::GUEST_IMAGE_DIRS {
+        let path = format!("{NEW_ROOT}/{dir}");
+        std::fs::create_dir_all(&path).map_err(|source| InitError::Create {
+            target: NEW_ROOT,
+            source,
+        })?;
+    }
+    nix::unistd::chdir(NEW_ROOT).map_err(step("chdir"))?;
+    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>).map_err(step("move"))?;
+    nix::unistd::chroot(".").map_err(step("chroot"))?;
+    nix::unistd::chdir("/").map_err(step("chdir"))?;
+    Ok(())
+}
+
 /// Mounts /proc, /sys, /dev (+pts, shm), /run, /tmp and the cgroup2 hierarchy.
 pub fn mount_basics() -> Result<(), InitError> {
     for &(source, target, fstype, flags, data) in BASE_MOUNTS {

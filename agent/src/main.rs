@@ -19,7 +19,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let pid1 = init::is_pid1();
-    if pid1 && let Err(e) = init::mount_basics() {
+    if pid1 && let Err(e) = init::leave_initramfs().and_then(|()| init::mount_basics()) {
         eprintln!("hako-agent: {:#}", anyhow::Error::from(e));
         init::power_off();
     }

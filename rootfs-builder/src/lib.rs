@@ -3,6 +3,7 @@
 //! root, mtimes zero.
 #![forbid(unsafe_code)]
 
+pub mod bundle;
 pub mod cpio;
 pub mod dir;
 pub mod elf;

@@ -1,10 +1,11 @@
-//! `hako-rootfs-builder agent|probe`: writes a guest image as a cpio archive or a directory.
+//! `hako-rootfs-builder agent|probe`: writes a guest image as a cpio archive or a directory;
+//! `busybox-bundle`: writes an OCI bundle with a busybox root file system.
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
-use hako_rootfs_builder::{Manifest, cpio, dir, images};
+use hako_rootfs_builder::{Manifest, bundle, cpio, dir, images};
 
 #[derive(Parser)]
 #[command(
@@ -45,6 +46,17 @@ enum Image {
         out: PathBuf,
         #[arg(long, value_enum, default_value = "cpio")]
         format: Format,
+    },
+    /// An OCI bundle (rootfs/ + config.json) whose process runs ARGS with busybox.
+    BusyboxBundle {
+        #[arg(long, default_value = "/bin/busybox")]
+        busybox: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value = "/hako/demo")]
+        cgroups_path: String,
+        #[arg(last = true, required = true)]
+        args: Vec<String>,
     },
 }
 
@@ -117,6 +129,18 @@ fn main() -> anyhow::Result<()> {
             }
             let m = images::probe_image(&busybox, &program).context("building the probe image")?;
             emit(&m, &out, format)
+        }
+        Image::BusyboxBundle {
+            busybox,
+            out,
+            cgroups_path,
+            args,
+        } => {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            bundle::write_busybox_bundle(&busybox, &out, &args, &cgroups_path)
+                .map_err(anyhow::Error::msg)?;
+            eprintln!("hako-rootfs-builder: wrote bundle {}", out.display());
+            Ok(())
         }
     }
 }

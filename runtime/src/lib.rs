@@ -1,5 +1,8 @@
-//! Hako's runtime library: the `hako` CLI's commands (today `check`) and, with later issues,
-//! the containerd shim, sandbox management and the VM backend.
+//! Hako's runtime library: the `hako` CLI's commands (`check`, `run`), the agent client, the
+//! VM backend and sandbox state; the containerd shim arrives with its issue.
 #![deny(unsafe_code)]
 
+pub mod agent_client;
+pub mod backend;
 pub mod cli;
+pub mod sandbox;

@@ -5,7 +5,6 @@
 
 pub mod agent;
 pub mod boot;
-pub mod bundle;
 pub mod fixtures;
 pub mod hako_vmm;
 pub mod qemu;

@@ -20,9 +20,10 @@ use hako_agent_api::agent::{
 use hako_agent_api::agent_ttrpc::AgentServiceClient;
 use hako_agent_api::health::CheckRequest;
 use hako_agent_api::health::health_check_response::ServingStatus;
+use hako_rootfs_builder::bundle;
 use hako_tests::agent::{self, Clients};
+use hako_tests::fixtures;
 use hako_tests::require::{self, Skip};
-use hako_tests::{bundle, fixtures};
 use libtest_mimic::{Arguments, Failed};
 
 const RPC: Duration = Duration::from_secs(10);

@@ -1,15 +1,20 @@
 //! Tier 3 (KVM): the agent image boots in hako-vmm with the agent as PID 1; the host reaches
 //! the agent through hybrid vsock (`CONNECT 1024`), checks its health and guest details,
-//! creates the sandbox with the virtio-fs share mounted where the API says, and destroys it
-//! with power-off, which ends hako-vmm with status 0 (guest powered off).
+//! creates the sandbox with the virtio-fs share mounted where the API says, runs a busybox
+//! container whose root file system the host put in the share (its output, its cgroup v2
+//! path, its exit code), and destroys the sandbox with power-off, which ends hako-vmm with
+//! status 0 (guest powered off).
 
 use std::time::Duration;
 
 use hako_agent_api::agent::{
-    CreateSandboxRequest, DestroySandboxRequest, GuestDetailsRequest, Storage,
+    ContainerRequest, CreateContainerRequest, CreateSandboxRequest, DestroySandboxRequest,
+    GuestDetailsRequest, ProcessRequest, ReadStreamRequest, Storage,
 };
+use hako_agent_api::agent_ttrpc::AgentServiceClient;
 use hako_agent_api::health::CheckRequest;
 use hako_agent_api::{AGENT_API_PORT, SHARED_FS_MOUNT_POINT, SHARED_FS_TAG};
+use hako_rootfs_builder::bundle;
 use hako_tests::agent::{self, Clients};
 use hako_tests::boot::{self, Boot};
 use hako_tests::require::{self, Skip};
@@ -17,7 +22,8 @@ use hako_tests::{fixtures, hako_vmm};
 use hako_vmm_api::{ExitReason, FsConfig, VsockConfig};
 use libtest_mimic::{Arguments, Failed};
 
-const RPC: Duration = Duration::from_secs(60);
+const RPC: Duration = Duration::from_secs(120);
+const CONTAINER: &str = "c1";
 
 fn deadline() -> Duration {
     let secs = std::env::var("HAKO_VM_TIMEOUT")
@@ -54,12 +60,60 @@ async fn drive(uds: std::path::PathBuf) -> Result<(), String> {
         .create_sandbox(ctx(), &req)
         .await
         .map_err(|e| format!("CreateSandbox: {e}"))?;
+    run_container(&agent).await?;
     let mut destroy = DestroySandboxRequest::new();
     destroy.power_off = true;
     agent
         .destroy_sandbox(ctx(), &destroy)
         .await
         .map_err(|e| format!("DestroySandbox: {e}"))?;
+    Ok(())
+}
+
+/// A busybox container from the share: output, cgroup v2 path, exit code.
+async fn run_container(agent: &AgentServiceClient) -> Result<(), String> {
+    let ctx = || agent::ctx(RPC);
+    let mut create = CreateContainerRequest::new();
+    create.container_id = CONTAINER.into();
+    let script = "echo hello from a container; cat /proc/self/cgroup; exit 7";
+    create.oci_spec_json =
+        bundle::spec_json("rootfs", &["sh", "-c", script], "/hako/c1").into_bytes();
+    agent
+        .create_container(ctx(), &create)
+        .await
+        .map_err(|e| format!("CreateContainer: {e}"))?;
+    let mut start = ContainerRequest::new();
+    start.container_id = CONTAINER.into();
+    agent
+        .start_container(ctx(), &start)
+        .await
+        .map_err(|e| format!("StartContainer: {e}"))?;
+    let mut out = Vec::new();
+    loop {
+        let mut r = ReadStreamRequest::new();
+        r.container_id = CONTAINER.into();
+        r.len = 4096;
+        let chunk = agent
+            .read_stdout(ctx(), &r)
+            .await
+            .map_err(|e| format!("ReadStdout: {e}"))?;
+        if chunk.data.is_empty() {
+            break;
+        }
+        out.extend(chunk.data);
+    }
+    let out = String::from_utf8_lossy(&out).into_owned();
+    let mut w = ProcessRequest::new();
+    w.container_id = CONTAINER.into();
+    let status = agent
+        .wait_process(ctx(), &w)
+        .await
+        .map_err(|e| format!("WaitProcess: {e}"))?
+        .status;
+    eprintln!("container output: {out:?}, status {status}");
+    if !out.starts_with("hello from a container\n") || !out.contains("0::/hako/c1") || status != 7 {
+        return Err(format!("the container printed {out:?} and exited {status}"));
+    }
     Ok(())
 }
 
@@ -70,6 +124,7 @@ fn agent_boots_serves_and_powers_off() -> Result<(), Failed> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let shared = dir.path().join("shared");
     std::fs::create_dir(&shared).map_err(|e| e.to_string())?;
+    bundle::busybox_rootfs(&shared.join(CONTAINER).join("rootfs"))?;
     let uds = dir.path().join("vsock.sock");
     let mut config = hako_vmm::probe_vm(dir.path(), &kernel, &image, "quiet");
     config.devices.vsock = Some(VsockConfig {
@@ -82,12 +137,22 @@ fn agent_boots_serves_and_powers_off() -> Result<(), Failed> {
         read_only: false,
     });
     let cmd = hako_vmm::command(&vmm, dir.path(), &config).map_err(|e| e.to_string())?;
+    let control = config.control_socket.clone();
     let driver = std::thread::spawn(move || {
-        tokio::runtime::Builder::new_current_thread()
+        let result = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| e.to_string())?
-            .block_on(drive(uds))
+            .block_on(drive(uds));
+        if result.is_err() {
+            // Fail fast: stop the VM instead of waiting for the boot deadline.
+            if let Some(path) = control
+                && let Ok(mut s) = std::os::unix::net::UnixStream::connect(path)
+            {
+                let _ = std::io::Write::write_all(&mut s, b"{\"request\":\"shutdown\"}\n");
+            }
+        }
+        result
     });
     let boot: Boot = boot::boot(cmd, deadline()).map_err(|e| format!("starting hako-vmm: {e}"))?;
     let _ = std::fs::remove_file(&image);
@@ -102,6 +167,8 @@ fn agent_boots_serves_and_powers_off() -> Result<(), Failed> {
         "agent API serving",
         "sandbox created",
         "mounted",
+        "container started",
+        "container removed",
         "powering off",
     ] {
         if boot.time_of(needle).is_none() {

@@ -341,30 +341,6 @@ pub fn render(verdict: &Verdict) -> String {
     out
 }
 
-/// Where the hako-vmm binary is.
-fn find_vmm(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
-    if let Some(p) = explicit {
-        return Ok(p.to_path_buf());
-    }
-    if let Some(p) = std::env::var_os("HAKO_VMM") {
-        return Ok(PathBuf::from(p));
-    }
-    if let Some(dir) = std::env::current_exe()
-        .ok()
-        .and_then(|e| e.parent().map(Path::to_path_buf))
-    {
-        let sibling = dir.join("hako-vmm");
-        if sibling.is_file() {
-            return Ok(sibling);
-        }
-    }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .map(|d| d.join("hako-vmm"))
-        .find(|p| p.is_file())
-        .context("hako-vmm was not found next to hako or on PATH (install it, or pass --vmm)")
-}
-
 /// Runs `hako-vmm probe` with a deadline and parses its report.
 fn run_probe(vmm: &Path, device: &Path) -> anyhow::Result<ProbeReport> {
     let mut child = Command::new(vmm)
@@ -405,7 +381,7 @@ fn run_probe(vmm: &Path, device: &Path) -> anyhow::Result<ProbeReport> {
 }
 
 pub fn run(args: &CheckArgs) -> anyhow::Result<u8> {
-    let vmm = find_vmm(args.vmm.as_deref())?;
+    let vmm = crate::backend::find_vmm(args.vmm.as_deref())?;
     let verdict = assess(run_probe(&vmm, &args.device)?);
     if args.json {
         println!(

@@ -6,6 +6,7 @@ pub mod fs;
 pub mod mmio;
 pub mod queue;
 pub mod vsock;
+pub mod worker;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -5,7 +5,6 @@ use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
@@ -14,6 +13,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::request::{self, Disk};
 use super::{SECTOR_SIZE, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO};
+use crate::devices::virtio::worker::Worker as WorkerThread;
 use crate::devices::virtio::{
     ActivateError, Activation, Interrupt, TYPE_BLOCK, VIRTIO_F_VERSION_1, VirtioDevice, queue,
     read_config_bytes,
@@ -48,7 +48,7 @@ pub struct Block {
     read_only: bool,
     config: [u8; 8],
     counters: Arc<Counters>,
-    worker: Option<(JoinHandle<File>, EventFd)>,
+    worker: Option<WorkerThread<File>>,
 }
 
 impl Block {
@@ -124,9 +124,7 @@ impl VirtioDevice for Block {
             .file
             .take()
             .ok_or(ActivateError::QueueCount { got: 1, want: 1 })?;
-        let kill = EventFd::new(libc::EFD_NONBLOCK).map_err(ActivateError::Worker)?;
         let worker = Worker {
-            kill: kill.try_clone().map_err(ActivateError::Worker)?,
             id: self.name.as_bytes().to_vec(),
             file,
             capacity: self.capacity,
@@ -137,31 +135,25 @@ impl VirtioDevice for Block {
             interrupt: a.interrupt,
             counters: self.counters.clone(),
         };
-        let handle = std::thread::Builder::new()
-            .name(self.name.clone())
-            .spawn(move || worker.run())
-            .map_err(ActivateError::Worker)?;
-        self.worker = Some((handle, kill));
+        self.worker = Some(WorkerThread::spawn(&self.name, move |kill| {
+            worker.run(kill)
+        })?);
         Ok(())
     }
 
     fn reset(&mut self) -> bool {
-        let Some((handle, kill)) = self.worker.take() else {
-            return true;
-        };
-        let _ = kill.write(1);
-        match handle.join() {
-            Ok(file) => {
+        match self.worker.take().map(WorkerThread::stop) {
+            None => true,
+            Some(Some(file)) => {
                 self.file = Some(file);
                 true
             }
-            Err(_) => false,
+            Some(None) => false,
         }
     }
 }
 
 struct Worker {
-    kill: EventFd,
     id: Vec<u8>,
     file: File,
     capacity: u64,
@@ -175,9 +167,9 @@ struct Worker {
 
 impl Worker {
     /// Serves the queue until killed; hands the file back for a later activation.
-    fn run(mut self) -> File {
+    fn run(mut self, kill: EventFd) -> File {
         let name = String::from_utf8_lossy(&self.id).into_owned();
-        let waiter = match Waiter::new(&self.event, &self.kill) {
+        let waiter = match Waiter::new(&self.event, &kill) {
             Ok(w) => w,
             Err(e) => {
                 tracing::error!(device = %name, error = %e, "cannot wait for the queue; the device stops");

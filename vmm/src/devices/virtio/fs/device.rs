@@ -5,7 +5,6 @@ use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::passthrough::{CachePolicy, Config, PassthroughFs};
@@ -16,6 +15,7 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::guard::{self, Decision, IN_HEADER_SIZE};
+use crate::devices::virtio::worker::Worker as WorkerThread;
 use crate::devices::virtio::{
     ActivateError, Activation, Interrupt, TYPE_FS, VIRTIO_F_VERSION_1, VirtioDevice, queue,
     read_config_bytes,
@@ -55,7 +55,7 @@ pub struct Fs {
     config: [u8; TAG_LEN + 4],
     read_only: bool,
     server: Arc<FsServer>,
-    worker: Option<(JoinHandle<()>, EventFd)>,
+    worker: Option<WorkerThread<()>>,
     counters: Arc<Counters>,
 }
 
@@ -125,9 +125,7 @@ impl VirtioDevice for Fs {
                 want: QUEUE_SIZES.len(),
             });
         }
-        let kill = EventFd::new(libc::EFD_NONBLOCK).map_err(ActivateError::Worker)?;
         let worker = Worker {
-            kill: kill.try_clone().map_err(ActivateError::Worker)?,
             queues: a.queues,
             events: a.queue_events,
             memory: a.memory,
@@ -136,25 +134,20 @@ impl VirtioDevice for Fs {
             read_only: self.read_only,
             counters: self.counters.clone(),
         };
-        let handle = std::thread::Builder::new()
-            .name(self.name.clone())
-            .spawn(move || worker.run())
-            .map_err(ActivateError::Worker)?;
-        self.worker = Some((handle, kill));
+        self.worker = Some(WorkerThread::spawn(&self.name, move |kill| {
+            worker.run(kill)
+        })?);
         Ok(())
     }
 
     fn reset(&mut self) -> bool {
-        if let Some((handle, kill)) = self.worker.take() {
-            let _ = kill.write(1);
-            return handle.join().is_ok();
-        }
-        true
+        self.worker
+            .take()
+            .is_none_or(|w| WorkerThread::stop(w).is_some())
     }
 }
 
 struct Worker {
-    kill: EventFd,
     queues: Vec<Queue>,
     events: Vec<EventFd>,
     memory: GuestMemoryMmap,
@@ -165,8 +158,8 @@ struct Worker {
 }
 
 impl Worker {
-    fn run(mut self) {
-        let epoll = match self.epoll() {
+    fn run(mut self, kill: EventFd) {
+        let epoll = match self.epoll(&kill) {
             Ok(e) => e,
             Err(e) => {
                 tracing::error!(error = %e, "virtio-fs: cannot wait for queues; the device stops");
@@ -197,7 +190,7 @@ impl Worker {
         }
     }
 
-    fn epoll(&self) -> std::io::Result<Epoll> {
+    fn epoll(&self, kill: &EventFd) -> std::io::Result<Epoll> {
         let epoll = Epoll::new()?;
         for (i, evt) in self.events.iter().enumerate() {
             epoll.ctl(
@@ -208,7 +201,7 @@ impl Worker {
         }
         epoll.ctl(
             ControlOperation::Add,
-            self.kill.as_raw_fd(),
+            kill.as_raw_fd(),
             EpollEvent::new(EventSet::IN, TOKEN_KILL),
         )?;
         Ok(epoll)

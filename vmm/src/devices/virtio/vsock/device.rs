@@ -5,7 +5,6 @@ use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use virtio_queue::{Queue, QueueOwnedT};
 use vm_memory::GuestMemoryMmap;
@@ -14,6 +13,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::muxer::{self, Muxer};
 use super::packet::{self, MAX_PAYLOAD};
+use crate::devices::virtio::worker::Worker as WorkerThread;
 use crate::devices::virtio::{
     ActivateError, Activation, Interrupt, TYPE_VSOCK, VIRTIO_F_VERSION_1, VirtioDevice, queue,
     read_config_bytes,
@@ -68,7 +68,7 @@ pub struct Vsock {
     guest_cid: u64,
     config: [u8; 8],
     muxer: Option<Muxer>,
-    worker: Option<(JoinHandle<Muxer>, EventFd)>,
+    worker: Option<WorkerThread<Muxer>>,
     counters: Arc<Counters>,
 }
 
@@ -128,12 +128,6 @@ impl VirtioDevice for Vsock {
                 want: QUEUE_SIZES.len(),
             });
         }
-        let muxer = self
-            .muxer
-            .take()
-            .ok_or(ActivateError::QueueCount { got, want: 3 })?;
-        let kill = EventFd::new(libc::EFD_NONBLOCK).map_err(ActivateError::Worker)?;
-        let worker_kill = kill.try_clone().map_err(ActivateError::Worker)?;
         let mut queues = a.queues.into_iter();
         let mut events = a.queue_events.into_iter();
         let (Some(rx), Some(tx), Some(rx_evt), Some(tx_evt), Some(ev_evt)) = (
@@ -145,37 +139,33 @@ impl VirtioDevice for Vsock {
         ) else {
             return Err(ActivateError::QueueCount { got, want: 3 });
         };
+        let muxer = self
+            .muxer
+            .take()
+            .ok_or(ActivateError::QueueCount { got, want: 3 })?;
         let worker = Worker {
             muxer,
             memory: a.memory,
             rx,
             tx,
             events: [rx_evt, tx_evt, ev_evt],
-            kill: worker_kill,
             interrupt: a.interrupt,
             counters: self.counters.clone(),
         };
-        let handle = std::thread::Builder::new()
-            .name("vsock".into())
-            .spawn(move || worker.run())
-            .map_err(ActivateError::Worker)?;
-        self.worker = Some((handle, kill));
+        self.worker = Some(WorkerThread::spawn("vsock", move |kill| worker.run(kill))?);
         tracing::debug!(cid = self.guest_cid, "vsock active");
         Ok(())
     }
 
     fn reset(&mut self) -> bool {
-        let Some((handle, kill)) = self.worker.take() else {
-            return true;
-        };
-        let _ = kill.write(1);
-        match handle.join() {
-            Ok(mut muxer) => {
+        match self.worker.take().map(WorkerThread::stop) {
+            None => true,
+            Some(Some(mut muxer)) => {
                 muxer.reset();
                 self.muxer = Some(muxer);
                 true
             }
-            Err(_) => false,
+            Some(None) => false,
         }
     }
 }
@@ -186,19 +176,18 @@ struct Worker {
     rx: Queue,
     tx: Queue,
     events: [EventFd; 3],
-    kill: EventFd,
     interrupt: Arc<Interrupt>,
     counters: Arc<Counters>,
 }
 
 impl Worker {
-    fn run(mut self) -> Muxer {
+    fn run(mut self, kill: EventFd) -> Muxer {
         let epoll_ok = self
             .events
             .iter()
             .enumerate()
             .map(|(i, e)| (i as u64, e.as_raw_fd()))
-            .chain([(TOKEN_KILL, self.kill.as_raw_fd())])
+            .chain([(TOKEN_KILL, kill.as_raw_fd())])
             .all(|(token, fd)| {
                 self.muxer
                     .epoll()

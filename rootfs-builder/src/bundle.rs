@@ -1,6 +1,6 @@
-//! OCI bundles for tests: a busybox root file system (from Debian's busybox-static) and a
-//! minimal runtime-spec config like `runc spec` writes, with the process and cgroup path
-//! each test needs.
+//! OCI bundles with a busybox root file system (Debian's busybox-static) and a minimal
+//! runtime-spec config like `runc spec` writes: what the README's main job runs in a sandbox
+//! and what the agent and runtime tests run as containers.
 
 use std::path::Path;
 
@@ -11,12 +11,16 @@ const APPLETS: &[&str] = &[
 
 /// Writes a busybox root file system into `rootfs`.
 pub fn busybox_rootfs(rootfs: &Path) -> Result<(), String> {
+    busybox_rootfs_from(Path::new("/bin/busybox"), rootfs)
+}
+
+/// Writes a root file system holding `busybox` and its applet links into `rootfs`.
+pub fn busybox_rootfs_from(busybox: &Path, rootfs: &Path) -> Result<(), String> {
     let err = |what: &str, e: std::io::Error| format!("{what} in {}: {e}", rootfs.display());
     for dir in ["bin", "proc", "dev", "tmp", "etc", "sys"] {
         std::fs::create_dir_all(rootfs.join(dir)).map_err(|e| err("mkdir", e))?;
     }
-    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox"))
-        .map_err(|e| err("copying busybox", e))?;
+    std::fs::copy(busybox, rootfs.join("bin/busybox")).map_err(|e| err("copying busybox", e))?;
     for applet in APPLETS {
         std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet))
             .map_err(|e| err("linking an applet", e))?;
@@ -56,6 +60,21 @@ pub fn spec_json(rootfs: &str, args: &[&str], cgroups_path: &str) -> String {
     )
 }
 
+/// Writes a whole bundle: `<dir>/rootfs` and `<dir>/config.json` running `args`.
+pub fn write_busybox_bundle(
+    busybox: &Path,
+    dir: &Path,
+    args: &[&str],
+    cgroups_path: &str,
+) -> Result<(), String> {
+    busybox_rootfs_from(busybox, &dir.join("rootfs"))?;
+    std::fs::write(
+        dir.join("config.json"),
+        spec_json("rootfs", args, cgroups_path),
+    )
+    .map_err(|e| format!("writing {}/config.json: {e}", dir.display()))
+}
+
 /// An OCI process (for exec) running `args`.
 pub fn process_json(args: &[&str]) -> String {
     let args: Vec<String> = args.iter().map(|a| format!("{a:?}")).collect();
@@ -63,4 +82,37 @@ pub fn process_json(args: &[&str]) -> String {
         r#"{{"terminal": false, "user": {{"uid": 0, "gid": 0}}, "args": [{}], "env": ["PATH=/bin"], "cwd": "/"}}"#,
         args.join(", ")
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spec_is_valid_json_with_the_args_and_cgroup() {
+        let v: serde_json::Value =
+            serde_json::from_str(&spec_json("rootfs", &["sh", "-c", "echo \"hi\""], "/x/y"))
+                .unwrap();
+        assert_eq!(v["process"]["args"][2], "echo \"hi\"");
+        assert_eq!(v["linux"]["cgroupsPath"], "/x/y");
+        assert_eq!(v["root"]["path"], "rootfs");
+        let p: serde_json::Value = serde_json::from_str(&process_json(&["cat"])).unwrap();
+        assert_eq!(p["args"][0], "cat");
+    }
+
+    #[test]
+    fn bundle_has_busybox_and_applets() {
+        if !Path::new("/bin/busybox").exists() {
+            eprintln!("SKIP: /bin/busybox missing");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        write_busybox_bundle(Path::new("/bin/busybox"), dir.path(), &["true"], "/t").unwrap();
+        assert!(dir.path().join("rootfs/bin/busybox").is_file());
+        assert_eq!(
+            std::fs::read_link(dir.path().join("rootfs/bin/sh")).unwrap(),
+            Path::new("busybox")
+        );
+        assert!(dir.path().join("config.json").is_file());
+    }
 }

@@ -1,0 +1,178 @@
+//! A sandbox VM: hako-vmm spawned with a JSON config in the sandbox's state directory
+//! (console log, control socket, hybrid vsock socket and the shared directory beside it), and
+//! stopped (killed if need be) when the handle goes.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use hako_agent_api::SHARED_FS_TAG;
+use hako_vmm_api::{
+    ConsoleConfig, CpuProfile, FsConfig, KernelConfig, MachineConfig, VmConfig, VsockConfig,
+};
+
+/// The guest's vsock context id (one VM per hako-vmm, so any id ≥ 3 serves).
+const GUEST_CID: u32 = 3;
+
+/// What the VM is made of.
+#[derive(Debug, Clone)]
+pub struct VmSpec {
+    pub vmm: PathBuf,
+    pub kernel: PathBuf,
+    pub image: PathBuf,
+    pub vcpus: u8,
+    pub memory_mib: u32,
+    pub cpu_profile: CpuProfile,
+    /// Extra kernel arguments.
+    pub cmdline: String,
+}
+
+/// Paths of one sandbox's VM, all under its state directory.
+#[derive(Debug, Clone)]
+pub struct VmPaths {
+    pub config: PathBuf,
+    pub console: PathBuf,
+    pub control: PathBuf,
+    pub vsock: PathBuf,
+    pub shared: PathBuf,
+}
+
+impl VmPaths {
+    pub fn under(dir: &Path) -> Self {
+        Self {
+            config: dir.join("vm.json"),
+            console: dir.join("console.log"),
+            control: dir.join("control.sock"),
+            vsock: dir.join("vsock.sock"),
+            shared: dir.join("shared"),
+        }
+    }
+}
+
+/// The VMM's config for `spec` with everything in `paths`.
+pub fn vm_config(spec: &VmSpec, paths: &VmPaths) -> VmConfig {
+    VmConfig {
+        machine: MachineConfig {
+            vcpus: spec.vcpus,
+            memory_mib: spec.memory_mib,
+            cpu_profile: spec.cpu_profile,
+        },
+        kernel: KernelConfig {
+            path: spec.kernel.clone(),
+            initrd: Some(spec.image.clone()),
+            cmdline: spec.cmdline.clone(),
+            boot_protocol: Default::default(),
+        },
+        console: ConsoleConfig::File(paths.console.clone()),
+        control_socket: Some(paths.control.clone()),
+        devices: hako_vmm_api::DevicesConfig {
+            vsock: Some(VsockConfig {
+                guest_cid: GUEST_CID,
+                uds_path: paths.vsock.clone(),
+            }),
+            fs: vec![FsConfig {
+                tag: SHARED_FS_TAG.into(),
+                shared_dir: paths.shared.clone(),
+                read_only: false,
+            }],
+            block: Vec::new(),
+        },
+    }
+}
+
+/// A running hako-vmm.
+pub struct Vm {
+    child: Child,
+    pub paths: VmPaths,
+}
+
+impl Vm {
+    /// Writes the config and starts hako-vmm (its log goes to our stderr at warn level).
+    pub fn start(spec: &VmSpec, paths: VmPaths) -> anyhow::Result<Self> {
+        let json = serde_json::to_vec_pretty(&vm_config(spec, &paths))?;
+        std::fs::write(&paths.config, json)
+            .with_context(|| format!("writing {}", paths.config.display()))?;
+        let child = Command::new(&spec.vmm)
+            .arg("--config")
+            .arg(&paths.config)
+            .env(
+                "HAKO_LOG",
+                std::env::var("HAKO_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", spec.vmm.display()))?;
+        Ok(Self { child, paths })
+    }
+
+    /// The VMM's exit status if it has ended.
+    pub fn exited(&mut self) -> anyhow::Result<Option<ExitStatus>> {
+        Ok(self.child.try_wait()?)
+    }
+
+    /// Waits up to `timeout` for the VMM to end by itself, then kills it.
+    pub fn wait(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if start.elapsed() > timeout {
+                self.child.kill().context("killing hako-vmm")?;
+                let status = self.child.wait()?;
+                bail!("hako-vmm did not stop within {timeout:?}; killed ({status})");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The last lines of the guest console, for error messages.
+    pub fn console_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.paths.console).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_puts_every_socket_and_log_in_the_state_dir() {
+        let paths = VmPaths::under(Path::new("/run/hako/x"));
+        let spec = VmSpec {
+            vmm: "/usr/bin/hako-vmm".into(),
+            kernel: "/k".into(),
+            image: "/i".into(),
+            vcpus: 1,
+            memory_mib: 256,
+            cpu_profile: CpuProfile::Conservative,
+            cmdline: "quiet".into(),
+        };
+        let c = vm_config(&spec, &paths);
+        assert_eq!(
+            c.control_socket.as_deref(),
+            Some(Path::new("/run/hako/x/control.sock"))
+        );
+        assert_eq!(
+            c.console,
+            ConsoleConfig::File("/run/hako/x/console.log".into())
+        );
+        let vsock = c.devices.vsock.unwrap();
+        assert_eq!(vsock.uds_path, Path::new("/run/hako/x/vsock.sock"));
+        assert_eq!(c.devices.fs[0].tag, SHARED_FS_TAG);
+        assert_eq!(c.kernel.initrd.as_deref(), Some(Path::new("/i")));
+    }
+}
