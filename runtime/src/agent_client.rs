@@ -94,3 +94,33 @@ pub async fn connect_unix(path: &Path, deadline: Duration) -> Result<AgentClient
         }
     }
 }
+
+/// Copies a process's stdout (or stderr) to `to` until the stream ends. Each read is a long
+/// poll: a quiet process may print nothing for a long time.
+pub async fn copy_stream(
+    agent: &AgentServiceClient,
+    container_id: &str,
+    exec_id: &str,
+    stderr: bool,
+    mut to: impl std::io::Write,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    loop {
+        let mut r = hako_agent_api::agent::ReadStreamRequest::new();
+        r.container_id = container_id.into();
+        r.exec_id = exec_id.into();
+        r.len = 64 * 1024;
+        let long = ctx(Duration::from_secs(24 * 3600));
+        let chunk = if stderr {
+            agent.read_stderr(long, &r).await
+        } else {
+            agent.read_stdout(long, &r).await
+        }
+        .with_context(|| format!("reading the output of {container_id}/{exec_id}"))?;
+        if chunk.data.is_empty() {
+            return Ok(());
+        }
+        to.write_all(&chunk.data)?;
+        to.flush()?;
+    }
+}

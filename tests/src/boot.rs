@@ -6,6 +6,16 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+/// How long a VM test may take: a boot is about a minute where guest kernel mode is emulated;
+/// allow for a loaded machine. `HAKO_VM_TIMEOUT` (seconds) overrides it.
+pub fn vm_deadline() -> Duration {
+    let secs = std::env::var("HAKO_VM_TIMEOUT")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(600);
+    Duration::from_secs(secs)
+}
+
 /// What a boot printed and how it ended.
 #[derive(Debug)]
 pub struct Boot {

@@ -13,9 +13,8 @@ use std::time::Duration;
 use hako_agent_api::API_MAJOR;
 use hako_agent_api::agent::{
     ContainerRequest, CreateContainerRequest, CreateSandboxRequest, DestroySandboxRequest,
-    ExecProcessRequest, GuestDetailsRequest, ProcessRequest, ReadStreamRequest,
-    RemoveContainerRequest, SetGuestDateTimeRequest, SignalProcessRequest, Storage,
-    WriteStreamRequest,
+    ExecProcessRequest, GuestDetailsRequest, ProcessRequest, RemoveContainerRequest,
+    SetGuestDateTimeRequest, SignalProcessRequest, Storage, WriteStreamRequest,
 };
 use hako_agent_api::agent_ttrpc::AgentServiceClient;
 use hako_agent_api::health::CheckRequest;
@@ -183,32 +182,6 @@ async fn exercise(a: &mut Agent) -> Result<(), String> {
     Ok(())
 }
 
-/// Reads a stream to its end.
-async fn read_all(
-    agent: &AgentServiceClient,
-    id: &str,
-    exec_id: &str,
-    stderr: bool,
-) -> Result<String, String> {
-    let mut out = Vec::new();
-    loop {
-        let mut r = ReadStreamRequest::new();
-        r.container_id = id.into();
-        r.exec_id = exec_id.into();
-        r.len = 4096;
-        let chunk = if stderr {
-            agent.read_stderr(agent::ctx(RPC), &r).await
-        } else {
-            agent.read_stdout(agent::ctx(RPC), &r).await
-        }
-        .map_err(|e| format!("reading {id}/{exec_id}: {e}"))?;
-        if chunk.data.is_empty() {
-            return Ok(String::from_utf8_lossy(&out).into_owned());
-        }
-        out.extend(chunk.data);
-    }
-}
-
 async fn wait(agent: &AgentServiceClient, id: &str, exec_id: &str) -> Result<i32, String> {
     let mut r = ProcessRequest::new();
     r.container_id = id.into();
@@ -284,8 +257,8 @@ async fn containers(a: &Agent, agent: &AgentServiceClient) -> Result<(), String>
         &["sh", "-c", "echo hello; echo oops >&2; exit 3"],
     )
     .await?;
-    let out = read_all(agent, "c-out", "", false).await?;
-    let err = read_all(agent, "c-out", "", true).await?;
+    let out = agent::read_to_end(agent, "c-out", "", false).await?;
+    let err = agent::read_to_end(agent, "c-out", "", true).await?;
     let status = wait(agent, "c-out", "").await?;
     if (out.as_str(), err.as_str(), status) != ("hello\n", "oops\n", 3) {
         return Err(format!(
@@ -322,7 +295,7 @@ async fn containers(a: &Agent, agent: &AgentServiceClient) -> Result<(), String>
         .close_stdin(agent::ctx(RPC), &close)
         .await
         .map_err(|e| format!("CloseStdin: {e}"))?;
-    let echoed = read_all(agent, "c-long", "e1", false).await?;
+    let echoed = agent::read_to_end(agent, "c-long", "e1", false).await?;
     let st = wait(agent, "c-long", "e1").await?;
     if (echoed.as_str(), st) != ("through stdin", 0) {
         return Err(format!("exec cat: {echoed:?} status {st}"));

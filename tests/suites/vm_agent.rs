@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use hako_agent_api::agent::{
     ContainerRequest, CreateContainerRequest, CreateSandboxRequest, DestroySandboxRequest,
-    GuestDetailsRequest, ProcessRequest, ReadStreamRequest, Storage,
+    GuestDetailsRequest, ProcessRequest, Storage,
 };
 use hako_agent_api::agent_ttrpc::AgentServiceClient;
 use hako_agent_api::health::CheckRequest;
@@ -25,16 +25,9 @@ use libtest_mimic::{Arguments, Failed};
 const RPC: Duration = Duration::from_secs(120);
 const CONTAINER: &str = "c1";
 
-fn deadline() -> Duration {
-    let secs = std::env::var("HAKO_VM_TIMEOUT")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(600);
-    Duration::from_secs(secs)
-}
-
 async fn drive(uds: std::path::PathBuf) -> Result<(), String> {
-    let Clients { health, agent } = agent::connect_hybrid(&uds, AGENT_API_PORT, deadline()).await?;
+    let Clients { health, agent } =
+        agent::connect_hybrid(&uds, AGENT_API_PORT, boot::vm_deadline()).await?;
     let ctx = || agent::ctx(RPC);
     health
         .check(ctx(), &CheckRequest::new())
@@ -88,21 +81,7 @@ async fn run_container(agent: &AgentServiceClient) -> Result<(), String> {
         .start_container(ctx(), &start)
         .await
         .map_err(|e| format!("StartContainer: {e}"))?;
-    let mut out = Vec::new();
-    loop {
-        let mut r = ReadStreamRequest::new();
-        r.container_id = CONTAINER.into();
-        r.len = 4096;
-        let chunk = agent
-            .read_stdout(ctx(), &r)
-            .await
-            .map_err(|e| format!("ReadStdout: {e}"))?;
-        if chunk.data.is_empty() {
-            break;
-        }
-        out.extend(chunk.data);
-    }
-    let out = String::from_utf8_lossy(&out).into_owned();
+    let out = agent::read_to_end(agent, CONTAINER, "", false).await?;
     let mut w = ProcessRequest::new();
     w.container_id = CONTAINER.into();
     let status = agent
@@ -154,7 +133,8 @@ fn agent_boots_serves_and_powers_off() -> Result<(), Failed> {
         }
         result
     });
-    let boot: Boot = boot::boot(cmd, deadline()).map_err(|e| format!("starting hako-vmm: {e}"))?;
+    let boot: Boot =
+        boot::boot(cmd, boot::vm_deadline()).map_err(|e| format!("starting hako-vmm: {e}"))?;
     let _ = std::fs::remove_file(&image);
     eprintln!(
         "--- console and VMM log ---\n{}--- end ({:.1}s) ---",

@@ -37,15 +37,6 @@ use hako_vmm_api::{
 };
 use libtest_mimic::{Arguments, Failed};
 
-/// Boots take ~1 minute here; allow for a loaded machine.
-fn deadline() -> Duration {
-    let secs = std::env::var("HAKO_VM_TIMEOUT")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(600);
-    Duration::from_secs(secs)
-}
-
 struct Fixture {
     vmm: PathBuf,
     kernel: PathBuf,
@@ -182,7 +173,8 @@ fn boot_reboots_and_serves_the_control_api() -> Result<(), Failed> {
         let socket = socket.clone();
         std::thread::spawn(move || exercise_control_api(&socket))
     };
-    let boot = boot::boot(cmd, deadline()).map_err(|e| format!("starting hako-vmm: {e}"))?;
+    let boot =
+        boot::boot(cmd, boot::vm_deadline()).map_err(|e| format!("starting hako-vmm: {e}"))?;
     print_console(&boot);
     api.join()
         .map_err(|_| "the control API thread panicked")??;
@@ -322,7 +314,8 @@ fn boot_with_devices_and_power_off() -> Result<(), Failed> {
         let (uds, stop) = (uds.clone(), stop.clone());
         std::thread::spawn(move || echo_through_guest(&uds, &stop))
     };
-    let boot = boot::boot(cmd, deadline()).map_err(|e| format!("starting hako-vmm: {e}"))?;
+    let boot =
+        boot::boot(cmd, boot::vm_deadline()).map_err(|e| format!("starting hako-vmm: {e}"))?;
     stop.store(true, Ordering::SeqCst);
     print_console(&boot);
     expect(&boot, "entry=Pvh")?;

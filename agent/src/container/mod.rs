@@ -16,7 +16,7 @@ use libcontainer::syscall::syscall::SyscallType;
 use libcontainer::workload::default::DefaultExecutor;
 use nix::sys::signal::Signal;
 
-use crate::io::ProcessIo;
+use crate::io::{ChildStdio, ProcessIo};
 use crate::process::Process;
 use spec::SpecError;
 
@@ -76,6 +76,20 @@ pub struct Containers {
     layout: Layout,
     fork_lock: Arc<Mutex<()>>,
     map: tokio::sync::Mutex<HashMap<String, Arc<Entry>>>,
+}
+
+/// A libcontainer builder for container `id` (state under `root`) with the process's stdio.
+fn builder(
+    id: String,
+    root: PathBuf,
+    child: ChildStdio,
+) -> Result<ContainerBuilder, libcontainer::error::LibcontainerError> {
+    Ok(ContainerBuilder::new(id, SyscallType::Linux)
+        .with_executor(DefaultExecutor {})
+        .with_root_path(root)?
+        .with_stdin(child.stdin)
+        .with_stdout(child.stdout)
+        .with_stderr(child.stderr))
 }
 
 /// Runs a blocking libcontainer call off the async runtime.
@@ -144,19 +158,13 @@ impl Containers {
         );
         let container = blocking(move || {
             let _forking = lock.lock().unwrap_or_else(|p| p.into_inner());
-            ContainerBuilder::new(cid, SyscallType::Linux)
-                .with_executor(DefaultExecutor {})
-                .with_root_path(root)
-                .and_then(|builder| {
-                    builder
-                        .with_stdin(child.stdin)
-                        .with_stdout(child.stdout)
-                        .with_stderr(child.stderr)
-                        .as_init(b)
-                        .with_systemd(false)
-                        .with_detach(true)
-                        .build()
-                })
+            builder(cid, root, child).and_then(|builder| {
+                builder
+                    .as_init(b)
+                    .with_systemd(false)
+                    .with_detach(true)
+                    .build()
+            })
         })
         .await?
         .map_err(|e| runtime(id, "creating it with libcontainer")(Box::new(e)))?;
@@ -276,19 +284,13 @@ impl Containers {
         let (cid, root, lock) = (id.to_owned(), self.youki_root(), self.fork_lock.clone());
         let pid = blocking(move || {
             let _forking = lock.lock().unwrap_or_else(|p| p.into_inner());
-            ContainerBuilder::new(cid, SyscallType::Linux)
-                .with_executor(DefaultExecutor {})
-                .with_root_path(root)
-                .and_then(|builder| {
-                    builder
-                        .with_stdin(child.stdin)
-                        .with_stdout(child.stdout)
-                        .with_stderr(child.stderr)
-                        .as_tenant()
-                        .with_process(Some(path))
-                        .with_detach(true)
-                        .build()
-                })
+            builder(cid, root, child).and_then(|builder| {
+                builder
+                    .as_tenant()
+                    .with_process(Some(path))
+                    .with_detach(true)
+                    .build()
+            })
         })
         .await?
         .map_err(|err| runtime(id, "executing a process")(Box::new(err)))?;

@@ -17,12 +17,43 @@ use ttrpc::r#async::TtrpcContext;
 
 use crate::container::spec::SpecError;
 use crate::container::{ContainerError, Containers};
+use crate::process::Process;
 use crate::sandbox::{Sandbox, SandboxError};
 use crate::storage::StorageError;
 
 pub struct AgentServiceImpl {
     pub sandbox: Arc<Sandbox>,
     pub containers: Arc<Containers>,
+}
+
+impl AgentServiceImpl {
+    async fn process(&self, id: &str, exec_id: &str) -> ttrpc::Result<Arc<Process>> {
+        self.containers
+            .process(id, exec_id)
+            .await
+            .map_err(container_status)
+    }
+
+    /// ReadStdout and ReadStderr: up to `len` bytes of one stream, waiting for some.
+    async fn read_stream(
+        &self,
+        req: ReadStreamRequest,
+        stderr: bool,
+    ) -> ttrpc::Result<ReadStreamResponse> {
+        let p = self.process(&req.container_id, &req.exec_id).await?;
+        let stream = if stderr { &p.io.stderr } else { &p.io.stdout };
+        let mut r = ReadStreamResponse::new();
+        r.data = stream.read((req.len as usize).clamp(1, MAX_READ)).await;
+        Ok(r)
+    }
+}
+
+/// The removal timeout a request asks for, or the default.
+fn remove_timeout(secs: u32) -> Duration {
+    match secs {
+        0 => DEFAULT_REMOVE_TIMEOUT,
+        s => Duration::from_secs(u64::from(s)),
+    }
 }
 
 /// How long RemoveContainer waits for a killed init when the request gives no timeout.
@@ -90,10 +121,7 @@ impl AgentService for AgentServiceImpl {
         _: &TtrpcContext,
         req: DestroySandboxRequest,
     ) -> ttrpc::Result<Empty> {
-        let timeout = match req.timeout_secs {
-            0 => DEFAULT_REMOVE_TIMEOUT,
-            s => Duration::from_secs(u64::from(s)),
-        };
+        let timeout = remove_timeout(req.timeout_secs);
         self.containers.remove_all(timeout).await;
         self.sandbox.destroy(req).await.map_err(status)?;
         Ok(Empty::new())
@@ -152,10 +180,7 @@ impl AgentService for AgentServiceImpl {
         _: &TtrpcContext,
         req: RemoveContainerRequest,
     ) -> ttrpc::Result<Empty> {
-        let timeout = match req.timeout_secs {
-            0 => DEFAULT_REMOVE_TIMEOUT,
-            s => Duration::from_secs(u64::from(s)),
-        };
+        let timeout = remove_timeout(req.timeout_secs);
         self.containers
             .remove(&req.container_id, timeout)
             .await
@@ -180,11 +205,7 @@ impl AgentService for AgentServiceImpl {
         _: &TtrpcContext,
         req: ProcessRequest,
     ) -> ttrpc::Result<WaitProcessResponse> {
-        let p = self
-            .containers
-            .process(&req.container_id, &req.exec_id)
-            .await
-            .map_err(container_status)?;
+        let p = self.process(&req.container_id, &req.exec_id).await?;
         let mut r = WaitProcessResponse::new();
         r.status = p.wait().await;
         Ok(r)
@@ -207,11 +228,7 @@ impl AgentService for AgentServiceImpl {
         _: &TtrpcContext,
         req: WriteStreamRequest,
     ) -> ttrpc::Result<WriteStreamResponse> {
-        let p = self
-            .containers
-            .process(&req.container_id, &req.exec_id)
-            .await
-            .map_err(container_status)?;
+        let p = self.process(&req.container_id, &req.exec_id).await?;
         let io = p.io.clone();
         let data = req.data;
         let written = tokio::task::spawn_blocking(move || io.write_stdin(&data))
@@ -228,17 +245,7 @@ impl AgentService for AgentServiceImpl {
         _: &TtrpcContext,
         req: ReadStreamRequest,
     ) -> ttrpc::Result<ReadStreamResponse> {
-        let p = self
-            .containers
-            .process(&req.container_id, &req.exec_id)
-            .await
-            .map_err(container_status)?;
-        let mut r = ReadStreamResponse::new();
-        r.data =
-            p.io.stdout
-                .read((req.len as usize).clamp(1, MAX_READ))
-                .await;
-        Ok(r)
+        self.read_stream(req, false).await
     }
 
     async fn read_stderr(
@@ -246,25 +253,11 @@ impl AgentService for AgentServiceImpl {
         _: &TtrpcContext,
         req: ReadStreamRequest,
     ) -> ttrpc::Result<ReadStreamResponse> {
-        let p = self
-            .containers
-            .process(&req.container_id, &req.exec_id)
-            .await
-            .map_err(container_status)?;
-        let mut r = ReadStreamResponse::new();
-        r.data =
-            p.io.stderr
-                .read((req.len as usize).clamp(1, MAX_READ))
-                .await;
-        Ok(r)
+        self.read_stream(req, true).await
     }
 
     async fn close_stdin(&self, _: &TtrpcContext, req: ProcessRequest) -> ttrpc::Result<Empty> {
-        let p = self
-            .containers
-            .process(&req.container_id, &req.exec_id)
-            .await
-            .map_err(container_status)?;
+        let p = self.process(&req.container_id, &req.exec_id).await?;
         p.io.close_stdin();
         Ok(Empty::new())
     }

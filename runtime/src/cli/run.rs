@@ -2,14 +2,13 @@
 //! in it attached to this terminal's stdio (no TTY yet), and exits with the container's
 //! status. Everything it made (VM, mounts, state directory) is gone when it returns.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use hako_agent_api::agent::{
     ContainerRequest, CreateContainerRequest, CreateSandboxRequest, DestroySandboxRequest,
-    ProcessRequest, ReadStreamRequest, Storage, WriteStreamRequest,
+    ProcessRequest, Storage, WriteStreamRequest,
 };
 use hako_agent_api::agent_ttrpc::AgentServiceClient;
 use hako_agent_api::{AGENT_API_PORT, SHARED_FS_MOUNT_POINT, SHARED_FS_TAG};
@@ -177,8 +176,8 @@ async fn drive(vm: &mut Vm, id: &str, spec_json: Vec<u8>) -> anyhow::Result<u8> 
 
     let stdin = tokio::spawn(forward_stdin(agent.clone(), id.to_owned()));
     let (out, err) = tokio::join!(
-        copy_stream(&agent, id, false, std::io::stdout()),
-        copy_stream(&agent, id, true, std::io::stderr()),
+        agent_client::copy_stream(&agent, id, "", false, std::io::stdout()),
+        agent_client::copy_stream(&agent, id, "", true, std::io::stderr()),
     );
     out?;
     err?;
@@ -197,33 +196,6 @@ async fn drive(vm: &mut Vm, id: &str, spec_json: Vec<u8>) -> anyhow::Result<u8> 
         .await
         .context("DestroySandbox")?;
     Ok(u8::try_from(status).unwrap_or(255))
-}
-
-/// Copies one of the container's output streams here until its end.
-async fn copy_stream(
-    agent: &AgentServiceClient,
-    id: &str,
-    stderr: bool,
-    mut to: impl Write,
-) -> anyhow::Result<()> {
-    loop {
-        let mut r = ReadStreamRequest::new();
-        r.container_id = id.into();
-        r.len = 64 * 1024;
-        // Long-poll: a quiet container may print nothing for a long time.
-        let long = ctx(Duration::from_secs(24 * 3600));
-        let chunk = if stderr {
-            agent.read_stderr(long, &r).await
-        } else {
-            agent.read_stdout(long, &r).await
-        }
-        .context("reading the container's output")?;
-        if chunk.data.is_empty() {
-            return Ok(());
-        }
-        to.write_all(&chunk.data)?;
-        to.flush()?;
-    }
 }
 
 /// Sends this process's stdin to the container's, then closes it.
