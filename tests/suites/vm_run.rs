@@ -1,0 +1,119 @@
+//! Tier 4 (KVM): `hako run` runs a busybox bundle in its own sandbox VM: the container's
+//! stdout and stderr arrive, stdin reaches it, the exit status is the container's, and the
+//! state directory and its mounts are gone afterwards. A second run with the same id while
+//! the first is still there is refused.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use hako_rootfs_builder::bundle;
+use hako_tests::fixtures;
+use hako_tests::require::{self, Skip};
+use libtest_mimic::{Arguments, Failed};
+
+fn hako_run_runs_a_container_in_a_vm() -> Result<(), Failed> {
+    let hako = fixtures::workspace_binary("hako-runtime", "hako")?;
+    let vmm = fixtures::workspace_binary("hako-vmm", "hako-vmm")?;
+    let kernel = fixtures::kernel().map_err(|s| Failed::from(s.to_string()))?;
+    let image = fixtures::agent_image()?;
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let bundle_dir = dir.path().join("bundle");
+    let script = "read line; echo \"out: $line\"; echo to-stderr >&2; exit 3";
+    bundle::write_busybox_bundle(
+        std::path::Path::new("/bin/busybox"),
+        &bundle_dir,
+        &["sh", "-c", script],
+        "/hako/run-test",
+    )?;
+    let root = dir.path().join("run");
+    let mut child = Command::new(&hako)
+        .arg("run")
+        .arg("--root")
+        .arg(&root)
+        .arg("--bundle")
+        .arg(&bundle_dir)
+        .arg("--kernel")
+        .arg(&kernel)
+        .arg("--image")
+        .arg(&image)
+        .arg("--vmm")
+        .arg(&vmm)
+        .arg("run-test")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("starting hako run: {e}"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(b"through stdin\n")
+            .map_err(|e| format!("writing stdin: {e}"))?;
+    }
+    // While it boots, the same id is taken.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let dup = Command::new(&hako)
+        .args(["run", "--root"])
+        .arg(&root)
+        .arg("--bundle")
+        .arg(&bundle_dir)
+        .arg("--kernel")
+        .arg(&kernel)
+        .arg("--image")
+        .arg(&image)
+        .arg("run-test")
+        .output()
+        .map_err(|e| format!("second hako run: {e}"))?;
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("waiting for hako run: {e}"))?;
+    let _ = std::fs::remove_file(&image);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("--- hako run stdout ---\n{stdout}--- stderr ---\n{stderr}---");
+    if !String::from_utf8_lossy(&dup.stderr).contains("already exists") || dup.status.success() {
+        return Err(format!(
+            "a second run with the same id was not refused: {:?} {}",
+            dup.status,
+            String::from_utf8_lossy(&dup.stderr)
+        )
+        .into());
+    }
+    if stdout != "out: through stdin\n" {
+        return Err(format!("the container's stdout was {stdout:?}").into());
+    }
+    if !stderr.contains("to-stderr") {
+        return Err("the container's stderr did not arrive".into());
+    }
+    if out.status.code() != Some(3) {
+        return Err(format!(
+            "hako run exited {:?}, expected the container's 3",
+            out.status
+        )
+        .into());
+    }
+    if root.join("run-test").exists() {
+        return Err("the sandbox's state directory was left behind".into());
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    if mounts.contains(&root.display().to_string()) {
+        return Err("a mount under the sandbox's state directory was left behind".into());
+    }
+    Ok(())
+}
+
+fn prerequisites() -> Result<(), Skip> {
+    require::kvm()?;
+    require::root()?;
+    require::program("/bin/busybox")?;
+    fixtures::kernel().map(drop)
+}
+
+fn main() {
+    let args = Arguments::from_args();
+    let trials = vec![require::trial(
+        "vm_hako_run_runs_a_container_and_cleans_up",
+        prerequisites,
+        hako_run_runs_a_container_in_a_vm,
+    )];
+    libtest_mimic::run(&args, trials).exit();
+}
