@@ -26,19 +26,23 @@ fn hako_run_runs_a_container_in_a_vm() -> Result<(), Failed> {
         "/hako/run-test",
     )?;
     let root = dir.path().join("run");
-    let mut child = Command::new(&hako)
-        .arg("run")
-        .arg("--root")
-        .arg(&root)
-        .arg("--bundle")
-        .arg(&bundle_dir)
-        .arg("--kernel")
-        .arg(&kernel)
-        .arg("--image")
-        .arg(&image)
-        .arg("--vmm")
-        .arg(&vmm)
-        .arg("run-test")
+    let hako_run = || {
+        let mut cmd = Command::new(&hako);
+        cmd.arg("run")
+            .arg("--root")
+            .arg(&root)
+            .arg("--bundle")
+            .arg(&bundle_dir)
+            .arg("--kernel")
+            .arg(&kernel)
+            .arg("--image")
+            .arg(&image)
+            .arg("--vmm")
+            .arg(&vmm)
+            .arg("run-test");
+        cmd
+    };
+    let mut child = hako_run()
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -51,16 +55,7 @@ fn hako_run_runs_a_container_in_a_vm() -> Result<(), Failed> {
     }
     // While it boots, the same id is taken.
     std::thread::sleep(std::time::Duration::from_secs(2));
-    let dup = Command::new(&hako)
-        .args(["run", "--root"])
-        .arg(&root)
-        .arg("--bundle")
-        .arg(&bundle_dir)
-        .arg("--kernel")
-        .arg(&kernel)
-        .arg("--image")
-        .arg(&image)
-        .arg("run-test")
+    let dup = hako_run()
         .output()
         .map_err(|e| format!("second hako run: {e}"))?;
     let out = child
