@@ -14,7 +14,8 @@ use hako_agent_api::API_MAJOR;
 use hako_agent_api::agent::{
     ContainerRequest, CreateContainerRequest, CreateSandboxRequest, DestroySandboxRequest,
     ExecProcessRequest, GuestDetailsRequest, ProcessRequest, RemoveContainerRequest,
-    SetGuestDateTimeRequest, SignalProcessRequest, Storage, WriteStreamRequest,
+    SetGuestDateTimeRequest, SignalProcessRequest, Storage, UpdateContainerRequest,
+    WriteStreamRequest,
 };
 use hako_agent_api::agent_ttrpc::AgentServiceClient;
 use hako_agent_api::health::CheckRequest;
@@ -313,6 +314,7 @@ async fn containers(a: &Agent, agent: &AgentServiceClient) -> Result<(), String>
     if st != 143 {
         return Err(format!("SIGTERM gave status {st}, expected 143"));
     }
+    cgroup_ops(agent, "c-long").await?;
     signal(agent, "c-long", "", SIGKILL).await?;
     let st = wait(agent, "c-long", "").await?;
     if st != 137 {
@@ -363,6 +365,48 @@ async fn containers(a: &Agent, agent: &AgentServiceClient) -> Result<(), String>
 }
 
 /// The parent cgroup of this run's containers (unique per test process).
+/// ListProcesses, StatsContainer, UpdateContainer, Pause/ResumeContainer on a running one.
+async fn cgroup_ops(agent: &AgentServiceClient, id: &str) -> Result<(), String> {
+    let mut c = ContainerRequest::new();
+    c.container_id = id.into();
+    let pids = agent
+        .list_processes(agent::ctx(RPC), &c)
+        .await
+        .map_err(|e| format!("ListProcesses: {e}"))?
+        .pids;
+    if pids.is_empty() {
+        return Err("ListProcesses found no process".into());
+    }
+    let mut u = UpdateContainerRequest::new();
+    u.container_id = id.into();
+    u.resources_json = br#"{"pids": {"limit": 50}}"#.to_vec();
+    agent
+        .update_container(agent::ctx(RPC), &u)
+        .await
+        .map_err(|e| format!("UpdateContainer: {e}"))?;
+    let stats = agent
+        .stats_container(agent::ctx(RPC), &c)
+        .await
+        .map_err(|e| format!("StatsContainer: {e}"))?;
+    if stats.pids.current == 0 || stats.pids.limit != 50 || stats.memory.usage_bytes == 0 {
+        return Err(format!("StatsContainer answered {stats:?}"));
+    }
+    u.resources_json = b"{nope".to_vec();
+    let e = agent.update_container(agent::ctx(RPC), &u).await.err();
+    if e.as_ref().and_then(code_of) != Some(ttrpc::Code::INVALID_ARGUMENT) {
+        return Err(format!("malformed resources: {e:?}"));
+    }
+    agent
+        .pause_container(agent::ctx(RPC), &c)
+        .await
+        .map_err(|e| format!("PauseContainer: {e}"))?;
+    agent
+        .resume_container(agent::ctx(RPC), &c)
+        .await
+        .map_err(|e| format!("ResumeContainer: {e}"))?;
+    Ok(())
+}
+
 fn test_cgroup() -> String {
     format!("hako-test-{}", std::process::id())
 }

@@ -3,6 +3,7 @@
 //! libcontainer's blocking calls run off the async runtime, under the fork lock the orphan
 //! reaper also takes (it must not reap libcontainer's intermediate processes).
 
+pub mod cgroup;
 pub mod spec;
 
 use std::collections::HashMap;
@@ -25,6 +26,12 @@ use spec::SpecError;
 pub enum ContainerError {
     #[error(transparent)]
     Spec(#[from] SpecError),
+    #[error("container {id:?}")]
+    Cgroup {
+        id: String,
+        #[source]
+        source: cgroup::CgroupError,
+    },
     #[error("container {0:?} already exists")]
     Exists(String),
     #[error("container {0:?} does not exist")]
@@ -58,6 +65,8 @@ fn runtime(
 pub struct Entry {
     id: String,
     bundle: PathBuf,
+    /// linux.cgroupsPath as libcontainer applied it.
+    cgroup: PathBuf,
     inner: Arc<Mutex<Container>>,
     init: Arc<Process>,
     execs: Mutex<HashMap<String, Arc<Process>>>,
@@ -136,6 +145,7 @@ impl Containers {
         }
         let mut spec = spec::parse(spec_json)?;
         spec::resolve_root(&mut spec, &self.layout.shared_dir.join(id))?;
+        let cgroup = spec::cgroups_path(&mut spec, id);
         if spec.process().as_ref().and_then(|p| p.terminal()) == Some(true) {
             return Err(ContainerError::Unsupported(
                 "a terminal for the container's process",
@@ -178,6 +188,7 @@ impl Containers {
             Arc::new(Entry {
                 id: id.to_owned(),
                 bundle,
+                cgroup,
                 inner: Arc::new(Mutex::new(container)),
                 init: Arc::new(init),
                 execs: Mutex::new(HashMap::new()),
@@ -307,6 +318,57 @@ impl Containers {
             "exec started"
         );
         Ok(())
+    }
+
+    /// Freezes (`true`) or thaws every process of the container.
+    pub async fn freeze(&self, id: &str, frozen: bool) -> Result<(), ContainerError> {
+        let e = self.get(id).await?;
+        let inner = e.inner.clone();
+        blocking(move || {
+            let mut c = inner.lock().unwrap_or_else(|p| p.into_inner());
+            if frozen { c.pause() } else { c.resume() }
+        })
+        .await?
+        .map_err(|err| {
+            runtime(id, if frozen { "pausing it" } else { "resuming it" })(Box::new(err))
+        })
+    }
+
+    /// The container's processes, its statistics, or new resource limits (its cgroup).
+    pub async fn pids(&self, id: &str) -> Result<Vec<i32>, ContainerError> {
+        let e = self.get(id).await?;
+        let (path, cid) = (e.cgroup.clone(), id.to_owned());
+        blocking(move || cgroup::pids(&path, &cid))
+            .await?
+            .map_err(|source| ContainerError::Cgroup {
+                id: id.to_owned(),
+                source,
+            })
+    }
+
+    pub async fn stats(
+        &self,
+        id: &str,
+    ) -> Result<hako_agent_api::agent::StatsContainerResponse, ContainerError> {
+        let e = self.get(id).await?;
+        let (path, cid) = (e.cgroup.clone(), id.to_owned());
+        blocking(move || cgroup::stats(&path, &cid))
+            .await?
+            .map_err(|source| ContainerError::Cgroup {
+                id: id.to_owned(),
+                source,
+            })
+    }
+
+    pub async fn update(&self, id: &str, resources_json: Vec<u8>) -> Result<(), ContainerError> {
+        let e = self.get(id).await?;
+        let (path, cid) = (e.cgroup.clone(), id.to_owned());
+        blocking(move || cgroup::update(&path, &cid, &resources_json))
+            .await?
+            .map_err(|source| ContainerError::Cgroup {
+                id: id.to_owned(),
+                source,
+            })
     }
 
     /// Kills whatever still runs, waits up to `timeout` for the init, deletes the container.

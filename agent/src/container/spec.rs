@@ -44,6 +44,19 @@ pub fn parse(json: &[u8]) -> Result<Spec, SpecError> {
     Ok(spec)
 }
 
+/// The container's cgroup path: linux.cgroupsPath, or `/hako/<id>` written into the spec
+/// when it has none (so the agent knows where its processes and statistics are).
+pub fn cgroups_path(spec: &mut Spec, id: &str) -> PathBuf {
+    let mut linux = spec.linux().clone().unwrap_or_default();
+    let path = linux
+        .cgroups_path()
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("/hako/{id}")));
+    linux.set_cgroups_path(Some(path.clone()));
+    spec.set_linux(Some(linux));
+    path
+}
+
 /// Makes `root.path` absolute: a relative path is taken under `container_dir`.
 pub fn resolve_root(spec: &mut Spec, container_dir: &Path) -> Result<PathBuf, SpecError> {
     let mut root = spec.root().clone().ok_or(SpecError::NoRoot)?;
@@ -103,6 +116,16 @@ mod tests {
             resolve_root(&mut spec, dir.path()),
             Err(SpecError::RootMissing(_))
         ));
+    }
+
+    #[test]
+    fn a_missing_cgroup_path_gets_a_default_under_hako() {
+        let mut spec = parse(MINIMAL.as_bytes()).unwrap();
+        assert_eq!(cgroups_path(&mut spec, "c9"), PathBuf::from("/hako/c9"));
+        assert_eq!(
+            spec.linux().as_ref().unwrap().cgroups_path().as_deref(),
+            Some(Path::new("/hako/c9"))
+        );
     }
 
     #[test]

@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use hako_agent_api::agent::{
     ContainerRequest, CreateContainerRequest, CreateSandboxRequest, DestroySandboxRequest, Empty,
-    ExecProcessRequest, GuestDetailsRequest, GuestDetailsResponse, ProcessRequest,
-    ReadStreamRequest, ReadStreamResponse, RemoveContainerRequest, SetGuestDateTimeRequest,
-    SignalProcessRequest, WaitProcessResponse, WriteStreamRequest, WriteStreamResponse,
+    ExecProcessRequest, GuestDetailsRequest, GuestDetailsResponse, ListProcessesResponse,
+    ProcessRequest, ReadStreamRequest, ReadStreamResponse, RemoveContainerRequest,
+    SetGuestDateTimeRequest, SignalProcessRequest, StatsContainerResponse, UpdateContainerRequest,
+    WaitProcessResponse, WriteStreamRequest, WriteStreamResponse,
 };
 use hako_agent_api::agent_ttrpc::AgentService;
 use ttrpc::r#async::TtrpcContext;
@@ -70,7 +71,11 @@ fn container_status(e: ContainerError) -> ttrpc::Error {
         ContainerError::Exists(_) | ContainerError::ProcessExists { .. } => Code::ALREADY_EXISTS,
         ContainerError::NotFound(_) | ContainerError::ProcessNotFound { .. } => Code::NOT_FOUND,
         ContainerError::Unsupported(_) => Code::UNIMPLEMENTED,
-        ContainerError::Runtime { .. } => Code::INTERNAL,
+        ContainerError::Cgroup {
+            source: crate::container::cgroup::CgroupError::Resources(_),
+            ..
+        } => Code::INVALID_ARGUMENT,
+        ContainerError::Runtime { .. } | ContainerError::Cgroup { .. } => Code::INTERNAL,
     };
     to_status(code, &e)
 }
@@ -260,5 +265,66 @@ impl AgentService for AgentServiceImpl {
         let p = self.process(&req.container_id, &req.exec_id).await?;
         p.io.close_stdin();
         Ok(Empty::new())
+    }
+
+    async fn pause_container(
+        &self,
+        _: &TtrpcContext,
+        req: ContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        self.containers
+            .freeze(&req.container_id, true)
+            .await
+            .map_err(container_status)?;
+        Ok(Empty::new())
+    }
+
+    async fn resume_container(
+        &self,
+        _: &TtrpcContext,
+        req: ContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        self.containers
+            .freeze(&req.container_id, false)
+            .await
+            .map_err(container_status)?;
+        Ok(Empty::new())
+    }
+
+    async fn update_container(
+        &self,
+        _: &TtrpcContext,
+        req: UpdateContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        self.containers
+            .update(&req.container_id, req.resources_json)
+            .await
+            .map_err(container_status)?;
+        Ok(Empty::new())
+    }
+
+    async fn stats_container(
+        &self,
+        _: &TtrpcContext,
+        req: ContainerRequest,
+    ) -> ttrpc::Result<StatsContainerResponse> {
+        self.containers
+            .stats(&req.container_id)
+            .await
+            .map_err(container_status)
+    }
+
+    async fn list_processes(
+        &self,
+        _: &TtrpcContext,
+        req: ContainerRequest,
+    ) -> ttrpc::Result<ListProcessesResponse> {
+        let mut r = ListProcessesResponse::new();
+        r.pids = self
+            .containers
+            .pids(&req.container_id)
+            .await
+            .map_err(container_status)?;
+        Ok(r)
     }
 }
