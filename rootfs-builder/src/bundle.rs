@@ -28,8 +28,8 @@ pub fn busybox_rootfs_from(busybox: &Path, rootfs: &Path) -> Result<(), String> 
     Ok(())
 }
 
-/// A runtime-spec config: `args` as root in `/`, new PID/mount/IPC/UTS namespaces, /proc and a
-/// tmpfs /dev, the cgroup at `cgroups_path`. `rootfs` is relative to the bundle.
+/// A runtime-spec config: `args` as root in `/`, new PID/mount/IPC/UTS namespaces, /proc, a
+/// tmpfs /dev with devpts (for terminals), the cgroup at `cgroups_path`. `rootfs` is relative to the bundle.
 pub fn spec_json(rootfs: &str, args: &[&str], cgroups_path: &str) -> String {
     let args: Vec<String> = args.iter().map(|a| format!("{a:?}")).collect();
     format!(
@@ -47,7 +47,8 @@ pub fn spec_json(rootfs: &str, args: &[&str], cgroups_path: &str) -> String {
   }},
   "mounts": [
     {{"destination": "/proc", "type": "proc", "source": "proc"}},
-    {{"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}}
+    {{"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}},
+    {{"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]}}
   ],
   "linux": {{
     "cgroupsPath": "{cgroups_path}",

@@ -14,8 +14,8 @@ use hako_agent_api::API_MAJOR;
 use hako_agent_api::agent::{
     ContainerRequest, CreateContainerRequest, CreateSandboxRequest, DestroySandboxRequest,
     ExecProcessRequest, GuestDetailsRequest, ProcessRequest, RemoveContainerRequest,
-    SetGuestDateTimeRequest, SignalProcessRequest, Storage, UpdateContainerRequest,
-    WriteStreamRequest,
+    SetGuestDateTimeRequest, SignalProcessRequest, Storage, TtyWinResizeRequest,
+    UpdateContainerRequest, WriteStreamRequest,
 };
 use hako_agent_api::agent_ttrpc::AgentServiceClient;
 use hako_agent_api::health::CheckRequest;
@@ -322,8 +322,20 @@ async fn containers(a: &Agent, agent: &AgentServiceClient) -> Result<(), String>
     }
     remove(agent, "c-long").await?;
 
+    // A terminal: resized before start, output through the pty, no separate stderr.
+    terminal_container(a, agent).await?;
+
     // A container still running when the sandbox is destroyed.
     create_and_start(a, agent, "c-left", &["sleep", "1000"]).await?;
+    // A process without a terminal cannot be resized.
+    let mut resize = TtyWinResizeRequest::new();
+    resize.container_id = "c-left".into();
+    resize.rows = 10;
+    resize.columns = 10;
+    let e = agent.tty_win_resize(agent::ctx(RPC), &resize).await.err();
+    if e.as_ref().and_then(code_of) != Some(ttrpc::Code::FAILED_PRECONDITION) {
+        return Err(format!("resizing a process without a terminal: {e:?}"));
+    }
 
     // Bad requests.
     let code = |r: Result<_, ttrpc::Error>| r.err().as_ref().and_then(code_of);
@@ -365,6 +377,49 @@ async fn containers(a: &Agent, agent: &AgentServiceClient) -> Result<(), String>
 }
 
 /// The parent cgroup of this run's containers (unique per test process).
+async fn terminal_container(a: &Agent, agent: &AgentServiceClient) -> Result<(), String> {
+    let id = "c-tty";
+    let rootfs = a.dir.path().join("shared").join(id).join("rootfs");
+    bundle::busybox_rootfs(&rootfs)?;
+    let mut spec: serde_json::Value = serde_json::from_str(&bundle::spec_json(
+        "rootfs",
+        &["sh", "-c", "stty size; echo on-a-tty >&2"],
+        &format!("/{}/{id}", test_cgroup()),
+    ))
+    .map_err(|e| e.to_string())?;
+    spec["process"]["terminal"] = serde_json::Value::Bool(true);
+    let mut req = CreateContainerRequest::new();
+    req.container_id = id.into();
+    req.oci_spec_json = spec.to_string().into_bytes();
+    agent
+        .create_container(agent::ctx(RPC), &req)
+        .await
+        .map_err(|e| format!("CreateContainer with a terminal: {e}"))?;
+    let mut resize = TtyWinResizeRequest::new();
+    resize.container_id = id.into();
+    resize.rows = 30;
+    resize.columns = 100;
+    agent
+        .tty_win_resize(agent::ctx(RPC), &resize)
+        .await
+        .map_err(|e| format!("TtyWinResize: {e}"))?;
+    let mut start = ContainerRequest::new();
+    start.container_id = id.into();
+    agent
+        .start_container(agent::ctx(RPC), &start)
+        .await
+        .map_err(|e| format!("StartContainer {id}: {e}"))?;
+    let out = agent::read_to_end(agent, id, "", false).await?;
+    let err = agent::read_to_end(agent, id, "", true).await?;
+    let status = wait(agent, id, "").await?;
+    if !out.contains("30 100\r\n") || !out.contains("on-a-tty") || !err.is_empty() || status != 0 {
+        return Err(format!(
+            "terminal container: out {out:?} err {err:?} status {status}"
+        ));
+    }
+    remove(agent, id).await
+}
+
 /// ListProcesses, StatsContainer, UpdateContainer, Pause/ResumeContainer on a running one.
 async fn cgroup_ops(agent: &AgentServiceClient, id: &str) -> Result<(), String> {
     let mut c = ContainerRequest::new();

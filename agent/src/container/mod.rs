@@ -19,6 +19,7 @@ use nix::sys::signal::Signal;
 
 use crate::io::{ChildStdio, ProcessIo};
 use crate::process::Process;
+use crate::process::tty::{self, ConsoleSocket};
 use spec::SpecError;
 
 /// Errors of container requests.
@@ -42,6 +43,8 @@ pub enum ContainerError {
     ProcessExists { id: String, exec_id: String },
     #[error("{0} is not supported yet")]
     Unsupported(&'static str),
+    #[error("process {exec_id:?} of container {id:?} has no terminal")]
+    NoTerminal { id: String, exec_id: String },
     #[error("signal {0} is not a valid signal number")]
     Signal(u32),
     #[error("container {id:?}: {what}")]
@@ -87,18 +90,65 @@ pub struct Containers {
     map: tokio::sync::Mutex<HashMap<String, Arc<Entry>>>,
 }
 
-/// A libcontainer builder for container `id` (state under `root`) with the process's stdio.
+/// A libcontainer builder for container `id` (state under `root`) with the process's pipes,
+/// or the console socket its terminal's master is sent to.
 fn builder(
     id: String,
     root: PathBuf,
-    child: ChildStdio,
+    stdio: ChildSide,
 ) -> Result<ContainerBuilder, libcontainer::error::LibcontainerError> {
-    Ok(ContainerBuilder::new(id, SyscallType::Linux)
+    let b = ContainerBuilder::new(id, SyscallType::Linux)
         .with_executor(DefaultExecutor {})
-        .with_root_path(root)?
-        .with_stdin(child.stdin)
-        .with_stdout(child.stdout)
-        .with_stderr(child.stderr))
+        .with_root_path(root)?;
+    Ok(match stdio {
+        ChildSide::Pipes(child) => b
+            .with_stdin(child.stdin)
+            .with_stdout(child.stdout)
+            .with_stderr(child.stderr),
+        ChildSide::Console(path) => b.with_console_socket(Some(path)),
+    })
+}
+
+/// What libcontainer gets for a process's streams.
+enum ChildSide {
+    Pipes(ChildStdio),
+    Console(PathBuf),
+}
+
+/// The agent's side while the process is being made: pipes ready, or a terminal whose
+/// master is still to arrive over the console socket.
+enum AgentSide {
+    Pipes(Arc<ProcessIo>),
+    Terminal(std::thread::JoinHandle<std::io::Result<std::os::fd::OwnedFd>>),
+}
+
+/// How long a process may take to send its terminal after it is created.
+const TERMINAL_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Sets up a process's streams: pipes, or (`terminal`) a console socket at `socket`.
+fn prepare_stdio(terminal: bool, socket: PathBuf) -> std::io::Result<(AgentSide, ChildSide)> {
+    if !terminal {
+        let (io, child) = ProcessIo::pipes()?;
+        return Ok((AgentSide::Pipes(io), ChildSide::Pipes(child)));
+    }
+    let console = ConsoleSocket::bind(&socket)?;
+    let receiver = std::thread::Builder::new()
+        .name("console-socket".into())
+        .spawn(move || console.receive(TERMINAL_TIMEOUT))?;
+    Ok((AgentSide::Terminal(receiver), ChildSide::Console(socket)))
+}
+
+/// The process's streams once it exists.
+fn finish_stdio(side: AgentSide) -> std::io::Result<Arc<ProcessIo>> {
+    match side {
+        AgentSide::Pipes(io) => Ok(io),
+        AgentSide::Terminal(receiver) => {
+            let master = receiver
+                .join()
+                .map_err(|_| std::io::Error::other("the console socket thread panicked"))??;
+            ProcessIo::terminal(master)
+        }
+    }
 }
 
 /// Runs a blocking libcontainer call off the async runtime.
@@ -146,11 +196,7 @@ impl Containers {
         let mut spec = spec::parse(spec_json)?;
         spec::resolve_root(&mut spec, &self.layout.shared_dir.join(id))?;
         let cgroup = spec::cgroups_path(&mut spec, id);
-        if spec.process().as_ref().and_then(|p| p.terminal()) == Some(true) {
-            return Err(ContainerError::Unsupported(
-                "a terminal for the container's process",
-            ));
-        }
+        let terminal = spec.process().as_ref().and_then(|p| p.terminal()) == Some(true);
         let bundle = self.layout.state_dir.join("bundles").join(id);
         std::fs::create_dir_all(&bundle)
             .map_err(|e| runtime(id, "creating its bundle")(Box::new(e)))?;
@@ -158,8 +204,8 @@ impl Containers {
             .map_err(|e| runtime(id, "writing config.json")(Box::new(e)))?;
         std::fs::write(bundle.join("config.json"), json)
             .map_err(|e| runtime(id, "writing config.json")(Box::new(e)))?;
-        let (io, child) =
-            ProcessIo::pipes().map_err(|e| runtime(id, "making its pipes")(Box::new(e)))?;
+        let (agent_side, child) = prepare_stdio(terminal, bundle.join("console.sock"))
+            .map_err(|e| runtime(id, "setting up its stdio")(Box::new(e)))?;
         let (cid, root, lock, b) = (
             id.to_owned(),
             self.youki_root(),
@@ -181,6 +227,9 @@ impl Containers {
         let pid = container.pid().ok_or_else(|| {
             runtime(id, "reading its init pid")("libcontainer reported no pid".into())
         })?;
+        let io = blocking(move || finish_stdio(agent_side))
+            .await?
+            .map_err(|e| runtime(id, "receiving its terminal")(Box::new(e)))?;
         let init = Process::watch(pid, io)
             .map_err(|e| runtime(id, "watching its init process")(Box::new(e)))?;
         map.insert(
@@ -284,14 +333,13 @@ impl Containers {
         spec::check_id(exec_id)?;
         let process: oci_spec::runtime::Process =
             serde_json::from_slice(process_json).map_err(SpecError::Parse)?;
-        if process.terminal() == Some(true) {
-            return Err(ContainerError::Unsupported("a terminal for an exec"));
-        }
+        let terminal = process.terminal() == Some(true);
         let path = e.bundle.join(format!("exec-{exec_id}.json"));
         std::fs::write(&path, process_json)
             .map_err(|err| runtime(id, "writing the exec's process.json")(Box::new(err)))?;
-        let (io, child) =
-            ProcessIo::pipes().map_err(|err| runtime(id, "making pipes")(Box::new(err)))?;
+        let socket = e.bundle.join(format!("console-{exec_id}.sock"));
+        let (agent_side, child) = prepare_stdio(terminal, socket)
+            .map_err(|err| runtime(id, "setting up the exec's stdio")(Box::new(err)))?;
         let (cid, root, lock) = (id.to_owned(), self.youki_root(), self.fork_lock.clone());
         let pid = blocking(move || {
             let _forking = lock.lock().unwrap_or_else(|p| p.into_inner());
@@ -305,6 +353,9 @@ impl Containers {
         })
         .await?
         .map_err(|err| runtime(id, "executing a process")(Box::new(err)))?;
+        let io = blocking(move || finish_stdio(agent_side))
+            .await?
+            .map_err(|err| runtime(id, "receiving the exec's terminal")(Box::new(err)))?;
         let p = Process::watch(pid, io)
             .map_err(|err| runtime(id, "watching an exec")(Box::new(err)))?;
         e.execs
@@ -318,6 +369,29 @@ impl Containers {
             "exec started"
         );
         Ok(())
+    }
+
+    /// Sets the window size of a process's terminal.
+    pub async fn resize(
+        &self,
+        id: &str,
+        exec_id: &str,
+        rows: u32,
+        columns: u32,
+    ) -> Result<(), ContainerError> {
+        let p = self.process(id, exec_id).await?;
+        let Some(tty) = p.io.tty.as_ref() else {
+            return Err(ContainerError::NoTerminal {
+                id: id.to_owned(),
+                exec_id: exec_id.to_owned(),
+            });
+        };
+        let (rows, columns) = (
+            u16::try_from(rows).unwrap_or(u16::MAX),
+            u16::try_from(columns).unwrap_or(u16::MAX),
+        );
+        tty::resize(std::os::fd::AsFd::as_fd(tty), rows, columns)
+            .map_err(|err| runtime(id, "resizing its terminal")(Box::new(err)))
     }
 
     /// Freezes (`true`) or thaws every process of the container.

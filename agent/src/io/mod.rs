@@ -73,6 +73,31 @@ impl Output {
         self.finish();
     }
 
+    /// Drains a terminal's master side on a thread of its own (a pty is not a pipe: tokio's
+    /// pipe reader refuses it). Reading fails with EIO once the last process holding the
+    /// terminal exits: that is the end of the stream.
+    pub fn fill_from_blocking(self: Arc<Self>, mut from: std::fs::File) -> std::io::Result<()> {
+        std::thread::Builder::new()
+            .name("tty-reader".into())
+            .spawn(move || {
+                let mut chunk = vec![0u8; 64 * 1024];
+                loop {
+                    while self.lock().0.len() >= BUFFER_LIMIT {
+                        std::thread::sleep(std::time::Duration::from_millis(20));
+                    }
+                    match std::io::Read::read(&mut from, &mut chunk) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            self.lock().0.extend(&chunk[..n]);
+                            self.changed.notify_waiters();
+                        }
+                    }
+                }
+                self.finish();
+            })
+            .map(drop)
+    }
+
     fn finish(&self) {
         self.lock().1 = true;
         self.changed.notify_waiters();
@@ -84,6 +109,8 @@ pub struct ProcessIo {
     stdin: Mutex<Option<std::fs::File>>,
     pub stdout: Arc<Output>,
     pub stderr: Arc<Output>,
+    /// The terminal's master side, for window size changes (terminal processes only).
+    pub tty: Option<std::os::fd::OwnedFd>,
 }
 
 /// The process's ends, handed to libcontainer.
@@ -103,6 +130,7 @@ impl ProcessIo {
             stdin: Mutex::new(Some(std::fs::File::from(stdin_w))),
             stdout: Arc::default(),
             stderr: Arc::default(),
+            tty: None,
         });
         tokio::spawn(io.stdout.clone().fill_from(stdout_r));
         tokio::spawn(io.stderr.clone().fill_from(stderr_r));
@@ -114,6 +142,22 @@ impl ProcessIo {
                 stderr: stderr_w,
             },
         ))
+    }
+
+    /// The streams of a process on a terminal: input and output both go through `master`;
+    /// stderr is merged into stdout by the terminal, so the stderr stream is empty.
+    pub fn terminal(master: std::os::fd::OwnedFd) -> std::io::Result<Arc<Self>> {
+        let reader = std::fs::File::from(master.try_clone()?);
+        let writer = std::fs::File::from(master.try_clone()?);
+        let io = Arc::new(Self {
+            stdin: Mutex::new(Some(writer)),
+            stdout: Arc::default(),
+            stderr: Arc::default(),
+            tty: Some(master),
+        });
+        io.stderr.finish();
+        io.stdout.clone().fill_from_blocking(reader)?;
+        Ok(io)
     }
 
     /// Writes to stdin (blocking briefly if the pipe is full); errors once it is closed.

@@ -4,6 +4,8 @@
 //! kept until the process record goes, so WaitProcess can come late and still get it.
 #![allow(unsafe_code)]
 
+pub mod tty;
+
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::Arc;
 

@@ -10,8 +10,8 @@ use hako_agent_api::agent::{
     ContainerRequest, CreateContainerRequest, CreateSandboxRequest, DestroySandboxRequest, Empty,
     ExecProcessRequest, GuestDetailsRequest, GuestDetailsResponse, ListProcessesResponse,
     ProcessRequest, ReadStreamRequest, ReadStreamResponse, RemoveContainerRequest,
-    SetGuestDateTimeRequest, SignalProcessRequest, StatsContainerResponse, UpdateContainerRequest,
-    WaitProcessResponse, WriteStreamRequest, WriteStreamResponse,
+    SetGuestDateTimeRequest, SignalProcessRequest, StatsContainerResponse, TtyWinResizeRequest,
+    UpdateContainerRequest, WaitProcessResponse, WriteStreamRequest, WriteStreamResponse,
 };
 use hako_agent_api::agent_ttrpc::AgentService;
 use ttrpc::r#async::TtrpcContext;
@@ -71,6 +71,7 @@ fn container_status(e: ContainerError) -> ttrpc::Error {
         ContainerError::Exists(_) | ContainerError::ProcessExists { .. } => Code::ALREADY_EXISTS,
         ContainerError::NotFound(_) | ContainerError::ProcessNotFound { .. } => Code::NOT_FOUND,
         ContainerError::Unsupported(_) => Code::UNIMPLEMENTED,
+        ContainerError::NoTerminal { .. } => Code::FAILED_PRECONDITION,
         ContainerError::Cgroup {
             source: crate::container::cgroup::CgroupError::Resources(_),
             ..
@@ -326,5 +327,17 @@ impl AgentService for AgentServiceImpl {
             .await
             .map_err(container_status)?;
         Ok(r)
+    }
+
+    async fn tty_win_resize(
+        &self,
+        _: &TtrpcContext,
+        req: TtyWinResizeRequest,
+    ) -> ttrpc::Result<Empty> {
+        self.containers
+            .resize(&req.container_id, &req.exec_id, req.rows, req.columns)
+            .await
+            .map_err(container_status)?;
+        Ok(Empty::new())
     }
 }
