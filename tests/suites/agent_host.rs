@@ -13,9 +13,9 @@ use std::time::Duration;
 use hako_agent_api::API_MAJOR;
 use hako_agent_api::agent::{
     ContainerRequest, CreateContainerRequest, CreateSandboxRequest, DestroySandboxRequest,
-    ExecProcessRequest, GuestDetailsRequest, ProcessRequest, RemoveContainerRequest,
-    SetGuestDateTimeRequest, SignalProcessRequest, Storage, TtyWinResizeRequest,
-    UpdateContainerRequest, WriteStreamRequest,
+    ExecProcessRequest, GetOOMEventRequest, GuestDetailsRequest, ProcessRequest,
+    RemoveContainerRequest, SetGuestDateTimeRequest, SignalProcessRequest, Storage,
+    TtyWinResizeRequest, UpdateContainerRequest, WriteStreamRequest,
 };
 use hako_agent_api::agent_ttrpc::AgentServiceClient;
 use hako_agent_api::health::CheckRequest;
@@ -325,6 +325,9 @@ async fn containers(a: &Agent, agent: &AgentServiceClient) -> Result<(), String>
     // A terminal: resized before start, output through the pty, no separate stderr.
     terminal_container(a, agent).await?;
 
+    // A memory limit the process exceeds: killed (137) and an OOM event for the container.
+    oom_container(a, agent).await?;
+
     // A container still running when the sandbox is destroyed.
     create_and_start(a, agent, "c-left", &["sleep", "1000"]).await?;
     // A process without a terminal cannot be resized.
@@ -377,6 +380,51 @@ async fn containers(a: &Agent, agent: &AgentServiceClient) -> Result<(), String>
 }
 
 /// The parent cgroup of this run's containers (unique per test process).
+async fn oom_container(a: &Agent, agent: &AgentServiceClient) -> Result<(), String> {
+    let id = "c-oom";
+    let rootfs = a.dir.path().join("shared").join(id).join("rootfs");
+    bundle::busybox_rootfs(&rootfs)?;
+    let mut spec: serde_json::Value = serde_json::from_str(&bundle::spec_json(
+        "rootfs",
+        &[
+            "sh",
+            "-c",
+            "x=aaaaaaaaaaaaaaaa; while true; do x=$x$x; done",
+        ],
+        &format!("/{}/{id}", test_cgroup()),
+    ))
+    .map_err(|e| e.to_string())?;
+    spec["linux"]["resources"] = serde_json::json!({"memory": {"limit": 16 << 20}});
+    let mut req = CreateContainerRequest::new();
+    req.container_id = id.into();
+    req.oci_spec_json = spec.to_string().into_bytes();
+    agent
+        .create_container(agent::ctx(RPC), &req)
+        .await
+        .map_err(|e| format!("CreateContainer {id}: {e}"))?;
+    let mut start = ContainerRequest::new();
+    start.container_id = id.into();
+    agent
+        .start_container(agent::ctx(RPC), &start)
+        .await
+        .map_err(|e| format!("StartContainer {id}: {e}"))?;
+    let event = agent
+        .get_oom_event(
+            agent::ctx(Duration::from_secs(60)),
+            &GetOOMEventRequest::new(),
+        )
+        .await
+        .map_err(|e| format!("GetOOMEvent: {e}"))?;
+    let status = wait(agent, id, "").await?;
+    if event.container_id != id || status != 137 {
+        return Err(format!(
+            "OOM: event for {:?}, status {status}",
+            event.container_id
+        ));
+    }
+    remove(agent, id).await
+}
+
 async fn terminal_container(a: &Agent, agent: &AgentServiceClient) -> Result<(), String> {
     let id = "c-tty";
     let rootfs = a.dir.path().join("shared").join(id).join("rootfs");

@@ -4,10 +4,11 @@
 //! reaper also takes (it must not reap libcontainer's intermediate processes).
 
 pub mod cgroup;
+pub mod oom;
 pub mod spec;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -67,6 +68,8 @@ fn runtime(
 /// One container and its processes.
 pub struct Entry {
     id: String,
+    /// The OOM watcher, stopped when the container goes.
+    oom_watch: tokio::task::JoinHandle<()>,
     bundle: PathBuf,
     /// linux.cgroupsPath as libcontainer applied it.
     cgroup: PathBuf,
@@ -85,6 +88,7 @@ pub struct Layout {
 }
 
 pub struct Containers {
+    pub oom: oom::OomEvents,
     layout: Layout,
     fork_lock: Arc<Mutex<()>>,
     map: tokio::sync::Mutex<HashMap<String, Arc<Entry>>>,
@@ -121,6 +125,9 @@ enum AgentSide {
     Pipes(Arc<ProcessIo>),
     Terminal(std::thread::JoinHandle<std::io::Result<std::os::fd::OwnedFd>>),
 }
+
+/// Where the cgroup file systems are mounted (the agent's and the containers').
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
 /// How long a process may take to send its terminal after it is created.
 const TERMINAL_TIMEOUT: Duration = Duration::from_secs(120);
@@ -167,6 +174,7 @@ async fn blocking<T: Send + 'static>(
 impl Containers {
     pub fn new(layout: Layout, fork_lock: Arc<Mutex<()>>) -> Self {
         Self {
+            oom: oom::OomEvents::default(),
             layout,
             fork_lock,
             map: tokio::sync::Mutex::new(HashMap::new()),
@@ -232,10 +240,15 @@ impl Containers {
             .map_err(|e| runtime(id, "receiving its terminal")(Box::new(e)))?;
         let init = Process::watch(pid, io)
             .map_err(|e| runtime(id, "watching its init process")(Box::new(e)))?;
+        let oom_watch = self.oom.watch(
+            id.to_owned(),
+            oom::counter_file(Path::new(CGROUP_ROOT), &cgroup),
+        );
         map.insert(
             id.to_owned(),
             Arc::new(Entry {
                 id: id.to_owned(),
+                oom_watch,
                 bundle,
                 cgroup,
                 inner: Arc::new(Mutex::new(container)),
@@ -465,6 +478,7 @@ impl Containers {
         blocking(move || inner.lock().unwrap_or_else(|p| p.into_inner()).delete(true))
             .await?
             .map_err(|err| runtime(id, "deleting it")(Box::new(err)))?;
+        e.oom_watch.abort();
         let _ = std::fs::remove_dir_all(&e.bundle);
         self.map.lock().await.remove(id);
         tracing::info!(container_id = %e.id, "container removed");

@@ -8,10 +8,11 @@ use std::time::Duration;
 
 use hako_agent_api::agent::{
     ContainerRequest, CreateContainerRequest, CreateSandboxRequest, DestroySandboxRequest, Empty,
-    ExecProcessRequest, GuestDetailsRequest, GuestDetailsResponse, ListProcessesResponse,
-    ProcessRequest, ReadStreamRequest, ReadStreamResponse, RemoveContainerRequest,
-    SetGuestDateTimeRequest, SignalProcessRequest, StatsContainerResponse, TtyWinResizeRequest,
-    UpdateContainerRequest, WaitProcessResponse, WriteStreamRequest, WriteStreamResponse,
+    ExecProcessRequest, GetOOMEventRequest, GuestDetailsRequest, GuestDetailsResponse,
+    ListProcessesResponse, OOMEvent, ProcessRequest, ReadStreamRequest, ReadStreamResponse,
+    RemoveContainerRequest, SetGuestDateTimeRequest, SignalProcessRequest, StatsContainerResponse,
+    TtyWinResizeRequest, UpdateContainerRequest, WaitProcessResponse, WriteStreamRequest,
+    WriteStreamResponse,
 };
 use hako_agent_api::agent_ttrpc::AgentService;
 use ttrpc::r#async::TtrpcContext;
@@ -339,5 +340,21 @@ impl AgentService for AgentServiceImpl {
             .await
             .map_err(container_status)?;
         Ok(Empty::new())
+    }
+
+    async fn get_oom_event(
+        &self,
+        _: &TtrpcContext,
+        _: GetOOMEventRequest,
+    ) -> ttrpc::Result<OOMEvent> {
+        let id = self.containers.oom.next().await.ok_or_else(|| {
+            to_status(
+                ttrpc::Code::UNAVAILABLE,
+                &std::io::Error::other("the agent is shutting down"),
+            )
+        })?;
+        let mut r = OOMEvent::new();
+        r.container_id = id;
+        Ok(r)
     }
 }

@@ -1,0 +1,124 @@
+//! OOM events: each container's cgroup is watched for OOM kills (the `oom_kill` counter of
+//! cgroup v2's memory.events, or of v1's memory.oom_control), and each new kill is queued for
+//! GetOOMEvent, a long poll that answers with the next one.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::sync::{Mutex, mpsc};
+
+/// How often a container's counter is read.
+const POLL: Duration = Duration::from_millis(500);
+
+/// The file holding the OOM-kill counter of cgroup `path` (v2, else v1).
+pub fn counter_file(cgroup_root: &Path, path: &Path) -> PathBuf {
+    let rel = path.strip_prefix("/").unwrap_or(path);
+    let v2 = cgroup_root.join(rel).join("memory.events");
+    if v2.exists() {
+        v2
+    } else {
+        cgroup_root
+            .join("memory")
+            .join(rel)
+            .join("memory.oom_control")
+    }
+}
+
+/// The `oom_kill` counter in a memory.events or memory.oom_control text.
+pub fn oom_kills(text: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix("oom_kill "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// The queue of OOM events.
+pub struct OomEvents {
+    tx: mpsc::UnboundedSender<String>,
+    rx: Mutex<mpsc::UnboundedReceiver<String>>,
+}
+
+impl Default for OomEvents {
+    fn default() -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        Self {
+            tx,
+            rx: Mutex::new(rx),
+        }
+    }
+}
+
+impl OomEvents {
+    /// Watches container `id`'s counter until the returned task is aborted.
+    pub fn watch(&self, id: String, file: PathBuf) -> tokio::task::JoinHandle<()> {
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            // cgroup files answer at once: reading them inline never stalls the runtime.
+            let mut seen = std::fs::read_to_string(&file)
+                .map(|t| oom_kills(&t))
+                .unwrap_or(0);
+            loop {
+                tokio::time::sleep(POLL).await;
+                let Ok(text) = std::fs::read_to_string(&file) else {
+                    // The cgroup is gone: nothing more to watch.
+                    return;
+                };
+                let now = oom_kills(&text);
+                if now > seen {
+                    tracing::info!(container_id = %id, kills = now - seen, "OOM kill");
+                    seen = now;
+                    if tx.send(id.clone()).is_err() {
+                        return;
+                    }
+                }
+            }
+        })
+    }
+
+    /// The next OOM event's container id (waits for one).
+    pub async fn next(&self) -> Option<String> {
+        self.rx.lock().await.recv().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_are_read_from_v1_and_v2_texts() {
+        assert_eq!(oom_kills("low 0\nhigh 0\nmax 3\noom 2\noom_kill 2\n"), 2);
+        assert_eq!(
+            oom_kills("oom_kill_disable 0\nunder_oom 0\noom_kill 5\n"),
+            5
+        );
+        assert_eq!(oom_kills("garbage"), 0);
+    }
+
+    #[test]
+    fn the_counter_file_is_v2_when_present() {
+        let root = tempfile::tempdir().unwrap();
+        let v1 = counter_file(root.path(), Path::new("/a/b"));
+        assert_eq!(v1, root.path().join("memory/a/b/memory.oom_control"));
+        std::fs::create_dir_all(root.path().join("a/b")).unwrap();
+        std::fs::write(root.path().join("a/b/memory.events"), "oom_kill 0\n").unwrap();
+        assert_eq!(
+            counter_file(root.path(), Path::new("/a/b")),
+            root.path().join("a/b/memory.events")
+        );
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_rising_counter_becomes_one_event() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("memory.events");
+        std::fs::write(&file, "oom_kill 0\n").unwrap();
+        let events = OomEvents::default();
+        let task = events.watch("c1".into(), file.clone());
+        tokio::time::sleep(POLL * 2).await;
+        std::fs::write(&file, "oom_kill 1\n").unwrap();
+        let got = tokio::time::timeout(POLL * 4, events.next()).await.unwrap();
+        assert_eq!(got.as_deref(), Some("c1"));
+        task.abort();
+    }
+}
