@@ -325,6 +325,9 @@ async fn containers(a: &Agent, agent: &AgentServiceClient) -> Result<(), String>
     // A terminal: resized before start, output through the pty, no separate stderr.
     terminal_container(a, agent).await?;
 
+    // A per-container storage: mounted before the container, gone after it.
+    storage_container(a, agent).await?;
+
     // A memory limit the process exceeds: killed (137) and an OOM event for the container.
     oom_container(a, agent).await?;
 
@@ -380,6 +383,49 @@ async fn containers(a: &Agent, agent: &AgentServiceClient) -> Result<(), String>
 }
 
 /// The parent cgroup of this run's containers (unique per test process).
+async fn storage_container(a: &Agent, agent: &AgentServiceClient) -> Result<(), String> {
+    let id = "c-vol";
+    let rootfs = a.dir.path().join("shared").join(id).join("rootfs");
+    bundle::busybox_rootfs(&rootfs)?;
+    let vol = rootfs.join("vol");
+    let mut req = CreateContainerRequest::new();
+    req.container_id = id.into();
+    req.oci_spec_json = bundle::spec_json(
+        "rootfs",
+        &["sh", "-c", "echo data > /vol/f && cat /vol/f"],
+        &format!("/{}/{id}", test_cgroup()),
+    )
+    .into_bytes();
+    let mut s = Storage::new();
+    s.driver = "tmpfs".into();
+    s.source = "tmpfs".into();
+    s.mount_point = vol.display().to_string();
+    req.storages.push(s);
+    agent
+        .create_container(agent::ctx(RPC), &req)
+        .await
+        .map_err(|e| format!("CreateContainer with a storage: {e}"))?;
+    if !mounted_in(a.child.id(), &vol) {
+        return Err("the container's storage is not mounted".into());
+    }
+    let mut start = ContainerRequest::new();
+    start.container_id = id.into();
+    agent
+        .start_container(agent::ctx(RPC), &start)
+        .await
+        .map_err(|e| format!("StartContainer {id}: {e}"))?;
+    let out = agent::read_to_end(agent, id, "", false).await?;
+    let status = wait(agent, id, "").await?;
+    if out != "data\n" || status != 0 {
+        return Err(format!("storage container: {out:?} status {status}"));
+    }
+    remove(agent, id).await?;
+    if mounted_in(a.child.id(), &vol) {
+        return Err("the container's storage was left mounted".into());
+    }
+    Ok(())
+}
+
 async fn oom_container(a: &Agent, agent: &AgentServiceClient) -> Result<(), String> {
     let id = "c-oom";
     let rootfs = a.dir.path().join("shared").join(id).join("rootfs");

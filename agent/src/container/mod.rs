@@ -21,6 +21,8 @@ use nix::sys::signal::Signal;
 use crate::io::{ChildStdio, ProcessIo};
 use crate::process::Process;
 use crate::process::tty::{self, ConsoleSocket};
+use crate::storage::{self, StorageError};
+use hako_agent_api::agent::Storage;
 use spec::SpecError;
 
 /// Errors of container requests.
@@ -28,6 +30,12 @@ use spec::SpecError;
 pub enum ContainerError {
     #[error(transparent)]
     Spec(#[from] SpecError),
+    #[error("container {id:?}: mounting a storage")]
+    Storage {
+        id: String,
+        #[source]
+        source: StorageError,
+    },
     #[error("container {id:?}")]
     Cgroup {
         id: String,
@@ -68,6 +76,8 @@ fn runtime(
 /// One container and its processes.
 pub struct Entry {
     id: String,
+    /// Storages mounted for this container, unmounted when it is removed.
+    mounts: Mutex<Vec<PathBuf>>,
     /// The OOM watcher, stopped when the container goes.
     oom_watch: tokio::task::JoinHandle<()>,
     bundle: PathBuf,
@@ -124,6 +134,15 @@ enum ChildSide {
 enum AgentSide {
     Pipes(Arc<ProcessIo>),
     Terminal(std::thread::JoinHandle<std::io::Result<std::os::fd::OwnedFd>>),
+}
+
+/// Unmounts what it holds unless taken (a failed create leaves no mount behind).
+struct MountGuard(Vec<PathBuf>);
+
+impl Drop for MountGuard {
+    fn drop(&mut self) {
+        storage::unmount_all(&mut self.0);
+    }
 }
 
 /// Where the cgroup file systems are mounted (the agent's and the containers').
@@ -195,11 +214,25 @@ impl Containers {
     }
 
     /// Creates a container (state "created": its init waits for StartContainer).
-    pub async fn create(&self, id: &str, spec_json: &[u8]) -> Result<(), ContainerError> {
+    pub async fn create(
+        &self,
+        id: &str,
+        spec_json: &[u8],
+        storages: &[Storage],
+    ) -> Result<(), ContainerError> {
         spec::check_id(id)?;
         let mut map = self.map.lock().await;
         if map.contains_key(id) {
             return Err(ContainerError::Exists(id.to_owned()));
+        }
+        // Mounted first (the spec's root or mounts may be on them); undone if creation fails.
+        let mut mounts = MountGuard(Vec::new());
+        for s in storages {
+            let target = storage::mount_storage(s).map_err(|source| ContainerError::Storage {
+                id: id.to_owned(),
+                source,
+            })?;
+            mounts.0.push(target);
         }
         let mut spec = spec::parse(spec_json)?;
         spec::resolve_root(&mut spec, &self.layout.shared_dir.join(id))?;
@@ -240,6 +273,7 @@ impl Containers {
             .map_err(|e| runtime(id, "receiving its terminal")(Box::new(e)))?;
         let init = Process::watch(pid, io)
             .map_err(|e| runtime(id, "watching its init process")(Box::new(e)))?;
+        let mounts = std::mem::take(&mut mounts.0);
         let oom_watch = self.oom.watch(
             id.to_owned(),
             oom::counter_file(Path::new(CGROUP_ROOT), &cgroup),
@@ -249,6 +283,7 @@ impl Containers {
             Arc::new(Entry {
                 id: id.to_owned(),
                 oom_watch,
+                mounts: Mutex::new(mounts),
                 bundle,
                 cgroup,
                 inner: Arc::new(Mutex::new(container)),
@@ -479,6 +514,7 @@ impl Containers {
             .await?
             .map_err(|err| runtime(id, "deleting it")(Box::new(err)))?;
         e.oom_watch.abort();
+        storage::unmount_all(&mut e.mounts.lock().unwrap_or_else(|p| p.into_inner()));
         let _ = std::fs::remove_dir_all(&e.bundle);
         self.map.lock().await.remove(id);
         tracing::info!(container_id = %e.id, "container removed");

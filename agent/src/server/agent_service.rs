@@ -69,6 +69,12 @@ fn container_status(e: ContainerError) -> ttrpc::Error {
     let code = match &e {
         ContainerError::Spec(SpecError::RootMissing(_)) => Code::FAILED_PRECONDITION,
         ContainerError::Spec(_) | ContainerError::Signal(_) => Code::INVALID_ARGUMENT,
+        ContainerError::Storage {
+            source:
+                StorageError::MountPoint(_) | StorageError::Driver(_) | StorageError::EmptySource { .. },
+            ..
+        } => Code::INVALID_ARGUMENT,
+        ContainerError::Storage { .. } => Code::INTERNAL,
         ContainerError::Exists(_) | ContainerError::ProcessExists { .. } => Code::ALREADY_EXISTS,
         ContainerError::NotFound(_) | ContainerError::ProcessNotFound { .. } => Code::NOT_FOUND,
         ContainerError::Unsupported(_) => Code::UNIMPLEMENTED,
@@ -158,13 +164,8 @@ impl AgentService for AgentServiceImpl {
         _: &TtrpcContext,
         req: CreateContainerRequest,
     ) -> ttrpc::Result<Empty> {
-        if !req.storages.is_empty() {
-            return Err(container_status(ContainerError::Unsupported(
-                "per-container storages",
-            )));
-        }
         self.containers
-            .create(&req.container_id, &req.oci_spec_json)
+            .create(&req.container_id, &req.oci_spec_json, &req.storages)
             .await
             .map_err(container_status)?;
         Ok(Empty::new())
