@@ -13,7 +13,8 @@ packages=(
     linux-source-6.1                                                          # guest kernel source
     busybox-static                                                            # probe image
     qemu-system-x86                                                           # reference VMM in tests and benchmarks
-    binutils pkg-config libseccomp-dev                                        # readelf; agent (libcontainer) later
+    binutils pkg-config libseccomp-dev                                        # readelf; libcontainer's libseccomp (static)
+    runc                                                                      # the agent benchmark's reference
 )
 missing=()
 for p in "${packages[@]}"; do
