@@ -6,7 +6,7 @@ use std::path::Path;
 
 /// Applets linked into the test root file system.
 const APPLETS: &[&str] = &[
-    "sh", "echo", "cat", "sleep", "true", "false", "ls", "id", "env",
+    "sh", "echo", "cat", "sleep", "true", "false", "ls", "id", "env", "stty", "tty", "hostname",
 ];
 
 /// Writes a busybox root file system into `rootfs`.

@@ -328,6 +328,10 @@ async fn containers(a: &Agent, agent: &AgentServiceClient) -> Result<(), String>
     // A per-container storage: mounted before the container, gone after it.
     storage_container(a, agent).await?;
 
+    // A pod: a member joins its sandbox container's UTS/IPC namespaces; host namespace
+    // paths in its spec (here a CNI netns) are fitted to the guest.
+    pod(a, agent).await?;
+
     // A memory limit the process exceeds: killed (137) and an OOM event for the container.
     oom_container(a, agent).await?;
 
@@ -383,6 +387,67 @@ async fn containers(a: &Agent, agent: &AgentServiceClient) -> Result<(), String>
 }
 
 /// The parent cgroup of this run's containers (unique per test process).
+/// Creates and starts a container from a spec the test edits first.
+async fn create_and_start_spec(
+    a: &Agent,
+    agent: &AgentServiceClient,
+    id: &str,
+    args: &[&str],
+    edit: impl FnOnce(&mut serde_json::Value),
+) -> Result<(), String> {
+    bundle::busybox_rootfs(&a.dir.path().join("shared").join(id).join("rootfs"))?;
+    let mut spec: serde_json::Value = serde_json::from_str(&bundle::spec_json(
+        "rootfs",
+        args,
+        &format!("/{}/{id}", test_cgroup()),
+    ))
+    .map_err(|e| e.to_string())?;
+    edit(&mut spec);
+    let mut req = CreateContainerRequest::new();
+    req.container_id = id.into();
+    req.oci_spec_json = spec.to_string().into_bytes();
+    agent
+        .create_container(agent::ctx(RPC), &req)
+        .await
+        .map_err(|e| format!("CreateContainer {id}: {e}"))?;
+    let mut start = ContainerRequest::new();
+    start.container_id = id.into();
+    agent
+        .start_container(agent::ctx(RPC), &start)
+        .await
+        .map_err(|e| format!("StartContainer {id}: {e}"))?;
+    Ok(())
+}
+
+async fn pod(a: &Agent, agent: &AgentServiceClient) -> Result<(), String> {
+    create_and_start_spec(a, agent, "pod-pause", &["sleep", "1000"], |spec| {
+        spec["hostname"] = "podhost".into();
+        spec["annotations"] = serde_json::json!({"io.kubernetes.cri.container-type": "sandbox"});
+    })
+    .await?;
+    create_and_start_spec(a, agent, "pod-app", &["hostname"], |spec| {
+        spec["hostname"] = "ignored".into();
+        spec["annotations"] = serde_json::json!({
+            "io.kubernetes.cri.container-type": "container",
+            "io.kubernetes.cri.sandbox-id": "pod-pause"
+        });
+        spec["linux"]["namespaces"] = serde_json::json!([
+            {"type": "pid"}, {"type": "mount"},
+            {"type": "network", "path": "/var/run/netns/cni-host-only"},
+            {"type": "ipc", "path": "/proc/1/ns/ipc"},
+            {"type": "uts", "path": "/proc/1/ns/uts"}
+        ]);
+    })
+    .await?;
+    let out = agent::read_to_end(agent, "pod-app", "", false).await?;
+    let status = wait(agent, "pod-app", "").await?;
+    if out != "podhost\n" || status != 0 {
+        return Err(format!("pod member: hostname {out:?}, status {status}"));
+    }
+    remove(agent, "pod-app").await?;
+    remove(agent, "pod-pause").await
+}
+
 async fn storage_container(a: &Agent, agent: &AgentServiceClient) -> Result<(), String> {
     let id = "c-vol";
     let rootfs = a.dir.path().join("shared").join(id).join("rootfs");

@@ -23,7 +23,7 @@ use crate::process::Process;
 use crate::process::tty::{self, ConsoleSocket};
 use crate::storage::{self, StorageError};
 use hako_agent_api::agent::Storage;
-use spec::SpecError;
+use spec::{PodRole, SpecError};
 
 /// Errors of container requests.
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +76,7 @@ fn runtime(
 /// One container and its processes.
 pub struct Entry {
     id: String,
+    role: PodRole,
     /// Storages mounted for this container, unmounted when it is removed.
     mounts: Mutex<Vec<PathBuf>>,
     /// The OOM watcher, stopped when the container goes.
@@ -237,6 +238,17 @@ impl Containers {
         let mut spec = spec::parse(spec_json)?;
         spec::resolve_root(&mut spec, &self.layout.shared_dir.join(id))?;
         let cgroup = spec::cgroups_path(&mut spec, id);
+        let role = spec::pod_role(&spec);
+        let sandbox_init = match &role {
+            PodRole::Member(sandbox) => Some(
+                map.get(sandbox)
+                    .filter(|e| e.role == PodRole::Sandbox && e.init.exited().is_none())
+                    .map(|e| e.init.pid.as_raw())
+                    .ok_or_else(|| SpecError::NoSandbox(sandbox.clone()))?,
+            ),
+            _ => None,
+        };
+        spec::fit_namespaces(&mut spec, sandbox_init);
         let terminal = spec.process().as_ref().and_then(|p| p.terminal()) == Some(true);
         let bundle = self.layout.state_dir.join("bundles").join(id);
         std::fs::create_dir_all(&bundle)
@@ -282,6 +294,7 @@ impl Containers {
             id.to_owned(),
             Arc::new(Entry {
                 id: id.to_owned(),
+                role,
                 oom_watch,
                 mounts: Mutex::new(mounts),
                 bundle,

@@ -21,6 +21,8 @@ pub enum SpecError {
     RootEscape(PathBuf),
     #[error("root.path {0} does not exist in the guest")]
     RootMissing(PathBuf),
+    #[error("the pod's sandbox container {0:?} is not running in this sandbox")]
+    NoSandbox(String),
 }
 
 pub fn check_id(id: &str) -> Result<(), SpecError> {
@@ -55,6 +57,80 @@ pub fn cgroups_path(spec: &mut Spec, id: &str) -> PathBuf {
     linux.set_cgroups_path(Some(path.clone()));
     spec.set_linux(Some(linux));
     path
+}
+
+/// CRI annotations that say what a container is in its pod.
+pub const CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
+pub const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
+
+/// What a container is in its pod, from the CRI annotations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PodRole {
+    /// The pod's sandbox (pause) container: the other containers join its namespaces.
+    Sandbox,
+    /// A container of the pod whose sandbox container has this id.
+    Member(String),
+    /// No pod annotations: a container on its own.
+    Alone,
+}
+
+pub fn pod_role(spec: &Spec) -> PodRole {
+    let annotations = spec.annotations().clone().unwrap_or_default();
+    match annotations.get(CONTAINER_TYPE).map(String::as_str) {
+        Some("sandbox") => PodRole::Sandbox,
+        Some("container") => annotations
+            .get(SANDBOX_ID)
+            .map_or(PodRole::Alone, |id| PodRole::Member(id.clone())),
+        _ => PodRole::Alone,
+    }
+}
+
+/// Fits the spec's namespaces to the sandbox VM. Namespace paths in a spec the host wrote name
+/// host namespaces, which do not exist in the guest: the pod's network is the VM's own, so a
+/// network namespace with a path is dropped (the container shares the guest's); a pod member
+/// joins its sandbox container's IPC, UTS and (when the spec asks to share one) PID
+/// namespaces through `/proc/<sandbox init>/ns/`; any other path is dropped, giving the
+/// container a private namespace of that type.
+pub fn fit_namespaces(spec: &mut Spec, sandbox_init: Option<i32>) {
+    use oci_spec::runtime::LinuxNamespaceType as T;
+    let Some(mut linux) = spec.linux().clone() else {
+        return;
+    };
+    let Some(namespaces) = linux.namespaces().clone() else {
+        return;
+    };
+    let mut joined_uts = false;
+    let fitted: Vec<_> = namespaces
+        .into_iter()
+        .filter_map(|mut ns| {
+            if ns.path().is_none() {
+                return Some(ns);
+            }
+            match (ns.typ(), sandbox_init) {
+                (T::Network, _) => None,
+                (t @ (T::Ipc | T::Uts | T::Pid), Some(pid)) => {
+                    let name = match t {
+                        T::Ipc => "ipc",
+                        T::Uts => "uts",
+                        _ => "pid",
+                    };
+                    joined_uts |= t == T::Uts;
+                    ns.set_path(Some(PathBuf::from(format!("/proc/{pid}/ns/{name}"))));
+                    Some(ns)
+                }
+                _ => {
+                    ns.set_path(None);
+                    Some(ns)
+                }
+            }
+        })
+        .collect();
+    linux.set_namespaces(Some(fitted));
+    spec.set_linux(Some(linux));
+    if joined_uts {
+        // The sandbox's UTS namespace already has the pod's hostname.
+        spec.set_hostname(None);
+    }
 }
 
 /// Makes `root.path` absolute: a relative path is taken under `container_dir`.
@@ -126,6 +202,48 @@ mod tests {
             spec.linux().as_ref().unwrap().cgroups_path().as_deref(),
             Some(Path::new("/hako/c9"))
         );
+    }
+
+    #[test]
+    fn pod_members_join_the_sandbox_and_host_paths_are_dropped() {
+        let json = r#"{"ociVersion":"1.0.2","root":{"path":"rootfs"},"hostname":"app",
+            "process":{"args":["true"],"cwd":"/","user":{"uid":0,"gid":0}},
+            "annotations":{"io.kubernetes.cri.container-type":"container",
+                           "io.kubernetes.cri.sandbox-id":"pod1"},
+            "linux":{"namespaces":[{"type":"pid"},{"type":"mount"},
+                {"type":"network","path":"/var/run/netns/cni-1"},
+                {"type":"ipc","path":"/proc/99/ns/ipc"},
+                {"type":"uts","path":"/proc/99/ns/uts"},
+                {"type":"cgroup","path":"/proc/99/ns/cgroup"}]}}"#;
+        let mut spec = parse(json.as_bytes()).unwrap();
+        assert_eq!(pod_role(&spec), PodRole::Member("pod1".into()));
+        fit_namespaces(&mut spec, Some(42));
+        let ns = spec.linux().as_ref().unwrap().namespaces().clone().unwrap();
+        let paths: Vec<String> = ns
+            .iter()
+            .map(|n| format!("{}={:?}", n.typ(), n.path()))
+            .collect();
+        assert_eq!(
+            paths,
+            [
+                "pid=None",
+                "mnt=None",
+                "ipc=Some(\"/proc/42/ns/ipc\")",
+                "uts=Some(\"/proc/42/ns/uts\")",
+                "cgroup=None"
+            ]
+        );
+        assert_eq!(spec.hostname(), &None, "the sandbox's hostname is kept");
+    }
+
+    #[test]
+    fn roles_come_from_cri_annotations() {
+        let mut spec = parse(MINIMAL.as_bytes()).unwrap();
+        assert_eq!(pod_role(&spec), PodRole::Alone);
+        let mut a = std::collections::HashMap::new();
+        a.insert(CONTAINER_TYPE.to_owned(), "sandbox".to_owned());
+        spec.set_annotations(Some(a));
+        assert_eq!(pod_role(&spec), PodRole::Sandbox);
     }
 
     #[test]

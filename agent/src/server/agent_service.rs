@@ -67,7 +67,9 @@ const MAX_READ: usize = 1 << 20;
 fn container_status(e: ContainerError) -> ttrpc::Error {
     use ttrpc::Code;
     let code = match &e {
-        ContainerError::Spec(SpecError::RootMissing(_)) => Code::FAILED_PRECONDITION,
+        ContainerError::Spec(SpecError::RootMissing(_) | SpecError::NoSandbox(_)) => {
+            Code::FAILED_PRECONDITION
+        }
         ContainerError::Spec(_) | ContainerError::Signal(_) => Code::INVALID_ARGUMENT,
         ContainerError::Storage {
             source:
