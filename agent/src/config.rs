@@ -14,6 +14,8 @@ pub struct AgentConfig {
     pub init: bool,
     /// tracing filter (`agent.log=` on the kernel command line).
     pub log: String,
+    /// Host vsock port for a copy of the logs (`agent.log_port=`; VM only).
+    pub log_port: Option<u32>,
     /// Bundles and libcontainer state.
     pub state_dir: PathBuf,
     /// Where container files are shared from the host (container `<id>` under `<id>/`).
@@ -43,12 +45,15 @@ impl AgentConfig {
             listen: format!("vsock://-1:{AGENT_API_PORT}"),
             init: true,
             log: "info".into(),
+            log_port: None,
             state_dir: STATE_DIR.into(),
             shared_dir: SHARED_FS_MOUNT_POINT.into(),
         };
         for arg in kernel_cmdline.split_whitespace() {
             if let Some(v) = arg.strip_prefix("agent.log=") {
                 c.log = v.to_owned();
+            } else if let Some(v) = arg.strip_prefix("agent.log_port=") {
+                c.log_port = v.parse().ok();
             } else if let Some(v) = arg.strip_prefix("agent.port=")
                 && v.parse::<u32>().is_ok()
             {
@@ -64,6 +69,7 @@ impl AgentConfig {
             listen: format!("vsock://-1:{AGENT_API_PORT}"),
             init: false,
             log: "info".into(),
+            log_port: None,
             state_dir: STATE_DIR.into(),
             shared_dir: SHARED_FS_MOUNT_POINT.into(),
         };
@@ -100,7 +106,10 @@ mod tests {
 
     #[test]
     fn init_reads_agent_options_from_the_kernel_command_line() {
-        let c = AgentConfig::for_init("console=ttyS0 agent.log=debug agent.port=2000 quiet");
+        let c = AgentConfig::for_init(
+            "console=ttyS0 agent.log=debug agent.port=2000 agent.log_port=1025 quiet",
+        );
+        assert_eq!(c.log_port, Some(1025));
         assert_eq!(c.listen, "vsock://-1:2000");
         assert_eq!(c.log, "debug");
         assert!(c.init);

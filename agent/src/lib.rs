@@ -6,6 +6,7 @@ pub mod config;
 pub mod container;
 pub mod init;
 pub mod io;
+pub mod logging;
 pub mod process;
 pub mod sandbox;
 pub mod server;

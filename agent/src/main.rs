@@ -1,16 +1,15 @@
 //! `hako-agent`: as PID 1 of a VM, mounts the basics, reaps orphans, serves the agent API on
 //! vsock and powers off when the sandbox is destroyed (or on a fatal error, so the VM never
 //! hangs). As a host process (tests), serves on the address given with `--listen`.
-use std::os::fd::AsFd;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use hako_agent::config::AgentConfig;
 use hako_agent::container::{Containers, Layout};
+use hako_agent::logging::{self, LogSink};
 use hako_agent::sandbox::{Sandbox, Shutdown};
 use hako_agent::{init, server};
-use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -34,21 +33,13 @@ fn main() -> ExitCode {
             }
         }
     };
-    // Logs go to a close-on-exec copy of stderr: a container process forked from the agent
-    // replaces fd 2 with the container's stderr before it execs, and whatever libcontainer
-    // logs in between must not land in the container's output.
-    let log_out = match std::io::stderr().as_fd().try_clone_to_owned() {
-        Ok(fd) => std::fs::File::from(fd),
+    match LogSink::open(config.log_port) {
+        Ok(sink) => logging::init(&config.log, sink),
         Err(e) => {
-            eprintln!("hako-agent: duplicating stderr for logs: {e}");
+            eprintln!("hako-agent: setting up logging: {e}");
             return ExitCode::FAILURE;
         }
-    };
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_new(&config.log).unwrap_or_else(|_| EnvFilter::new("info")))
-        .with_writer(Mutex::new(log_out))
-        .with_ansi(false)
-        .init();
+    }
     tracing::info!("{}", hako_agent::banner());
     let result = run(&config);
     match (result, config.init) {

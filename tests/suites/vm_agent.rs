@@ -3,7 +3,7 @@
 //! creates the sandbox with the virtio-fs share mounted where the API says, runs a busybox
 //! container whose root file system the host put in the share (its output, its cgroup v2
 //! path, its exit code), and destroys the sandbox with power-off, which ends hako-vmm with
-//! status 0 (guest powered off).
+//! status 0 (guest powered off). The agent's log also reaches the host over vsock.
 
 use std::time::Duration;
 
@@ -13,7 +13,7 @@ use hako_agent_api::agent::{
 };
 use hako_agent_api::agent_ttrpc::AgentServiceClient;
 use hako_agent_api::health::CheckRequest;
-use hako_agent_api::{AGENT_API_PORT, SHARED_FS_MOUNT_POINT, SHARED_FS_TAG};
+use hako_agent_api::{AGENT_API_PORT, AGENT_LOG_PORT, SHARED_FS_MOUNT_POINT, SHARED_FS_TAG};
 use hako_rootfs_builder::bundle;
 use hako_tests::agent::{self, Clients};
 use hako_tests::boot::{self, Boot};
@@ -105,7 +105,19 @@ fn agent_boots_serves_and_powers_off() -> Result<(), Failed> {
     std::fs::create_dir(&shared).map_err(|e| e.to_string())?;
     bundle::busybox_rootfs(&shared.join(CONTAINER).join("rootfs"))?;
     let uds = dir.path().join("vsock.sock");
-    let mut config = hako_vmm::probe_vm(dir.path(), &kernel, &image, "quiet");
+    // The agent's logs also come to the host over vsock, at `<uds>_<AGENT_LOG_PORT>`.
+    let log_listener =
+        std::os::unix::net::UnixListener::bind(format!("{}_{AGENT_LOG_PORT}", uds.display()))
+            .map_err(|e| format!("binding the log socket: {e}"))?;
+    let logs = std::thread::spawn(move || {
+        let mut text = String::new();
+        if let Ok((mut s, _)) = log_listener.accept() {
+            let _ = std::io::Read::read_to_string(&mut s, &mut text);
+        }
+        text
+    });
+    let cmdline = format!("quiet agent.log_port={AGENT_LOG_PORT}");
+    let mut config = hako_vmm::probe_vm(dir.path(), &kernel, &image, &cmdline);
     config.devices.vsock = Some(VsockConfig {
         guest_cid: 3,
         uds_path: uds.clone(),
@@ -142,6 +154,20 @@ fn agent_boots_serves_and_powers_off() -> Result<(), Failed> {
         boot.elapsed.as_secs_f64()
     );
     driver.join().map_err(|_| "the driver thread panicked")??;
+    // The VMM is gone, so the stream has ended; give the reader a moment.
+    for _ in 0..40 {
+        if logs.is_finished() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if !logs.is_finished() {
+        return Err("the agent never opened its log stream to the host".into());
+    }
+    let logs = logs.join().map_err(|_| "the log thread panicked")?;
+    if !logs.contains("agent API serving") || !logs.contains("container started") {
+        return Err(format!("the host's copy of the agent log lacks lines: {logs:?}").into());
+    }
     for needle in [
         "hako-agent",
         "agent API serving",
