@@ -328,6 +328,9 @@ async fn containers(a: &Agent, agent: &AgentServiceClient) -> Result<(), String>
     // A per-container storage: mounted before the container, gone after it.
     storage_container(a, agent).await?;
 
+    // The rest of the OCI process and Linux settings, applied by libcontainer.
+    full_spec(a, agent).await?;
+
     // A pod: a member joins its sandbox container's UTS/IPC namespaces; host namespace
     // paths in its spec (here a CNI netns) are fitted to the guest.
     pod(a, agent).await?;
@@ -345,6 +348,14 @@ async fn containers(a: &Agent, agent: &AgentServiceClient) -> Result<(), String>
     let e = agent.tty_win_resize(agent::ctx(RPC), &resize).await.err();
     if e.as_ref().and_then(code_of) != Some(ttrpc::Code::FAILED_PRECONDITION) {
         return Err(format!("resizing a process without a terminal: {e:?}"));
+    }
+
+    // An oversize message (ttrpc's limit is 4 MiB) is refused and the agent lives on.
+    let mut huge = CreateContainerRequest::new();
+    huge.container_id = "c-huge".into();
+    huge.oci_spec_json = vec![b' '; 5 << 20];
+    if agent.create_container(agent::ctx(RPC), &huge).await.is_ok() {
+        return Err("a 5 MiB request was accepted".into());
     }
 
     // Bad requests.
@@ -417,6 +428,61 @@ async fn create_and_start_spec(
         .await
         .map_err(|e| format!("StartContainer {id}: {e}"))?;
     Ok(())
+}
+
+/// A spec using user/groups, capabilities, rlimits, a read-only root, sysctl, seccomp, and
+/// bind, sysfs and mqueue mounts; the container reports what it sees.
+async fn full_spec(a: &Agent, agent: &AgentServiceClient) -> Result<(), String> {
+    let host_dir = a.dir.path().join("bind-src");
+    std::fs::create_dir_all(&host_dir).map_err(|e| e.to_string())?;
+    std::fs::write(host_dir.join("hello"), "from the host\n").map_err(|e| e.to_string())?;
+    let script = "id; grep CapEff /proc/self/status; ulimit -n; cat /proc/sys/kernel/msgmax; \
+                  cat /data/hello; ls /sys/kernel >/dev/null && echo sysfs; \
+                  grep -q ' /dev/mqueue mqueue' /proc/mounts && echo mqueue; \
+                  touch /rootfile 2>/dev/null || echo read-only-root; \
+                  mkdir /tmp/x 2>/dev/null || echo mkdir-denied";
+    create_and_start_spec(a, agent, "c-full", &["sh", "-c", script], |spec| {
+        spec["process"]["user"] = serde_json::json!({"uid": 1000, "gid": 1000, "additionalGids": [2000]});
+        spec["process"]["capabilities"] = serde_json::json!({
+            "bounding": ["CAP_CHOWN"], "effective": ["CAP_CHOWN"], "permitted": ["CAP_CHOWN"]
+        });
+        spec["process"]["rlimits"] = serde_json::json!([{"type": "RLIMIT_NOFILE", "hard": 321, "soft": 321}]);
+        spec["root"]["readonly"] = true.into();
+        spec["linux"]["sysctl"] = serde_json::json!({"kernel.msgmax": "4242"});
+        spec["linux"]["seccomp"] = serde_json::json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "architectures": ["SCMP_ARCH_X86_64"],
+            "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]
+        });
+        if let Some(mounts) = spec["mounts"].as_array_mut() {
+            mounts.push(serde_json::json!({"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["mode=1777"]}));
+            mounts.push(serde_json::json!({"destination": "/data", "type": "bind",
+                "source": host_dir.display().to_string(), "options": ["rbind", "ro"]}));
+            mounts.push(serde_json::json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["ro", "nosuid", "noexec", "nodev"]}));
+            mounts.push(serde_json::json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}));
+        }
+    })
+    .await?;
+    let out = agent::read_to_end(agent, "c-full", "", false).await?;
+    let status = wait(agent, "c-full", "").await?;
+    for want in [
+        "uid=1000 gid=1000 groups=2000",
+        "CapEff:\t0000000000000000",
+        "\n321\n",
+        "4242",
+        "from the host",
+        "sysfs",
+        "mqueue",
+        "read-only-root",
+        "mkdir-denied",
+    ] {
+        if !out.contains(want) {
+            return Err(format!(
+                "the full-spec container's output lacks {want:?}: {out:?} (status {status})"
+            ));
+        }
+    }
+    remove(agent, "c-full").await
 }
 
 async fn pod(a: &Agent, agent: &AgentServiceClient) -> Result<(), String> {

@@ -1,8 +1,8 @@
 //! Tier 3 (KVM): the agent image boots in hako-vmm with the agent as PID 1; the host reaches
 //! the agent through hybrid vsock (`CONNECT 1024`), checks its health and guest details,
 //! creates the sandbox with the virtio-fs share mounted where the API says, runs a busybox
-//! container whose root file system the host put in the share (its output, its cgroup v2
-//! path, its exit code), and destroys the sandbox with power-off, which ends hako-vmm with
+//! container whose root file system the host put in the share (its cgroup v2 statistics and
+//! processes, its output, its cgroup v2 path, its exit code), and destroys the sandbox with power-off, which ends hako-vmm with
 //! status 0 (guest powered off). The agent's log also reaches the host over vsock.
 
 use std::time::Duration;
@@ -77,6 +77,19 @@ async fn run_container(agent: &AgentServiceClient) -> Result<(), String> {
         .map_err(|e| format!("CreateContainer: {e}"))?;
     let mut start = ContainerRequest::new();
     start.container_id = CONTAINER.into();
+    // cgroup v2 in the guest: the created container's init is in its cgroup.
+    let stats = agent
+        .stats_container(ctx(), &start)
+        .await
+        .map_err(|e| format!("StatsContainer: {e}"))?;
+    let pids = agent
+        .list_processes(ctx(), &start)
+        .await
+        .map_err(|e| format!("ListProcesses: {e}"))?
+        .pids;
+    if stats.pids.current == 0 || pids.is_empty() {
+        return Err(format!("cgroup v2 stats {stats:?}, processes {pids:?}"));
+    }
     agent
         .start_container(ctx(), &start)
         .await
