@@ -72,3 +72,13 @@ pub fn trial(
         }
     }
 }
+
+/// The `main` of a suite with one trial: parses the test arguments, runs it, exits.
+pub fn run_one(
+    name: &str,
+    check: impl FnOnce() -> Result<(), Skip>,
+    test: impl FnOnce() -> Result<(), libtest_mimic::Failed> + Send + 'static,
+) -> ! {
+    let args = libtest_mimic::Arguments::from_args();
+    libtest_mimic::run(&args, vec![trial(name, check, test)]).exit()
+}

@@ -24,7 +24,7 @@ use hako_rootfs_builder::bundle;
 use hako_tests::agent::{self, Clients};
 use hako_tests::fixtures;
 use hako_tests::require::{self, Skip};
-use libtest_mimic::{Arguments, Failed};
+use libtest_mimic::Failed;
 
 const RPC: Duration = Duration::from_secs(10);
 
@@ -200,23 +200,7 @@ async fn create_and_start(
     id: &str,
     args: &[&str],
 ) -> Result<(), String> {
-    let rootfs = a.dir.path().join("shared").join(id).join("rootfs");
-    bundle::busybox_rootfs(&rootfs)?;
-    let cgroup = format!("/{}/{id}", test_cgroup());
-    let mut req = CreateContainerRequest::new();
-    req.container_id = id.into();
-    req.oci_spec_json = bundle::spec_json("rootfs", args, &cgroup).into_bytes();
-    agent
-        .create_container(agent::ctx(RPC), &req)
-        .await
-        .map_err(|e| format!("CreateContainer {id}: {e}"))?;
-    let mut start = ContainerRequest::new();
-    start.container_id = id.into();
-    agent
-        .start_container(agent::ctx(RPC), &start)
-        .await
-        .map_err(|e| format!("StartContainer {id}: {e}"))?;
-    Ok(())
+    create_and_start_spec(a, agent, id, args, |_| {}).await
 }
 
 async fn remove(agent: &AgentServiceClient, id: &str) -> Result<(), String> {
@@ -559,32 +543,18 @@ async fn storage_container(a: &Agent, agent: &AgentServiceClient) -> Result<(), 
 
 async fn oom_container(a: &Agent, agent: &AgentServiceClient) -> Result<(), String> {
     let id = "c-oom";
-    let rootfs = a.dir.path().join("shared").join(id).join("rootfs");
-    bundle::busybox_rootfs(&rootfs)?;
-    let mut spec: serde_json::Value = serde_json::from_str(&bundle::spec_json(
-        "rootfs",
+    create_and_start_spec(
+        a,
+        agent,
+        id,
         &[
             "sh",
             "-c",
             "x=aaaaaaaaaaaaaaaa; while true; do x=$x$x; done",
         ],
-        &format!("/{}/{id}", test_cgroup()),
-    ))
-    .map_err(|e| e.to_string())?;
-    spec["linux"]["resources"] = serde_json::json!({"memory": {"limit": 16 << 20}});
-    let mut req = CreateContainerRequest::new();
-    req.container_id = id.into();
-    req.oci_spec_json = spec.to_string().into_bytes();
-    agent
-        .create_container(agent::ctx(RPC), &req)
-        .await
-        .map_err(|e| format!("CreateContainer {id}: {e}"))?;
-    let mut start = ContainerRequest::new();
-    start.container_id = id.into();
-    agent
-        .start_container(agent::ctx(RPC), &start)
-        .await
-        .map_err(|e| format!("StartContainer {id}: {e}"))?;
+        |spec| spec["linux"]["resources"] = serde_json::json!({"memory": {"limit": 16 << 20}}),
+    )
+    .await?;
     let event = agent
         .get_oom_event(
             agent::ctx(Duration::from_secs(60)),
@@ -753,11 +723,9 @@ fn prerequisites() -> Result<(), Skip> {
 }
 
 fn main() {
-    let args = Arguments::from_args();
-    let trials = vec![require::trial(
+    require::run_one(
         "agent_host_serves_health_sandbox_and_cleans_up",
         prerequisites,
         agent_serves_and_cleans_up,
-    )];
-    libtest_mimic::run(&args, trials).exit();
+    );
 }

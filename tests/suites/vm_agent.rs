@@ -20,7 +20,7 @@ use hako_tests::boot::{self, Boot};
 use hako_tests::require::{self, Skip};
 use hako_tests::{fixtures, hako_vmm};
 use hako_vmm_api::{ExitReason, FsConfig, VsockConfig};
-use libtest_mimic::{Arguments, Failed};
+use libtest_mimic::Failed;
 
 const RPC: Duration = Duration::from_secs(120);
 const CONTAINER: &str = "c1";
@@ -209,11 +209,9 @@ fn prerequisites() -> Result<(), Skip> {
 }
 
 fn main() {
-    let args = Arguments::from_args();
-    let trials = vec![require::trial(
+    require::run_one(
         "vm_agent_answers_over_vsock_and_powers_off",
         prerequisites,
         agent_boots_serves_and_powers_off,
-    )];
-    libtest_mimic::run(&args, trials).exit();
+    );
 }

@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use hako_rootfs_builder::bundle;
 use hako_tests::fixtures;
 use hako_tests::require::{self, Skip};
-use libtest_mimic::{Arguments, Failed};
+use libtest_mimic::Failed;
 
 fn hako_run_runs_a_container_in_a_vm() -> Result<(), Failed> {
     let hako = fixtures::workspace_binary("hako-runtime", "hako")?;
@@ -104,11 +104,9 @@ fn prerequisites() -> Result<(), Skip> {
 }
 
 fn main() {
-    let args = Arguments::from_args();
-    let trials = vec![require::trial(
+    require::run_one(
         "vm_hako_run_runs_a_container_and_cleans_up",
         prerequisites,
         hako_run_runs_a_container_in_a_vm,
-    )];
-    libtest_mimic::run(&args, trials).exit();
+    );
 }
