@@ -55,11 +55,91 @@ pub fn pids(path: &Path, id: &str) -> Result<Vec<i32>, CgroupError> {
     Ok(pids.into_iter().map(|p| p.as_raw()).collect())
 }
 
-/// The container's statistics in the API's terms.
+/// The unified (v2) hierarchy's mount point.
+const CGROUP2_ROOT: &str = "/sys/fs/cgroup";
+
+/// The container's statistics in the API's terms. On cgroup v2 the agent reads the interface
+/// files itself: libcgroups insists on pressure (PSI) files, which kernels without CONFIG_PSI
+/// (Hako's guest: PSI costs scheduler time) do not have. On v1 (host tests) libcgroups reads them.
 pub fn stats(path: &Path, id: &str) -> Result<StatsContainerResponse, CgroupError> {
+    let root = Path::new(CGROUP2_ROOT);
+    if root.join("cgroup.controllers").exists() {
+        let dir = root.join(path.strip_prefix("/").unwrap_or(path));
+        if !dir.is_dir() {
+            return Err(CgroupError::Open(
+                dir.display().to_string(),
+                "no such cgroup".into(),
+            ));
+        }
+        return Ok(v2_stats(&dir));
+    }
     let m = manager(path, id)?;
     let s = m.stats().map_err(op("reading the statistics", path))?;
     Ok(to_response(&s))
+}
+
+/// `key value` lines of a cgroup v2 file as a lookup (0 when missing).
+fn keyed(text: &str, key: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// A single-value file ("max" and missing files read as 0: no limit, or no controller).
+fn single(dir: &Path, file: &str) -> u64 {
+    std::fs::read_to_string(dir.join(file))
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Statistics from a cgroup v2 directory's interface files.
+pub fn v2_stats(dir: &Path) -> StatsContainerResponse {
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+    let (cpu_stat, mem_stat, mem_events, io_stat) = (
+        read("cpu.stat"),
+        read("memory.stat"),
+        read("memory.events"),
+        read("io.stat"),
+    );
+    let mut cpu = CpuStats::new();
+    cpu.usage_usec = keyed(&cpu_stat, "usage_usec");
+    cpu.user_usec = keyed(&cpu_stat, "user_usec");
+    cpu.system_usec = keyed(&cpu_stat, "system_usec");
+    cpu.nr_periods = keyed(&cpu_stat, "nr_periods");
+    cpu.nr_throttled = keyed(&cpu_stat, "nr_throttled");
+    cpu.throttled_usec = keyed(&cpu_stat, "throttled_usec");
+    let mut memory = MemoryStats::new();
+    memory.usage_bytes = single(dir, "memory.current");
+    memory.limit_bytes = single(dir, "memory.max");
+    memory.anon_bytes = keyed(&mem_stat, "anon");
+    memory.file_bytes = keyed(&mem_stat, "file");
+    memory.oom_events = keyed(&mem_events, "oom");
+    memory.oom_kill_events = keyed(&mem_events, "oom_kill");
+    let mut pids = PidsStats::new();
+    pids.current = single(dir, "pids.current");
+    pids.limit = single(dir, "pids.max");
+    let mut io = IoStats::new();
+    for field in io_stat.split_whitespace() {
+        let Some((k, v)) = field.split_once('=') else {
+            continue;
+        };
+        let v: u64 = v.parse().unwrap_or(0);
+        match k {
+            "rbytes" => io.read_bytes += v,
+            "wbytes" => io.write_bytes += v,
+            "rios" => io.read_ios += v,
+            "wios" => io.write_ios += v,
+            _ => {}
+        }
+    }
+    let mut r = StatsContainerResponse::new();
+    r.cpu = Some(cpu).into();
+    r.memory = Some(memory).into();
+    r.pids = Some(pids).into();
+    r.io = Some(io).into();
+    r
 }
 
 /// Applies new resource limits (OCI linux.resources as JSON).
@@ -145,6 +225,51 @@ mod tests {
         assert_eq!(r.memory.limit_bytes, 0, "no limit");
         assert_eq!((r.memory.anon_bytes, r.memory.oom_kill_events), (1024, 2));
         assert_eq!((r.pids.current, r.pids.limit), (3, 10));
+    }
+
+    #[test]
+    fn v2_interface_files_become_statistics() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = |f: &str, t: &str| std::fs::write(dir.path().join(f), t).unwrap();
+        w(
+            "cpu.stat",
+            "usage_usec 1500\nuser_usec 1000\nsystem_usec 500\nnr_periods 0\n",
+        );
+        w("memory.current", "8192\n");
+        w("memory.max", "max\n");
+        w("memory.stat", "anon 4096\nfile 2048\nanon_thp 0\n");
+        w("memory.events", "low 0\nhigh 0\nmax 1\noom 1\noom_kill 1\n");
+        w("pids.current", "2\n");
+        w("pids.max", "50\n");
+        w(
+            "io.stat",
+            "8:0 rbytes=100 wbytes=200 rios=1 wios=2 dbytes=0 dios=0\n8:16 rbytes=1 wbytes=0 rios=1 wios=0\n",
+        );
+        let r = v2_stats(dir.path());
+        assert_eq!(
+            (r.cpu.usage_usec, r.cpu.user_usec, r.cpu.system_usec),
+            (1500, 1000, 500)
+        );
+        assert_eq!((r.memory.usage_bytes, r.memory.limit_bytes), (8192, 0));
+        assert_eq!(
+            (
+                r.memory.anon_bytes,
+                r.memory.file_bytes,
+                r.memory.oom_kill_events
+            ),
+            (4096, 2048, 1)
+        );
+        assert_eq!((r.pids.current, r.pids.limit), (2, 50));
+        assert_eq!(
+            (
+                r.io.read_bytes,
+                r.io.write_bytes,
+                r.io.read_ios,
+                r.io.write_ios
+            ),
+            (101, 200, 2, 2)
+        );
+        assert_eq!(keyed("anon_thp 5\nanon 7\n", "anon"), 7, "whole keys only");
     }
 
     #[test]
