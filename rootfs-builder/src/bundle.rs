@@ -103,17 +103,17 @@ mod tests {
 
     #[test]
     fn bundle_has_busybox_and_applets() {
-        if !Path::new("/bin/busybox").exists() {
-            eprintln!("SKIP: /bin/busybox missing");
-            return;
-        }
+        // Any file stands in for busybox: the bundle copies it and links the applets to it.
         let dir = tempfile::tempdir().unwrap();
-        write_busybox_bundle(Path::new("/bin/busybox"), dir.path(), &["true"], "/t").unwrap();
-        assert!(dir.path().join("rootfs/bin/busybox").is_file());
+        let busybox = dir.path().join("fake-busybox");
+        std::fs::write(&busybox, b"#!/bin/sh\n").unwrap();
+        let bundle = dir.path().join("bundle");
+        write_busybox_bundle(&busybox, &bundle, &["true"], "/t").unwrap();
+        assert!(bundle.join("rootfs/bin/busybox").is_file());
         assert_eq!(
-            std::fs::read_link(dir.path().join("rootfs/bin/sh")).unwrap(),
+            std::fs::read_link(bundle.join("rootfs/bin/sh")).unwrap(),
             Path::new("busybox")
         );
-        assert!(dir.path().join("config.json").is_file());
+        assert!(bundle.join("config.json").is_file());
     }
 }

@@ -381,7 +381,40 @@ async fn containers(a: &Agent, agent: &AgentServiceClient) -> Result<(), String>
     Ok(())
 }
 
-/// The parent cgroup of this run's containers (unique per test process).
+/// Writes a busybox rootfs for container `id` in the share and returns its spec running `args`.
+fn spec_for(a: &Agent, id: &str, args: &[&str]) -> Result<serde_json::Value, String> {
+    bundle::busybox_rootfs(&a.dir.path().join("shared").join(id).join("rootfs"))?;
+    let cgroup = format!("/{}/{id}", test_cgroup());
+    serde_json::from_str(&bundle::spec_json("rootfs", args, &cgroup)).map_err(|e| e.to_string())
+}
+
+async fn create(
+    agent: &AgentServiceClient,
+    id: &str,
+    spec: &serde_json::Value,
+    storages: Vec<Storage>,
+) -> Result<(), String> {
+    let mut req = CreateContainerRequest::new();
+    req.container_id = id.into();
+    req.oci_spec_json = spec.to_string().into_bytes();
+    req.storages = storages;
+    agent
+        .create_container(agent::ctx(RPC), &req)
+        .await
+        .map_err(|e| format!("CreateContainer {id}: {e}"))?;
+    Ok(())
+}
+
+async fn start(agent: &AgentServiceClient, id: &str) -> Result<(), String> {
+    let mut req = ContainerRequest::new();
+    req.container_id = id.into();
+    agent
+        .start_container(agent::ctx(RPC), &req)
+        .await
+        .map_err(|e| format!("StartContainer {id}: {e}"))?;
+    Ok(())
+}
+
 /// Creates and starts a container from a spec the test edits first.
 async fn create_and_start_spec(
     a: &Agent,
@@ -390,28 +423,10 @@ async fn create_and_start_spec(
     args: &[&str],
     edit: impl FnOnce(&mut serde_json::Value),
 ) -> Result<(), String> {
-    bundle::busybox_rootfs(&a.dir.path().join("shared").join(id).join("rootfs"))?;
-    let mut spec: serde_json::Value = serde_json::from_str(&bundle::spec_json(
-        "rootfs",
-        args,
-        &format!("/{}/{id}", test_cgroup()),
-    ))
-    .map_err(|e| e.to_string())?;
+    let mut spec = spec_for(a, id, args)?;
     edit(&mut spec);
-    let mut req = CreateContainerRequest::new();
-    req.container_id = id.into();
-    req.oci_spec_json = spec.to_string().into_bytes();
-    agent
-        .create_container(agent::ctx(RPC), &req)
-        .await
-        .map_err(|e| format!("CreateContainer {id}: {e}"))?;
-    let mut start = ContainerRequest::new();
-    start.container_id = id.into();
-    agent
-        .start_container(agent::ctx(RPC), &start)
-        .await
-        .map_err(|e| format!("StartContainer {id}: {e}"))?;
-    Ok(())
+    create(agent, id, &spec, Vec::new()).await?;
+    start(agent, id).await
 }
 
 /// A spec using user/groups, capabilities, rlimits, a read-only root, sysctl, seccomp, and
@@ -500,35 +515,17 @@ async fn pod(a: &Agent, agent: &AgentServiceClient) -> Result<(), String> {
 
 async fn storage_container(a: &Agent, agent: &AgentServiceClient) -> Result<(), String> {
     let id = "c-vol";
-    let rootfs = a.dir.path().join("shared").join(id).join("rootfs");
-    bundle::busybox_rootfs(&rootfs)?;
-    let vol = rootfs.join("vol");
-    let mut req = CreateContainerRequest::new();
-    req.container_id = id.into();
-    req.oci_spec_json = bundle::spec_json(
-        "rootfs",
-        &["sh", "-c", "echo data > /vol/f && cat /vol/f"],
-        &format!("/{}/{id}", test_cgroup()),
-    )
-    .into_bytes();
+    let spec = spec_for(a, id, &["sh", "-c", "echo data > /vol/f && cat /vol/f"])?;
+    let vol = a.dir.path().join("shared").join(id).join("rootfs/vol");
     let mut s = Storage::new();
     s.driver = "tmpfs".into();
     s.source = "tmpfs".into();
     s.mount_point = vol.display().to_string();
-    req.storages.push(s);
-    agent
-        .create_container(agent::ctx(RPC), &req)
-        .await
-        .map_err(|e| format!("CreateContainer with a storage: {e}"))?;
+    create(agent, id, &spec, vec![s]).await?;
     if !mounted_in(a.child.id(), &vol) {
         return Err("the container's storage is not mounted".into());
     }
-    let mut start = ContainerRequest::new();
-    start.container_id = id.into();
-    agent
-        .start_container(agent::ctx(RPC), &start)
-        .await
-        .map_err(|e| format!("StartContainer {id}: {e}"))?;
+    start(agent, id).await?;
     let out = agent::read_to_end(agent, id, "", false).await?;
     let status = wait(agent, id, "").await?;
     if out != "data\n" || status != 0 {
@@ -574,22 +571,9 @@ async fn oom_container(a: &Agent, agent: &AgentServiceClient) -> Result<(), Stri
 
 async fn terminal_container(a: &Agent, agent: &AgentServiceClient) -> Result<(), String> {
     let id = "c-tty";
-    let rootfs = a.dir.path().join("shared").join(id).join("rootfs");
-    bundle::busybox_rootfs(&rootfs)?;
-    let mut spec: serde_json::Value = serde_json::from_str(&bundle::spec_json(
-        "rootfs",
-        &["sh", "-c", "stty size; echo on-a-tty >&2"],
-        &format!("/{}/{id}", test_cgroup()),
-    ))
-    .map_err(|e| e.to_string())?;
+    let mut spec = spec_for(a, id, &["sh", "-c", "stty size; echo on-a-tty >&2"])?;
     spec["process"]["terminal"] = serde_json::Value::Bool(true);
-    let mut req = CreateContainerRequest::new();
-    req.container_id = id.into();
-    req.oci_spec_json = spec.to_string().into_bytes();
-    agent
-        .create_container(agent::ctx(RPC), &req)
-        .await
-        .map_err(|e| format!("CreateContainer with a terminal: {e}"))?;
+    create(agent, id, &spec, Vec::new()).await?;
     let mut resize = TtyWinResizeRequest::new();
     resize.container_id = id.into();
     resize.rows = 30;
@@ -598,12 +582,7 @@ async fn terminal_container(a: &Agent, agent: &AgentServiceClient) -> Result<(),
         .tty_win_resize(agent::ctx(RPC), &resize)
         .await
         .map_err(|e| format!("TtyWinResize: {e}"))?;
-    let mut start = ContainerRequest::new();
-    start.container_id = id.into();
-    agent
-        .start_container(agent::ctx(RPC), &start)
-        .await
-        .map_err(|e| format!("StartContainer {id}: {e}"))?;
+    start(agent, id).await?;
     let out = agent::read_to_end(agent, id, "", false).await?;
     let err = agent::read_to_end(agent, id, "", true).await?;
     let status = wait(agent, id, "").await?;

@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use hako_agent_api::agent::{
     ContainerRequest, CreateContainerRequest, CreateSandboxRequest, DestroySandboxRequest,
-    GuestDetailsRequest, ProcessRequest, Storage,
+    GuestDetailsRequest, ProcessRequest,
 };
 use hako_agent_api::agent_ttrpc::AgentServiceClient;
 use hako_agent_api::health::CheckRequest;
-use hako_agent_api::{AGENT_API_PORT, AGENT_LOG_PORT, SHARED_FS_MOUNT_POINT, SHARED_FS_TAG};
+use hako_agent_api::{AGENT_API_PORT, AGENT_LOG_PORT, SHARED_FS_TAG};
 use hako_rootfs_builder::bundle;
 use hako_tests::agent::{self, Clients};
 use hako_tests::boot::{self, Boot};
@@ -40,15 +40,10 @@ async fn drive(uds: std::path::PathBuf) -> Result<(), String> {
     if !d.init || !d.kernel_release.starts_with("6.1") {
         return Err(format!("GuestDetails answered {d:?}"));
     }
-    let mut share = Storage::new();
-    share.driver = "virtiofs".into();
-    share.source = SHARED_FS_TAG.into();
-    share.fstype = "virtiofs".into();
-    share.mount_point = SHARED_FS_MOUNT_POINT.into();
     let mut req = CreateSandboxRequest::new();
     req.sandbox_id = "vm-agent-test".into();
     req.hostname = "hako-test".into();
-    req.storages.push(share);
+    req.storages.push(hako_agent_api::shared_fs_storage());
     agent
         .create_sandbox(ctx(), &req)
         .await

@@ -39,6 +39,17 @@ pub const AGENT_LOG_PORT: u32 = 1025;
 pub const SHARED_FS_TAG: &str = "hako-shared";
 /// Where the agent mounts the shared directory in the guest.
 pub const SHARED_FS_MOUNT_POINT: &str = "/run/hako/shared";
+/// The storage that mounts the sandbox's shared directory (virtio-fs, tag
+/// [`SHARED_FS_TAG`]) at [`SHARED_FS_MOUNT_POINT`]: what every CreateSandbox carries.
+pub fn shared_fs_storage() -> agent::Storage {
+    let mut s = agent::Storage::new();
+    s.driver = "virtiofs".into();
+    s.source = SHARED_FS_TAG.into();
+    s.fstype = "virtiofs".into();
+    s.mount_point = SHARED_FS_MOUNT_POINT.into();
+    s
+}
+
 /// Directories the guest image must hold for the agent (relative to `/`).
 pub const GUEST_IMAGE_DIRS: &[&str] = &["dev", "etc", "proc", "run", "sys", "tmp"];
 

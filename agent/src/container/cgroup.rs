@@ -134,12 +134,7 @@ pub fn v2_stats(dir: &Path) -> StatsContainerResponse {
             _ => {}
         }
     }
-    let mut r = StatsContainerResponse::new();
-    r.cpu = Some(cpu).into();
-    r.memory = Some(memory).into();
-    r.pids = Some(pids).into();
-    r.io = Some(io).into();
-    r
+    response(cpu, memory, pids, io)
 }
 
 /// Applies new resource limits (OCI linux.resources as JSON).
@@ -154,6 +149,20 @@ pub fn update(path: &Path, id: &str, resources_json: &[u8]) -> Result<(), Cgroup
         freezer_state: None,
     })
     .map_err(op("updating the resources", path))
+}
+
+fn response(
+    cpu: CpuStats,
+    memory: MemoryStats,
+    pids: PidsStats,
+    io: IoStats,
+) -> StatsContainerResponse {
+    let mut r = StatsContainerResponse::new();
+    r.cpu = Some(cpu).into();
+    r.memory = Some(memory).into();
+    r.pids = Some(pids).into();
+    r.io = Some(io).into();
+    r
 }
 
 /// libcgroups' statistics (CPU times in nanoseconds) as the API's message (microseconds).
@@ -196,12 +205,7 @@ pub fn to_response(s: &Stats) -> StatsContainerResponse {
             _ => {}
         }
     }
-    let mut r = StatsContainerResponse::new();
-    r.cpu = Some(cpu).into();
-    r.memory = Some(memory).into();
-    r.pids = Some(pids).into();
-    r.io = Some(io).into();
-    r
+    response(cpu, memory, pids, io)
 }
 
 #[cfg(test)]

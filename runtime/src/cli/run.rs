@@ -6,12 +6,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use hako_agent_api::AGENT_API_PORT;
 use hako_agent_api::agent::{
     ContainerRequest, CreateContainerRequest, CreateSandboxRequest, DestroySandboxRequest,
-    ProcessRequest, Storage, WriteStreamRequest,
+    ProcessRequest, WriteStreamRequest,
 };
 use hako_agent_api::agent_ttrpc::AgentServiceClient;
-use hako_agent_api::{AGENT_API_PORT, SHARED_FS_MOUNT_POINT, SHARED_FS_TAG};
 use hako_vmm_api::CpuProfile;
 use tokio::io::AsyncReadExt;
 
@@ -148,14 +148,9 @@ async fn drive(vm: &mut Vm, id: &str, spec_json: Vec<u8>) -> anyhow::Result<u8> 
     .await
     .map_err(anyhow::Error::msg)?;
     let agent = client.agent;
-    let mut share = Storage::new();
-    share.driver = "virtiofs".into();
-    share.source = SHARED_FS_TAG.into();
-    share.fstype = "virtiofs".into();
-    share.mount_point = SHARED_FS_MOUNT_POINT.into();
     let mut sandbox = CreateSandboxRequest::new();
     sandbox.sandbox_id = id.into();
-    sandbox.storages.push(share);
+    sandbox.storages.push(hako_agent_api::shared_fs_storage());
     agent
         .create_sandbox(ctx(RPC), &sandbox)
         .await
