@@ -30,6 +30,12 @@ pub fn ctx(timeout: Duration) -> ttrpc::context::Context {
     ttrpc::context::with_timeout(timeout.as_nanos() as i64)
 }
 
+/// A ttrpc context without a deadline, for long polls (output, waits) that may
+/// rightly last as long as the container runs.
+pub fn no_deadline() -> ttrpc::context::Context {
+    ttrpc::context::Context::default()
+}
+
 /// One hybrid-vsock handshake.
 pub async fn hybrid_connect(uds: &Path, port: u32) -> std::io::Result<UnixStream> {
     let mut s = UnixStream::connect(uds).await?;
@@ -110,7 +116,7 @@ pub async fn copy_stream(
         r.container_id = container_id.into();
         r.exec_id = exec_id.into();
         r.len = 64 * 1024;
-        let long = ctx(Duration::from_secs(24 * 3600));
+        let long = no_deadline();
         let chunk = if stderr {
             agent.read_stderr(long, &r).await
         } else {

@@ -179,7 +179,7 @@ async fn drive(vm: &mut Vm, id: &str, spec_json: Vec<u8>) -> anyhow::Result<u8> 
     let mut wait = ProcessRequest::new();
     wait.container_id = id.into();
     let status = agent
-        .wait_process(ctx(Duration::from_secs(3600)), &wait)
+        .wait_process(agent_client::no_deadline(), &wait)
         .await
         .context("WaitProcess")?
         .status;
