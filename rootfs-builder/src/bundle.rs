@@ -5,7 +5,7 @@
 use std::path::Path;
 
 /// Applets linked into the test root file system.
-const APPLETS: &[&str] = &[
+pub const APPLETS: &[&str] = &[
     "sh", "echo", "cat", "sleep", "true", "false", "ls", "id", "env", "stty", "tty", "hostname",
 ];
 

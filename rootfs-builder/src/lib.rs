@@ -9,5 +9,6 @@ pub mod dir;
 pub mod elf;
 pub mod images;
 pub mod manifest;
+pub mod oci_image;
 
 pub use manifest::{Entry, Manifest, ManifestError};

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
-use hako_rootfs_builder::{Manifest, bundle, cpio, dir, images};
+use hako_rootfs_builder::{Manifest, bundle, cpio, dir, images, oci_image};
 
 #[derive(Parser)]
 #[command(
@@ -57,6 +57,19 @@ enum Image {
         cgroups_path: String,
         #[arg(last = true, required = true)]
         args: Vec<String>,
+    },
+    /// A busybox container image as an OCI archive for `ctr image import` / `podman load`.
+    BusyboxImage {
+        #[arg(long, default_value = "/bin/busybox")]
+        busybox: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// The image's name, e.g. docker.io/library/busybox:hako.
+        #[arg(long)]
+        name: String,
+        /// The image's default command.
+        #[arg(last = true)]
+        cmd: Vec<String>,
     },
 }
 
@@ -140,6 +153,21 @@ fn main() -> anyhow::Result<()> {
             bundle::write_busybox_bundle(&busybox, &out, &args, &cgroups_path)
                 .map_err(anyhow::Error::msg)?;
             eprintln!("hako-rootfs-builder: wrote bundle {}", out.display());
+            Ok(())
+        }
+        Image::BusyboxImage {
+            busybox,
+            out,
+            name,
+            cmd,
+        } => {
+            let mut cmd: Vec<&str> = cmd.iter().map(String::as_str).collect();
+            if cmd.is_empty() {
+                cmd.push("sh");
+            }
+            oci_image::write_busybox_image(&busybox, &name, &cmd, &out)
+                .map_err(anyhow::Error::msg)?;
+            eprintln!("hako-rootfs-builder: wrote image {name} to {}", out.display());
             Ok(())
         }
     }

@@ -1,8 +1,13 @@
-//! Hako's runtime library: the `hako` CLI's commands (`check`, `run`), the agent client, the
-//! VM backend and sandbox state; the containerd shim arrives with its issue.
+//! Hako's runtime library: the containerd shim, the `hako` CLI's commands, the configuration,
+//! sandboxes (VM, agent client, containers, stdio) and their persisted state.
 #![deny(unsafe_code)]
 
 pub mod agent_client;
 pub mod backend;
 pub mod cli;
+pub mod config;
+pub mod error;
+pub mod io;
 pub mod sandbox;
+pub mod shim;
+pub mod state;

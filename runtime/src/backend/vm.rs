@@ -36,6 +36,8 @@ pub struct VmPaths {
     pub control: PathBuf,
     pub vsock: PathBuf,
     pub shared: PathBuf,
+    /// hako-vmm's own log (its stderr).
+    pub vmm_log: PathBuf,
 }
 
 impl VmPaths {
@@ -46,6 +48,7 @@ impl VmPaths {
             control: dir.join("control.sock"),
             vsock: dir.join("vsock.sock"),
             shared: dir.join("shared"),
+            vmm_log: dir.join("vmm.log"),
         }
     }
 }
@@ -88,11 +91,14 @@ pub struct Vm {
 }
 
 impl Vm {
-    /// Writes the config and starts hako-vmm (its log goes to our stderr at warn level).
+    /// Writes the config and starts hako-vmm (its log goes to `vmm.log` at $HAKO_LOG's level,
+    /// warn by default).
     pub fn start(spec: &VmSpec, paths: VmPaths) -> anyhow::Result<Self> {
         let json = serde_json::to_vec_pretty(&vm_config(spec, &paths))?;
         std::fs::write(&paths.config, json)
             .with_context(|| format!("writing {}", paths.config.display()))?;
+        let log = std::fs::File::create(&paths.vmm_log)
+            .with_context(|| format!("creating {}", paths.vmm_log.display()))?;
         let child = Command::new(&spec.vmm)
             .arg("--config")
             .arg(&paths.config)
@@ -102,9 +108,22 @@ impl Vm {
             )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
+            .stderr(log)
             .spawn()
             .with_context(|| format!("starting {}", spec.vmm.display()))?;
         Ok(Self { child, paths })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Kills the VMM if it still runs, and reaps it.
+    pub fn kill(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 
     /// The VMM's exit status if it has ended.
@@ -138,10 +157,7 @@ impl Vm {
 
 impl Drop for Vm {
     fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        self.kill();
     }
 }
 

@@ -1,11 +1,16 @@
-//! `containerd-shim-hako-v2`: the containerd task API shim arrives with the runtime issue.
-//! Until then it fails clearly instead of pretending to start a task.
-use std::process::ExitCode;
+//! `containerd-shim-hako-v2`: containerd's shim for Hako sandboxes.
 
-fn main() -> ExitCode {
-    eprintln!(
-        "containerd-shim-hako-v2 {}: not implemented yet; run `hako check` to see whether this host can run Hako",
-        env!("CARGO_PKG_VERSION")
-    );
-    ExitCode::FAILURE
+fn main() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("containerd-shim-hako-v2: starting the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    runtime.block_on(hako_runtime::shim::main());
 }

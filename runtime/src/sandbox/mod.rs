@@ -1,16 +1,46 @@
-//! A sandbox on the host: its state directory under the runtime root, the container root file
-//! systems bound into the shared directory, and teardown in reverse order on every path.
+//! Sandboxes on the host. [`StateDir`] is the one-shot directory `hako run` uses; [`Sandbox`]
+//! is a long-lived sandbox (the shim's pod): its VM, its agent connection, its containers and
+//! the order they are made and torn down in.
 
+pub mod container;
 pub mod rootfs;
+pub mod sizing;
+pub mod volumes;
+pub mod watchers;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
+use hako_agent_api::AGENT_API_PORT;
+use hako_agent_api::agent::{
+    ContainerRequest, CreateContainerRequest, CreateSandboxRequest, DestroySandboxRequest,
+    ExecProcessRequest, RemoveContainerRequest,
+};
+use hako_agent_api::agent_ttrpc::AgentServiceClient;
+
+use self::container::{Container, Process, Status};
+use self::sizing::VmSize;
+use self::watchers::EventSink;
+use crate::agent_client::{self, ctx};
+use crate::backend::find_vmm;
+use crate::backend::vm::{Vm, VmPaths, VmSpec};
+use crate::config::Config;
+use crate::io::Copies;
+use crate::state::{SandboxState, mounts_under};
+
+/// Deadline of ordinary agent RPCs (guest kernel work is slow where it is emulated).
+const RPC: Duration = Duration::from_secs(120);
 
 /// `<root>/<id>/` and what is in it; removed (after unmounting) when dropped.
 pub struct StateDir {
     pub dir: PathBuf,
     mounts: Vec<PathBuf>,
+    kept: bool,
 }
 
 impl StateDir {
@@ -22,6 +52,7 @@ impl StateDir {
             Ok(()) => Ok(Self {
                 dir,
                 mounts: Vec::new(),
+                kept: false,
             }),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                 bail!(
@@ -33,6 +64,12 @@ impl StateDir {
         }
     }
 
+    /// Hands the directory over to a longer-lived owner (nothing is removed on drop).
+    pub fn keep(mut self) -> PathBuf {
+        self.kept = true;
+        self.dir.clone()
+    }
+
     /// Records a mount to undo at teardown.
     pub fn mounted(&mut self, target: PathBuf) {
         self.mounts.push(target);
@@ -41,6 +78,9 @@ impl StateDir {
 
 impl Drop for StateDir {
     fn drop(&mut self) {
+        if self.kept {
+            return;
+        }
         while let Some(m) = self.mounts.pop() {
             rootfs::unbind(&m);
         }
@@ -48,4 +88,328 @@ impl Drop for StateDir {
             eprintln!("hako: removing {}: {e}", self.dir.display());
         }
     }
+}
+
+/// A long-lived sandbox: one VM, its agent, its containers.
+pub struct Sandbox {
+    pub id: String,
+    pub dir: PathBuf,
+    pub paths: VmPaths,
+    pub vmm_pid: u32,
+    pub agent: AgentServiceClient,
+    pub events: Arc<dyn EventSink>,
+    vm: Mutex<Vm>,
+    containers: Mutex<HashMap<String, Arc<Container>>>,
+    stopping: AtomicBool,
+}
+
+impl Sandbox {
+    /// Creates `<root>/<id>/`, starts the VM, waits for its agent (up to the configured
+    /// deadline) and creates the sandbox in the guest. On failure nothing is left behind and
+    /// the error names the console log.
+    pub async fn boot(
+        config: &Config,
+        id: &str,
+        size: VmSize,
+        hostname: &str,
+        events: Arc<dyn EventSink>,
+    ) -> anyhow::Result<Arc<Self>> {
+        let spec = VmSpec {
+            vmm: find_vmm(config.vm.vmm.as_deref())?,
+            kernel: existing(config.kernel(), "guest kernel (vm.kernel)")?,
+            image: existing(config.image(), "agent image (vm.image)")?,
+            vcpus: size.vcpus,
+            memory_mib: size.memory_mib,
+            cpu_profile: config.vm.cpu_profile,
+            cmdline: config.cmdline(),
+        };
+        let dir = StateDir::create(&config.runtime.root, id)?;
+        let paths = VmPaths::under(&dir.dir);
+        std::fs::create_dir(&paths.shared)
+            .with_context(|| format!("creating {}", paths.shared.display()))?;
+        let mut state = SandboxState::new(id);
+        state.save(&dir.dir)?;
+        let mut vm = Vm::start(&spec, paths.clone())?;
+        state.vmm_pid = vm.pid();
+        state.save(&dir.dir)?;
+        tracing::info!(sandbox_id = id, vmm_pid = vm.pid(), vcpus = size.vcpus,
+            memory_mib = size.memory_mib, "sandbox VM started");
+
+        let agent = match connect(&mut vm, config.agent_timeout(), id, hostname).await {
+            Ok(a) => a,
+            Err(e) => {
+                let tail = vm.console_tail(15);
+                drop(vm);
+                return Err(e.context(format!(
+                    "sandbox {id}: guest console {} ends with:\n{tail}",
+                    paths.console.display()
+                )));
+            }
+        };
+        tracing::info!(sandbox_id = id, "sandbox agent ready");
+        let dir_path = dir.keep();
+        let sandbox = Arc::new(Self {
+            id: id.into(),
+            dir: dir_path,
+            vmm_pid: vm.pid(),
+            paths,
+            agent,
+            events,
+            vm: Mutex::new(vm),
+            containers: Mutex::new(HashMap::new()),
+            stopping: AtomicBool::new(false),
+        });
+        watchers::watch_vmm(sandbox.clone());
+        watchers::watch_oom(sandbox.clone());
+        Ok(sandbox)
+    }
+
+    pub fn containers(&self) -> Vec<Arc<Container>> {
+        self.containers
+            .lock()
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    pub fn container(&self, id: &str) -> Option<Arc<Container>> {
+        self.containers.lock().ok()?.get(id).cloned()
+    }
+
+    pub fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    pub fn vmm_exited(&self) -> Option<ExitStatus> {
+        self.vm.lock().ok()?.exited().ok().flatten()
+    }
+
+    /// Shares the container's root and volumes into the guest and creates it there.
+    pub async fn create_container(
+        &self,
+        id: &str,
+        bundle: &Path,
+        mut spec: serde_json::Value,
+        rootfs_mounted: bool,
+        stdio: crate::io::Stdio,
+    ) -> anyhow::Result<Arc<Container>> {
+        if self.container(id).is_some() {
+            bail!("container {id:?} already exists in sandbox {}", self.id);
+        }
+        stdio.check()?;
+        let binds = volumes::share(&mut spec, bundle, &self.paths.shared, id)?;
+        let mut req = CreateContainerRequest::new();
+        req.container_id = id.into();
+        req.oci_spec_json = serde_json::to_vec(&spec)?;
+        self.agent
+            .create_container(ctx(RPC), &req)
+            .await
+            .with_context(|| format!("creating container {id} in sandbox {}", self.id))?;
+        let container = Arc::new(Container {
+            id: id.into(),
+            bundle: bundle.into(),
+            rootfs_mounted,
+            binds: Mutex::new(binds.keep()),
+            init: Process::new(id, "", stdio, Vec::new()),
+            execs: Mutex::new(HashMap::new()),
+        });
+        if let Ok(mut m) = self.containers.lock() {
+            m.insert(id.into(), container.clone());
+        }
+        self.save_state();
+        Ok(container)
+    }
+
+    /// Starts a container's init process or one of its execs, with its stdio wired up.
+    pub async fn start(self: &Arc<Self>, process: Arc<Process>) -> anyhow::Result<()> {
+        process.transition(Status::Created, Status::Running)?;
+        *process.copies.lock().await = Some(Copies::start(
+            &self.agent,
+            &process.container_id,
+            &process.exec_id,
+            &process.stdio,
+        ));
+        let started = if process.exec_id.is_empty() {
+            let mut req = ContainerRequest::new();
+            req.container_id = process.container_id.clone();
+            self.agent.start_container(ctx(RPC), &req).await
+        } else {
+            let mut req = ExecProcessRequest::new();
+            req.container_id = process.container_id.clone();
+            req.exec_id = process.exec_id.clone();
+            req.process_json = process.spec_json.clone();
+            self.agent.exec_process(ctx(RPC), &req).await
+        };
+        if let Err(e) = started {
+            if let Some(c) = process.copies.lock().await.as_mut() {
+                c.close();
+            }
+            process.exited(255);
+            return Err(e).with_context(|| {
+                format!(
+                    "starting {}{}{}",
+                    process.container_id,
+                    if process.exec_id.is_empty() { "" } else { "/" },
+                    process.exec_id
+                )
+            });
+        }
+        watchers::watch_exit(self.clone(), process);
+        Ok(())
+    }
+
+    /// Removes a stopped (or never started) container: from the guest, then its binds and
+    /// root file system on the host.
+    pub async fn remove_container(&self, container: &Container) -> anyhow::Result<()> {
+        if matches!(container.init.status(), Status::Running | Status::Paused) {
+            bail!("container {} is still running; kill it first", container.id);
+        }
+        if self.vmm_exited().is_none() {
+            let mut req = RemoveContainerRequest::new();
+            req.container_id = container.id.clone();
+            req.timeout_secs = 10;
+            if let Err(e) = self.agent.remove_container(ctx(RPC), &req).await {
+                tracing::warn!(container_id = %container.id, "removing in the guest: {e}");
+            }
+        }
+        if let Ok(mut binds) = container.binds.lock() {
+            volumes::undo(&mut binds);
+        }
+        if container.rootfs_mounted {
+            rootfs::unbind(&container.bundle.join("rootfs"));
+        }
+        if let Ok(mut m) = self.containers.lock() {
+            m.remove(&container.id);
+        }
+        self.save_state();
+        Ok(())
+    }
+
+    /// Powers the guest off (forcibly if it does not go within the grace), then removes every
+    /// mount and the state directory.
+    pub async fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        if self.vmm_exited().is_none() {
+            let mut req = DestroySandboxRequest::new();
+            req.power_off = true;
+            req.timeout_secs = 5;
+            let destroyed = tokio::time::timeout(
+                Duration::from_secs(30),
+                self.agent.destroy_sandbox(ctx(RPC), &req),
+            )
+            .await;
+            if !matches!(destroyed, Ok(Ok(_))) {
+                tracing::warn!(sandbox_id = %self.id, "the agent did not power the guest off; stopping the VM");
+            }
+        }
+        for _ in 0..600 {
+            if self.vmm_exited().is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if let Ok(mut vm) = self.vm.lock() {
+            vm.kill();
+        }
+        for c in self.containers() {
+            if let Ok(mut binds) = c.binds.lock() {
+                volumes::undo(&mut binds);
+            }
+            if c.rootfs_mounted {
+                rootfs::unbind(&c.bundle.join("rootfs"));
+            }
+        }
+        remove_sandbox_dir(&self.dir);
+        tracing::info!(sandbox_id = %self.id, "sandbox stopped");
+    }
+
+    fn save_state(&self) {
+        let mut state = SandboxState::new(&self.id);
+        state.vmm_pid = self.vmm_pid;
+        state.containers = self
+            .containers
+            .lock()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default();
+        if let Err(e) = state.save(&self.dir) {
+            tracing::warn!(sandbox_id = %self.id, "{e:#}");
+        }
+    }
+}
+
+/// Connects to a new VM's agent and creates the sandbox in the guest.
+async fn connect(
+    vm: &mut Vm,
+    deadline: Duration,
+    id: &str,
+    hostname: &str,
+) -> anyhow::Result<AgentServiceClient> {
+    let uds = vm.paths.vsock.clone();
+    let client = agent_client::connect_hybrid(&uds, AGENT_API_PORT, deadline, || {
+        matches!(vm.exited(), Ok(None))
+    })
+    .await
+    .map_err(anyhow::Error::msg)?;
+    let mut req = CreateSandboxRequest::new();
+    req.sandbox_id = id.into();
+    req.hostname = hostname.into();
+    req.storages.push(hako_agent_api::shared_fs_storage());
+    client
+        .agent
+        .create_sandbox(ctx(RPC), &req)
+        .await
+        .context("CreateSandbox")?;
+    Ok(client.agent)
+}
+
+fn existing(path: PathBuf, what: &str) -> anyhow::Result<PathBuf> {
+    if path.is_file() {
+        Ok(path)
+    } else {
+        bail!(
+            "{what} {} does not exist (set it in /etc/hako/config.toml or $HAKO_CONFIG)",
+            path.display()
+        )
+    }
+}
+
+/// Unmounts everything under a sandbox directory and removes it.
+pub fn remove_sandbox_dir(dir: &Path) {
+    for m in mounts_under(dir) {
+        rootfs::unbind(&m);
+    }
+    if let Err(e) = std::fs::remove_dir_all(dir) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!("removing {}: {e}", dir.display());
+        }
+    }
+}
+
+/// Cleans up after a sandbox whose shim is gone: kills its hako-vmm (if the recorded pid
+/// still is that VMM), unmounts and removes `<root>/<id>`. Returns whether there was one.
+pub fn clean_up_leftover(root: &Path, id: &str) -> bool {
+    let dir = root.join(id);
+    if !dir.is_dir() {
+        return false;
+    }
+    if let Ok(state) = SandboxState::load(&dir) {
+        if state.vmm_pid > 0 && is_our_vmm(state.vmm_pid, &dir) {
+            let pid = nix::unistd::Pid::from_raw(i32::try_from(state.vmm_pid).unwrap_or(i32::MAX));
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            for _ in 0..100 {
+                if !Path::new(&format!("/proc/{}", state.vmm_pid)).exists() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+    remove_sandbox_dir(&dir);
+    true
+}
+
+/// The process `pid` is a hako-vmm whose config lives in `dir` (pids get reused).
+fn is_our_vmm(pid: u32, dir: &Path) -> bool {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let text = String::from_utf8_lossy(&cmdline);
+    text.contains("hako-vmm") && text.contains(&*dir.to_string_lossy())
 }

@@ -1,0 +1,277 @@
+//! Hako's runtime configuration: `/etc/hako/config.toml` (or the file `$HAKO_CONFIG` names),
+//! shared by the containerd shim and the `hako` CLI. Every key is optional; the defaults are
+//! documented in `docs/CONFIG.md` and checked by [`Config::validate`].
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use hako_vmm_api::CpuProfile;
+use serde::Deserialize;
+
+/// Where the configuration is read from when `$HAKO_CONFIG` is not set.
+pub const DEFAULT_PATH: &str = "/etc/hako/config.toml";
+/// Where the guest kernel and agent image are looked for when neither the file nor the
+/// environment names them.
+pub const DEFAULT_SHARE_DIR: &str = "/usr/local/share/hako";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("{path}: {what}")]
+    Invalid { path: PathBuf, what: String },
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub runtime: RuntimeConfig,
+    pub vm: VmDefaults,
+    /// Which file this came from (empty for built-in defaults), for error messages.
+    #[serde(skip)]
+    pub source: PathBuf,
+}
+
+/// `[runtime]`: where state lives, how long to wait, how much to log.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// Per-sandbox state directories: `<root>/<sandbox-id>/`.
+    pub root: PathBuf,
+    /// How long a new sandbox's agent may take to answer (guests boot in about a minute where
+    /// kernel mode is emulated; milliseconds on real KVM).
+    pub agent_timeout_secs: u64,
+    /// tracing filter for the shim and hako-vmm (`error`, `warn`, `info`, `debug`, `trace`).
+    pub log_level: String,
+    /// Keep the guest kernel's messages (no `quiet`) and the agent's debug logs in the
+    /// sandbox's console log.
+    pub debug_console: bool,
+}
+
+/// `[vm]`: what each sandbox VM is made of and how big it is.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct VmDefaults {
+    /// hako-vmm binary (default: next to the runtime binary, else on PATH).
+    pub vmm: Option<PathBuf>,
+    /// Guest kernel (default: $HAKO_KERNEL, else `<share>/vmlinux`).
+    pub kernel: Option<PathBuf>,
+    /// Guest image holding the agent (default: $HAKO_AGENT_IMAGE, else `<share>/agent.cpio`).
+    pub image: Option<PathBuf>,
+    /// vCPUs of a sandbox whose containers set no CPU limit.
+    pub default_vcpus: u8,
+    /// Upper bound on vCPUs, whatever the limits ask.
+    pub max_vcpus: u8,
+    /// Guest memory (MiB) of a sandbox whose containers set no memory limit.
+    pub default_memory_mib: u32,
+    /// Added to the containers' memory limit: the guest kernel, the agent and page cache.
+    pub overhead_memory_mib: u32,
+    /// CPU features the guest sees: `conservative` (works everywhere) or `host`.
+    pub cpu_profile: CpuProfile,
+    /// Extra guest kernel arguments.
+    pub kernel_params: String,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            root: PathBuf::from("/run/hako"),
+            agent_timeout_secs: 600,
+            log_level: "info".into(),
+            debug_console: false,
+        }
+    }
+}
+
+impl Default for VmDefaults {
+    fn default() -> Self {
+        Self {
+            vmm: None,
+            kernel: None,
+            image: None,
+            default_vcpus: 1,
+            max_vcpus: 8,
+            default_memory_mib: 256,
+            overhead_memory_mib: 128,
+            cpu_profile: CpuProfile::Conservative,
+            kernel_params: String::new(),
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            runtime: RuntimeConfig::default(),
+            vm: VmDefaults::default(),
+            source: PathBuf::new(),
+        }
+    }
+}
+
+impl Config {
+    /// `$HAKO_CONFIG` if set (it must exist), else `/etc/hako/config.toml` if it exists, else
+    /// the defaults.
+    pub fn load() -> Result<Self, ConfigError> {
+        match std::env::var_os("HAKO_CONFIG") {
+            Some(p) => Self::from_file(Path::new(&p)),
+            None if Path::new(DEFAULT_PATH).exists() => Self::from_file(Path::new(DEFAULT_PATH)),
+            None => Ok(Self::default()),
+        }
+    }
+
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        let mut config = Self::parse(&text).map_err(|source| ConfigError::Parse {
+            path: path.into(),
+            source,
+        })?;
+        config.source = path.into();
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn parse(text: &str) -> Result<Self, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    /// Refuses values no sandbox could start with.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |what: String| ConfigError::Invalid {
+            path: self.source.clone(),
+            what,
+        };
+        let vm = &self.vm;
+        if vm.default_vcpus == 0 || vm.max_vcpus == 0 || vm.default_vcpus > vm.max_vcpus {
+            return Err(bad(format!(
+                "vm.default_vcpus ({}) must be between 1 and vm.max_vcpus ({})",
+                vm.default_vcpus, vm.max_vcpus
+            )));
+        }
+        if vm.default_memory_mib < 64 {
+            return Err(bad(format!(
+                "vm.default_memory_mib ({}) is below the 64 MiB a guest needs",
+                vm.default_memory_mib
+            )));
+        }
+        if self.runtime.agent_timeout_secs == 0 {
+            return Err(bad("runtime.agent_timeout_secs must be above 0".into()));
+        }
+        if !self.runtime.root.is_absolute() {
+            return Err(bad(format!(
+                "runtime.root ({}) must be an absolute path",
+                self.runtime.root.display()
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn agent_timeout(&self) -> Duration {
+        Duration::from_secs(self.runtime.agent_timeout_secs)
+    }
+
+    /// The guest kernel: the file's value, else `$HAKO_KERNEL`, else the shared default.
+    pub fn kernel(&self) -> PathBuf {
+        artefact(self.vm.kernel.as_ref(), "HAKO_KERNEL", "vmlinux")
+    }
+
+    /// The agent image: the file's value, else `$HAKO_AGENT_IMAGE`, else the shared default.
+    pub fn image(&self) -> PathBuf {
+        artefact(self.vm.image.as_ref(), "HAKO_AGENT_IMAGE", "agent.cpio")
+    }
+
+    /// The guest kernel command line's extra arguments.
+    pub fn cmdline(&self) -> String {
+        let mut parts = Vec::new();
+        if !self.runtime.debug_console {
+            parts.push("quiet".to_owned());
+        } else {
+            parts.push("agent.log=debug".to_owned());
+        }
+        if !self.vm.kernel_params.is_empty() {
+            parts.push(self.vm.kernel_params.clone());
+        }
+        parts.join(" ")
+    }
+}
+
+fn artefact(configured: Option<&PathBuf>, var: &str, file: &str) -> PathBuf {
+    configured
+        .cloned()
+        .or_else(|| std::env::var_os(var).map(PathBuf::from))
+        .unwrap_or_else(|| Path::new(DEFAULT_SHARE_DIR).join(file))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_file_gives_the_defaults() {
+        let c = Config::parse("").unwrap();
+        assert_eq!(c, Config::default());
+        assert!(c.validate().is_ok());
+        assert_eq!(c.runtime.root, Path::new("/run/hako"));
+    }
+
+    #[test]
+    fn every_documented_key_parses() {
+        let c = Config::parse(
+            r#"
+            [runtime]
+            root = "/run/hako-test"
+            agent_timeout_secs = 30
+            log_level = "debug"
+            debug_console = true
+            [vm]
+            vmm = "/opt/hako/hako-vmm"
+            kernel = "/opt/hako/vmlinux"
+            image = "/opt/hako/agent.cpio"
+            default_vcpus = 2
+            max_vcpus = 4
+            default_memory_mib = 512
+            overhead_memory_mib = 64
+            cpu_profile = "host"
+            kernel_params = "console=ttyS0"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.vm.default_vcpus, 2);
+        assert_eq!(c.vm.cpu_profile, CpuProfile::Host);
+        assert_eq!(c.kernel(), Path::new("/opt/hako/vmlinux"));
+        assert_eq!(c.cmdline(), "agent.log=debug console=ttyS0");
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_named() {
+        let e = Config::parse("[vm]\nvcpus = 2\n").unwrap_err().to_string();
+        assert!(e.contains("vcpus"), "{e}");
+        let mut c = Config::parse("[vm]\ndefault_vcpus = 9\nmax_vcpus = 8\n").unwrap();
+        c.source = "/etc/hako/config.toml".into();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("default_vcpus") && e.contains("config.toml"), "{e}");
+        let c = Config::parse("[runtime]\nroot = \"relative\"\n").unwrap();
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn a_missing_file_is_named() {
+        let e = Config::from_file(Path::new("/nonexistent/hako.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("/nonexistent/hako.toml"), "{e}");
+    }
+}

@@ -1,0 +1,317 @@
+//! A process's standard streams on the host (containerd's FIFOs, or `file://` URIs) wired to
+//! the agent's ReadStdout/ReadStderr/WriteStdin/CloseStdin.
+//!
+//! Output copies end when the agent reports the end of the stream (every writer in the guest
+//! closed it), so whoever waits for them knows that no output is left behind.
+
+use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use hako_agent_api::agent::{ProcessRequest, ReadStreamRequest, WriteStreamRequest};
+use hako_agent_api::agent_ttrpc::AgentServiceClient;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::agent_client::{ctx, no_deadline};
+
+const CHUNK: u32 = 64 * 1024;
+const RPC: std::time::Duration = std::time::Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum IoError {
+    #[error("stdio {uri:?}: {what}")]
+    Unsupported { uri: String, what: &'static str },
+}
+
+/// Where one stream goes on the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    /// Not connected.
+    None,
+    /// A FIFO (containerd's default) or any file opened for writing as it is.
+    Fifo(PathBuf),
+    /// A regular file, appended to (`file:///path`).
+    File(PathBuf),
+}
+
+impl Endpoint {
+    /// Parses containerd's stdio strings: "", a path, `fifo://path`, `file://path`.
+    pub fn parse(uri: &str) -> Result<Self, IoError> {
+        if uri.is_empty() {
+            return Ok(Self::None);
+        }
+        if let Some(p) = uri.strip_prefix("file://") {
+            return Ok(Self::File(PathBuf::from(p)));
+        }
+        if let Some(p) = uri.strip_prefix("fifo://") {
+            return Ok(Self::Fifo(PathBuf::from(p)));
+        }
+        if uri.starts_with("binary://") {
+            return Err(IoError::Unsupported {
+                uri: uri.into(),
+                what: "binary:// loggers are not supported by Hako yet; use a FIFO or file://",
+            });
+        }
+        if uri.contains("://") {
+            return Err(IoError::Unsupported {
+                uri: uri.into(),
+                what: "unknown scheme (Hako takes FIFO paths and file:// URIs)",
+            });
+        }
+        Ok(Self::Fifo(PathBuf::from(uri)))
+    }
+
+    fn open_writer(&self) -> std::io::Result<Option<std::fs::File>> {
+        match self {
+            Self::None => Ok(None),
+            // Blocks until containerd's reader is there (it opens it before Create).
+            Self::Fifo(p) => std::fs::OpenOptions::new().write(true).open(p).map(Some),
+            Self::File(p) => {
+                if let Some(dir) = p.parent() {
+                    std::fs::create_dir_all(dir)?;
+                }
+                std::fs::OpenOptions::new()
+                    .append(true)
+                    .create(true)
+                    .open(p)
+                    .map(Some)
+            }
+        }
+    }
+}
+
+/// The host ends of one process's streams.
+#[derive(Debug, Clone)]
+pub struct Stdio {
+    pub stdin: String,
+    pub stdout: String,
+    pub stderr: String,
+    pub terminal: bool,
+}
+
+impl Stdio {
+    /// Checks every URI before anything is started.
+    pub fn check(&self) -> Result<(), IoError> {
+        Endpoint::parse(&self.stdin)?;
+        Endpoint::parse(&self.stdout)?;
+        Endpoint::parse(&self.stderr)?;
+        Ok(())
+    }
+}
+
+/// The copy tasks of one process.
+pub struct Copies {
+    outputs: Vec<JoinHandle<()>>,
+    stdin: Option<JoinHandle<()>>,
+}
+
+impl Copies {
+    /// Starts copying: stdout and stderr (unless a terminal merges them) from the agent to
+    /// the host endpoints, and the host's stdin to the agent.
+    pub fn start(agent: &AgentServiceClient, cid: &str, eid: &str, stdio: &Stdio) -> Self {
+        let mut outputs = Vec::new();
+        if let Ok(ep) = Endpoint::parse(&stdio.stdout) {
+            if ep != Endpoint::None {
+                outputs.push(copy_output(agent.clone(), cid, eid, false, ep));
+            }
+        }
+        if !stdio.terminal {
+            if let Ok(ep) = Endpoint::parse(&stdio.stderr) {
+                if ep != Endpoint::None {
+                    outputs.push(copy_output(agent.clone(), cid, eid, true, ep));
+                }
+            }
+        }
+        let stdin = match Endpoint::parse(&stdio.stdin) {
+            Ok(Endpoint::Fifo(p)) | Ok(Endpoint::File(p)) => {
+                Some(copy_input(agent.clone(), cid, eid, p))
+            }
+            _ => None,
+        };
+        Self { outputs, stdin }
+    }
+
+    /// Waits until every output stream has ended, at most `limit` (a daemon the process left
+    /// behind may keep a stream open for ever).
+    pub async fn drain(&mut self, limit: std::time::Duration) {
+        let all = futures_join(std::mem::take(&mut self.outputs));
+        if tokio::time::timeout(limit, all).await.is_err() {
+            tracing::warn!("output still open {limit:?} after the process exited; not waiting");
+        }
+    }
+
+    /// Waits (at most `limit`) until stdin's host end is closed and all of it forwarded.
+    pub async fn stdin_done(&mut self, limit: std::time::Duration) {
+        if let Some(h) = self.stdin.as_mut() {
+            let _ = tokio::time::timeout(limit, h).await;
+        }
+    }
+
+    /// Stops forwarding stdin (the process is gone).
+    pub fn close(&mut self) {
+        if let Some(h) = self.stdin.take() {
+            h.abort();
+        }
+        for h in self.outputs.drain(..) {
+            h.abort();
+        }
+    }
+}
+
+impl Drop for Copies {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+async fn futures_join(handles: Vec<JoinHandle<()>>) {
+    for h in handles {
+        let _ = h.await;
+    }
+}
+
+fn copy_output(
+    agent: AgentServiceClient,
+    cid: &str,
+    eid: &str,
+    stderr: bool,
+    to: Endpoint,
+) -> JoinHandle<()> {
+    let (cid2, eid2) = (cid.to_owned(), eid.to_owned());
+    let (cid, eid) = (cid.to_owned(), eid.to_owned());
+    // The host side is written by a blocking thread (FIFO opens block), fed by this task.
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(16);
+    let writer = tokio::task::spawn_blocking(move || {
+        let mut file = match to.open_writer() {
+            Ok(Some(f)) => Some(f),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(container_id = %cid, exec_id = %eid, "opening {to:?}: {e}");
+                None
+            }
+        };
+        while let Some(chunk) = rx.blocking_recv() {
+            if let Some(f) = file.as_mut() {
+                if let Err(e) = f.write_all(&chunk) {
+                    tracing::warn!("writing output to {to:?}: {e}; discarding the rest");
+                    file = None;
+                }
+            }
+        }
+    });
+    tokio::spawn(async move {
+        loop {
+            let mut r = ReadStreamRequest::new();
+            r.container_id = cid2.clone();
+            r.exec_id = eid2.clone();
+            r.len = CHUNK;
+            let got = if stderr {
+                agent.read_stderr(no_deadline(), &r).await
+            } else {
+                agent.read_stdout(no_deadline(), &r).await
+            };
+            match got {
+                Ok(chunk) if !chunk.data.is_empty() => {
+                    if tx.send(chunk.data).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::debug!(container_id = %cid2, exec_id = %eid2, "output stream ended: {e}");
+                    break;
+                }
+            }
+        }
+        drop(tx);
+        let _ = writer.await;
+    })
+}
+
+fn copy_input(agent: AgentServiceClient, cid: &str, eid: &str, from: PathBuf) -> JoinHandle<()> {
+    let (cid, eid) = (cid.to_owned(), eid.to_owned());
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(16);
+    // Opening a FIFO for reading blocks until containerd opens its end: a thread does it.
+    std::thread::spawn(move || read_input(&from, tx));
+    tokio::spawn(async move {
+        while let Some(data) = rx.recv().await {
+            let mut w = WriteStreamRequest::new();
+            w.container_id = cid.clone();
+            w.exec_id = eid.clone();
+            w.data = data;
+            if let Err(e) = agent.write_stdin(ctx(RPC), &w).await {
+                tracing::debug!(container_id = %cid, exec_id = %eid, "stdin: {e}");
+                return;
+            }
+        }
+        let mut close = ProcessRequest::new();
+        close.container_id = cid;
+        close.exec_id = eid;
+        let _ = agent.close_stdin(ctx(RPC), &close).await;
+    })
+}
+
+fn read_input(from: &Path, tx: mpsc::Sender<Vec<u8>>) {
+    let mut file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(from)
+    {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!("opening stdin {}: {e}", from.display());
+            return;
+        }
+    };
+    let mut buf = vec![0u8; CHUNK as usize];
+    loop {
+        match file.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => {
+                if tx.blocking_send(buf[..n].to_vec()).is_err() {
+                    return;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                tracing::debug!("reading stdin {}: {e}", from.display());
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stdio_strings_are_parsed() {
+        assert_eq!(Endpoint::parse("").unwrap(), Endpoint::None);
+        assert_eq!(
+            Endpoint::parse("/run/containerd/fifo/1/x-stdout").unwrap(),
+            Endpoint::Fifo("/run/containerd/fifo/1/x-stdout".into())
+        );
+        assert_eq!(
+            Endpoint::parse("file:///var/log/x.log").unwrap(),
+            Endpoint::File("/var/log/x.log".into())
+        );
+        let e = Endpoint::parse("binary:///usr/bin/logger?a=b")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("binary://"), "{e}");
+        assert!(Endpoint::parse("tcp://x").is_err());
+    }
+
+    #[test]
+    fn file_endpoints_append() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("logs/out.log");
+        for line in ["a\n", "b\n"] {
+            let mut f = Endpoint::File(p.clone()).open_writer().unwrap().unwrap();
+            f.write_all(line.as_bytes()).unwrap();
+        }
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "a\nb\n");
+    }
+}

@@ -1,0 +1,128 @@
+//! What a container needs from the host, shared into its sandbox: the bundle's root file
+//! system and every bind mount (hostPath, configMap, secret, emptyDir, /etc/hosts...) bound
+//! under `<shared>/<container-id>/`, and its OCI config rewritten to the guest's paths.
+//! `/dev/shm` becomes a tmpfs made in the guest.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use hako_agent_api::SHARED_FS_MOUNT_POINT;
+use serde_json::{Value, json};
+
+use super::rootfs;
+
+/// The binds made for one container, undone in reverse order on drop unless kept.
+#[derive(Debug, Default)]
+pub struct Binds {
+    targets: Vec<PathBuf>,
+}
+
+impl Binds {
+    /// Hands the list over (the caller now undoes them).
+    pub fn keep(mut self) -> Vec<PathBuf> {
+        std::mem::take(&mut self.targets)
+    }
+}
+
+impl Drop for Binds {
+    fn drop(&mut self) {
+        undo(&mut self.targets);
+    }
+}
+
+/// Undoes binds, last first.
+pub fn undo(targets: &mut Vec<PathBuf>) {
+    while let Some(t) = targets.pop() {
+        rootfs::unbind(&t);
+    }
+}
+
+/// The host path of the bundle's root file system.
+pub fn host_rootfs(spec: &Value, bundle: &Path) -> anyhow::Result<PathBuf> {
+    let root = spec
+        .pointer("/root/path")
+        .and_then(Value::as_str)
+        .context("the OCI config has no root.path")?;
+    let path = if Path::new(root).is_absolute() {
+        PathBuf::from(root)
+    } else {
+        bundle.join(root)
+    };
+    if !path.is_dir() {
+        bail!("root.path {} is not a directory", path.display());
+    }
+    Ok(path)
+}
+
+/// Binds `cid`'s root file system and bind mounts under `<shared>/<cid>/` and rewrites
+/// `spec` to the paths the guest sees.
+pub fn share(spec: &mut Value, bundle: &Path, shared: &Path, cid: &str) -> anyhow::Result<Binds> {
+    let mut binds = Binds::default();
+    let rootfs = host_rootfs(spec, bundle)?;
+    binds.targets.push(rootfs::bind(&rootfs, shared, cid)?);
+    if let Some(r) = spec.pointer_mut("/root/path") {
+        *r = Value::String("rootfs".into());
+    }
+    let guest_dir = Path::new(SHARED_FS_MOUNT_POINT).join(cid).join("mounts");
+    let host_dir = shared.join(cid).join("mounts");
+    let Some(mounts) = spec.get_mut("mounts").and_then(Value::as_array_mut) else {
+        return Ok(binds);
+    };
+    for (n, m) in mounts.iter_mut().enumerate() {
+        if !is_bind(m) {
+            continue;
+        }
+        if m.get("destination").and_then(Value::as_str) == Some("/dev/shm") {
+            *m = guest_shm();
+            continue;
+        }
+        let source = m
+            .get("source")
+            .and_then(Value::as_str)
+            .with_context(|| format!("mount {n} is a bind without a source"))?;
+        let name = n.to_string();
+        let target = host_dir.join(&name);
+        rootfs::bind_at(Path::new(source), &target)
+            .with_context(|| format!("sharing bind mount {source}"))?;
+        binds.targets.push(target);
+        m["source"] = Value::String(guest_dir.join(&name).display().to_string());
+    }
+    Ok(binds)
+}
+
+fn is_bind(m: &Value) -> bool {
+    m.get("type").and_then(Value::as_str) == Some("bind")
+        || m.get("options")
+            .and_then(Value::as_array)
+            .is_some_and(|o| o.iter().any(|x| x == "bind" || x == "rbind"))
+}
+
+fn guest_shm() -> Value {
+    json!({
+        "destination": "/dev/shm",
+        "type": "tmpfs",
+        "source": "shm",
+        "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_root_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = json!({"root": {"path": "nope"}});
+        let e = host_rootfs(&spec, dir.path()).unwrap_err().to_string();
+        assert!(e.contains("not a directory"), "{e}");
+        assert!(host_rootfs(&json!({}), dir.path()).is_err());
+    }
+
+    #[test]
+    fn binds_are_recognised_by_type_or_option() {
+        assert!(is_bind(&json!({"type": "bind"})));
+        assert!(is_bind(&json!({"type": "none", "options": ["rbind", "ro"]})));
+        assert!(!is_bind(&json!({"type": "tmpfs", "options": ["nosuid"]})));
+    }
+}

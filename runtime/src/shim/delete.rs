@@ -1,0 +1,35 @@
+//! The `delete` action: containerd runs it (in the bundle directory) when a shim is gone
+//! without deleting its task. It removes what the task left: the bundle's rootfs mount and,
+//! if the task was a sandbox, its VMM, mounts and state directory.
+
+use std::path::Path;
+use std::time::SystemTime;
+
+use containerd_shim::protos::api::DeleteResponse;
+
+use super::events::timestamp;
+use crate::config::Config;
+use crate::sandbox::{remove_sandbox_dir, watchers::SANDBOX_DIED};
+use crate::state::mounts_under;
+
+pub fn delete(id: &str, bundle: &Path) -> DeleteResponse {
+    let rootfs = bundle.join("rootfs");
+    for m in mounts_under(&rootfs) {
+        crate::sandbox::rootfs::unbind(&m);
+    }
+    match Config::load() {
+        Ok(config) => {
+            if crate::sandbox::clean_up_leftover(&config.runtime.root, id) {
+                tracing::info!(sandbox_id = id, "cleaned up a sandbox left by a stopped shim");
+            }
+        }
+        Err(e) => {
+            tracing::warn!("{e}; cleaning up the default root only");
+            remove_sandbox_dir(&Config::default().runtime.root.join(id));
+        }
+    }
+    let mut resp = DeleteResponse::new();
+    resp.exit_status = SANDBOX_DIED;
+    resp.exited_at = Some(timestamp(SystemTime::now())).into();
+    resp
+}

@@ -1,0 +1,561 @@
+//! containerd's Task service (API v2). Each RPC unpacks its request, asks the sandbox, and
+//! turns the answer into the response and events containerd expects.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use containerd_shim::asynchronous::ExitSignal;
+use containerd_shim::protos::api::{
+    CloseIORequest, ConnectRequest, ConnectResponse, CreateTaskRequest, CreateTaskResponse,
+    DeleteRequest, DeleteResponse, Empty, ExecProcessRequest, KillRequest, PauseRequest,
+    PidsRequest, PidsResponse, ProcessInfo, ResizePtyRequest, ResumeRequest, ShutdownRequest,
+    StartRequest, StartResponse, StateRequest, StateResponse, StatsRequest, StatsResponse,
+    Status as TaskStatus, UpdateTaskRequest, WaitRequest, WaitResponse,
+};
+use containerd_shim::protos::events::task::{
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskIO, TaskPaused, TaskResumed,
+    TaskStart,
+};
+use containerd_shim::protos::shim_async::Task;
+use containerd_shim::protos::topics;
+use containerd_shim::protos::ttrpc::r#async::TtrpcContext;
+use containerd_shim::protos::ttrpc::{self, Result as TtrpcResult};
+use hako_agent_api::agent::{
+    ContainerRequest, ProcessRequest, SignalProcessRequest, TtyWinResizeRequest,
+    UpdateContainerRequest,
+};
+
+use super::events::{Publisher, timestamp};
+use super::start::{PodRole, pod_role};
+use crate::agent_client::ctx;
+use crate::config::Config;
+use crate::error::ShimError;
+use crate::io::Stdio;
+use crate::sandbox::container::{Container, Process, Status};
+use crate::sandbox::{Sandbox, sizing};
+
+const RPC: Duration = Duration::from_secs(120);
+
+pub struct TaskService {
+    config: Config,
+    events: Arc<Publisher>,
+    exit: Arc<ExitSignal>,
+    /// The sandbox this shim serves, once its first container is created.
+    sandbox: tokio::sync::Mutex<Option<Arc<Sandbox>>>,
+}
+
+type Result<T> = std::result::Result<T, ShimError>;
+
+impl TaskService {
+    pub fn new(config: Config, events: Arc<Publisher>, exit: Arc<ExitSignal>) -> Self {
+        Self {
+            config,
+            events,
+            exit,
+            sandbox: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    async fn current(&self) -> Result<Arc<Sandbox>> {
+        self.sandbox
+            .lock()
+            .await
+            .clone()
+            .ok_or_else(|| ShimError::NotFound("this shim has no sandbox yet".into()))
+    }
+
+    async fn container(&self, id: &str) -> Result<(Arc<Sandbox>, Arc<Container>)> {
+        let sandbox = self.current().await?;
+        let c = sandbox
+            .container(id)
+            .ok_or_else(|| ShimError::NotFound(format!("container {id} not found")))?;
+        Ok((sandbox, c))
+    }
+
+    async fn process(&self, id: &str, exec_id: &str) -> Result<(Arc<Sandbox>, Arc<Process>)> {
+        let (sandbox, c) = self.container(id).await?;
+        let p = c
+            .process(exec_id)
+            .ok_or_else(|| ShimError::NotFound(format!("process {id}/{exec_id} not found")))?;
+        Ok((sandbox, p))
+    }
+
+    fn pid(&self, sandbox: &Sandbox) -> u32 {
+        self.events
+            .task_pid
+            .store(sandbox.vmm_pid, std::sync::atomic::Ordering::Relaxed);
+        sandbox.vmm_pid
+    }
+
+    async fn do_create(&self, req: &CreateTaskRequest) -> Result<u32> {
+        let bundle = PathBuf::from(&req.bundle);
+        let spec = read_spec(&bundle)?;
+        let stdio = Stdio {
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            terminal: req.terminal,
+        };
+        stdio
+            .check()
+            .map_err(|e| ShimError::InvalidArgument(e.to_string()))?;
+        let mounted = mount_rootfs(&bundle, &req.rootfs).await?;
+        let result = self.create_in_sandbox(req, &bundle, spec, mounted, stdio).await;
+        if result.is_err() && mounted {
+            crate::sandbox::rootfs::unbind(&bundle.join("rootfs"));
+        }
+        result
+    }
+
+    async fn create_in_sandbox(
+        &self,
+        req: &CreateTaskRequest,
+        bundle: &Path,
+        spec: serde_json::Value,
+        mounted: bool,
+        stdio: Stdio,
+    ) -> Result<u32> {
+        let mut slot = self.sandbox.lock().await;
+        let sandbox = match (pod_role(&spec), slot.clone()) {
+            (PodRole::Sandbox, None) => {
+                let size = sizing::size(&spec, &self.config.vm);
+                let hostname = spec
+                    .get("hostname")
+                    .and_then(serde_json::Value::as_str)
+                    .unwrap_or_default();
+                let sandbox = Sandbox::boot(
+                    &self.config,
+                    &req.id,
+                    size,
+                    hostname,
+                    Arc::new(self.events.clone()),
+                )
+                .await?;
+                *slot = Some(sandbox.clone());
+                sandbox
+            }
+            (PodRole::Sandbox, Some(s)) => {
+                return Err(ShimError::AlreadyExists(format!(
+                    "this shim already serves sandbox {}; {} cannot start another",
+                    s.id, req.id
+                )));
+            }
+            (PodRole::Member(want), Some(s)) if s.id == want => s,
+            (PodRole::Member(want), _) => {
+                return Err(ShimError::NotFound(format!(
+                    "sandbox {want} of container {} is not served by this shim",
+                    req.id
+                )));
+            }
+        };
+        drop(slot);
+        let created = sandbox
+            .create_container(&req.id, bundle, spec, mounted, stdio)
+            .await;
+        if let Err(e) = created {
+            if sandbox.id == req.id {
+                sandbox.stop().await;
+                *self.sandbox.lock().await = None;
+            }
+            return Err(e.into());
+        }
+        Ok(self.pid(&sandbox))
+    }
+}
+
+fn read_spec(bundle: &Path) -> Result<serde_json::Value> {
+    let path = bundle.join("config.json");
+    let bytes = std::fs::read(&path)
+        .map_err(|e| ShimError::InvalidArgument(format!("reading {}: {e}", path.display())))?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ShimError::InvalidArgument(format!("{} is not JSON: {e}", path.display())))
+}
+
+/// Mounts containerd's rootfs mounts (the snapshot) on `<bundle>/rootfs`; false if there
+/// were none (the bundle's rootfs is already a directory).
+async fn mount_rootfs(
+    bundle: &Path,
+    mounts: &[containerd_shim::protos::api::Mount],
+) -> Result<bool> {
+    if mounts.is_empty() {
+        return Ok(false);
+    }
+    let target = bundle.join("rootfs");
+    std::fs::create_dir_all(&target)
+        .map_err(|e| ShimError::Internal(anyhow::anyhow!("creating {}: {e}", target.display())))?;
+    for m in mounts {
+        containerd_shim::util::mount_rootfs(m, &target)
+            .await
+            .map_err(|e| {
+                ShimError::Internal(anyhow::anyhow!(
+                    "mounting the {} rootfs on {}: {e}",
+                    m.type_,
+                    target.display()
+                ))
+            })?;
+    }
+    Ok(true)
+}
+
+fn status_of(s: Status) -> (TaskStatus, u32, Option<std::time::SystemTime>) {
+    match s {
+        Status::Created => (TaskStatus::CREATED, 0, None),
+        Status::Running => (TaskStatus::RUNNING, 0, None),
+        Status::Paused => (TaskStatus::PAUSED, 0, None),
+        Status::Stopped { code, at } => (TaskStatus::STOPPED, code, Some(at)),
+    }
+}
+
+fn agent_err(what: &str) -> impl FnOnce(ttrpc::Error) -> ShimError + '_ {
+    move |e| ShimError::Internal(anyhow::anyhow!("{what}: {e}"))
+}
+
+#[async_trait]
+impl Task for TaskService {
+    async fn create(
+        &self,
+        _ctx: &TtrpcContext,
+        req: CreateTaskRequest,
+    ) -> TtrpcResult<CreateTaskResponse> {
+        tracing::info!(container_id = %req.id, bundle = %req.bundle, "create");
+        let pid = self.do_create(&req).await?;
+        let mut ev = TaskCreate::new();
+        ev.container_id = req.id.clone();
+        ev.bundle = req.bundle.clone();
+        ev.rootfs = req.rootfs.clone();
+        let mut io = TaskIO::new();
+        io.stdin = req.stdin.clone();
+        io.stdout = req.stdout.clone();
+        io.stderr = req.stderr.clone();
+        io.terminal = req.terminal;
+        ev.io = Some(io).into();
+        ev.pid = pid;
+        self.events
+            .publish(topics::TASK_CREATE_EVENT_TOPIC, Box::new(ev))
+            .await;
+        let mut resp = CreateTaskResponse::new();
+        resp.pid = pid;
+        Ok(resp)
+    }
+
+    async fn start(&self, _ctx: &TtrpcContext, req: StartRequest) -> TtrpcResult<StartResponse> {
+        let (sandbox, process) = self.process(&req.id, &req.exec_id).await?;
+        sandbox
+            .start(process)
+            .await
+            .map_err(|e| ShimError::FailedPrecondition(format!("{e:#}")))?;
+        let pid = self.pid(&sandbox);
+        if req.exec_id.is_empty() {
+            let mut ev = TaskStart::new();
+            ev.container_id = req.id.clone();
+            ev.pid = pid;
+            self.events
+                .publish(topics::TASK_START_EVENT_TOPIC, Box::new(ev))
+                .await;
+        } else {
+            let mut ev = TaskExecStarted::new();
+            ev.container_id = req.id.clone();
+            ev.exec_id = req.exec_id.clone();
+            ev.pid = pid;
+            self.events
+                .publish(topics::TASK_EXEC_STARTED_EVENT_TOPIC, Box::new(ev))
+                .await;
+        }
+        let mut resp = StartResponse::new();
+        resp.pid = pid;
+        Ok(resp)
+    }
+
+    async fn delete(&self, _ctx: &TtrpcContext, req: DeleteRequest) -> TtrpcResult<DeleteResponse> {
+        let (sandbox, container) = self.container(&req.id).await?;
+        let process = container.process(&req.exec_id).ok_or_else(|| {
+            ShimError::NotFound(format!("process {}/{} not found", req.id, req.exec_id))
+        })?;
+        let (_, code, at) = status_of(process.status());
+        if matches!(process.status(), Status::Running | Status::Paused) {
+            return Err(ShimError::FailedPrecondition(format!(
+                "process {}/{} is still running",
+                req.id, req.exec_id
+            ))
+            .into());
+        }
+        let pid = self.pid(&sandbox);
+        let at = timestamp(at.unwrap_or_else(std::time::SystemTime::now));
+        if req.exec_id.is_empty() {
+            sandbox
+                .remove_container(&container)
+                .await
+                .map_err(|e| ShimError::FailedPrecondition(format!("{e:#}")))?;
+            if sandbox.id == req.id {
+                sandbox.stop().await;
+                *self.sandbox.lock().await = None;
+            }
+            let mut ev = TaskDelete::new();
+            ev.container_id = req.id.clone();
+            ev.id = req.id.clone();
+            ev.pid = pid;
+            ev.exit_status = code;
+            ev.exited_at = Some(at.clone()).into();
+            self.events
+                .publish(topics::TASK_DELETE_EVENT_TOPIC, Box::new(ev))
+                .await;
+        } else if let Ok(mut execs) = container.execs.lock() {
+            execs.remove(&req.exec_id);
+        }
+        let mut resp = DeleteResponse::new();
+        resp.pid = pid;
+        resp.exit_status = code;
+        resp.exited_at = Some(at).into();
+        Ok(resp)
+    }
+
+    async fn pids(&self, _ctx: &TtrpcContext, req: PidsRequest) -> TtrpcResult<PidsResponse> {
+        let (sandbox, _) = self.container(&req.id).await?;
+        let mut r = ContainerRequest::new();
+        r.container_id = req.id.clone();
+        let got = sandbox
+            .agent
+            .list_processes(ctx(RPC), &r)
+            .await
+            .map_err(agent_err("ListProcesses"))?;
+        let mut resp = PidsResponse::new();
+        for pid in got.pids {
+            let mut p = ProcessInfo::new();
+            p.pid = u32::try_from(pid).unwrap_or_default();
+            resp.processes.push(p);
+        }
+        Ok(resp)
+    }
+
+    async fn pause(&self, _ctx: &TtrpcContext, req: PauseRequest) -> TtrpcResult<Empty> {
+        let (sandbox, c) = self.container(&req.id).await?;
+        c.init
+            .transition(Status::Running, Status::Paused)
+            .map_err(|e| ShimError::FailedPrecondition(e.to_string()))?;
+        let mut r = ContainerRequest::new();
+        r.container_id = req.id.clone();
+        if let Err(e) = sandbox.agent.pause_container(ctx(RPC), &r).await {
+            let _ = c.init.transition(Status::Paused, Status::Running);
+            return Err(agent_err("PauseContainer")(e).into());
+        }
+        let mut ev = TaskPaused::new();
+        ev.container_id = req.id.clone();
+        self.events
+            .publish(topics::TASK_PAUSED_EVENT_TOPIC, Box::new(ev))
+            .await;
+        Ok(Empty::new())
+    }
+
+    async fn resume(&self, _ctx: &TtrpcContext, req: ResumeRequest) -> TtrpcResult<Empty> {
+        let (sandbox, c) = self.container(&req.id).await?;
+        c.init
+            .transition(Status::Paused, Status::Running)
+            .map_err(|e| ShimError::FailedPrecondition(e.to_string()))?;
+        let mut r = ContainerRequest::new();
+        r.container_id = req.id.clone();
+        if let Err(e) = sandbox.agent.resume_container(ctx(RPC), &r).await {
+            let _ = c.init.transition(Status::Running, Status::Paused);
+            return Err(agent_err("ResumeContainer")(e).into());
+        }
+        let mut ev = TaskResumed::new();
+        ev.container_id = req.id.clone();
+        self.events
+            .publish(topics::TASK_RESUMED_EVENT_TOPIC, Box::new(ev))
+            .await;
+        Ok(Empty::new())
+    }
+
+    async fn kill(&self, _ctx: &TtrpcContext, req: KillRequest) -> TtrpcResult<Empty> {
+        let (sandbox, process) = self.process(&req.id, &req.exec_id).await?;
+        if matches!(process.status(), Status::Stopped { .. }) {
+            return Err(ShimError::NotFound(format!(
+                "process {}/{} already finished",
+                req.id, req.exec_id
+            ))
+            .into());
+        }
+        let mut r = SignalProcessRequest::new();
+        r.container_id = req.id.clone();
+        r.exec_id = req.exec_id.clone();
+        r.signal = req.signal;
+        r.all = req.all;
+        sandbox
+            .agent
+            .signal_process(ctx(RPC), &r)
+            .await
+            .map_err(agent_err("SignalProcess"))?;
+        Ok(Empty::new())
+    }
+
+    async fn exec(&self, _ctx: &TtrpcContext, req: ExecProcessRequest) -> TtrpcResult<Empty> {
+        let (_, c) = self.container(&req.id).await?;
+        if !matches!(c.init.status(), Status::Running) {
+            return Err(ShimError::FailedPrecondition(format!(
+                "container {} is {}; exec needs it running",
+                req.id,
+                c.init.status().name()
+            ))
+            .into());
+        }
+        let stdio = Stdio {
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            terminal: req.terminal,
+        };
+        stdio
+            .check()
+            .map_err(|e| ShimError::InvalidArgument(e.to_string()))?;
+        let spec = req.spec.as_ref().map(|a| a.value.clone()).unwrap_or_default();
+        {
+            let mut execs = c
+                .execs
+                .lock()
+                .map_err(|_| ShimError::Internal(anyhow::anyhow!("exec table poisoned")))?;
+            if execs.contains_key(&req.exec_id) {
+                return Err(ShimError::AlreadyExists(format!(
+                    "exec {} already exists in {}",
+                    req.exec_id, req.id
+                ))
+                .into());
+            }
+            execs.insert(
+                req.exec_id.clone(),
+                Process::new(&req.id, &req.exec_id, stdio, spec),
+            );
+        }
+        let mut ev = TaskExecAdded::new();
+        ev.container_id = req.id.clone();
+        ev.exec_id = req.exec_id.clone();
+        self.events
+            .publish(topics::TASK_EXEC_ADDED_EVENT_TOPIC, Box::new(ev))
+            .await;
+        Ok(Empty::new())
+    }
+
+    async fn resize_pty(&self, _ctx: &TtrpcContext, req: ResizePtyRequest) -> TtrpcResult<Empty> {
+        let (sandbox, _) = self.process(&req.id, &req.exec_id).await?;
+        let mut r = TtyWinResizeRequest::new();
+        r.container_id = req.id.clone();
+        r.exec_id = req.exec_id.clone();
+        r.rows = req.height;
+        r.columns = req.width;
+        sandbox
+            .agent
+            .tty_win_resize(ctx(RPC), &r)
+            .await
+            .map_err(agent_err("TtyWinResize"))?;
+        Ok(Empty::new())
+    }
+
+    async fn close_io(&self, _ctx: &TtrpcContext, req: CloseIORequest) -> TtrpcResult<Empty> {
+        let (sandbox, process) = self.process(&req.id, &req.exec_id).await?;
+        if req.stdin {
+            // What the client wrote before closing is forwarded first.
+            if let Some(c) = process.copies.lock().await.as_mut() {
+                c.stdin_done(Duration::from_secs(5)).await;
+            }
+            let mut r = ProcessRequest::new();
+            r.container_id = req.id.clone();
+            r.exec_id = req.exec_id.clone();
+            if let Err(e) = sandbox.agent.close_stdin(ctx(RPC), &r).await {
+                tracing::debug!(container_id = %req.id, "CloseStdin: {e}");
+            }
+        }
+        Ok(Empty::new())
+    }
+
+    async fn update(&self, _ctx: &TtrpcContext, req: UpdateTaskRequest) -> TtrpcResult<Empty> {
+        let (sandbox, _) = self.container(&req.id).await?;
+        let resources = req
+            .resources
+            .as_ref()
+            .map(|a| a.value.clone())
+            .ok_or_else(|| ShimError::InvalidArgument("update without resources".into()))?;
+        let mut r = UpdateContainerRequest::new();
+        r.container_id = req.id.clone();
+        r.resources_json = resources;
+        sandbox
+            .agent
+            .update_container(ctx(RPC), &r)
+            .await
+            .map_err(agent_err("UpdateContainer"))?;
+        Ok(Empty::new())
+    }
+
+    async fn wait(&self, _ctx: &TtrpcContext, req: WaitRequest) -> TtrpcResult<WaitResponse> {
+        let (_, process) = self.process(&req.id, &req.exec_id).await?;
+        let (code, at) = process.wait().await;
+        let mut resp = WaitResponse::new();
+        resp.exit_status = code;
+        resp.exited_at = Some(timestamp(at)).into();
+        Ok(resp)
+    }
+
+    async fn stats(&self, _ctx: &TtrpcContext, req: StatsRequest) -> TtrpcResult<StatsResponse> {
+        let (sandbox, _) = self.container(&req.id).await?;
+        let mut r = ContainerRequest::new();
+        r.container_id = req.id.clone();
+        let stats = sandbox
+            .agent
+            .stats_container(ctx(RPC), &r)
+            .await
+            .map_err(agent_err("StatsContainer"))?;
+        let mut resp = StatsResponse::new();
+        resp.stats = Some(super::convert::metrics_any(&stats)).into();
+        Ok(resp)
+    }
+
+    async fn state(&self, _ctx: &TtrpcContext, req: StateRequest) -> TtrpcResult<StateResponse> {
+        let (sandbox, c) = self.container(&req.id).await?;
+        let process = c.process(&req.exec_id).ok_or_else(|| {
+            ShimError::NotFound(format!("process {}/{} not found", req.id, req.exec_id))
+        })?;
+        let (status, code, at) = status_of(process.status());
+        let mut resp = StateResponse::new();
+        resp.id = req.id.clone();
+        resp.exec_id = req.exec_id.clone();
+        resp.bundle = c.bundle.display().to_string();
+        resp.pid = self.pid(&sandbox);
+        resp.status = status.into();
+        resp.stdin = process.stdio.stdin.clone();
+        resp.stdout = process.stdio.stdout.clone();
+        resp.stderr = process.stdio.stderr.clone();
+        resp.terminal = process.stdio.terminal;
+        resp.exit_status = code;
+        resp.exited_at = at.map(timestamp).into();
+        Ok(resp)
+    }
+
+    async fn connect(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: ConnectRequest,
+    ) -> TtrpcResult<ConnectResponse> {
+        let mut resp = ConnectResponse::new();
+        resp.shim_pid = std::process::id();
+        if let Ok(s) = self.current().await {
+            resp.task_pid = self.pid(&s);
+        }
+        resp.version = env!("CARGO_PKG_VERSION").into();
+        Ok(resp)
+    }
+
+    async fn shutdown(&self, _ctx: &TtrpcContext, req: ShutdownRequest) -> TtrpcResult<Empty> {
+        let current = self.sandbox.lock().await.clone();
+        match current {
+            Some(s) if !s.containers().is_empty() && !req.now => {
+                tracing::debug!("shutdown refused: containers remain");
+            }
+            Some(s) => {
+                s.stop().await;
+                *self.sandbox.lock().await = None;
+                self.exit.signal();
+            }
+            None => self.exit.signal(),
+        }
+        Ok(Empty::new())
+    }
+}

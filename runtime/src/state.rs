@@ -1,0 +1,125 @@
+//! A sandbox's persisted state, `<root>/<sandbox-id>/state.json`: enough for a later process
+//! (the shim's `delete` action after a crash, or a restarted shim) to find and clean up what
+//! the sandbox left: its hako-vmm process and the mounts under its directory.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+pub const STATE_FILE: &str = "state.json";
+pub const STATE_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxState {
+    pub version: u32,
+    pub sandbox_id: String,
+    /// The hako-vmm process (0 before it starts).
+    pub vmm_pid: u32,
+    /// Containers created in the sandbox, the sandbox's own first.
+    pub containers: Vec<String>,
+}
+
+impl SandboxState {
+    pub fn new(sandbox_id: &str) -> Self {
+        Self {
+            version: STATE_VERSION,
+            sandbox_id: sandbox_id.into(),
+            vmm_pid: 0,
+            containers: Vec::new(),
+        }
+    }
+
+    /// Writes `<dir>/state.json` atomically (a temporary file renamed over it).
+    pub fn save(&self, dir: &Path) -> anyhow::Result<()> {
+        let tmp = dir.join(".state.json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, dir.join(STATE_FILE))
+            .with_context(|| format!("saving the state in {}", dir.display()))
+    }
+
+    pub fn load(dir: &Path) -> anyhow::Result<Self> {
+        let path = dir.join(STATE_FILE);
+        let text = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        let state: Self = serde_json::from_slice(&text)
+            .with_context(|| format!("{} is not a Hako sandbox state", path.display()))?;
+        if state.version != STATE_VERSION {
+            anyhow::bail!(
+                "{} has state version {}; this Hako reads version {STATE_VERSION}",
+                path.display(),
+                state.version
+            );
+        }
+        Ok(state)
+    }
+}
+
+/// Mount points at or below `dir` (from /proc/self/mountinfo), deepest first.
+pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut found: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(unescape)
+        .map(PathBuf::from)
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    found.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));
+    found.dedup();
+    found
+}
+
+/// mountinfo escapes space, tab, newline and backslash as octal.
+fn unescape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            let code: String = chars.by_ref().take(3).collect();
+            match u8::from_str_radix(&code, 8) {
+                Ok(b) => out.push(char::from(b)),
+                Err(_) => {
+                    out.push('\\');
+                    out.push_str(&code);
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_round_trips_and_versions_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = SandboxState::new("pod1");
+        s.vmm_pid = 42;
+        s.containers.push("pod1".into());
+        s.save(dir.path()).unwrap();
+        assert_eq!(SandboxState::load(dir.path()).unwrap(), s);
+        s.version = 99;
+        s.save(dir.path()).unwrap();
+        let e = SandboxState::load(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("version 99"), "{e}");
+        std::fs::write(dir.path().join(STATE_FILE), "{").unwrap();
+        assert!(SandboxState::load(dir.path()).is_err());
+    }
+
+    #[test]
+    fn mountinfo_paths_are_unescaped() {
+        assert_eq!(unescape(r"/run/a\040b"), "/run/a b");
+        assert_eq!(unescape("/plain"), "/plain");
+    }
+
+    #[test]
+    fn proc_is_under_itself() {
+        let m = mounts_under(Path::new("/proc"));
+        assert!(m.contains(&PathBuf::from("/proc")), "{m:?}");
+    }
+}
