@@ -15,6 +15,8 @@ packages=(
     qemu-system-x86                                                           # reference VMM in tests and benchmarks
     binutils pkg-config libseccomp-dev                                        # readelf; libcontainer's libseccomp (static)
     runc                                                                      # the agent benchmark's reference
+    containerd                                                                # the shim's host (main job, end-to-end tests)
+    protobuf-compiler                                                         # protoc for the tests' CRI client (k8s-cri)
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -55,6 +55,64 @@ impl SandboxState {
     }
 }
 
+/// What the `hako` CLI keeps about a container beside its sandbox: `<root>/<id>/container.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerRecord {
+    pub version: u32,
+    pub id: String,
+    pub bundle: PathBuf,
+    /// RFC 3339 creation time.
+    pub created: String,
+    /// The monitor: the host process that lives as long as the container's init.
+    pub monitor_pid: u32,
+    /// The monitor's start time (/proc/<pid>/stat field 22), so a reused pid is not taken
+    /// for it.
+    pub monitor_start: u64,
+    /// The container is created in the guest (the monitor serves it).
+    pub created_in_guest: bool,
+    /// The init's exit status, once it exited.
+    pub exit_status: Option<i32>,
+    pub annotations: std::collections::BTreeMap<String, String>,
+    pub owner: String,
+}
+
+pub const RECORD_FILE: &str = "container.json";
+
+impl ContainerRecord {
+    pub fn save(&self, dir: &Path) -> anyhow::Result<()> {
+        let tmp = dir.join(".container.json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, dir.join(RECORD_FILE))
+            .with_context(|| format!("saving the container record in {}", dir.display()))
+    }
+
+    pub fn load(dir: &Path) -> anyhow::Result<Self> {
+        let path = dir.join(RECORD_FILE);
+        let text = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        serde_json::from_slice(&text)
+            .with_context(|| format!("{} is not a Hako container record", path.display()))
+    }
+
+    /// The monitor still runs (same pid and start time).
+    pub fn monitor_alive(&self) -> bool {
+        self.monitor_pid != 0 && process_start(self.monitor_pid) == Some(self.monitor_start)
+    }
+}
+
+/// A process's start time in clock ticks since boot (/proc/<pid>/stat field 22).
+pub fn process_start(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces; fields after it are plain.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let mut fields = rest.split(' ');
+    // A zombie has ended: only its exit status is left to reap.
+    if fields.next()? == "Z" {
+        return None;
+    }
+    fields.nth(18)?.parse().ok()
+}
+
 /// Mount points at or below `dir` (from /proc/self/mountinfo), deepest first.
 pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
@@ -109,6 +167,30 @@ mod tests {
         assert!(e.contains("version 99"), "{e}");
         std::fs::write(dir.path().join(STATE_FILE), "{").unwrap();
         assert!(SandboxState::load(dir.path()).is_err());
+    }
+
+    #[test]
+    fn our_own_start_time_is_read() {
+        let me = std::process::id();
+        let start = process_start(me).unwrap();
+        let mut r = ContainerRecord {
+            version: 1,
+            id: "c".into(),
+            bundle: "/b".into(),
+            created: String::new(),
+            monitor_pid: me,
+            monitor_start: start,
+            created_in_guest: false,
+            exit_status: None,
+            annotations: Default::default(),
+            owner: "root".into(),
+        };
+        assert!(r.monitor_alive());
+        r.monitor_start += 1;
+        assert!(!r.monitor_alive());
+        let dir = tempfile::tempdir().unwrap();
+        r.save(dir.path()).unwrap();
+        assert_eq!(ContainerRecord::load(dir.path()).unwrap(), r);
     }
 
     #[test]

@@ -5,6 +5,8 @@
 
 pub mod agent;
 pub mod boot;
+pub mod containerd;
+pub mod cri;
 pub mod fixtures;
 pub mod hako_vmm;
 pub mod qemu;

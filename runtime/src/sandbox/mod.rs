@@ -64,6 +64,19 @@ impl StateDir {
         }
     }
 
+    /// Takes over `<root>/<id>`, which must exist.
+    pub fn adopt(root: &Path, id: &str) -> anyhow::Result<Self> {
+        let dir = root.join(id);
+        if !dir.is_dir() {
+            bail!("{} does not exist", dir.display());
+        }
+        Ok(Self {
+            dir,
+            mounts: Vec::new(),
+            kept: false,
+        })
+    }
+
     /// Hands the directory over to a longer-lived owner (nothing is removed on drop).
     pub fn keep(mut self) -> PathBuf {
         self.kept = true;
@@ -104,11 +117,12 @@ pub struct Sandbox {
 }
 
 impl Sandbox {
-    /// Creates `<root>/<id>/`, starts the VM, waits for its agent (up to the configured
-    /// deadline) and creates the sandbox in the guest. On failure nothing is left behind and
-    /// the error names the console log.
+    /// In `dir` (`<root>/<id>/`, made by [`StateDir::create`]), starts the VM, waits for its
+    /// agent (up to the configured deadline) and creates the sandbox in the guest. On failure
+    /// nothing is left behind and the error names the console log.
     pub async fn boot(
         config: &Config,
+        dir: StateDir,
         id: &str,
         size: VmSize,
         hostname: &str,
@@ -123,7 +137,6 @@ impl Sandbox {
             cpu_profile: config.vm.cpu_profile,
             cmdline: config.cmdline(),
         };
-        let dir = StateDir::create(&config.runtime.root, id)?;
         let paths = VmPaths::under(&dir.dir);
         std::fs::create_dir(&paths.shared)
             .with_context(|| format!("creating {}", paths.shared.display()))?;
@@ -222,12 +235,19 @@ impl Sandbox {
     /// Starts a container's init process or one of its execs, with its stdio wired up.
     pub async fn start(self: &Arc<Self>, process: Arc<Process>) -> anyhow::Result<()> {
         process.transition(Status::Created, Status::Running)?;
-        *process.copies.lock().await = Some(Copies::start(
-            &self.agent,
-            &process.container_id,
-            &process.exec_id,
-            &process.stdio,
-        ));
+        // The agent buffers output until it is read, so copies may start after the process:
+        // an init process exists since CreateContainer, an exec only once ExecProcess ran.
+        let copies = || {
+            Copies::start(
+                &self.agent,
+                &process.container_id,
+                &process.exec_id,
+                &process.stdio,
+            )
+        };
+        if process.exec_id.is_empty() {
+            *process.copies.lock().await = Some(copies());
+        }
         let started = if process.exec_id.is_empty() {
             let mut req = ContainerRequest::new();
             req.container_id = process.container_id.clone();
@@ -252,6 +272,9 @@ impl Sandbox {
                     process.exec_id
                 )
             });
+        }
+        if !process.exec_id.is_empty() {
+            *process.copies.lock().await = Some(copies());
         }
         watchers::watch_exit(self.clone(), process);
         Ok(())
@@ -412,4 +435,29 @@ fn is_our_vmm(pid: u32, dir: &Path) -> bool {
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
     let text = String::from_utf8_lossy(&cmdline);
     text.contains("hako-vmm") && text.contains(&*dir.to_string_lossy())
+}
+
+/// Checks a container or sandbox id (it names directories): runc's `[A-Za-z0-9_+.-]+`, not
+/// `.` or `..`, at most 1024 bytes.
+pub fn check_id(id: &str) -> anyhow::Result<()> {
+    let ok_chars = id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"_+.-".contains(&b));
+    if id.is_empty() || id.len() > 1024 || !ok_chars || id == "." || id == ".." {
+        bail!("invalid container id {id:?}: use letters, digits and _+.-");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_that_could_escape_are_refused() {
+        assert!(check_id("abc-1.2_x+y").is_ok());
+        for bad in ["", ".", "..", "a/b", "a b", "../x"] {
+            assert!(check_id(bad).is_err(), "{bad:?}");
+        }
+    }
 }

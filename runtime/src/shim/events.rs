@@ -12,14 +12,16 @@ use containerd_shim::publisher::RemotePublisher;
 use crate::sandbox::watchers::EventSink;
 
 pub struct Publisher {
-    remote: RemotePublisher,
+    /// containerd's event service; None where no containerd listens (the `hako` CLI's
+    /// monitor serves the same Task API to the CLI).
+    remote: Option<RemotePublisher>,
     namespace: String,
     /// The pid containerd knows the tasks by (the sandbox's hako-vmm).
     pub task_pid: std::sync::atomic::AtomicU32,
 }
 
 impl Publisher {
-    pub fn new(remote: RemotePublisher, namespace: &str) -> Self {
+    pub fn new(remote: Option<RemotePublisher>, namespace: &str) -> Self {
         Self {
             remote,
             namespace: namespace.into(),
@@ -28,8 +30,11 @@ impl Publisher {
     }
 
     pub async fn publish(&self, topic: &str, event: Box<dyn MessageDyn>) {
-        if let Err(e) = self
-            .remote
+        let Some(remote) = self.remote.as_ref() else {
+            tracing::debug!("event {topic}");
+            return;
+        };
+        if let Err(e) = remote
             .publish(Default::default(), topic, &self.namespace, event)
             .await
         {

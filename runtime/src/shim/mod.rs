@@ -61,7 +61,7 @@ impl Shim for HakoShim {
         };
         task::TaskService::new(
             config,
-            Arc::new(events::Publisher::new(publisher, &self.namespace)),
+            Arc::new(events::Publisher::new(Some(publisher), &self.namespace)),
             self.exit.clone(),
         )
     }

@@ -34,7 +34,7 @@ use crate::config::Config;
 use crate::error::ShimError;
 use crate::io::Stdio;
 use crate::sandbox::container::{Container, Process, Status};
-use crate::sandbox::{Sandbox, sizing};
+use crate::sandbox::{Sandbox, StateDir, sizing};
 
 const RPC: Duration = Duration::from_secs(120);
 
@@ -42,27 +42,51 @@ pub struct TaskService {
     config: Config,
     events: Arc<Publisher>,
     exit: Arc<ExitSignal>,
-    /// The sandbox this shim serves, once its first container is created.
-    sandbox: tokio::sync::Mutex<Option<Arc<Sandbox>>>,
+    /// The sandbox this shim serves, once its first container is created. Held only to
+    /// read or replace it: other RPCs (State, above all) must answer while a sandbox boots.
+    sandbox: std::sync::Mutex<Option<Arc<Sandbox>>>,
+    /// Serialises Create (and so the boot) and the sandbox's removal.
+    lifecycle: tokio::sync::Mutex<()>,
+    /// The sandbox directory already exists (the `hako` CLI's `create` made it, atomically
+    /// claiming the id, before starting the monitor that serves this service).
+    adopt_dir: bool,
 }
 
 type Result<T> = std::result::Result<T, ShimError>;
 
 impl TaskService {
     pub fn new(config: Config, events: Arc<Publisher>, exit: Arc<ExitSignal>) -> Self {
+        Self::with_dir(config, events, exit, false)
+    }
+
+    pub fn with_dir(
+        config: Config,
+        events: Arc<Publisher>,
+        exit: Arc<ExitSignal>,
+        adopt_dir: bool,
+    ) -> Self {
         Self {
+            adopt_dir,
             config,
             events,
             exit,
-            sandbox: tokio::sync::Mutex::new(None),
+            sandbox: std::sync::Mutex::new(None),
+            lifecycle: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn slot(&self) -> Option<Arc<Sandbox>> {
+        self.sandbox.lock().ok().and_then(|s| s.clone())
+    }
+
+    fn set_slot(&self, sandbox: Option<Arc<Sandbox>>) {
+        if let Ok(mut s) = self.sandbox.lock() {
+            *s = sandbox;
         }
     }
 
     async fn current(&self) -> Result<Arc<Sandbox>> {
-        self.sandbox
-            .lock()
-            .await
-            .clone()
+        self.slot()
             .ok_or_else(|| ShimError::NotFound("this shim has no sandbox yet".into()))
     }
 
@@ -117,23 +141,30 @@ impl TaskService {
         mounted: bool,
         stdio: Stdio,
     ) -> Result<u32> {
-        let mut slot = self.sandbox.lock().await;
-        let sandbox = match (pod_role(&spec), slot.clone()) {
+        let _lifecycle = self.lifecycle.lock().await;
+        let sandbox = match (pod_role(&spec), self.slot()) {
             (PodRole::Sandbox, None) => {
                 let size = sizing::size(&spec, &self.config.vm);
                 let hostname = spec
                     .get("hostname")
                     .and_then(serde_json::Value::as_str)
                     .unwrap_or_default();
+                let dir = if self.adopt_dir {
+                    StateDir::adopt(&self.config.runtime.root, &req.id)
+                } else {
+                    StateDir::create(&self.config.runtime.root, &req.id)
+                }
+                .map_err(|e| ShimError::AlreadyExists(format!("{e:#}")))?;
                 let sandbox = Sandbox::boot(
                     &self.config,
+                    dir,
                     &req.id,
                     size,
                     hostname,
                     Arc::new(self.events.clone()),
                 )
                 .await?;
-                *slot = Some(sandbox.clone());
+                self.set_slot(Some(sandbox.clone()));
                 sandbox
             }
             (PodRole::Sandbox, Some(s)) => {
@@ -150,18 +181,94 @@ impl TaskService {
                 )));
             }
         };
-        drop(slot);
         let created = sandbox
             .create_container(&req.id, bundle, spec, mounted, stdio)
             .await;
         if let Err(e) = created {
             if sandbox.id == req.id {
                 sandbox.stop().await;
-                *self.sandbox.lock().await = None;
+                self.set_slot(None);
             }
             return Err(e.into());
         }
         Ok(self.pid(&sandbox))
+    }
+
+    /// Task.Create: the sandbox (booted by its first container) creates the container.
+    pub async fn create_task(&self, req: CreateTaskRequest) -> Result<CreateTaskResponse> {
+        tracing::info!(container_id = %req.id, bundle = %req.bundle, "create");
+        let pid = self.do_create(&req).await?;
+        let mut ev = TaskCreate::new();
+        ev.container_id = req.id.clone();
+        ev.bundle = req.bundle.clone();
+        ev.rootfs = req.rootfs.clone();
+        let mut io = TaskIO::new();
+        io.stdin = req.stdin.clone();
+        io.stdout = req.stdout.clone();
+        io.stderr = req.stderr.clone();
+        io.terminal = req.terminal;
+        ev.io = Some(io).into();
+        ev.pid = pid;
+        self.events
+            .publish(topics::TASK_CREATE_EVENT_TOPIC, Box::new(ev))
+            .await;
+        let mut resp = CreateTaskResponse::new();
+        resp.pid = pid;
+        Ok(resp)
+    }
+
+    /// Task.Delete: an exec's record, or a container (and, for the sandbox's own, the VM).
+    pub async fn delete_task(&self, req: DeleteRequest) -> Result<DeleteResponse> {
+        let (sandbox, container) = self.container(&req.id).await?;
+        let process = container.process(&req.exec_id).ok_or_else(|| {
+            ShimError::NotFound(format!("process {}/{} not found", req.id, req.exec_id))
+        })?;
+        let (_, code, at) = status_of(process.status());
+        if matches!(process.status(), Status::Running | Status::Paused) {
+            return Err(ShimError::FailedPrecondition(format!(
+                "process {}/{} is still running",
+                req.id, req.exec_id
+            )));
+        }
+        let pid = self.pid(&sandbox);
+        let at = timestamp(at.unwrap_or_else(std::time::SystemTime::now));
+        if req.exec_id.is_empty() {
+            let _lifecycle = self.lifecycle.lock().await;
+            sandbox
+                .remove_container(&container)
+                .await
+                .map_err(|e| ShimError::FailedPrecondition(format!("{e:#}")))?;
+            if sandbox.id == req.id {
+                sandbox.stop().await;
+                self.set_slot(None);
+            }
+            let mut ev = TaskDelete::new();
+            ev.container_id = req.id.clone();
+            ev.id = req.id.clone();
+            ev.pid = pid;
+            ev.exit_status = code;
+            ev.exited_at = Some(at.clone()).into();
+            self.events
+                .publish(topics::TASK_DELETE_EVENT_TOPIC, Box::new(ev))
+                .await;
+        } else if let Ok(mut execs) = container.execs.lock() {
+            execs.remove(&req.exec_id);
+        }
+        let mut resp = DeleteResponse::new();
+        resp.pid = pid;
+        resp.exit_status = code;
+        resp.exited_at = Some(at).into();
+        Ok(resp)
+    }
+
+    /// The agent of this shim's sandbox, once it runs (for the `hako` CLI's monitor).
+    pub fn agent(&self) -> Option<hako_agent_api::agent_ttrpc::AgentServiceClient> {
+        self.slot().map(|s| s.agent.clone())
+    }
+
+    /// A process of this shim's sandbox (for the `hako` CLI's monitor).
+    pub async fn process_of(&self, id: &str, exec_id: &str) -> Result<Arc<Process>> {
+        Ok(self.process(id, exec_id).await?.1)
     }
 }
 
@@ -219,25 +326,7 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: CreateTaskRequest,
     ) -> TtrpcResult<CreateTaskResponse> {
-        tracing::info!(container_id = %req.id, bundle = %req.bundle, "create");
-        let pid = self.do_create(&req).await?;
-        let mut ev = TaskCreate::new();
-        ev.container_id = req.id.clone();
-        ev.bundle = req.bundle.clone();
-        ev.rootfs = req.rootfs.clone();
-        let mut io = TaskIO::new();
-        io.stdin = req.stdin.clone();
-        io.stdout = req.stdout.clone();
-        io.stderr = req.stderr.clone();
-        io.terminal = req.terminal;
-        ev.io = Some(io).into();
-        ev.pid = pid;
-        self.events
-            .publish(topics::TASK_CREATE_EVENT_TOPIC, Box::new(ev))
-            .await;
-        let mut resp = CreateTaskResponse::new();
-        resp.pid = pid;
-        Ok(resp)
+        Ok(self.create_task(req).await?)
     }
 
     async fn start(&self, _ctx: &TtrpcContext, req: StartRequest) -> TtrpcResult<StartResponse> {
@@ -269,46 +358,7 @@ impl Task for TaskService {
     }
 
     async fn delete(&self, _ctx: &TtrpcContext, req: DeleteRequest) -> TtrpcResult<DeleteResponse> {
-        let (sandbox, container) = self.container(&req.id).await?;
-        let process = container.process(&req.exec_id).ok_or_else(|| {
-            ShimError::NotFound(format!("process {}/{} not found", req.id, req.exec_id))
-        })?;
-        let (_, code, at) = status_of(process.status());
-        if matches!(process.status(), Status::Running | Status::Paused) {
-            return Err(ShimError::FailedPrecondition(format!(
-                "process {}/{} is still running",
-                req.id, req.exec_id
-            ))
-            .into());
-        }
-        let pid = self.pid(&sandbox);
-        let at = timestamp(at.unwrap_or_else(std::time::SystemTime::now));
-        if req.exec_id.is_empty() {
-            sandbox
-                .remove_container(&container)
-                .await
-                .map_err(|e| ShimError::FailedPrecondition(format!("{e:#}")))?;
-            if sandbox.id == req.id {
-                sandbox.stop().await;
-                *self.sandbox.lock().await = None;
-            }
-            let mut ev = TaskDelete::new();
-            ev.container_id = req.id.clone();
-            ev.id = req.id.clone();
-            ev.pid = pid;
-            ev.exit_status = code;
-            ev.exited_at = Some(at.clone()).into();
-            self.events
-                .publish(topics::TASK_DELETE_EVENT_TOPIC, Box::new(ev))
-                .await;
-        } else if let Ok(mut execs) = container.execs.lock() {
-            execs.remove(&req.exec_id);
-        }
-        let mut resp = DeleteResponse::new();
-        resp.pid = pid;
-        resp.exit_status = code;
-        resp.exited_at = Some(at).into();
-        Ok(resp)
+        Ok(self.delete_task(req).await?)
     }
 
     async fn pids(&self, _ctx: &TtrpcContext, req: PidsRequest) -> TtrpcResult<PidsResponse> {
@@ -544,14 +594,14 @@ impl Task for TaskService {
     }
 
     async fn shutdown(&self, _ctx: &TtrpcContext, req: ShutdownRequest) -> TtrpcResult<Empty> {
-        let current = self.sandbox.lock().await.clone();
-        match current {
+        let _lifecycle = self.lifecycle.lock().await;
+        match self.slot() {
             Some(s) if !s.containers().is_empty() && !req.now => {
                 tracing::debug!("shutdown refused: containers remain");
             }
             Some(s) => {
                 s.stop().await;
-                *self.sandbox.lock().await = None;
+                self.set_slot(None);
                 self.exit.signal();
             }
             None => self.exit.signal(),

@@ -1,0 +1,169 @@
+//! What every OCI command needs: the container's directory and record, its lock, its
+//! status, and a Task API client of its monitor.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, bail};
+use containerd_shim::protos::api::{StateRequest, Status as TaskStatus};
+use containerd_shim::protos::shim_async::TaskClient;
+use containerd_shim::protos::ttrpc;
+use nix::fcntl::{Flock, FlockArg};
+
+use super::monitor::SOCKET;
+use crate::state::ContainerRecord;
+
+/// A container's OCI lifecycle state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OciStatus {
+    Creating,
+    Created,
+    Running,
+    Paused,
+    Stopped,
+}
+
+impl OciStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Creating => "creating",
+            Self::Created => "created",
+            Self::Running => "running",
+            Self::Paused => "paused",
+            Self::Stopped => "stopped",
+        }
+    }
+}
+
+/// One container under `--root`.
+pub struct Container {
+    pub dir: PathBuf,
+    pub record: ContainerRecord,
+}
+
+impl Container {
+    /// Finds `id`; the error says it does not exist (runc's wording).
+    pub fn open(root: &Path, id: &str) -> anyhow::Result<Self> {
+        crate::sandbox::check_id(id)?;
+        let dir = root.join(id);
+        if !dir.join(crate::state::RECORD_FILE).exists() {
+            bail!("container {id} does not exist");
+        }
+        let record = ContainerRecord::load(&dir)?;
+        Ok(Self { dir, record })
+    }
+
+    /// An exclusive lock on the container for the duration of one command.
+    pub fn lock(&self) -> anyhow::Result<Flock<std::fs::File>> {
+        lock_file(&self.dir.join(".lock"))
+    }
+
+    pub async fn client(&self) -> anyhow::Result<TaskClient> {
+        let socket = self.dir.join(SOCKET);
+        let c = ttrpc::asynchronous::Client::connect(&format!("unix://{}", socket.display()))
+            .await
+            .with_context(|| format!("connecting to the monitor of {}", self.record.id))?;
+        Ok(TaskClient::new(c))
+    }
+
+    /// The container's status: stopped once its init exited or its monitor is gone, else
+    /// what the monitor says.
+    pub async fn status(&self) -> OciStatus {
+        if self.record.exit_status.is_some() || !self.record.monitor_alive() {
+            return OciStatus::Stopped;
+        }
+        if !self.record.created_in_guest {
+            return OciStatus::Creating;
+        }
+        let Ok(client) = self.client().await else {
+            return OciStatus::Stopped;
+        };
+        let mut req = StateRequest::new();
+        req.id = self.record.id.clone();
+        match client.state(rpc_ctx(Duration::from_secs(10)), &req).await {
+            Ok(s) => match s.status.enum_value_or_default() {
+                TaskStatus::CREATED => OciStatus::Created,
+                TaskStatus::RUNNING => OciStatus::Running,
+                TaskStatus::PAUSED | TaskStatus::PAUSING => OciStatus::Paused,
+                _ => OciStatus::Stopped,
+            },
+            Err(_) => OciStatus::Stopped,
+        }
+    }
+
+    /// The OCI state document (`hako state`, and hooks' stdin).
+    pub fn state_json(&self, status: OciStatus) -> serde_json::Value {
+        let pid = if status == OciStatus::Stopped {
+            0
+        } else {
+            self.record.monitor_pid
+        };
+        serde_json::json!({
+            "ociVersion": "1.0.2",
+            "id": self.record.id,
+            "status": status.as_str(),
+            "pid": pid,
+            "bundle": self.record.bundle,
+            "rootfs": self.record.bundle.join("rootfs"),
+            "created": self.record.created,
+            "annotations": self.record.annotations,
+            "owner": self.record.owner,
+        })
+    }
+}
+
+pub fn lock_file(path: &Path) -> anyhow::Result<Flock<std::fs::File>> {
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    Flock::lock(f, FlockArg::LockExclusive)
+        .map_err(|(_, e)| anyhow::anyhow!("locking {}: {e}", path.display()))
+}
+
+pub fn rpc_ctx(timeout: Duration) -> ttrpc::context::Context {
+    ttrpc::context::with_timeout(timeout.as_nanos() as i64)
+}
+
+/// A ttrpc context without a deadline (Wait, Start of a slow guest).
+pub fn long_ctx() -> ttrpc::context::Context {
+    ttrpc::context::Context::default()
+}
+
+/// RFC 3339 (UTC, nanoseconds) without a date library: days since the epoch to the civil
+/// date (Howard Hinnant's algorithm).
+pub fn rfc3339(t: SystemTime) -> String {
+    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:09}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_nanos()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_dates() {
+        assert_eq!(rfc3339(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00.000000000Z");
+        let t = SystemTime::UNIX_EPOCH + Duration::new(1_709_210_096, 5);
+        assert_eq!(rfc3339(t), "2024-02-29T12:34:56.000000005Z");
+    }
+}

@@ -1,0 +1,99 @@
+//! OCI hooks (prestart, createRuntime, poststart, poststop) run on the host with the
+//! container's state on stdin, in the order the config lists them, each within its timeout.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+
+/// Runs the hooks of `kind` from the bundle's config (`spec`), stopping at the first failure.
+pub fn run(spec: &Value, kind: &str, state: &Value) -> anyhow::Result<()> {
+    let Some(hooks) = spec.pointer(&format!("/hooks/{kind}")).and_then(Value::as_array) else {
+        return Ok(());
+    };
+    let input = serde_json::to_vec(state)?;
+    for (n, hook) in hooks.iter().enumerate() {
+        let path = hook
+            .get("path")
+            .and_then(Value::as_str)
+            .with_context(|| format!("{kind} hook {n} has no path"))?;
+        let args: Vec<String> = hook
+            .get("args")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+            .unwrap_or_default();
+        let mut cmd = Command::new(path);
+        if let Some((argv0, rest)) = args.split_first() {
+            use std::os::unix::process::CommandExt;
+            cmd.arg0(argv0).args(rest);
+        }
+        if let Some(env) = hook.get("env").and_then(Value::as_array) {
+            cmd.env_clear();
+            for kv in env.iter().filter_map(Value::as_str) {
+                if let Some((k, v)) = kv.split_once('=') {
+                    cmd.env(k, v);
+                }
+            }
+        }
+        let timeout = hook
+            .get("timeout")
+            .and_then(Value::as_u64)
+            .map(Duration::from_secs);
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("running {kind} hook {path}"))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            let _ = stdin.write_all(&input);
+        }
+        let start = Instant::now();
+        let status = loop {
+            if let Some(s) = child.try_wait()? {
+                break s;
+            }
+            if timeout.is_some_and(|t| start.elapsed() > t) {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("{kind} hook {path} timed out after {:?}", timeout.unwrap_or_default());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        if !status.success() {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                use std::io::Read;
+                let _ = e.read_to_string(&mut err);
+            }
+            bail!("{kind} hook {path} failed ({status}): {}", err.trim());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hooks_get_the_state_and_failures_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("state");
+        let spec = serde_json::json!({"hooks": {"poststart": [
+            {"path": "/bin/sh", "args": ["sh", "-c", format!("cat > {}", out.display())]},
+            {"path": "/bin/sh", "args": ["sh", "-c", "echo nope >&2; exit 3"]}
+        ]}});
+        let state = serde_json::json!({"id": "c1", "status": "running"});
+        let e = run(&spec, "poststart", &state).unwrap_err().to_string();
+        assert!(e.contains("poststart hook /bin/sh failed") && e.contains("nope"), "{e}");
+        let got: Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+        assert_eq!(got, state);
+        assert!(run(&spec, "prestart", &state).is_ok());
+        let slow = serde_json::json!({"hooks": {"prestart": [
+            {"path": "/bin/sleep", "args": ["sleep", "5"], "timeout": 1}]}});
+        assert!(run(&slow, "prestart", &state).unwrap_err().to_string().contains("timed out"));
+    }
+}

@@ -1,0 +1,122 @@
+//! The per-container monitor (`hako monitor`, started by `hako create`): the host process
+//! that owns a container's sandbox VM, lives exactly as long as the container's init and exits
+//! with its status (what `--pid-file` names, what conmon waits for). It serves the same Task
+//! API as the containerd shim on `<root>/<id>/monitor.sock`; the other `hako` commands are its
+//! clients. Its stdio is the container's.
+
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use containerd_shim::asynchronous::ExitSignal;
+use containerd_shim::protos::api::{CreateTaskRequest, DeleteRequest};
+use containerd_shim::protos::shim_async::{Task, create_task};
+use containerd_shim::protos::ttrpc::r#async::Server;
+use hako_agent_api::agent::TtyWinResizeRequest;
+
+use crate::agent_client::ctx;
+use crate::config::Config;
+use crate::shim::events::Publisher;
+use crate::shim::task::TaskService;
+use crate::state::{ContainerRecord, process_start};
+
+pub const SOCKET: &str = "monitor.sock";
+
+#[derive(Debug, clap::Args)]
+pub struct MonitorArgs {
+    #[arg(long)]
+    pub bundle: PathBuf,
+    /// The process has a terminal (the monitor's stdio is a pty slave).
+    #[arg(long)]
+    pub terminal: bool,
+    pub id: String,
+}
+
+/// Runs the monitor; returns the container's exit status.
+pub async fn run(mut config: Config, root: &Path, args: &MonitorArgs) -> anyhow::Result<i32> {
+    config.runtime.root = root.to_path_buf();
+    let dir = root.join(&args.id);
+    let exit = Arc::new(ExitSignal::default());
+    let service = Arc::new(TaskService::with_dir(
+        config,
+        Arc::new(Publisher::new(None, "")),
+        exit.clone(),
+        true,
+    ));
+    let socket = dir.join(SOCKET);
+    let dyn_service: Arc<dyn Task + Send + Sync> = service.clone();
+    let mut server = Server::new()
+        .bind(&format!("unix://{}", socket.display()))
+        .with_context(|| format!("listening on {}", socket.display()))?
+        .register_service(create_task(dyn_service));
+    server.start().await.context("starting the task server")?;
+
+    let mut record = ContainerRecord::load(&dir)?;
+    record.monitor_pid = std::process::id();
+    record.monitor_start = process_start(record.monitor_pid).unwrap_or(0);
+    record.save(&dir)?;
+
+    let mut req = CreateTaskRequest::new();
+    req.id = args.id.clone();
+    req.bundle = args.bundle.display().to_string();
+    req.stdin = "/proc/self/fd/0".into();
+    req.stdout = "/proc/self/fd/1".into();
+    req.stderr = if args.terminal {
+        String::new()
+    } else {
+        "/proc/self/fd/2".into()
+    };
+    req.terminal = args.terminal;
+    if let Err(e) = service.create_task(req).await {
+        let _ = server.shutdown().await;
+        anyhow::bail!("creating container {}: {e}", args.id);
+    }
+    record.created_in_guest = true;
+    record.save(&dir)?;
+    tracing::info!(container_id = %args.id, "created; monitoring");
+
+    if args.terminal {
+        follow_window_size(service.clone(), args.id.clone());
+    }
+    let init = service.process_of(&args.id, "").await?;
+    let code = tokio::select! {
+        (code, _) = init.wait() => {
+            record.exit_status = Some(code as i32);
+            record.save(&dir)?;
+            let mut del = DeleteRequest::new();
+            del.id = args.id.clone();
+            if let Err(e) = service.delete_task(del).await {
+                tracing::warn!(container_id = %args.id, "removing the sandbox: {e}");
+            }
+            code as i32
+        }
+        _ = exit.wait() => 0,
+    };
+    let _ = server.shutdown().await;
+    let _ = std::fs::remove_file(&socket);
+    Ok(code)
+}
+
+/// Passes the host pty's window size (set by whoever holds the master) to the guest.
+fn follow_window_size(service: Arc<TaskService>, id: String) {
+    tokio::spawn(async move {
+        let mut last = None;
+        loop {
+            let size = super::console::window_size(std::io::stdin().as_fd());
+            if size.is_some() && size != last {
+                if let (Some((rows, cols)), Some(agent)) = (size, service.agent()) {
+                    let mut r = TtyWinResizeRequest::new();
+                    r.container_id = id.clone();
+                    r.rows = u32::from(rows);
+                    r.columns = u32::from(cols);
+                    if agent.tty_win_resize(ctx(Duration::from_secs(30)), &r).await.is_ok() {
+                        last = size;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
+}

@@ -1,0 +1,270 @@
+//! A private containerd (Debian's 1.6) for end-to-end tests: its own root, state, sockets and
+//! config under a temporary directory, Hako's shim and hako-vmm first on its PATH, the CRI
+//! plugin set up with a `hako` runtime handler, and the local busybox images imported.
+//! Dropping it stops containerd and removes every shim, VMM, mount and file it left.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::fixtures;
+
+/// The containerd namespace the tests use.
+pub const NAMESPACE: &str = "hako-test";
+/// The namespace of containerd's CRI plugin.
+pub const CRI_NAMESPACE: &str = "k8s.io";
+/// The busybox image (default command `sh`).
+pub const BUSYBOX: &str = "docker.io/library/busybox:hako";
+/// The CRI sandbox ("pause") image: busybox sleeping for ever.
+pub const PAUSE: &str = "docker.io/library/hako-pause:latest";
+
+pub struct Containerd {
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    pub hako_root: PathBuf,
+    image: PathBuf,
+    child: Option<Child>,
+}
+
+impl Containerd {
+    /// Starts containerd and imports the images.
+    pub fn start() -> Result<Self, String> {
+        let shim = fixtures::workspace_binary("hako-runtime", "containerd-shim-hako-v2")?;
+        let vmm = fixtures::workspace_binary("hako-vmm", "hako-vmm")?;
+        let bin_dir = shim
+            .parent()
+            .ok_or("the shim has no directory")?
+            .to_path_buf();
+        if vmm.parent() != Some(bin_dir.as_path()) {
+            return Err("the shim and hako-vmm were built in different places".into());
+        }
+        let kernel = fixtures::kernel().map_err(|s| s.to_string())?;
+        let image = fixtures::agent_image()?;
+        let dir = tempfile::Builder::new()
+            .prefix("hako-ctd-")
+            .tempdir()
+            .map_err(|e| format!("temporary directory: {e}"))?;
+        let d = dir.path();
+        let socket = d.join("containerd.sock");
+        let hako_root = d.join("hako");
+        std::fs::write(
+            d.join("containerd.toml"),
+            containerd_config(d, &socket),
+        )
+        .map_err(|e| e.to_string())?;
+        std::fs::write(
+            d.join("hako.toml"),
+            format!(
+                "[runtime]\nroot = {:?}\nlog_level = \"debug\"\n[vm]\nkernel = {:?}\nimage = {:?}\n",
+                hako_root, kernel, &image
+            ),
+        )
+        .map_err(|e| e.to_string())?;
+        let path = format!(
+            "{}:{}",
+            bin_dir.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let log = std::fs::File::create(d.join("containerd.log")).map_err(|e| e.to_string())?;
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(d.join("containerd.toml"))
+            .env("PATH", path)
+            .env("HAKO_CONFIG", d.join("hako.toml"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(|e| e.to_string())?)
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("starting containerd: {e}"))?;
+        let me = Self {
+            dir,
+            socket,
+            hako_root,
+            image,
+            child: Some(child),
+        };
+        let start = Instant::now();
+        while me.ctr(&["version"]).map(|o| !o.status.success()).unwrap_or(true) {
+            if start.elapsed() > Duration::from_secs(30) {
+                return Err(format!(
+                    "containerd did not answer within 30 s; its log:\n{}",
+                    me.log_tail(30)
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        me.import(BUSYBOX, &["sh"])?;
+        me.import(PAUSE, &["sleep", "2147483647"])?;
+        Ok(me)
+    }
+
+    fn import(&self, name: &str, cmd: &[&str]) -> Result<(), String> {
+        let tar = self.dir.path().join("image.tar");
+        hako_rootfs_builder::oci_image::write_busybox_image(
+            Path::new("/bin/busybox"),
+            name,
+            cmd,
+            &tar,
+        )?;
+        let tar = tar.display().to_string();
+        // The tests' namespace for ctr, and CRI's.
+        for ns in [NAMESPACE, CRI_NAMESPACE] {
+            let out = Command::new("ctr")
+                .arg("--address")
+                .arg(&self.socket)
+                .args(["--namespace", ns, "image", "import", &tar])
+                .output()
+                .map_err(|e| format!("ctr image import: {e}"))?;
+            if !out.status.success() {
+                return Err(format!(
+                    "ctr image import {name} into {ns}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// A `ctr` command against this containerd in the test namespace.
+    pub fn ctr_command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("ctr");
+        cmd.arg("--address")
+            .arg(&self.socket)
+            .arg("--namespace")
+            .arg(NAMESPACE)
+            .args(args);
+        cmd
+    }
+
+    pub fn ctr(&self, args: &[&str]) -> Result<Output, String> {
+        self.ctr_command(args)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("running ctr {args:?}: {e}"))
+    }
+
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text =
+            std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Lines of containerd's log (which holds the shims' logs too) containing `needle`.
+    pub fn log_lines(&self, needle: &str) -> Vec<String> {
+        std::fs::read_to_string(self.dir.path().join("containerd.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(needle))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Processes whose command line mentions this containerd's directory (shims, VMMs).
+    pub fn leftover_processes(&self) -> Vec<String> {
+        let needle = self.dir.path().display().to_string();
+        let mut found = Vec::new();
+        let me = std::process::id();
+        let containerd = self.child.as_ref().map(Child::id);
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            if pid == me || Some(pid) == containerd {
+                continue;
+            }
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if text.contains(&needle) || text.contains("containerd-shim-hako-v2") && text.contains(NAMESPACE) {
+                found.push(format!("{pid}: {text}"));
+            }
+        }
+        found
+    }
+
+    /// Mount points under the Hako root (sandbox shares) still mounted.
+    pub fn leftover_mounts(&self) -> Vec<String> {
+        let needle = self.hako_root.display().to_string();
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|m| m.starts_with(&needle))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Sandbox state directories left under the Hako root.
+    pub fn leftover_sandboxes(&self) -> Vec<String> {
+        std::fs::read_dir(&self.hako_root)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect()
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill").arg(child.id().to_string()).status();
+            let start = Instant::now();
+            while matches!(child.try_wait(), Ok(None)) && start.elapsed() < Duration::from_secs(10) {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for p in self.leftover_processes() {
+            if let Some(pid) = p.split(':').next() {
+                let _ = Command::new("kill").args(["-9", pid]).status();
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        let mut mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|m| m.starts_with(&*self.dir.path().to_string_lossy()))
+            .map(str::to_owned)
+            .collect();
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in mounts {
+            let _ = Command::new("umount").args(["-l", &m]).status();
+        }
+        let _ = std::fs::remove_file(&self.image);
+    }
+}
+
+fn containerd_config(d: &Path, socket: &Path) -> String {
+    format!(
+        r#"version = 2
+root = "{root}"
+state = "{state}"
+[grpc]
+  address = "{socket}"
+[ttrpc]
+  address = "{socket}.ttrpc"
+[debug]
+  level = "debug"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{PAUSE}"
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.hako]
+      runtime_type = "io.containerd.hako.v2"
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "{cni}"
+    conf_dir = "{cni}"
+"#,
+        root = d.join("root").display(),
+        state = d.join("state").display(),
+        socket = socket.display(),
+        cni = d.join("cni").display(),
+    )
+}

@@ -1,0 +1,333 @@
+//! Tier 4 (KVM, root, containerd): Hako's shim under a private containerd 1.6, driven with
+//! `ctr`. Every task is a real sandbox VM; guests boot slowly where kernel mode is emulated,
+//! so each trial boots one VM and checks several things in it. After every trial nothing
+//! may be left: no sandbox directories, mounts, shims or VMMs.
+
+use std::io::Read;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hako_tests::containerd::{BUSYBOX, Containerd};
+use hako_tests::cri::Cri;
+use hako_tests::fixtures;
+use hako_tests::require::{self, Skip};
+use libtest_mimic::{Arguments, Failed};
+
+const RUNTIME: &str = "io.containerd.hako.v2";
+
+/// How long a sandbox may take to boot and run its container here (tens of seconds on hosts
+/// that emulate guest kernel mode; far less on real KVM).
+fn boot_deadline() -> Duration {
+    hako_tests::boot::vm_deadline()
+}
+
+fn out(o: &std::process::Output) -> String {
+    format!(
+        "status {:?}\nstdout: {}\nstderr: {}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Waits until `ctr task ls` shows `id` with `status` (RUNNING, STOPPED, PAUSED).
+fn wait_status(ctd: &Containerd, id: &str, status: &str, limit: Duration) -> Result<(), Failed> {
+    let start = Instant::now();
+    loop {
+        let o = ctd.ctr(&["task", "ls"])?;
+        let text = String::from_utf8_lossy(&o.stdout).into_owned();
+        if text
+            .lines()
+            .any(|l| l.split_whitespace().next() == Some(id) && l.contains(status))
+        {
+            return Ok(());
+        }
+        if start.elapsed() > limit {
+            return Err(format!(
+                "task {id} not {status} after {limit:?}; `ctr task ls`:\n{text}\ncontainerd log:\n{}",
+                ctd.log_tail(40)
+            )
+            .into());
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// Nothing of any sandbox is left (given a few seconds for shims to exit).
+fn nothing_left(ctd: &Containerd) -> Result<(), Failed> {
+    let start = Instant::now();
+    loop {
+        let procs = ctd.leftover_processes();
+        let mounts = ctd.leftover_mounts();
+        let dirs = ctd.leftover_sandboxes();
+        if procs.is_empty() && mounts.is_empty() && dirs.is_empty() {
+            return Ok(());
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            return Err(format!(
+                "left behind: processes {procs:?}, mounts {mounts:?}, sandbox dirs {dirs:?}"
+            )
+            .into());
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn ctr_run(ctd: &Containerd, extra: &[&str], id: &str, args: &[&str]) -> Command {
+    let mut all = vec!["run", "--rm", "--runtime", RUNTIME];
+    all.extend_from_slice(extra);
+    all.push(BUSYBOX);
+    all.push(id);
+    all.extend_from_slice(args);
+    ctd.ctr_command(&all)
+}
+
+/// One sandbox: output and exit code of `ctr run`, exec (output, status, stdin), ps,
+/// metrics, pause/resume, and kill with a signal the container handles.
+fn run_exec_kill(ctd: &Containerd) -> Result<(), Failed> {
+    let script = "echo started; trap 'echo got TERM; exit 5' TERM; while true; do sleep 1; done";
+    let mut run: Child = ctr_run(ctd, &[], "c1", &["sh", "-c", script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("ctr run: {e}"))?;
+    let result = (|| -> Result<(), Failed> {
+        wait_status(ctd, "c1", "RUNNING", boot_deadline())?;
+
+        let o = ctd.ctr(&[
+            "task", "exec", "--exec-id", "e1", "c1", "sh", "-c",
+            "echo exec-out; echo exec-err >&2; exit 4",
+        ])?;
+        if o.status.code() != Some(4)
+            || String::from_utf8_lossy(&o.stdout) != "exec-out\n"
+            || !String::from_utf8_lossy(&o.stderr).contains("exec-err")
+        {
+            return Err(format!("exec e1: {}", out(&o)).into());
+        }
+
+        let mut exec = ctd
+            .ctr_command(&["task", "exec", "-i", "--exec-id", "e2", "c1", "cat"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("ctr task exec -i: {e}"))?;
+        if let Some(mut stdin) = exec.stdin.take() {
+            use std::io::Write;
+            stdin
+                .write_all(b"through stdin\n")
+                .map_err(|e| format!("exec stdin: {e}"))?;
+        }
+        let o = exec.wait_with_output().map_err(|e| e.to_string())?;
+        if !o.status.success() || String::from_utf8_lossy(&o.stdout) != "through stdin\n" {
+            return Err(format!("exec -i e2 (cat): {}", out(&o)).into());
+        }
+
+        let o = ctd.ctr(&["task", "ps", "c1"])?;
+        if !o.status.success() || String::from_utf8_lossy(&o.stdout).lines().count() < 2 {
+            return Err(format!("ctr task ps: {}", out(&o)).into());
+        }
+        let o = ctd.ctr(&["task", "metrics", "c1"])?;
+        let text = String::from_utf8_lossy(&o.stdout);
+        if !o.status.success() || !text.contains("memory") {
+            return Err(format!("ctr task metrics: {}", out(&o)).into());
+        }
+
+        let o = ctd.ctr(&["task", "pause", "c1"])?;
+        if !o.status.success() {
+            return Err(format!("ctr task pause: {}", out(&o)).into());
+        }
+        wait_status(ctd, "c1", "PAUSED", Duration::from_secs(60))?;
+        let o = ctd.ctr(&["task", "resume", "c1"])?;
+        if !o.status.success() {
+            return Err(format!("ctr task resume: {}", out(&o)).into());
+        }
+        wait_status(ctd, "c1", "RUNNING", Duration::from_secs(60))?;
+
+        let o = ctd.ctr(&["task", "kill", "--signal", "SIGTERM", "c1"])?;
+        if !o.status.success() {
+            return Err(format!("ctr task kill: {}", out(&o)).into());
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = ctd.ctr(&["task", "kill", "--signal", "SIGKILL", "c1"]);
+    }
+    let status = wait_child(&mut run, boot_deadline())?;
+    let mut stdout = String::new();
+    if let Some(mut s) = run.stdout.take() {
+        let _ = s.read_to_string(&mut stdout);
+    }
+    result?;
+    if stdout != "started\ngot TERM\n" {
+        return Err(format!("the container's output was {stdout:?}").into());
+    }
+    if status != Some(5) {
+        return Err(format!("ctr run returned {status:?}, not the container's 5").into());
+    }
+    let o = ctd.ctr(&["task", "kill", "c1"])?;
+    if o.status.success() {
+        return Err("killing a deleted task succeeded".into());
+    }
+    nothing_left(ctd)
+}
+
+fn wait_child(child: &mut Child, limit: Duration) -> Result<Option<i32>, Failed> {
+    let start = Instant::now();
+    loop {
+        if let Some(s) = child.try_wait().map_err(|e| e.to_string())? {
+            return Ok(s.code());
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            return Err(format!("ctr did not return within {limit:?}").into());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// `ctr run -t`: the container's stdio is a terminal (ctr itself runs under `script` so it
+/// has one to pass on).
+fn run_with_tty(ctd: &Containerd) -> Result<(), Failed> {
+    let ctr = ctr_run(ctd, &["-t"], "c2", &["sh", "-c", "tty; exit 2"]);
+    let mut line: Vec<String> = vec![ctr.get_program().to_string_lossy().into_owned()];
+    line.extend(ctr.get_args().map(|a| a.to_string_lossy().into_owned()));
+    let o = Command::new("script")
+        .args(["-qec", &line.join(" "), "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("script: {e}"))?;
+    let text = String::from_utf8_lossy(&o.stdout);
+    if !text.contains("/dev/pts/") || o.status.code() != Some(2) {
+        return Err(format!("ctr run -t: {}\ncontainerd log:\n{}", out(&o), ctd.log_tail(30)).into());
+    }
+    nothing_left(ctd)
+}
+
+/// SIGKILL of a running sandbox's VMM: containerd sees the task exit and deleting it
+/// cleans up everything.
+fn vmm_killed(ctd: &Containerd) -> Result<(), Failed> {
+    let o = ctd.ctr(&[
+        "run", "-d", "--runtime", RUNTIME, BUSYBOX, "c3", "sleep", "100000",
+    ])?;
+    if !o.status.success() {
+        return Err(format!("ctr run -d: {}", out(&o)).into());
+    }
+    wait_status(ctd, "c3", "RUNNING", boot_deadline())?;
+    let state = ctd.hako_root.join("c3").join("state.json");
+    let text = std::fs::read_to_string(&state).map_err(|e| format!("{}: {e}", state.display()))?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+    let pid = v["vmm_pid"].as_u64().ok_or("no vmm_pid in the state")?;
+    Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .map_err(|e| e.to_string())?;
+    wait_status(ctd, "c3", "STOPPED", Duration::from_secs(60))?;
+    let o = ctd.ctr(&["task", "rm", "c3"])?;
+    if !o.status.success() {
+        return Err(format!("ctr task rm: {}", out(&o)).into());
+    }
+    let o = ctd.ctr(&["container", "rm", "c3"])?;
+    if !o.status.success() {
+        return Err(format!("ctr container rm: {}", out(&o)).into());
+    }
+    if ctd.log_lines("topic=/tasks/exit").is_empty() {
+        return Err("containerd never got a TaskExit".into());
+    }
+    nothing_left(ctd)
+}
+
+fn prerequisites() -> Result<(), Skip> {
+    require::kvm()?;
+    require::root()?;
+    require::program("containerd")?;
+    require::program("ctr")?;
+    require::program("script")?;
+    require::program("/bin/busybox")?;
+    fixtures::kernel().map(drop)
+}
+
+fn main() {
+    let args = Arguments::from_args();
+    // Each trial starts its own containerd (cheap) and boots one sandbox.
+    let ready = prerequisites();
+    let trial = |name: &str, f: fn(&Containerd) -> Result<(), Failed>| {
+        let ready = ready.clone();
+        require::trial(name, move || ready, move || {
+            let ctd = Containerd::start()?;
+            let r = f(&ctd);
+            if r.is_err() {
+                eprintln!("containerd log (last lines):\n{}", ctd.log_tail(60));
+            }
+            r
+        })
+    };
+    let trials = vec![
+        trial("ctr_run_exec_kill_in_one_sandbox", run_exec_kill),
+        trial("ctr_run_with_a_tty", run_with_tty),
+        trial("vmm_killed_under_a_running_task", vmm_killed),
+        trial("cri_pod_with_two_containers", cri_pod),
+    ];
+    libtest_mimic::run(&args, trials).exit()
+}
+
+/// Kubernetes CRI: a pod with `runtime_handler: hako` is one sandbox VM; two containers run
+/// in it, ExecSync and ContainerStats reach them, their output reaches the CRI logs, and
+/// stopping and removing the pod leaves nothing.
+fn cri_pod(ctd: &Containerd) -> Result<(), Failed> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let logs = ctd.dir.path().join("pod-logs");
+    std::fs::create_dir_all(&logs).map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        let mut cri = Cri::connect(&ctd.socket, &logs).await?;
+        let pod_config = cri.pod_config("pod1");
+        let pod = cri.run_pod(&pod_config, "hako").await?;
+        let result = async {
+            let c1 = cri
+                .start_container(&pod, &pod_config, "c1", BUSYBOX,
+                    &["sh", "-c", "echo hello-from-c1; sleep 100000"])
+                .await?;
+            let c2 = cri
+                .start_container(&pod, &pod_config, "c2", BUSYBOX,
+                    &["sh", "-c", "echo hello-from-c2; sleep 100000"])
+                .await?;
+            let sandboxes = ctd.leftover_sandboxes();
+            if sandboxes != vec![pod.clone()] {
+                return Err(format!("the pod's containers are in sandboxes {sandboxes:?}, not one ({pod})"));
+            }
+            let r = cri.exec_sync(&c1, &["sh", "-c", "echo exec-sync; exit 3"]).await?;
+            if r.exit_code != 3 || String::from_utf8_lossy(&r.stdout) != "exec-sync\n" {
+                return Err(format!("ExecSync: exit {} stdout {:?} stderr {:?}", r.exit_code,
+                    String::from_utf8_lossy(&r.stdout), String::from_utf8_lossy(&r.stderr)));
+            }
+            // Both containers see one guest: the same kernel boot id.
+            let a = cri.exec_sync(&c1, &["cat", "/proc/sys/kernel/random/boot_id"]).await?;
+            let b = cri.exec_sync(&c2, &["cat", "/proc/sys/kernel/random/boot_id"]).await?;
+            if a.stdout.is_empty() || a.stdout != b.stdout {
+                return Err(format!("the two containers are not in one VM: boot ids {:?} / {:?}",
+                    String::from_utf8_lossy(&a.stdout), String::from_utf8_lossy(&b.stdout)));
+            }
+            let (mem, _cpu) = cri.stats(&c1).await?;
+            if mem == 0 {
+                return Err("ContainerStats reported no memory in use".into());
+            }
+            for (name, want) in [("c1", "hello-from-c1"), ("c2", "hello-from-c2")] {
+                let log = std::fs::read_to_string(logs.join(format!("{name}.log"))).unwrap_or_default();
+                if !log.contains(want) {
+                    return Err(format!("{name}.log lacks {want:?}: {log:?}"));
+                }
+            }
+            cri.stop_and_remove_container(&c2).await?;
+            Ok(())
+        }
+        .await;
+        let removed = cri.stop_and_remove_pod(&pod).await;
+        result?;
+        removed
+    })?;
+    nothing_left(ctd)
+}
