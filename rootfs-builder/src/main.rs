@@ -59,7 +59,8 @@ enum Image {
         args: Vec<String>,
     },
     /// A busybox container image as an OCI archive for `ctr image import` / `podman load`.
-    BusyboxImage {
+    #[command(name = "busybox-image")]
+    OciArchive {
         #[arg(long, default_value = "/bin/busybox")]
         busybox: PathBuf,
         #[arg(long)]
@@ -155,7 +156,7 @@ fn main() -> anyhow::Result<()> {
             eprintln!("hako-rootfs-builder: wrote bundle {}", out.display());
             Ok(())
         }
-        Image::BusyboxImage {
+        Image::OciArchive {
             busybox,
             out,
             name,
@@ -167,7 +168,10 @@ fn main() -> anyhow::Result<()> {
             }
             oci_image::write_busybox_image(&busybox, &name, &cmd, &out)
                 .map_err(anyhow::Error::msg)?;
-            eprintln!("hako-rootfs-builder: wrote image {name} to {}", out.display());
+            eprintln!(
+                "hako-rootfs-builder: wrote image {name} to {}",
+                out.display()
+            );
             Ok(())
         }
     }

@@ -19,7 +19,14 @@ struct Tar<W: Write> {
 }
 
 impl<W: Write> Tar<W> {
-    fn header(&mut self, name: &str, kind: u8, mode: u32, size: usize, link: &str) -> std::io::Result<()> {
+    fn header(
+        &mut self,
+        name: &str,
+        kind: u8,
+        mode: u32,
+        size: usize,
+        link: &str,
+    ) -> std::io::Result<()> {
         if name.len() > 100 || link.len() > 100 {
             return Err(std::io::Error::other(format!("tar name too long: {name}")));
         }
@@ -89,7 +96,12 @@ fn layer(busybox: &[u8]) -> std::io::Result<Vec<u8>> {
 
 /// Writes the archive of an image named `name` (e.g. `docker.io/library/busybox:hako`) whose
 /// default command is `cmd`.
-pub fn write_busybox_image(busybox: &Path, name: &str, cmd: &[&str], out: &Path) -> Result<(), String> {
+pub fn write_busybox_image(
+    busybox: &Path,
+    name: &str,
+    cmd: &[&str],
+    out: &Path,
+) -> Result<(), String> {
     let err = |e: std::io::Error| format!("{}: {e}", out.display());
     let bin = std::fs::read(busybox).map_err(|e| format!("{}: {e}", busybox.display()))?;
     let layer = layer(&bin).map_err(err)?;
@@ -120,8 +132,11 @@ pub fn write_busybox_image(busybox: &Path, name: &str, cmd: &[&str], out: &Path)
     let index = serde_json::to_vec(&index).map_err(|e| e.to_string())?;
 
     let file = std::fs::File::create(out).map_err(err)?;
-    let mut t = Tar { out: std::io::BufWriter::new(file) };
-    t.file("oci-layout", 0o644, br#"{"imageLayoutVersion":"1.0.0"}"#).map_err(err)?;
+    let mut t = Tar {
+        out: std::io::BufWriter::new(file),
+    };
+    t.file("oci-layout", 0o644, br#"{"imageLayoutVersion":"1.0.0"}"#)
+        .map_err(err)?;
     t.file("index.json", 0o644, &index).map_err(err)?;
     t.dir("blobs").map_err(err)?;
     t.dir("blobs/sha256").map_err(err)?;
@@ -144,26 +159,55 @@ mod tests {
         std::fs::write(&fake, b"#!/bin/true\n").unwrap();
         let out = dir.path().join("img.tar");
         write_busybox_image(&fake, "docker.io/library/busybox:hako", &["sh"], &out).unwrap();
-        let listing = std::process::Command::new("tar").arg("-tvf").arg(&out).output().unwrap();
-        assert!(listing.status.success(), "{}", String::from_utf8_lossy(&listing.stderr));
+        let listing = std::process::Command::new("tar")
+            .arg("-tvf")
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(
+            listing.status.success(),
+            "{}",
+            String::from_utf8_lossy(&listing.stderr)
+        );
         let text = String::from_utf8_lossy(&listing.stdout);
-        assert!(text.contains("index.json") && text.contains("blobs/sha256/"), "{text}");
+        assert!(
+            text.contains("index.json") && text.contains("blobs/sha256/"),
+            "{text}"
+        );
         let x = dir.path().join("x");
         std::fs::create_dir(&x).unwrap();
-        assert!(std::process::Command::new("tar").arg("-xf").arg(&out).arg("-C").arg(&x)
-            .status().unwrap().success());
+        assert!(
+            std::process::Command::new("tar")
+                .arg("-xf")
+                .arg(&out)
+                .arg("-C")
+                .arg(&x)
+                .status()
+                .unwrap()
+                .success()
+        );
         let index: serde_json::Value =
             serde_json::from_slice(&std::fs::read(x.join("index.json")).unwrap()).unwrap();
         let m = &index["manifests"][0];
-        assert_eq!(m["annotations"][CONTAINERD_NAME], "docker.io/library/busybox:hako");
+        assert_eq!(
+            m["annotations"][CONTAINERD_NAME],
+            "docker.io/library/busybox:hako"
+        );
         let d = m["digest"].as_str().unwrap();
         let blob = std::fs::read(x.join("blobs/sha256").join(&d[7..])).unwrap();
         assert_eq!(digest(&blob), d);
         let manifest: serde_json::Value = serde_json::from_slice(&blob).unwrap();
         let layer_digest = manifest["layers"][0]["digest"].as_str().unwrap();
         let layer = x.join("blobs/sha256").join(&layer_digest[7..]);
-        let l = std::process::Command::new("tar").arg("-tvf").arg(&layer).output().unwrap();
+        let l = std::process::Command::new("tar")
+            .arg("-tvf")
+            .arg(&layer)
+            .output()
+            .unwrap();
         let text = String::from_utf8_lossy(&l.stdout);
-        assert!(text.contains("bin/busybox") && text.contains("bin/sh -> busybox"), "{text}");
+        assert!(
+            text.contains("bin/busybox") && text.contains("bin/sh -> busybox"),
+            "{text}"
+        );
     }
 }

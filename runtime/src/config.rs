@@ -262,7 +262,10 @@ mod tests {
         let mut c = Config::parse("[vm]\ndefault_vcpus = 9\nmax_vcpus = 8\n").unwrap();
         c.source = "/etc/hako/config.toml".into();
         let e = c.validate().unwrap_err().to_string();
-        assert!(e.contains("default_vcpus") && e.contains("config.toml"), "{e}");
+        assert!(
+            e.contains("default_vcpus") && e.contains("config.toml"),
+            "{e}"
+        );
         let c = Config::parse("[runtime]\nroot = \"relative\"\n").unwrap();
         assert!(c.validate().is_err());
     }

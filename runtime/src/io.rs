@@ -62,11 +62,19 @@ impl Endpoint {
         Ok(Self::Fifo(PathBuf::from(uri)))
     }
 
+    /// Another process's descriptor (`/proc/<pid>/fd/<n>`, the `hako` CLI's stdio): opened
+    /// at once, while that process is sure to be there; opening a pipe or terminal this way
+    /// does not block.
+    fn is_proc_fd(&self) -> bool {
+        matches!(self, Self::Fifo(p) if p.starts_with("/proc/"))
+    }
+
     fn open_writer(&self) -> std::io::Result<Option<std::fs::File>> {
         match self {
             Self::None => Ok(None),
-            // Blocks until containerd's reader is there (it opens it before Create).
-            Self::Fifo(p) => std::fs::OpenOptions::new().write(true).open(p).map(Some),
+            // Blocks until containerd's reader is there (it opens it before Create). Append:
+            // a regular file reopened through /proc must not be written from offset 0.
+            Self::Fifo(p) => std::fs::OpenOptions::new().append(true).open(p).map(Some),
             Self::File(p) => {
                 if let Some(dir) = p.parent() {
                     std::fs::create_dir_all(dir)?;
@@ -111,17 +119,16 @@ impl Copies {
     /// the host endpoints, and the host's stdin to the agent.
     pub fn start(agent: &AgentServiceClient, cid: &str, eid: &str, stdio: &Stdio) -> Self {
         let mut outputs = Vec::new();
-        if let Ok(ep) = Endpoint::parse(&stdio.stdout) {
-            if ep != Endpoint::None {
-                outputs.push(copy_output(agent.clone(), cid, eid, false, ep));
-            }
+        if let Ok(ep) = Endpoint::parse(&stdio.stdout)
+            && ep != Endpoint::None
+        {
+            outputs.push(copy_output(agent.clone(), cid, eid, false, ep));
         }
-        if !stdio.terminal {
-            if let Ok(ep) = Endpoint::parse(&stdio.stderr) {
-                if ep != Endpoint::None {
-                    outputs.push(copy_output(agent.clone(), cid, eid, true, ep));
-                }
-            }
+        if !stdio.terminal
+            && let Ok(ep) = Endpoint::parse(&stdio.stderr)
+            && ep != Endpoint::None
+        {
+            outputs.push(copy_output(agent.clone(), cid, eid, true, ep));
         }
         let stdin = match Endpoint::parse(&stdio.stdin) {
             Ok(Endpoint::Fifo(p)) | Ok(Endpoint::File(p)) => {
@@ -182,8 +189,9 @@ fn copy_output(
     let (cid, eid) = (cid.to_owned(), eid.to_owned());
     // The host side is written by a blocking thread (FIFO opens block), fed by this task.
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(16);
+    let early = to.is_proc_fd().then(|| to.open_writer());
     let writer = tokio::task::spawn_blocking(move || {
-        let mut file = match to.open_writer() {
+        let mut file = match early.unwrap_or_else(|| to.open_writer()) {
             Ok(Some(f)) => Some(f),
             Ok(None) => None,
             Err(e) => {
@@ -192,11 +200,11 @@ fn copy_output(
             }
         };
         while let Some(chunk) = rx.blocking_recv() {
-            if let Some(f) = file.as_mut() {
-                if let Err(e) = f.write_all(&chunk) {
-                    tracing::warn!("writing output to {to:?}: {e}; discarding the rest");
-                    file = None;
-                }
+            if let Some(f) = file.as_mut()
+                && let Err(e) = f.write_all(&chunk)
+            {
+                tracing::warn!("writing output to {to:?}: {e}; discarding the rest");
+                file = None;
             }
         }
     });
@@ -232,8 +240,12 @@ fn copy_output(
 fn copy_input(agent: AgentServiceClient, cid: &str, eid: &str, from: PathBuf) -> JoinHandle<()> {
     let (cid, eid) = (cid.to_owned(), eid.to_owned());
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(16);
-    // Opening a FIFO for reading blocks until containerd opens its end: a thread does it.
-    std::thread::spawn(move || read_input(&from, tx));
+    // Opening a FIFO for reading blocks until containerd opens its end: a thread does it
+    // (descriptors of another process are opened now, while it is there).
+    let early = Endpoint::Fifo(from.clone())
+        .is_proc_fd()
+        .then(|| open_reader(&from));
+    std::thread::spawn(move || read_input(&from, early.unwrap_or_else(|| open_reader(&from)), tx));
     tokio::spawn(async move {
         while let Some(data) = rx.recv().await {
             let mut w = WriteStreamRequest::new();
@@ -252,12 +264,15 @@ fn copy_input(agent: AgentServiceClient, cid: &str, eid: &str, from: PathBuf) ->
     })
 }
 
-fn read_input(from: &Path, tx: mpsc::Sender<Vec<u8>>) {
-    let mut file = match std::fs::OpenOptions::new()
+fn open_reader(from: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_CLOEXEC)
         .open(from)
-    {
+}
+
+fn read_input(from: &Path, opened: std::io::Result<std::fs::File>, tx: mpsc::Sender<Vec<u8>>) {
+    let mut file = match opened {
         Ok(f) => f,
         Err(e) => {
             tracing::warn!("opening stdin {}: {e}", from.display());

@@ -47,11 +47,8 @@ impl Containerd {
         let d = dir.path();
         let socket = d.join("containerd.sock");
         let hako_root = d.join("hako");
-        std::fs::write(
-            d.join("containerd.toml"),
-            containerd_config(d, &socket),
-        )
-        .map_err(|e| e.to_string())?;
+        std::fs::write(d.join("containerd.toml"), containerd_config(d, &socket))
+            .map_err(|e| e.to_string())?;
         std::fs::write(
             d.join("hako.toml"),
             format!(
@@ -84,7 +81,11 @@ impl Containerd {
             child: Some(child),
         };
         let start = Instant::now();
-        while me.ctr(&["version"]).map(|o| !o.status.success()).unwrap_or(true) {
+        while me
+            .ctr(&["version"])
+            .map(|o| !o.status.success())
+            .unwrap_or(true)
+        {
             if start.elapsed() > Duration::from_secs(30) {
                 return Err(format!(
                     "containerd did not answer within 30 s; its log:\n{}",
@@ -175,7 +176,9 @@ impl Containerd {
             }
             let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
             let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            if text.contains(&needle) || text.contains("containerd-shim-hako-v2") && text.contains(NAMESPACE) {
+            if text.contains(&needle)
+                || text.contains("containerd-shim-hako-v2") && text.contains(NAMESPACE)
+            {
                 found.push(format!("{pid}: {text}"));
             }
         }
@@ -210,7 +213,8 @@ impl Drop for Containerd {
         if let Some(mut child) = self.child.take() {
             let _ = Command::new("kill").arg(child.id().to_string()).status();
             let start = Instant::now();
-            while matches!(child.try_wait(), Ok(None)) && start.elapsed() < Duration::from_secs(10) {
+            while matches!(child.try_wait(), Ok(None)) && start.elapsed() < Duration::from_secs(10)
+            {
                 std::thread::sleep(Duration::from_millis(100));
             }
             let _ = child.kill();

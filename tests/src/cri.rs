@@ -9,10 +9,10 @@ use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
     ContainerConfig, ContainerMetadata, ContainerStatsRequest, CreateContainerRequest,
-    ExecSyncRequest, ExecSyncResponse, ImageSpec, LinuxPodSandboxConfig, LinuxSandboxSecurityContext,
-    NamespaceMode, NamespaceOption, PodSandboxConfig, PodSandboxMetadata,
-    RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
-    StopContainerRequest, StopPodSandboxRequest,
+    ExecSyncRequest, ExecSyncResponse, ImageSpec, LinuxPodSandboxConfig,
+    LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption, PodSandboxConfig,
+    PodSandboxMetadata, RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest,
+    StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
 };
 use tonic::transport::{Channel, Endpoint, Uri};
 
@@ -73,7 +73,11 @@ impl Cri {
         }
     }
 
-    pub async fn run_pod(&mut self, config: &PodSandboxConfig, handler: &str) -> Result<String, String> {
+    pub async fn run_pod(
+        &mut self,
+        config: &PodSandboxConfig,
+        handler: &str,
+    ) -> Result<String, String> {
         Ok(self
             .runtime
             .run_pod_sandbox(RunPodSandboxRequest {

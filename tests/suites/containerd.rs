@@ -96,7 +96,13 @@ fn run_exec_kill(ctd: &Containerd) -> Result<(), Failed> {
         wait_status(ctd, "c1", "RUNNING", boot_deadline())?;
 
         let o = ctd.ctr(&[
-            "task", "exec", "--exec-id", "e1", "c1", "sh", "-c",
+            "task",
+            "exec",
+            "--exec-id",
+            "e1",
+            "c1",
+            "sh",
+            "-c",
             "echo exec-out; echo exec-err >&2; exit 4",
         ])?;
         if o.status.code() != Some(4)
@@ -107,12 +113,12 @@ fn run_exec_kill(ctd: &Containerd) -> Result<(), Failed> {
         }
 
         let mut exec = ctd
-            .ctr_command(&["task", "exec", "-i", "--exec-id", "e2", "c1", "cat"])
+            .ctr_command(&["task", "exec", "--exec-id", "e2", "c1", "cat"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|e| format!("ctr task exec -i: {e}"))?;
+            .map_err(|e| format!("ctr task exec (stdin): {e}"))?;
         if let Some(mut stdin) = exec.stdin.take() {
             use std::io::Write;
             stdin
@@ -121,7 +127,7 @@ fn run_exec_kill(ctd: &Containerd) -> Result<(), Failed> {
         }
         let o = exec.wait_with_output().map_err(|e| e.to_string())?;
         if !o.status.success() || String::from_utf8_lossy(&o.stdout) != "through stdin\n" {
-            return Err(format!("exec -i e2 (cat): {}", out(&o)).into());
+            return Err(format!("exec e2 (cat, stdin): {}", out(&o)).into());
         }
 
         let o = ctd.ctr(&["task", "ps", "c1"])?;
@@ -200,7 +206,12 @@ fn run_with_tty(ctd: &Containerd) -> Result<(), Failed> {
         .map_err(|e| format!("script: {e}"))?;
     let text = String::from_utf8_lossy(&o.stdout);
     if !text.contains("/dev/pts/") || o.status.code() != Some(2) {
-        return Err(format!("ctr run -t: {}\ncontainerd log:\n{}", out(&o), ctd.log_tail(30)).into());
+        return Err(format!(
+            "ctr run -t: {}\ncontainerd log:\n{}",
+            out(&o),
+            ctd.log_tail(30)
+        )
+        .into());
     }
     nothing_left(ctd)
 }
@@ -209,7 +220,14 @@ fn run_with_tty(ctd: &Containerd) -> Result<(), Failed> {
 /// cleans up everything.
 fn vmm_killed(ctd: &Containerd) -> Result<(), Failed> {
     let o = ctd.ctr(&[
-        "run", "-d", "--runtime", RUNTIME, BUSYBOX, "c3", "sleep", "100000",
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        BUSYBOX,
+        "c3",
+        "sleep",
+        "100000",
     ])?;
     if !o.status.success() {
         return Err(format!("ctr run -d: {}", out(&o)).into());
@@ -254,14 +272,18 @@ fn main() {
     let ready = prerequisites();
     let trial = |name: &str, f: fn(&Containerd) -> Result<(), Failed>| {
         let ready = ready.clone();
-        require::trial(name, move || ready, move || {
-            let ctd = Containerd::start()?;
-            let r = f(&ctd);
-            if r.is_err() {
-                eprintln!("containerd log (last lines):\n{}", ctd.log_tail(60));
-            }
-            r
-        })
+        require::trial(
+            name,
+            move || ready,
+            move || {
+                let ctd = Containerd::start()?;
+                let r = f(&ctd);
+                if r.is_err() {
+                    eprintln!("containerd log (last lines):\n{}", ctd.log_tail(60));
+                }
+                r
+            },
+        )
     };
     let trials = vec![
         trial("ctr_run_exec_kill_in_one_sandbox", run_exec_kill),
@@ -288,35 +310,61 @@ fn cri_pod(ctd: &Containerd) -> Result<(), Failed> {
         let pod = cri.run_pod(&pod_config, "hako").await?;
         let result = async {
             let c1 = cri
-                .start_container(&pod, &pod_config, "c1", BUSYBOX,
-                    &["sh", "-c", "echo hello-from-c1; sleep 100000"])
+                .start_container(
+                    &pod,
+                    &pod_config,
+                    "c1",
+                    BUSYBOX,
+                    &["sh", "-c", "echo hello-from-c1; sleep 100000"],
+                )
                 .await?;
             let c2 = cri
-                .start_container(&pod, &pod_config, "c2", BUSYBOX,
-                    &["sh", "-c", "echo hello-from-c2; sleep 100000"])
+                .start_container(
+                    &pod,
+                    &pod_config,
+                    "c2",
+                    BUSYBOX,
+                    &["sh", "-c", "echo hello-from-c2; sleep 100000"],
+                )
                 .await?;
             let sandboxes = ctd.leftover_sandboxes();
             if sandboxes != vec![pod.clone()] {
-                return Err(format!("the pod's containers are in sandboxes {sandboxes:?}, not one ({pod})"));
+                return Err(format!(
+                    "the pod's containers are in sandboxes {sandboxes:?}, not one ({pod})"
+                ));
             }
-            let r = cri.exec_sync(&c1, &["sh", "-c", "echo exec-sync; exit 3"]).await?;
+            let r = cri
+                .exec_sync(&c1, &["sh", "-c", "echo exec-sync; exit 3"])
+                .await?;
             if r.exit_code != 3 || String::from_utf8_lossy(&r.stdout) != "exec-sync\n" {
-                return Err(format!("ExecSync: exit {} stdout {:?} stderr {:?}", r.exit_code,
-                    String::from_utf8_lossy(&r.stdout), String::from_utf8_lossy(&r.stderr)));
+                return Err(format!(
+                    "ExecSync: exit {} stdout {:?} stderr {:?}",
+                    r.exit_code,
+                    String::from_utf8_lossy(&r.stdout),
+                    String::from_utf8_lossy(&r.stderr)
+                ));
             }
             // Both containers see one guest: the same kernel boot id.
-            let a = cri.exec_sync(&c1, &["cat", "/proc/sys/kernel/random/boot_id"]).await?;
-            let b = cri.exec_sync(&c2, &["cat", "/proc/sys/kernel/random/boot_id"]).await?;
+            let a = cri
+                .exec_sync(&c1, &["cat", "/proc/sys/kernel/random/boot_id"])
+                .await?;
+            let b = cri
+                .exec_sync(&c2, &["cat", "/proc/sys/kernel/random/boot_id"])
+                .await?;
             if a.stdout.is_empty() || a.stdout != b.stdout {
-                return Err(format!("the two containers are not in one VM: boot ids {:?} / {:?}",
-                    String::from_utf8_lossy(&a.stdout), String::from_utf8_lossy(&b.stdout)));
+                return Err(format!(
+                    "the two containers are not in one VM: boot ids {:?} / {:?}",
+                    String::from_utf8_lossy(&a.stdout),
+                    String::from_utf8_lossy(&b.stdout)
+                ));
             }
             let (mem, _cpu) = cri.stats(&c1).await?;
             if mem == 0 {
                 return Err("ContainerStats reported no memory in use".into());
             }
             for (name, want) in [("c1", "hello-from-c1"), ("c2", "hello-from-c2")] {
-                let log = std::fs::read_to_string(logs.join(format!("{name}.log"))).unwrap_or_default();
+                let log =
+                    std::fs::read_to_string(logs.join(format!("{name}.log"))).unwrap_or_default();
                 if !log.contains(want) {
                     return Err(format!("{name}.log lacks {want:?}: {log:?}"));
                 }

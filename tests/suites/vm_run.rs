@@ -1,7 +1,7 @@
-//! Tier 4 (KVM): `hako run` runs a busybox bundle in its own sandbox VM: the container's
-//! stdout and stderr arrive, stdin reaches it, the exit status is the container's, and the
-//! state directory and its mounts are gone afterwards. A second run with the same id while
-//! the first is still there is refused.
+//! Tier 4 (KVM): `hako run` (create + start + wait, through the per-container monitor) runs a
+//! busybox bundle in its own sandbox VM: the container's stdout and stderr arrive, stdin
+//! reaches it, the exit status is the container's, and the state directory and its mounts are
+//! gone afterwards. A second run with the same id while the first is still there is refused.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -26,20 +26,21 @@ fn hako_run_runs_a_container_in_a_vm() -> Result<(), Failed> {
         "/hako/run-test",
     )?;
     let root = dir.path().join("run");
+    let config = dir.path().join("hako.toml");
+    std::fs::write(
+        &config,
+        format!("[vm]\nvmm = {vmm:?}\nkernel = {kernel:?}\nimage = {image:?}\n"),
+    )
+    .map_err(|e| e.to_string())?;
     let hako_run = || {
         let mut cmd = Command::new(&hako);
-        cmd.arg("run")
-            .arg("--root")
+        cmd.arg("--root")
             .arg(&root)
+            .arg("run")
             .arg("--bundle")
             .arg(&bundle_dir)
-            .arg("--kernel")
-            .arg(&kernel)
-            .arg("--image")
-            .arg(&image)
-            .arg("--vmm")
-            .arg(&vmm)
-            .arg("run-test");
+            .arg("run-test")
+            .env("HAKO_CONFIG", &config);
         cmd
     };
     let mut child = hako_run()

@@ -112,6 +112,14 @@ impl Container {
     }
 }
 
+/// Removes what a container left under `<root>/<id>/`: its sandbox (`<id>/<id>/`: VMM,
+/// mounts) first, then the directory.
+pub fn remove_container_dir(root: &Path, id: &str) {
+    let dir = root.join(id);
+    crate::sandbox::clean_up_leftover(&dir, id);
+    crate::sandbox::remove_sandbox_dir(&dir);
+}
+
 pub fn lock_file(path: &Path) -> anyhow::Result<Flock<std::fs::File>> {
     let f = std::fs::OpenOptions::new()
         .create(true)
@@ -162,7 +170,10 @@ mod tests {
 
     #[test]
     fn rfc3339_dates() {
-        assert_eq!(rfc3339(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00.000000000Z");
+        assert_eq!(
+            rfc3339(SystemTime::UNIX_EPOCH),
+            "1970-01-01T00:00:00.000000000Z"
+        );
         let t = SystemTime::UNIX_EPOCH + Duration::new(1_709_210_096, 5);
         assert_eq!(rfc3339(t), "2024-02-29T12:34:56.000000005Z");
     }

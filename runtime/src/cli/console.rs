@@ -11,8 +11,7 @@ use std::path::Path;
 use anyhow::Context;
 use nix::pty::{OpenptyResult, Winsize, openpty};
 use nix::sys::socket::{
-    AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType, UnixAddr, connect, sendmsg,
-    socket,
+    AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType, UnixAddr, connect, sendmsg, socket,
 };
 use nix::sys::termios::{SetArg, cfmakeraw, tcgetattr, tcsetattr};
 

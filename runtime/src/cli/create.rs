@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-
 use anyhow::{Context, bail};
 use serde_json::Value;
 
@@ -55,7 +54,10 @@ pub fn read_bundle(bundle: &Path) -> anyhow::Result<Value> {
     let spec: Value = serde_json::from_slice(&text)
         .with_context(|| format!("{} is not valid JSON", path.display()))?;
     if !spec.is_object() {
-        bail!("{} is not an OCI runtime config (not an object)", path.display());
+        bail!(
+            "{} is not an OCI runtime config (not an object)",
+            path.display()
+        );
     }
     if spec.get("ociVersion").and_then(Value::as_str).is_none() {
         bail!("{}: ociVersion is missing", path.display());
@@ -76,8 +78,8 @@ pub fn create(g: &Global, a: &CreateArgs) -> anyhow::Result<u8> {
 
 /// Creates the container; returns its monitor (our child).
 fn create_container(g: &Global, a: &CreateArgs) -> anyhow::Result<std::process::Child> {
-    let bundle = std::path::absolute(&a.bundle)
-        .with_context(|| format!("bundle {}", a.bundle.display()))?;
+    let bundle =
+        std::path::absolute(&a.bundle).with_context(|| format!("bundle {}", a.bundle.display()))?;
     crate::sandbox::check_id(&a.id)?;
     let spec = read_bundle(&bundle)?;
     let terminal = spec.pointer("/process/terminal").and_then(Value::as_bool) == Some(true);
@@ -167,8 +169,10 @@ fn start_monitor(
     let start = Instant::now();
     loop {
         if let Some(status) = child.try_wait()? {
-            crate::sandbox::clean_up_leftover(&g.root, id);
-            bail!("creating container {id} failed (its monitor ended {status}; its error is above or in the --log file)");
+            super::client::remove_container_dir(&g.root, id);
+            bail!(
+                "creating container {id} failed (its monitor ended {status}; its error is above or in the --log file)"
+            );
         }
         if ContainerRecord::load(&dir).is_ok_and(|r| r.created_in_guest) {
             return Ok(child);
@@ -176,7 +180,7 @@ fn start_monitor(
         if start.elapsed() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            crate::sandbox::clean_up_leftover(&g.root, id);
+            super::client::remove_container_dir(&g.root, id);
             bail!("container {id} was not created within {deadline:?}");
         }
         std::thread::sleep(Duration::from_millis(100));

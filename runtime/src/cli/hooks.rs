@@ -10,7 +10,10 @@ use serde_json::Value;
 
 /// Runs the hooks of `kind` from the bundle's config (`spec`), stopping at the first failure.
 pub fn run(spec: &Value, kind: &str, state: &Value) -> anyhow::Result<()> {
-    let Some(hooks) = spec.pointer(&format!("/hooks/{kind}")).and_then(Value::as_array) else {
+    let Some(hooks) = spec
+        .pointer(&format!("/hooks/{kind}"))
+        .and_then(Value::as_array)
+    else {
         return Ok(());
     };
     let input = serde_json::to_vec(state)?;
@@ -22,7 +25,11 @@ pub fn run(spec: &Value, kind: &str, state: &Value) -> anyhow::Result<()> {
         let args: Vec<String> = hook
             .get("args")
             .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect()
+            })
             .unwrap_or_default();
         let mut cmd = Command::new(path);
         if let Some((argv0, rest)) = args.split_first() {
@@ -58,7 +65,10 @@ pub fn run(spec: &Value, kind: &str, state: &Value) -> anyhow::Result<()> {
             if timeout.is_some_and(|t| start.elapsed() > t) {
                 let _ = child.kill();
                 let _ = child.wait();
-                bail!("{kind} hook {path} timed out after {:?}", timeout.unwrap_or_default());
+                bail!(
+                    "{kind} hook {path} timed out after {:?}",
+                    timeout.unwrap_or_default()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         };
@@ -88,12 +98,20 @@ mod tests {
         ]}});
         let state = serde_json::json!({"id": "c1", "status": "running"});
         let e = run(&spec, "poststart", &state).unwrap_err().to_string();
-        assert!(e.contains("poststart hook /bin/sh failed") && e.contains("nope"), "{e}");
+        assert!(
+            e.contains("poststart hook /bin/sh failed") && e.contains("nope"),
+            "{e}"
+        );
         let got: Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
         assert_eq!(got, state);
         assert!(run(&spec, "prestart", &state).is_ok());
         let slow = serde_json::json!({"hooks": {"prestart": [
             {"path": "/bin/sleep", "args": ["sleep", "5"], "timeout": 1}]}});
-        assert!(run(&slow, "prestart", &state).unwrap_err().to_string().contains("timed out"));
+        assert!(
+            run(&slow, "prestart", &state)
+                .unwrap_err()
+                .to_string()
+                .contains("timed out")
+        );
     }
 }

@@ -36,14 +36,15 @@ pub struct MonitorArgs {
 
 /// Runs the monitor; returns the container's exit status.
 pub async fn run(mut config: Config, root: &Path, args: &MonitorArgs) -> anyhow::Result<i32> {
-    config.runtime.root = root.to_path_buf();
+    // `<root>/<id>/` holds the container (record, monitor socket); its sandbox lives in
+    // `<root>/<id>/<id>/`, which the sandbox removes when it stops.
     let dir = root.join(&args.id);
+    config.runtime.root = dir.clone();
     let exit = Arc::new(ExitSignal::default());
-    let service = Arc::new(TaskService::with_dir(
+    let service = Arc::new(TaskService::new(
         config,
         Arc::new(Publisher::new(None, "")),
         exit.clone(),
-        true,
     ));
     let socket = dir.join(SOCKET);
     let dyn_service: Arc<dyn Task + Send + Sync> = service.clone();
@@ -105,15 +106,20 @@ fn follow_window_size(service: Arc<TaskService>, id: String) {
         let mut last = None;
         loop {
             let size = super::console::window_size(std::io::stdin().as_fd());
-            if size.is_some() && size != last {
-                if let (Some((rows, cols)), Some(agent)) = (size, service.agent()) {
-                    let mut r = TtyWinResizeRequest::new();
-                    r.container_id = id.clone();
-                    r.rows = u32::from(rows);
-                    r.columns = u32::from(cols);
-                    if agent.tty_win_resize(ctx(Duration::from_secs(30)), &r).await.is_ok() {
-                        last = size;
-                    }
+            if size.is_some()
+                && size != last
+                && let (Some((rows, cols)), Some(agent)) = (size, service.agent())
+            {
+                let mut r = TtyWinResizeRequest::new();
+                r.container_id = id.clone();
+                r.rows = u32::from(rows);
+                r.columns = u32::from(cols);
+                if agent
+                    .tty_win_resize(ctx(Duration::from_secs(30)), &r)
+                    .await
+                    .is_ok()
+                {
+                    last = size;
                 }
             }
             tokio::time::sleep(Duration::from_millis(500)).await;

@@ -71,11 +71,7 @@ impl Process {
                 *s = to;
                 true
             } else {
-                err = Some(StateError::Wrong(
-                    self.label(),
-                    s.name(),
-                    from.name(),
-                ));
+                err = Some(StateError::Wrong(self.label(), s.name(), from.name()));
                 false
             }
         });

@@ -3,6 +3,7 @@
 //! the order they are made and torn down in.
 
 pub mod container;
+pub mod guest_spec;
 pub mod rootfs;
 pub mod sizing;
 pub mod volumes;
@@ -62,19 +63,6 @@ impl StateDir {
             }
             Err(e) => Err(e).with_context(|| format!("creating {}", dir.display())),
         }
-    }
-
-    /// Takes over `<root>/<id>`, which must exist.
-    pub fn adopt(root: &Path, id: &str) -> anyhow::Result<Self> {
-        let dir = root.join(id);
-        if !dir.is_dir() {
-            bail!("{} does not exist", dir.display());
-        }
-        Ok(Self {
-            dir,
-            mounts: Vec::new(),
-            kept: false,
-        })
     }
 
     /// Hands the directory over to a longer-lived owner (nothing is removed on drop).
@@ -145,8 +133,13 @@ impl Sandbox {
         let mut vm = Vm::start(&spec, paths.clone())?;
         state.vmm_pid = vm.pid();
         state.save(&dir.dir)?;
-        tracing::info!(sandbox_id = id, vmm_pid = vm.pid(), vcpus = size.vcpus,
-            memory_mib = size.memory_mib, "sandbox VM started");
+        tracing::info!(
+            sandbox_id = id,
+            vmm_pid = vm.pid(),
+            vcpus = size.vcpus,
+            memory_mib = size.memory_mib,
+            "sandbox VM started"
+        );
 
         let agent = match connect(&mut vm, config.agent_timeout(), id, hostname).await {
             Ok(a) => a,
@@ -210,6 +203,7 @@ impl Sandbox {
         }
         stdio.check()?;
         let binds = volumes::share(&mut spec, bundle, &self.paths.shared, id)?;
+        guest_spec::fit(&mut spec);
         let mut req = CreateContainerRequest::new();
         req.container_id = id.into();
         req.oci_spec_json = serde_json::to_vec(&spec)?;
@@ -400,10 +394,10 @@ pub fn remove_sandbox_dir(dir: &Path) {
     for m in mounts_under(dir) {
         rootfs::unbind(&m);
     }
-    if let Err(e) = std::fs::remove_dir_all(dir) {
-        if e.kind() != std::io::ErrorKind::NotFound {
-            tracing::warn!("removing {}: {e}", dir.display());
-        }
+    if let Err(e) = std::fs::remove_dir_all(dir)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!("removing {}: {e}", dir.display());
     }
 }
 
@@ -414,16 +408,17 @@ pub fn clean_up_leftover(root: &Path, id: &str) -> bool {
     if !dir.is_dir() {
         return false;
     }
-    if let Ok(state) = SandboxState::load(&dir) {
-        if state.vmm_pid > 0 && is_our_vmm(state.vmm_pid, &dir) {
-            let pid = nix::unistd::Pid::from_raw(i32::try_from(state.vmm_pid).unwrap_or(i32::MAX));
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-            for _ in 0..100 {
-                if !Path::new(&format!("/proc/{}", state.vmm_pid)).exists() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
+    if let Ok(state) = SandboxState::load(&dir)
+        && state.vmm_pid > 0
+        && is_our_vmm(state.vmm_pid, &dir)
+    {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(state.vmm_pid).unwrap_or(i32::MAX));
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        for _ in 0..100 {
+            if !Path::new(&format!("/proc/{}", state.vmm_pid)).exists() {
+                break;
             }
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
     remove_sandbox_dir(&dir);

@@ -25,12 +25,18 @@ pub fn size(spec: &Value, defaults: &VmDefaults) -> VmSize {
             .and_then(Value::as_str)
             .and_then(|v| v.parse::<i64>().ok())
     };
-    let quota = annotation(ANNOTATION_CPU_QUOTA)
-        .or_else(|| spec.pointer("/linux/resources/cpu/quota").and_then(Value::as_i64));
-    let period = annotation(ANNOTATION_CPU_PERIOD)
-        .or_else(|| spec.pointer("/linux/resources/cpu/period").and_then(Value::as_i64));
-    let memory = annotation(ANNOTATION_MEMORY)
-        .or_else(|| spec.pointer("/linux/resources/memory/limit").and_then(Value::as_i64));
+    let quota = annotation(ANNOTATION_CPU_QUOTA).or_else(|| {
+        spec.pointer("/linux/resources/cpu/quota")
+            .and_then(Value::as_i64)
+    });
+    let period = annotation(ANNOTATION_CPU_PERIOD).or_else(|| {
+        spec.pointer("/linux/resources/cpu/period")
+            .and_then(Value::as_i64)
+    });
+    let memory = annotation(ANNOTATION_MEMORY).or_else(|| {
+        spec.pointer("/linux/resources/memory/limit")
+            .and_then(Value::as_i64)
+    });
 
     let vcpus = match (quota, period) {
         (Some(q), Some(p)) if q > 0 && p > 0 => {

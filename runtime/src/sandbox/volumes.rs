@@ -122,7 +122,9 @@ mod tests {
     #[test]
     fn binds_are_recognised_by_type_or_option() {
         assert!(is_bind(&json!({"type": "bind"})));
-        assert!(is_bind(&json!({"type": "none", "options": ["rbind", "ro"]})));
+        assert!(is_bind(
+            &json!({"type": "none", "options": ["rbind", "ro"]})
+        ));
         assert!(!is_bind(&json!({"type": "tmpfs", "options": ["nosuid"]})));
     }
 }

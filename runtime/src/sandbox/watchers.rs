@@ -46,12 +46,12 @@ pub fn watch_exit(sandbox: Arc<Sandbox>, process: Arc<Process>) {
 }
 
 fn report_exit(sandbox: &Sandbox, process: &Process, code: u32) {
-    if process.exited(code) {
-        if let super::container::Status::Stopped { at, .. } = process.status() {
-            sandbox
-                .events
-                .exited(&process.container_id, &process.exec_id, code, at);
-        }
+    if process.exited(code)
+        && let super::container::Status::Stopped { at, .. } = process.status()
+    {
+        sandbox
+            .events
+            .exited(&process.container_id, &process.exec_id, code, at);
     }
 }
 

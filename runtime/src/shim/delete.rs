@@ -20,7 +20,10 @@ pub fn delete(id: &str, bundle: &Path) -> DeleteResponse {
     match Config::load() {
         Ok(config) => {
             if crate::sandbox::clean_up_leftover(&config.runtime.root, id) {
-                tracing::info!(sandbox_id = id, "cleaned up a sandbox left by a stopped shim");
+                tracing::info!(
+                    sandbox_id = id,
+                    "cleaned up a sandbox left by a stopped shim"
+                );
             }
         }
         Err(e) => {

@@ -49,7 +49,9 @@ impl Publisher {
 
 /// A protobuf timestamp.
 pub fn timestamp(at: SystemTime) -> Timestamp {
-    let d = at.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let d = at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
     let mut t = Timestamp::new();
     t.seconds = i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
     t.nanos = i32::try_from(d.subsec_nanos()).unwrap_or(0);
@@ -69,7 +71,10 @@ impl EventSink for std::sync::Arc<Publisher> {
         ev.exit_status = code;
         ev.exited_at = Some(timestamp(at)).into();
         let me = self.clone();
-        tokio::spawn(async move { me.publish(topics::TASK_EXIT_EVENT_TOPIC, Box::new(ev)).await });
+        tokio::spawn(async move {
+            me.publish(topics::TASK_EXIT_EVENT_TOPIC, Box::new(ev))
+                .await
+        });
     }
 
     fn oom(&self, container_id: &str) {

@@ -47,26 +47,13 @@ pub struct TaskService {
     sandbox: std::sync::Mutex<Option<Arc<Sandbox>>>,
     /// Serialises Create (and so the boot) and the sandbox's removal.
     lifecycle: tokio::sync::Mutex<()>,
-    /// The sandbox directory already exists (the `hako` CLI's `create` made it, atomically
-    /// claiming the id, before starting the monitor that serves this service).
-    adopt_dir: bool,
 }
 
 type Result<T> = std::result::Result<T, ShimError>;
 
 impl TaskService {
     pub fn new(config: Config, events: Arc<Publisher>, exit: Arc<ExitSignal>) -> Self {
-        Self::with_dir(config, events, exit, false)
-    }
-
-    pub fn with_dir(
-        config: Config,
-        events: Arc<Publisher>,
-        exit: Arc<ExitSignal>,
-        adopt_dir: bool,
-    ) -> Self {
         Self {
-            adopt_dir,
             config,
             events,
             exit,
@@ -126,7 +113,9 @@ impl TaskService {
             .check()
             .map_err(|e| ShimError::InvalidArgument(e.to_string()))?;
         let mounted = mount_rootfs(&bundle, &req.rootfs).await?;
-        let result = self.create_in_sandbox(req, &bundle, spec, mounted, stdio).await;
+        let result = self
+            .create_in_sandbox(req, &bundle, spec, mounted, stdio)
+            .await;
         if result.is_err() && mounted {
             crate::sandbox::rootfs::unbind(&bundle.join("rootfs"));
         }
@@ -149,12 +138,8 @@ impl TaskService {
                     .get("hostname")
                     .and_then(serde_json::Value::as_str)
                     .unwrap_or_default();
-                let dir = if self.adopt_dir {
-                    StateDir::adopt(&self.config.runtime.root, &req.id)
-                } else {
-                    StateDir::create(&self.config.runtime.root, &req.id)
-                }
-                .map_err(|e| ShimError::AlreadyExists(format!("{e:#}")))?;
+                let dir = StateDir::create(&self.config.runtime.root, &req.id)
+                    .map_err(|e| ShimError::AlreadyExists(format!("{e:#}")))?;
                 let sandbox = Sandbox::boot(
                     &self.config,
                     dir,
@@ -458,7 +443,11 @@ impl Task for TaskService {
         stdio
             .check()
             .map_err(|e| ShimError::InvalidArgument(e.to_string()))?;
-        let spec = req.spec.as_ref().map(|a| a.value.clone()).unwrap_or_default();
+        let spec = req
+            .spec
+            .as_ref()
+            .map(|a| a.value.clone())
+            .unwrap_or_default();
         {
             let mut execs = c
                 .execs

@@ -21,7 +21,18 @@ fn percentile(v: &[f64], p: f64) -> f64 {
 
 fn run_once(ctd: &Containerd, runtime: &str, id: &str) -> Result<f64> {
     let start = Instant::now();
-    let o = ctd.ctr(&["run", "--rm", "--runtime", runtime, BUSYBOX, id, "echo", "bench"])?;
+    let o = ctd
+        .ctr(&[
+            "run",
+            "--rm",
+            "--runtime",
+            runtime,
+            BUSYBOX,
+            id,
+            "echo",
+            "bench",
+        ])
+        .map_err(anyhow::Error::msg)?;
     let ms = start.elapsed().as_secs_f64() * 1e3;
     if !o.status.success() || String::from_utf8_lossy(&o.stdout) != "bench\n" {
         bail!(
@@ -43,13 +54,24 @@ fn main() -> Result<()> {
     let ctd = Containerd::start().map_err(anyhow::Error::msg)?;
     let (mut hako, mut runc) = (Vec::new(), Vec::new());
     for n in 0..runs {
-        runc.push(run_once(&ctd, "io.containerd.runc.v2", &format!("runc-{n}"))?);
-        hako.push(run_once(&ctd, "io.containerd.hako.v2", &format!("hako-{n}"))?);
+        runc.push(run_once(
+            &ctd,
+            "io.containerd.runc.v2",
+            &format!("runc-{n}"),
+        )?);
+        hako.push(run_once(
+            &ctd,
+            "io.containerd.hako.v2",
+            &format!("hako-{n}"),
+        )?);
         eprintln!("run {n}: runc {:.0} ms, hako {:.0} ms", runc[n], hako[n]);
     }
     println!("ctr run --rm busybox echo, {runs} runs each (ms)");
     println!("{:<24} {:>10} {:>10}", "runtime", "p50", "p95");
-    for (name, v) in [("io.containerd.runc.v2", &runc), ("io.containerd.hako.v2", &hako)] {
+    for (name, v) in [
+        ("io.containerd.runc.v2", &runc),
+        ("io.containerd.hako.v2", &hako),
+    ] {
         println!(
             "{:<24} {:>10.0} {:>10.0}",
             name,

@@ -1,0 +1,294 @@
+//! The `hako` OCI CLI against runc: the same lifecycle and error-path checks run with both
+//! binaries (runc first, so every assertion is known to hold for the reference runtime).
+//! Error paths need no VM; the lifecycle boots one sandbox VM under hako.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use hako_rootfs_builder::bundle;
+use hako_tests::fixtures;
+use hako_tests::require::{self, Skip};
+use libtest_mimic::{Arguments, Failed};
+
+/// One runtime under test: its binary, a state root, and (for hako) its config.
+struct Runtime {
+    name: &'static str,
+    bin: PathBuf,
+    root: PathBuf,
+    config: Option<PathBuf>,
+}
+
+impl Runtime {
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(&self.bin);
+        c.arg("--root").arg(&self.root).args(args);
+        if let Some(cfg) = &self.config {
+            c.env("HAKO_CONFIG", cfg);
+        }
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Result<Output, Failed> {
+        self.cmd(args)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("{} {args:?}: {e}", self.name).into())
+    }
+
+    fn status_of(&self, id: &str) -> Result<String, Failed> {
+        let o = self.run(&["state", id])?;
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout)
+            .map_err(|e| format!("{} state {id}: {e}: {}", self.name, show(&o)))?;
+        Ok(v["status"].as_str().unwrap_or_default().to_owned())
+    }
+}
+
+fn show(o: &Output) -> String {
+    format!(
+        "exit {:?}, stdout {:?}, stderr {:?}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn expect_fail(rt: &Runtime, args: &[&str], needle: &str) -> Result<(), Failed> {
+    let o = rt.run(args)?;
+    let err = String::from_utf8_lossy(&o.stderr).to_lowercase();
+    if o.status.success() || !err.contains(needle) {
+        return Err(format!(
+            "{} {args:?} should fail saying {needle:?}: {}",
+            rt.name,
+            show(&o)
+        )
+        .into());
+    }
+    Ok(())
+}
+
+fn expect_ok(rt: &Runtime, args: &[&str]) -> Result<Output, Failed> {
+    let o = rt.run(args)?;
+    if !o.status.success() {
+        return Err(format!("{} {args:?}: {}", rt.name, show(&o)).into());
+    }
+    Ok(o)
+}
+
+fn write_bundle(dir: &Path, args: &[&str]) -> Result<(), Failed> {
+    bundle::write_busybox_bundle(Path::new("/bin/busybox"), dir, args, "/hako-oci-test")?;
+    Ok(())
+}
+
+/// Error paths: unknown id, bad bundle, bad config.json, bad signal.
+fn error_paths(rt: &Runtime, work: &Path) -> Result<(), Failed> {
+    expect_fail(rt, &["state", "nope"], "does not exist")?;
+    expect_fail(rt, &["start", "nope"], "does not exist")?;
+    expect_fail(rt, &["kill", "nope", "KILL"], "does not exist")?;
+    expect_fail(rt, &["delete", "nope"], "does not exist")?;
+    let missing = work.join("missing");
+    expect_fail(
+        rt,
+        &["create", "--bundle", &missing.display().to_string(), "e1"],
+        "missing",
+    )?;
+    let bad = work.join("bad");
+    std::fs::create_dir_all(bad.join("rootfs")).map_err(|e| e.to_string())?;
+    std::fs::write(bad.join("config.json"), "{ not json").map_err(|e| e.to_string())?;
+    let o = rt.run(&["create", "--bundle", &bad.display().to_string(), "e2"])?;
+    if o.status.success() {
+        return Err(format!("{}: a bad config.json was accepted", rt.name).into());
+    }
+    if rt.run(&["state", "e2"])?.status.success() {
+        return Err(format!("{}: a failed create left container e2", rt.name).into());
+    }
+    Ok(())
+}
+
+fn wait_gone(pid: u32, limit: Duration) -> Result<(), Failed> {
+    let start = Instant::now();
+    while Path::new(&format!("/proc/{pid}")).exists() {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        if stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|r| r.trim_start().starts_with('Z'))
+        {
+            return Ok(());
+        }
+        if start.elapsed() > limit {
+            return Err(format!("process {pid} still runs after {limit:?}").into());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+/// create → state → duplicate → start → ps/list → exec → pause/resume → events → kill →
+/// stopped → kill again fails → delete → gone.
+fn lifecycle(rt: &Runtime, work: &Path, boot: Duration) -> Result<(), Failed> {
+    let b = work.join(format!("bundle-{}", rt.name));
+    write_bundle(
+        &b,
+        &[
+            "sh",
+            "-c",
+            "trap 'echo got TERM; exit 3' TERM; echo ready; while true; do sleep 1; done",
+        ],
+    )?;
+    let b = b.display().to_string();
+    let pid_file = work.join(format!("{}.pid", rt.name));
+    let out_file = work.join(format!("{}.out", rt.name));
+    let id = "life";
+    let create = rt
+        .cmd(&[
+            "create",
+            "--bundle",
+            &b,
+            "--pid-file",
+            &pid_file.display().to_string(),
+            id,
+        ])
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out_file).map_err(|e| e.to_string())?)
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let o = create.wait_with_output().map_err(|e| e.to_string())?;
+    if !o.status.success() {
+        return Err(format!("{} create: {}", rt.name, show(&o)).into());
+    }
+    let result = (|| -> Result<(), Failed> {
+        let pid: u32 = std::fs::read_to_string(&pid_file)
+            .map_err(|e| format!("pid file: {e}"))?
+            .trim()
+            .parse()
+            .map_err(|e| format!("pid file: {e}"))?;
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            return Err(format!("{}: pid {pid} from the pid file does not run", rt.name).into());
+        }
+        let s = rt.status_of(id)?;
+        if s != "created" {
+            return Err(format!("{}: state after create is {s:?}", rt.name).into());
+        }
+        expect_fail(rt, &["create", "--bundle", &b, id], "exist")?;
+        expect_ok(rt, &["start", id])?;
+        let s = rt.status_of(id)?;
+        if s != "running" {
+            return Err(format!("{}: state after start is {s:?}", rt.name).into());
+        }
+        let o = expect_ok(rt, &["list"])?;
+        if !String::from_utf8_lossy(&o.stdout).contains("running") {
+            return Err(format!("{} list: {}", rt.name, show(&o)).into());
+        }
+        expect_ok(rt, &["ps", id])?;
+        let o = rt.run(&["exec", id, "sh", "-c", "echo exec-out; exit 4"])?;
+        if o.status.code() != Some(4) || String::from_utf8_lossy(&o.stdout) != "exec-out\n" {
+            return Err(format!("{} exec: {}", rt.name, show(&o)).into());
+        }
+        expect_ok(rt, &["pause", id])?;
+        let s = rt.status_of(id)?;
+        if s != "paused" {
+            return Err(format!("{}: state after pause is {s:?}", rt.name).into());
+        }
+        expect_ok(rt, &["resume", id])?;
+        let o = expect_ok(rt, &["events", "--stats", id])?;
+        if !String::from_utf8_lossy(&o.stdout).contains("\"stats\"") {
+            return Err(format!("{} events --stats: {}", rt.name, show(&o)).into());
+        }
+        expect_ok(rt, &["kill", id, "TERM"])?;
+        wait_gone(pid, boot)?;
+        let start = Instant::now();
+        while rt.status_of(id)? != "stopped" {
+            if start.elapsed() > Duration::from_secs(60) {
+                return Err(format!("{}: not stopped after its init exited", rt.name).into());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        expect_fail(rt, &["kill", id, "KILL"], "not running")?;
+        Ok(())
+    })();
+    let del = rt.run(&["delete", "--force", id])?;
+    result?;
+    if !del.status.success() {
+        return Err(format!("{} delete: {}", rt.name, show(&del)).into());
+    }
+    expect_fail(rt, &["state", id], "does not exist")?;
+    let out = std::fs::read_to_string(&out_file).unwrap_or_default();
+    if out != "ready\ngot TERM\n" {
+        return Err(format!("{}: the container's output was {out:?}", rt.name).into());
+    }
+    Ok(())
+}
+
+fn runtimes(work: &Path) -> Result<Vec<Runtime>, Failed> {
+    let hako = fixtures::workspace_binary("hako-runtime", "hako")?;
+    let kernel = fixtures::kernel().map_err(|s| Failed::from(s.to_string()))?;
+    let image = fixtures::agent_image()?;
+    let config = work.join("hako.toml");
+    std::fs::write(
+        &config,
+        format!("[vm]\nkernel = {kernel:?}\nimage = {image:?}\n"),
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(vec![
+        Runtime {
+            name: "runc",
+            bin: PathBuf::from("runc"),
+            root: work.join("runc-root"),
+            config: None,
+        },
+        Runtime {
+            name: "hako",
+            bin: hako,
+            root: work.join("hako-root"),
+            config: Some(config),
+        },
+    ])
+}
+
+fn both(test: fn(&Runtime, &Path) -> Result<(), Failed>) -> Result<(), Failed> {
+    let work = tempfile::tempdir().map_err(|e| e.to_string())?;
+    for rt in runtimes(work.path())? {
+        test(&rt, work.path())?;
+    }
+    Ok(())
+}
+
+fn prerequisites() -> Result<(), Skip> {
+    require::root()?;
+    require::program("runc")?;
+    require::program("/bin/busybox")
+}
+
+fn vm_prerequisites() -> Result<(), Skip> {
+    prerequisites()?;
+    require::kvm()?;
+    fixtures::kernel().map(drop)
+}
+
+fn main() {
+    let args = Arguments::from_args();
+    let trials = vec![
+        require::trial("oci_error_paths_match_runc", prerequisites, || {
+            both(error_paths)
+        }),
+        require::trial("oci_lifecycle_matches_runc", vm_prerequisites, || {
+            both(|rt, work| lifecycle(rt, work, hako_tests::boot::vm_deadline()))
+        }),
+        require::trial("oci_features_is_json", prerequisites, || {
+            let hako = fixtures::workspace_binary("hako-runtime", "hako")?;
+            let o = Command::new(hako)
+                .arg("features")
+                .output()
+                .map_err(|e| e.to_string())?;
+            let v: serde_json::Value =
+                serde_json::from_slice(&o.stdout).map_err(|e| format!("features: {e}"))?;
+            if v["ociVersionMax"].as_str().is_none() || !o.status.success() {
+                return Err(format!("features: {}", show(&o)).into());
+            }
+            Ok(())
+        }),
+    ];
+    libtest_mimic::run(&args, trials).exit()
+}

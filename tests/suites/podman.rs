@@ -1,0 +1,162 @@
+//! Tier 4 (KVM, root, podman): podman with `--runtime hako`, each container a sandbox VM; the
+//! same checks run first with `--runtime runc`, so every assertion is known to hold for the
+//! reference runtime. Two trials, one VM each under hako:
+//! - `run --rm -it` (a terminal through a pty harness, `script`): the exit code propagates and
+//!   the container is removed;
+//! - `run -d` + `logs` + `exec` (output and exit code) + `stop` + `rm`.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use hako_tests::fixtures;
+use hako_tests::podman::{IMAGE, Podman};
+use hako_tests::require::{self, Skip};
+use libtest_mimic::{Arguments, Failed};
+
+fn show(o: &std::process::Output) -> String {
+    format!(
+        "exit {:?}, stdout {:?}, stderr {:?}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// (name, podman) for runc and for hako.
+fn both() -> Result<Vec<(&'static str, Podman)>, Failed> {
+    let hako = fixtures::workspace_binary("hako-runtime", "hako")?;
+    let kernel = fixtures::kernel().map_err(|s| Failed::from(s.to_string()))?;
+    let image = fixtures::agent_image()?;
+    let mut hako_podman = Podman::new(hako, None)?;
+    let config = hako_podman.dir.path().join("hako.toml");
+    std::fs::write(
+        &config,
+        format!("[vm]\nkernel = {kernel:?}\nimage = {image:?}\n"),
+    )
+    .map_err(|e| e.to_string())?;
+    hako_podman.config = Some(config);
+    Ok(vec![
+        ("runc", Podman::new(PathBuf::from("runc"), None)?),
+        ("hako", hako_podman),
+    ])
+}
+
+fn run_it_rm(name: &str, p: &Podman) -> Result<(), Failed> {
+    let mut args = vec![
+        "run".to_string(),
+        "--rm".into(),
+        "-it".into(),
+        "--name".into(),
+        "it".into(),
+    ];
+    args.extend(p.run_flags());
+    args.extend([
+        IMAGE.to_string(),
+        "sh".into(),
+        "-c".into(),
+        "tty; exit 3".into(),
+    ]);
+    let cmd = p.command(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let mut line = vec![cmd.get_program().to_string_lossy().into_owned()];
+    line.extend(cmd.get_args().map(|a| a.to_string_lossy().into_owned()));
+    let mut script = Command::new("script");
+    script.args(["-qec", &line.join(" "), "/dev/null"]);
+    for (k, v) in cmd.get_envs() {
+        if let Some(v) = v {
+            script.env(k, v);
+        }
+    }
+    let o = script.output().map_err(|e| format!("script: {e}"))?;
+    let text = String::from_utf8_lossy(&o.stdout);
+    if !text.contains("/dev/pts/") || o.status.code() != Some(3) {
+        return Err(format!("{name}: podman run --rm -it: {}", show(&o)).into());
+    }
+    let o = p.run(&["ps", "-a", "-q"])?;
+    if !String::from_utf8_lossy(&o.stdout).trim().is_empty() {
+        return Err(format!("{name}: --rm left a container: {}", show(&o)).into());
+    }
+    Ok(())
+}
+
+fn detached(name: &str, p: &Podman, limit: Duration) -> Result<(), Failed> {
+    let mut args = vec!["run".to_string(), "-d".into(), "--name".into(), "d1".into()];
+    args.extend(p.run_flags());
+    args.extend([
+        IMAGE.to_string(),
+        "sh".into(),
+        "-c".into(),
+        "echo started; trap 'exit 0' TERM; while true; do sleep 1; done".into(),
+    ]);
+    let o = p.run(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
+    if !o.status.success() {
+        return Err(format!("{name}: podman run -d: {}", show(&o)).into());
+    }
+    let start = Instant::now();
+    loop {
+        let o = p.run(&["logs", "d1"])?;
+        if String::from_utf8_lossy(&o.stdout).contains("started") {
+            break;
+        }
+        if start.elapsed() > limit {
+            return Err(
+                format!("{name}: podman logs never showed the output: {}", show(&o)).into(),
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let o = p.run(&["exec", "d1", "sh", "-c", "echo exec-out; exit 4"])?;
+    if o.status.code() != Some(4) || String::from_utf8_lossy(&o.stdout) != "exec-out\n" {
+        return Err(format!("{name}: podman exec: {}", show(&o)).into());
+    }
+    let o = p.run(&["stop", "-t", "30", "d1"])?;
+    if !o.status.success() {
+        return Err(format!("{name}: podman stop: {}", show(&o)).into());
+    }
+    let o = p.run(&[
+        "inspect",
+        "--format",
+        "{{.State.Status}} {{.State.ExitCode}}",
+        "d1",
+    ])?;
+    let state = String::from_utf8_lossy(&o.stdout).trim().to_owned();
+    if !state.starts_with("exited") {
+        return Err(format!("{name}: after stop the container is {state:?}").into());
+    }
+    let o = p.run(&["rm", "d1"])?;
+    if !o.status.success() {
+        return Err(format!("{name}: podman rm: {}", show(&o)).into());
+    }
+    Ok(())
+}
+
+fn prerequisites() -> Result<(), Skip> {
+    require::root()?;
+    require::kvm()?;
+    require::program("podman")?;
+    require::program("conmon")?;
+    require::program("runc")?;
+    require::program("script")?;
+    require::program("/bin/busybox")?;
+    fixtures::kernel().map(drop)
+}
+
+fn main() {
+    let args = Arguments::from_args();
+    let limit = hako_tests::boot::vm_deadline();
+    let trials = vec![
+        require::trial("podman_run_it_rm_exit_code", prerequisites, || {
+            for (name, p) in both()? {
+                run_it_rm(name, &p)?;
+            }
+            Ok(())
+        }),
+        require::trial("podman_run_d_logs_exec_stop_rm", prerequisites, move || {
+            for (name, p) in both()? {
+                detached(name, &p, limit)?;
+            }
+            Ok(())
+        }),
+    ];
+    libtest_mimic::run(&args, trials).exit()
+}
