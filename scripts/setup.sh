@@ -16,6 +16,7 @@ packages=(
     binutils pkg-config libseccomp-dev                                        # readelf; libcontainer's libseccomp (static)
     runc                                                                      # the agent benchmark's reference
     containerd                                                                # the shim's host (main job, end-to-end tests)
+    podman conmon                                                             # the OCI CLI's end-to-end tests
     protobuf-compiler                                                         # protoc for the tests' CRI client (k8s-cri)
 )
 missing=()

@@ -122,6 +122,14 @@ impl Config {
     /// `$HAKO_CONFIG` if set (it must exist), else `/etc/hako/config.toml` if it exists, else
     /// the defaults.
     pub fn load() -> Result<Self, ConfigError> {
+        Self::load_from(None)
+    }
+
+    /// `explicit` (the `hako --config` flag) if given, else as [`Config::load`].
+    pub fn load_from(explicit: Option<&Path>) -> Result<Self, ConfigError> {
+        if let Some(p) = explicit {
+            return Self::from_file(p);
+        }
         match std::env::var_os("HAKO_CONFIG") {
             Some(p) => Self::from_file(Path::new(&p)),
             None if Path::new(DEFAULT_PATH).exists() => Self::from_file(Path::new(DEFAULT_PATH)),

@@ -65,11 +65,13 @@ impl Podman {
             .arg(d.join("run"))
             .args(["--storage-driver", "vfs", "--cgroup-manager", "cgroupfs"])
             .args(["--events-backend", "file", "--runtime"])
-            .arg(&self.runtime)
-            .args(args);
+            .arg(&self.runtime);
+        // conmon does not pass the environment on: hako gets its config as a flag.
         if let Some(cfg) = &self.config {
-            c.env("HAKO_CONFIG", cfg);
+            c.arg("--runtime-flag")
+                .arg(format!("config={}", cfg.display()));
         }
+        c.args(args);
         c
     }
 

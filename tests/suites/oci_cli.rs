@@ -140,23 +140,23 @@ fn lifecycle(rt: &Runtime, work: &Path, boot: Duration) -> Result<(), Failed> {
     let pid_file = work.join(format!("{}.pid", rt.name));
     let out_file = work.join(format!("{}.out", rt.name));
     let id = "life";
-    let create = rt
-        .cmd(&[
-            "create",
-            "--bundle",
-            &b,
-            "--pid-file",
-            &pid_file.display().to_string(),
-            id,
-        ])
+    // The container keeps the stdio it was created with: files, so nothing waits on them.
+    let err_file = work.join(format!("{}.err", rt.name));
+    let pid_arg = pid_file.display().to_string();
+    let status = rt
+        .cmd(&["create", "--bundle", &b, "--pid-file", &pid_arg, id])
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&out_file).map_err(|e| e.to_string())?)
-        .stderr(Stdio::piped())
-        .spawn()
+        .stderr(std::fs::File::create(&err_file).map_err(|e| e.to_string())?)
+        .status()
         .map_err(|e| e.to_string())?;
-    let o = create.wait_with_output().map_err(|e| e.to_string())?;
-    if !o.status.success() {
-        return Err(format!("{} create: {}", rt.name, show(&o)).into());
+    if !status.success() {
+        return Err(format!(
+            "{} create: {status}: {}",
+            rt.name,
+            std::fs::read_to_string(&err_file).unwrap_or_default()
+        )
+        .into());
     }
     let result = (|| -> Result<(), Failed> {
         let pid: u32 = std::fs::read_to_string(&pid_file)

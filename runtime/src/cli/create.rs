@@ -86,6 +86,12 @@ fn create_container(g: &Global, a: &CreateArgs) -> anyhow::Result<std::process::
     if terminal && a.console_socket.is_none() {
         bail!("process.terminal is set: pass --console-socket (the pty master is sent there)");
     }
+    // A bad config is reported now, not by the monitor.
+    let config = g.load_config()?;
+    let slave = match (&a.console_socket, terminal) {
+        (Some(sock), true) => Some(super::console::pty_to_console_socket(sock)?),
+        _ => None,
+    };
     let dir = StateDir::create(&g.root, &a.id)?;
     let record = ContainerRecord {
         version: 1,
@@ -108,13 +114,10 @@ fn create_container(g: &Global, a: &CreateArgs) -> anyhow::Result<std::process::
         owner: String::new(),
     };
     record.save(&dir.dir)?;
-    let slave = match (&a.console_socket, terminal) {
-        (Some(sock), true) => Some(super::console::pty_to_console_socket(sock)?),
-        _ => None,
-    };
-    let monitor = start_monitor(g, &bundle, &a.id, slave)?;
-    let monitor_pid = monitor.id();
+    // From here on start_monitor removes the directory if anything fails.
     let _ = dir.keep();
+    let monitor = start_monitor(g, &config, &bundle, &a.id, slave)?;
+    let monitor_pid = monitor.id();
     if let Some(p) = &a.pid_file {
         std::fs::write(p, monitor_pid.to_string())
             .with_context(|| format!("writing the pid file {}", p.display()))?;
@@ -134,6 +137,7 @@ fn create_container(g: &Global, a: &CreateArgs) -> anyhow::Result<std::process::
 /// it has created the container; on failure removes everything and returns its error.
 fn start_monitor(
     g: &Global,
+    config: &Config,
     bundle: &Path,
     id: &str,
     slave: Option<OwnedFd>,
@@ -148,6 +152,9 @@ fn start_monitor(
     if g.debug {
         cmd.arg("--debug");
     }
+    if let Some(c) = &g.config {
+        cmd.arg("--config").arg(c);
+    }
     cmd.arg("monitor").arg("--bundle").arg(bundle);
     if let Some(s) = slave {
         cmd.arg("--terminal");
@@ -160,12 +167,15 @@ fn start_monitor(
     // Its own process group: a terminal's ^C reaches the container through the guest, not
     // the monitor.
     cmd.process_group(0);
-    let mut child = cmd.spawn().context("starting the container monitor")?;
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            super::client::remove_container_dir(&g.root, id);
+            return Err(e).context("starting the container monitor");
+        }
+    };
     let dir = g.root.join(id);
-    let deadline = Config::load()
-        .map(|c| c.agent_timeout())
-        .unwrap_or(Duration::from_secs(600))
-        + Duration::from_secs(300);
+    let deadline = config.agent_timeout() + Duration::from_secs(300);
     let start = Instant::now();
     loop {
         if let Some(status) = child.try_wait()? {

@@ -47,10 +47,21 @@ pub struct Global {
     /// Debug logging.
     #[arg(long, global = true)]
     pub debug: bool,
+    /// Hako's config file (default: $HAKO_CONFIG, else /etc/hako/config.toml). Tools that
+    /// do not pass the environment on (podman/conmon) can pass this with
+    /// `--runtime-flag config=PATH`.
+    #[arg(long, global = true)]
+    pub config: Option<PathBuf>,
     /// Accepted for runc compatibility: cgroups are managed inside each sandbox VM (cgroup
     /// v2, cgroupfs), so the host's cgroup manager does not apply.
     #[arg(long, global = true)]
     pub systemd_cgroup: bool,
+}
+
+impl Global {
+    pub fn load_config(&self) -> anyhow::Result<crate::config::Config> {
+        Ok(crate::config::Config::load_from(self.config.as_deref())?)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -161,7 +172,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         } => control::events(g, id, *stats, *interval),
         Command::Features => features::features(),
         Command::Monitor(a) => {
-            let config = crate::config::Config::load()?;
+            let config = g.load_config()?;
             let code = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
