@@ -33,6 +33,8 @@ pub enum Endpoint {
     Fifo(PathBuf),
     /// A regular file, appended to (`file:///path`).
     File(PathBuf),
+    /// A logger binary (`binary:///path?args`) taking both output streams.
+    Binary(crate::binary_logger::LoggerUri),
 }
 
 impl Endpoint {
@@ -47,16 +49,13 @@ impl Endpoint {
         if let Some(p) = uri.strip_prefix("fifo://") {
             return Ok(Self::Fifo(PathBuf::from(p)));
         }
-        if uri.starts_with("binary://") {
-            return Err(IoError::Unsupported {
-                uri: uri.into(),
-                what: "binary:// loggers are not supported by Hako yet; use a FIFO or file://",
-            });
+        if let Some(logger) = crate::binary_logger::parse(uri) {
+            return Ok(Self::Binary(logger));
         }
         if uri.contains("://") {
             return Err(IoError::Unsupported {
                 uri: uri.into(),
-                what: "unknown scheme (Hako takes FIFO paths and file:// URIs)",
+                what: "unknown scheme (Hako takes FIFO paths, file:// and binary:// URIs)",
             });
         }
         Ok(Self::Fifo(PathBuf::from(uri)))
@@ -72,6 +71,7 @@ impl Endpoint {
     fn open_writer(&self) -> std::io::Result<Option<std::fs::File>> {
         match self {
             Self::None => Ok(None),
+            Self::Binary(_) => Err(std::io::Error::other("a logger is started, not opened")),
             // Blocks until containerd's reader is there (it opens it before Create). Append:
             // a regular file reopened through /proc must not be written from offset 0.
             Self::Fifo(p) => std::fs::OpenOptions::new().append(true).open(p).map(Some),
@@ -96,6 +96,8 @@ pub struct Stdio {
     pub stdout: String,
     pub stderr: String,
     pub terminal: bool,
+    /// containerd namespace (a binary logger's CONTAINER_NAMESPACE).
+    pub namespace: String,
 }
 
 impl Stdio {
@@ -119,16 +121,35 @@ impl Copies {
     /// the host endpoints, and the host's stdin to the agent.
     pub fn start(agent: &AgentServiceClient, cid: &str, eid: &str, stdio: &Stdio) -> Self {
         let mut outputs = Vec::new();
-        if let Ok(ep) = Endpoint::parse(&stdio.stdout)
-            && ep != Endpoint::None
-        {
-            outputs.push(copy_output(agent.clone(), cid, eid, false, ep));
-        }
-        if !stdio.terminal
-            && let Ok(ep) = Endpoint::parse(&stdio.stderr)
-            && ep != Endpoint::None
-        {
-            outputs.push(copy_output(agent.clone(), cid, eid, true, ep));
+        let out = Endpoint::parse(&stdio.stdout).unwrap_or(Endpoint::None);
+        let err = if stdio.terminal {
+            Endpoint::None
+        } else {
+            Endpoint::parse(&stdio.stderr).unwrap_or(Endpoint::None)
+        };
+        // One logger takes both streams (containerd gives both the same binary:// URI).
+        let logger = [&out, &err].into_iter().find_map(|e| match e {
+            Endpoint::Binary(uri) => Some(uri.clone()),
+            _ => None,
+        });
+        let mut logger = logger.map(|uri| {
+            crate::binary_logger::start(&uri, cid, &stdio.namespace).map_err(|e| {
+                tracing::warn!(container_id = %cid, "{e}");
+                e
+            })
+        });
+        for (is_err, ep) in [(false, out), (true, err)] {
+            let early = match (&ep, logger.as_mut()) {
+                (Endpoint::None, _) => continue,
+                (Endpoint::Binary(_), Some(Ok(l))) => {
+                    let f = if is_err { &l.stderr } else { &l.stdout };
+                    Some(f.try_clone().map(Some))
+                }
+                (Endpoint::Binary(_), _) => Some(Ok(None)),
+                (ep, _) if ep.is_proc_fd() => Some(ep.open_writer()),
+                _ => None,
+            };
+            outputs.push(copy_output(agent.clone(), cid, eid, is_err, ep, early));
         }
         let stdin = match Endpoint::parse(&stdio.stdin) {
             Ok(Endpoint::Fifo(p)) | Ok(Endpoint::File(p)) => {
@@ -184,12 +205,12 @@ fn copy_output(
     eid: &str,
     stderr: bool,
     to: Endpoint,
+    early: Option<std::io::Result<Option<std::fs::File>>>,
 ) -> JoinHandle<()> {
     let (cid2, eid2) = (cid.to_owned(), eid.to_owned());
     let (cid, eid) = (cid.to_owned(), eid.to_owned());
     // The host side is written by a blocking thread (FIFO opens block), fed by this task.
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(16);
-    let early = to.is_proc_fd().then(|| to.open_writer());
     let writer = tokio::task::spawn_blocking(move || {
         let mut file = match early.unwrap_or_else(|| to.open_writer()) {
             Ok(Some(f)) => Some(f),
@@ -312,11 +333,12 @@ mod tests {
             Endpoint::parse("file:///var/log/x.log").unwrap(),
             Endpoint::File("/var/log/x.log".into())
         );
-        let e = Endpoint::parse("binary:///usr/bin/logger?a=b")
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("binary://"), "{e}");
-        assert!(Endpoint::parse("tcp://x").is_err());
+        assert!(matches!(
+            Endpoint::parse("binary:///usr/bin/logger?a=b").unwrap(),
+            Endpoint::Binary(ref l) if l.args == ["a", "b"]
+        ));
+        let e = Endpoint::parse("tcp://x").unwrap_err().to_string();
+        assert!(e.contains("tcp://x"), "{e}");
     }
 
     #[test]

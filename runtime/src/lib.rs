@@ -4,6 +4,7 @@
 
 pub mod agent_client;
 pub mod backend;
+pub mod binary_logger;
 pub mod cli;
 pub mod config;
 pub mod error;

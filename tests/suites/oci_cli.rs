@@ -221,6 +221,53 @@ fn lifecycle(rt: &Runtime, work: &Path, boot: Duration) -> Result<(), Failed> {
     Ok(())
 }
 
+/// hako only: a monitor killed with SIGKILL leaves a container that `state` reports stopped
+/// and `delete` removes with its VM, mounts and directory.
+fn crashed_monitor(rt: &Runtime, work: &Path, boot: Duration) -> Result<(), Failed> {
+    let b = work.join("bundle-crash");
+    write_bundle(&b, &["sleep", "100000"])?;
+    let id = "crash";
+    let status = rt
+        .cmd(&["create", "--bundle", &b.display().to_string(), id])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map_err(|e| e.to_string())?;
+    if !status.success() {
+        return Err(format!("create: {status}").into());
+    }
+    let record: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(rt.root.join(id).join("container.json")).map_err(|e| e.to_string())?,
+    )
+    .map_err(|e| e.to_string())?;
+    let monitor = record["monitor_pid"].as_u64().ok_or("no monitor pid")?;
+    let sandbox: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(rt.root.join(id).join(id).join("state.json")).map_err(|e| e.to_string())?,
+    )
+    .map_err(|e| e.to_string())?;
+    let vmm = sandbox["vmm_pid"].as_u64().ok_or("no vmm pid")? as u32;
+    Command::new("kill")
+        .args(["-9", &monitor.to_string()])
+        .status()
+        .map_err(|e| e.to_string())?;
+    wait_gone(monitor as u32, boot)?;
+    let s = rt.status_of(id)?;
+    if s != "stopped" {
+        return Err(format!("state after the monitor died is {s:?}").into());
+    }
+    expect_ok(rt, &["delete", id])?;
+    wait_gone(vmm, Duration::from_secs(30))?;
+    if rt.root.join(id).exists() {
+        return Err("delete left the container's directory".into());
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    if mounts.contains(&*rt.root.to_string_lossy()) {
+        return Err("delete left a mount".into());
+    }
+    Ok(())
+}
+
 fn runtimes(work: &Path) -> Result<Vec<Runtime>, Failed> {
     let hako = fixtures::workspace_binary("hako-runtime", "hako")?;
     let kernel = fixtures::kernel().map_err(|s| Failed::from(s.to_string()))?;
@@ -276,6 +323,16 @@ fn main() {
         require::trial("oci_lifecycle_matches_runc", vm_prerequisites, || {
             both(|rt, work| lifecycle(rt, work, hako_tests::boot::vm_deadline()))
         }),
+        require::trial(
+            "oci_crashed_monitor_is_cleaned_up",
+            vm_prerequisites,
+            || {
+                let work = tempfile::tempdir().map_err(|e| e.to_string())?;
+                let all = runtimes(work.path())?;
+                let hako = all.iter().find(|r| r.name == "hako").ok_or("no hako")?;
+                crashed_monitor(hako, work.path(), hako_tests::boot::vm_deadline())
+            },
+        ),
         require::trial("oci_features_is_json", prerequisites, || {
             let hako = fixtures::workspace_binary("hako-runtime", "hako")?;
             let o = Command::new(hako)

@@ -156,6 +156,7 @@ mod tests {
             stdout: String::new(),
             stderr: String::new(),
             terminal: false,
+            namespace: String::new(),
         }
     }
 

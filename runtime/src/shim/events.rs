@@ -42,6 +42,10 @@ impl Publisher {
         }
     }
 
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
     fn pid(&self) -> u32 {
         self.task_pid.load(std::sync::atomic::Ordering::Relaxed)
     }

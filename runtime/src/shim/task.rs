@@ -108,6 +108,7 @@ impl TaskService {
             stdout: req.stdout.clone(),
             stderr: req.stderr.clone(),
             terminal: req.terminal,
+            namespace: self.events.namespace().into(),
         };
         stdio
             .check()
@@ -439,6 +440,7 @@ impl Task for TaskService {
             stdout: req.stdout.clone(),
             stderr: req.stderr.clone(),
             terminal: req.terminal,
+            namespace: self.events.namespace().into(),
         };
         stdio
             .check()
