@@ -243,7 +243,8 @@ fn crashed_monitor(rt: &Runtime, work: &Path, boot: Duration) -> Result<(), Fail
     .map_err(|e| e.to_string())?;
     let monitor = record["monitor_pid"].as_u64().ok_or("no monitor pid")?;
     let sandbox: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(rt.root.join(id).join(id).join("state.json")).map_err(|e| e.to_string())?,
+        &std::fs::read(rt.root.join(id).join("vm").join("state.json"))
+            .map_err(|e| e.to_string())?,
     )
     .map_err(|e| e.to_string())?;
     let vmm = sandbox["vmm_pid"].as_u64().ok_or("no vmm pid")? as u32;

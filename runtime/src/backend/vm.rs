@@ -46,7 +46,9 @@ impl VmPaths {
             config: dir.join("vm.json"),
             console: dir.join("console.log"),
             control: dir.join("control.sock"),
-            vsock: dir.join("vsock.sock"),
+            // Short: the VMM listens on `<vsock>_<port>` too, and socket paths must stay
+            // under 108 bytes with 64-character container ids.
+            vsock: dir.join("vsock"),
             shared: dir.join("shared"),
             vmm_log: dir.join("vmm.log"),
         }
@@ -187,7 +189,7 @@ mod tests {
             ConsoleConfig::File("/run/hako/x/console.log".into())
         );
         let vsock = c.devices.vsock.unwrap();
-        assert_eq!(vsock.uds_path, Path::new("/run/hako/x/vsock.sock"));
+        assert_eq!(vsock.uds_path, Path::new("/run/hako/x/vsock"));
         assert_eq!(c.devices.fs[0].tag, SHARED_FS_TAG);
         assert_eq!(c.kernel.initrd.as_deref(), Some(Path::new("/i")));
     }

@@ -112,11 +112,11 @@ impl Container {
     }
 }
 
-/// Removes what a container left under `<root>/<id>/`: its sandbox (`<id>/<id>/`: VMM,
+/// Removes what a container left under `<root>/<id>/`: its sandbox (`<id>/vm/`: VMM,
 /// mounts) first, then the directory.
 pub fn remove_container_dir(root: &Path, id: &str) {
     let dir = root.join(id);
-    crate::sandbox::clean_up_leftover(&dir, id);
+    crate::sandbox::clean_up_leftover(&dir, super::monitor::SANDBOX_DIR);
     crate::sandbox::remove_sandbox_dir(&dir);
 }
 

@@ -23,6 +23,8 @@ use crate::shim::task::TaskService;
 use crate::state::{ContainerRecord, process_start};
 
 pub const SOCKET: &str = "monitor.sock";
+/// The container's sandbox directory under `<root>/<id>/`.
+pub const SANDBOX_DIR: &str = "vm";
 
 #[derive(Debug, clap::Args)]
 pub struct MonitorArgs {
@@ -37,15 +39,14 @@ pub struct MonitorArgs {
 /// Runs the monitor; returns the container's exit status.
 pub async fn run(mut config: Config, root: &Path, args: &MonitorArgs) -> anyhow::Result<i32> {
     // `<root>/<id>/` holds the container (record, monitor socket); its sandbox lives in
-    // `<root>/<id>/<id>/`, which the sandbox removes when it stops.
+    // `<root>/<id>/vm/`, which the sandbox removes when it stops.
     let dir = root.join(&args.id);
     config.runtime.root = dir.clone();
     let exit = Arc::new(ExitSignal::default());
-    let service = Arc::new(TaskService::new(
-        config,
-        Arc::new(Publisher::new(None, "")),
-        exit.clone(),
-    ));
+    let service = Arc::new(
+        TaskService::new(config, Arc::new(Publisher::new(None, "")), exit.clone())
+            .with_dir_name(SANDBOX_DIR),
+    );
     let socket = dir.join(SOCKET);
     let dyn_service: Arc<dyn Task + Send + Sync> = service.clone();
     let mut server = Server::new()

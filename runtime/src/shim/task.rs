@@ -47,6 +47,9 @@ pub struct TaskService {
     sandbox: std::sync::Mutex<Option<Arc<Sandbox>>>,
     /// Serialises Create (and so the boot) and the sandbox's removal.
     lifecycle: tokio::sync::Mutex<()>,
+    /// The sandbox directory's name under the root: the sandbox id for the shim, a short
+    /// fixed name for the CLI's monitor (socket paths must stay under 108 bytes).
+    dir_name: Option<String>,
 }
 
 type Result<T> = std::result::Result<T, ShimError>;
@@ -59,7 +62,14 @@ impl TaskService {
             exit,
             sandbox: std::sync::Mutex::new(None),
             lifecycle: tokio::sync::Mutex::new(()),
+            dir_name: None,
         }
+    }
+
+    /// Names the sandbox directory `name` instead of after the sandbox id.
+    pub fn with_dir_name(mut self, name: &str) -> Self {
+        self.dir_name = Some(name.into());
+        self
     }
 
     fn slot(&self) -> Option<Arc<Sandbox>> {
@@ -139,7 +149,8 @@ impl TaskService {
                     .get("hostname")
                     .and_then(serde_json::Value::as_str)
                     .unwrap_or_default();
-                let dir = StateDir::create(&self.config.runtime.root, &req.id)
+                let name = self.dir_name.as_deref().unwrap_or(&req.id);
+                let dir = StateDir::create(&self.config.runtime.root, name)
                     .map_err(|e| ShimError::AlreadyExists(format!("{e:#}")))?;
                 let sandbox = Sandbox::boot(
                     &self.config,
