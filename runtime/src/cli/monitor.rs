@@ -92,6 +92,7 @@ pub async fn run(mut config: Config, root: &Path, args: &MonitorArgs) -> anyhow:
             if let Err(e) = service.delete_task(del).await {
                 tracing::warn!(container_id = %args.id, "removing the sandbox: {e}");
             }
+            service.wait_stopped().await;
             code as i32
         }
         _ = exit.wait() => 0,

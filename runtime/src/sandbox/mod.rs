@@ -310,7 +310,7 @@ impl Sandbox {
             req.power_off = true;
             req.timeout_secs = 5;
             let destroyed = tokio::time::timeout(
-                Duration::from_secs(30),
+                Duration::from_secs(10),
                 self.agent.destroy_sandbox(ctx(RPC), &req),
             )
             .await;
@@ -318,7 +318,8 @@ impl Sandbox {
                 tracing::warn!(sandbox_id = %self.id, "the agent did not power the guest off; stopping the VM");
             }
         }
-        for _ in 0..600 {
+        // A guest whose containers are all gone holds nothing worth more patience.
+        for _ in 0..200 {
             if self.vmm_exited().is_some() {
                 break;
             }

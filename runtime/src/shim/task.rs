@@ -47,6 +47,10 @@ pub struct TaskService {
     sandbox: std::sync::Mutex<Option<Arc<Sandbox>>>,
     /// Serialises Create (and so the boot) and the sandbox's removal.
     lifecycle: tokio::sync::Mutex<()>,
+    /// The sandbox's teardown: None before it began, false while it runs, true once done.
+    /// It runs in its own task, so a caller's deadline (containerd gives Delete 10 s where
+    /// a guest takes longer to power off) cannot cancel it half-way.
+    stopped: tokio::sync::watch::Sender<Option<bool>>,
     /// The sandbox directory's name under the root: the sandbox id for the shim, a short
     /// fixed name for the CLI's monitor (socket paths must stay under 108 bytes).
     dir_name: Option<String>,
@@ -63,7 +67,34 @@ impl TaskService {
             sandbox: std::sync::Mutex::new(None),
             lifecycle: tokio::sync::Mutex::new(()),
             dir_name: None,
+            stopped: tokio::sync::watch::Sender::new(None),
         }
+    }
+
+    /// Starts tearing the sandbox down (once) in a task of its own.
+    fn begin_stop(&self, sandbox: Arc<Sandbox>) {
+        self.set_slot(None);
+        let began = self.stopped.send_if_modified(|s| {
+            if s.is_none() {
+                *s = Some(false);
+                true
+            } else {
+                false
+            }
+        });
+        if began {
+            let done = self.stopped.clone();
+            tokio::spawn(async move {
+                sandbox.stop().await;
+                done.send_replace(Some(true));
+            });
+        }
+    }
+
+    /// Waits until a teardown that began has finished (at once if none began).
+    pub async fn wait_stopped(&self) {
+        let mut rx = self.stopped.subscribe();
+        let _ = rx.wait_for(|s| *s != Some(false)).await;
     }
 
     /// Names the sandbox directory `name` instead of after the sandbox id.
@@ -183,8 +214,8 @@ impl TaskService {
             .await;
         if let Err(e) = created {
             if sandbox.id == req.id {
-                sandbox.stop().await;
-                self.set_slot(None);
+                self.begin_stop(sandbox);
+                self.wait_stopped().await;
             }
             return Err(e.into());
         }
@@ -236,8 +267,8 @@ impl TaskService {
                 .await
                 .map_err(|e| ShimError::FailedPrecondition(format!("{e:#}")))?;
             if sandbox.id == req.id {
-                sandbox.stop().await;
-                self.set_slot(None);
+                // Shutdown (or the monitor) waits for it to finish.
+                self.begin_stop(sandbox.clone());
             }
             let mut ev = TaskDelete::new();
             ev.container_id = req.id.clone();
@@ -600,14 +631,20 @@ impl Task for TaskService {
         match self.slot() {
             Some(s) if !s.containers().is_empty() && !req.now => {
                 tracing::debug!("shutdown refused: containers remain");
+                return Ok(Empty::new());
             }
-            Some(s) => {
-                s.stop().await;
-                self.set_slot(None);
-                self.exit.signal();
-            }
-            None => self.exit.signal(),
+            Some(s) => self.begin_stop(s),
+            None => {}
         }
+        // The exit is signalled by a task of its own: a deadline on this call must not
+        // leave the shim running.
+        let mut rx = self.stopped.subscribe();
+        let exit = self.exit.clone();
+        let done = tokio::spawn(async move {
+            let _ = rx.wait_for(|s| *s != Some(false)).await;
+            exit.signal();
+        });
+        let _ = done.await;
         Ok(Empty::new())
     }
 }
