@@ -69,7 +69,9 @@ impl Podman {
         // conmon does not pass the environment on: hako gets its config as a flag.
         if let Some(cfg) = &self.config {
             c.arg("--runtime-flag")
-                .arg(format!("config={}", cfg.display()));
+                .arg(format!("config={}", cfg.display()))
+                .arg("--runtime-flag")
+                .arg(format!("root={}", d.join("hako-root").display()));
         }
         c.args(args);
         c
