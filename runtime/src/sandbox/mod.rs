@@ -34,8 +34,10 @@ use crate::config::Config;
 use crate::io::Copies;
 use crate::state::{SandboxState, mounts_under};
 
-/// Deadline of ordinary agent RPCs (guest kernel work is slow where it is emulated).
-const RPC: Duration = Duration::from_secs(120);
+/// Deadline of the agent RPCs that make or remove containers and processes: generous, since
+/// their guest kernel work takes tens of seconds where it is emulated and a loaded host slows
+/// it further (milliseconds on real KVM).
+const RPC: Duration = Duration::from_secs(600);
 
 /// `<root>/<id>/` and what is in it; removed (after unmounting) when dropped.
 pub struct StateDir {
