@@ -30,20 +30,14 @@ impl SandboxState {
         }
     }
 
-    /// Writes `<dir>/state.json` atomically (a temporary file renamed over it).
+    /// Writes `<dir>/state.json` atomically.
     pub fn save(&self, dir: &Path) -> anyhow::Result<()> {
-        let tmp = dir.join(".state.json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, dir.join(STATE_FILE))
-            .with_context(|| format!("saving the state in {}", dir.display()))
+        save_json(dir, STATE_FILE, self)
     }
 
     pub fn load(dir: &Path) -> anyhow::Result<Self> {
+        let state: Self = load_json(dir, STATE_FILE, "Hako sandbox state")?;
         let path = dir.join(STATE_FILE);
-        let text = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-        let state: Self = serde_json::from_slice(&text)
-            .with_context(|| format!("{} is not a Hako sandbox state", path.display()))?;
         if state.version != STATE_VERSION {
             anyhow::bail!(
                 "{} has state version {}; this Hako reads version {STATE_VERSION}",
@@ -80,24 +74,36 @@ pub const RECORD_FILE: &str = "container.json";
 
 impl ContainerRecord {
     pub fn save(&self, dir: &Path) -> anyhow::Result<()> {
-        let tmp = dir.join(".container.json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, dir.join(RECORD_FILE))
-            .with_context(|| format!("saving the container record in {}", dir.display()))
+        save_json(dir, RECORD_FILE, self)
     }
 
     pub fn load(dir: &Path) -> anyhow::Result<Self> {
-        let path = dir.join(RECORD_FILE);
-        let text = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-        serde_json::from_slice(&text)
-            .with_context(|| format!("{} is not a Hako container record", path.display()))
+        load_json(dir, RECORD_FILE, "Hako container record")
     }
 
     /// The monitor still runs (same pid and start time).
     pub fn monitor_alive(&self) -> bool {
         self.monitor_pid != 0 && process_start(self.monitor_pid) == Some(self.monitor_start)
     }
+}
+
+/// Writes `<dir>/<name>` atomically (a temporary file renamed over it).
+fn save_json(dir: &Path, name: &str, value: &impl Serialize) -> anyhow::Result<()> {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, serde_json::to_vec_pretty(value)?)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, dir.join(name))
+        .with_context(|| format!("saving {name} in {}", dir.display()))
+}
+
+fn load_json<T: serde::de::DeserializeOwned>(
+    dir: &Path,
+    name: &str,
+    what: &str,
+) -> anyhow::Result<T> {
+    let path = dir.join(name);
+    let text = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_slice(&text).with_context(|| format!("{} is not a {what}", path.display()))
 }
 
 /// A process's start time in clock ticks since boot (/proc/<pid>/stat field 22).

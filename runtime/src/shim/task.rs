@@ -289,6 +289,48 @@ impl TaskService {
         Ok(resp)
     }
 
+    /// Pause (freeze) or Resume: the state moves first, back again if the agent fails.
+    async fn freeze(&self, id: &str, pause: bool) -> Result<Empty> {
+        let (sandbox, c) = self.container(id).await?;
+        let (from, to) = if pause {
+            (Status::Running, Status::Paused)
+        } else {
+            (Status::Paused, Status::Running)
+        };
+        c.init
+            .transition(from, to)
+            .map_err(|e| ShimError::FailedPrecondition(e.to_string()))?;
+        let mut r = ContainerRequest::new();
+        r.container_id = id.into();
+        let done = if pause {
+            sandbox.agent.pause_container(ctx(RPC), &r).await
+        } else {
+            sandbox.agent.resume_container(ctx(RPC), &r).await
+        };
+        if let Err(e) = done {
+            let _ = c.init.transition(to, from);
+            return Err(agent_err(if pause {
+                "PauseContainer"
+            } else {
+                "ResumeContainer"
+            })(e));
+        }
+        if pause {
+            let mut ev = TaskPaused::new();
+            ev.container_id = id.into();
+            self.events
+                .publish(topics::TASK_PAUSED_EVENT_TOPIC, Box::new(ev))
+                .await;
+        } else {
+            let mut ev = TaskResumed::new();
+            ev.container_id = id.into();
+            self.events
+                .publish(topics::TASK_RESUMED_EVENT_TOPIC, Box::new(ev))
+                .await;
+        }
+        Ok(Empty::new())
+    }
+
     /// The agent of this shim's sandbox, once it runs (for the `hako` CLI's monitor).
     pub fn agent(&self) -> Option<hako_agent_api::agent_ttrpc::AgentServiceClient> {
         self.slot().map(|s| s.agent.clone())
@@ -408,41 +450,11 @@ impl Task for TaskService {
     }
 
     async fn pause(&self, _ctx: &TtrpcContext, req: PauseRequest) -> TtrpcResult<Empty> {
-        let (sandbox, c) = self.container(&req.id).await?;
-        c.init
-            .transition(Status::Running, Status::Paused)
-            .map_err(|e| ShimError::FailedPrecondition(e.to_string()))?;
-        let mut r = ContainerRequest::new();
-        r.container_id = req.id.clone();
-        if let Err(e) = sandbox.agent.pause_container(ctx(RPC), &r).await {
-            let _ = c.init.transition(Status::Paused, Status::Running);
-            return Err(agent_err("PauseContainer")(e).into());
-        }
-        let mut ev = TaskPaused::new();
-        ev.container_id = req.id.clone();
-        self.events
-            .publish(topics::TASK_PAUSED_EVENT_TOPIC, Box::new(ev))
-            .await;
-        Ok(Empty::new())
+        Ok(self.freeze(&req.id, true).await?)
     }
 
     async fn resume(&self, _ctx: &TtrpcContext, req: ResumeRequest) -> TtrpcResult<Empty> {
-        let (sandbox, c) = self.container(&req.id).await?;
-        c.init
-            .transition(Status::Paused, Status::Running)
-            .map_err(|e| ShimError::FailedPrecondition(e.to_string()))?;
-        let mut r = ContainerRequest::new();
-        r.container_id = req.id.clone();
-        if let Err(e) = sandbox.agent.resume_container(ctx(RPC), &r).await {
-            let _ = c.init.transition(Status::Running, Status::Paused);
-            return Err(agent_err("ResumeContainer")(e).into());
-        }
-        let mut ev = TaskResumed::new();
-        ev.container_id = req.id.clone();
-        self.events
-            .publish(topics::TASK_RESUMED_EVENT_TOPIC, Box::new(ev))
-            .await;
-        Ok(Empty::new())
+        Ok(self.freeze(&req.id, false).await?)
     }
 
     async fn kill(&self, _ctx: &TtrpcContext, req: KillRequest) -> TtrpcResult<Empty> {
