@@ -124,8 +124,8 @@ fn wait_gone(pid: u32, limit: Duration) -> Result<(), Failed> {
     Ok(())
 }
 
-/// create → state → duplicate → start → ps/list → exec → pause/resume → events → kill →
-/// stopped → kill again fails → delete → gone.
+/// create → state → duplicate → start → ps/list → exec → pause/resume → update → events →
+/// kill → stopped → kill again fails → delete → gone.
 fn lifecycle(rt: &Runtime, work: &Path, boot: Duration) -> Result<(), Failed> {
     let b = work.join(format!("bundle-{}", rt.name));
     write_bundle(
@@ -192,7 +192,13 @@ fn lifecycle(rt: &Runtime, work: &Path, boot: Duration) -> Result<(), Failed> {
             return Err(format!("{}: state after pause is {s:?}", rt.name).into());
         }
         expect_ok(rt, &["resume", id])?;
+        expect_ok(rt, &["update", "--pids-limit", "200", id])?;
         let o = expect_ok(rt, &["events", "--stats", id])?;
+        if rt.name == "hako" && !String::from_utf8_lossy(&o.stdout).contains("\"limit\":200") {
+            return Err(
+                format!("hako: the pids limit did not reach the guest: {}", show(&o)).into(),
+            );
+        }
         if !String::from_utf8_lossy(&o.stdout).contains("\"stats\"") {
             return Err(format!("{} events --stats: {}", rt.name, show(&o)).into());
         }

@@ -9,7 +9,7 @@ use containerd_shim::protos::api::DeleteResponse;
 
 use super::events::timestamp;
 use crate::config::Config;
-use crate::sandbox::{remove_sandbox_dir, watchers::SANDBOX_DIED};
+use crate::sandbox::watchers::SANDBOX_DIED;
 use crate::state::mounts_under;
 
 pub fn delete(id: &str, bundle: &Path) -> DeleteResponse {
@@ -17,19 +17,15 @@ pub fn delete(id: &str, bundle: &Path) -> DeleteResponse {
     for m in mounts_under(&rootfs) {
         crate::sandbox::rootfs::unbind(&m);
     }
-    match Config::load() {
-        Ok(config) => {
-            if crate::sandbox::clean_up_leftover(&config.runtime.root, id) {
-                tracing::info!(
-                    sandbox_id = id,
-                    "cleaned up a sandbox left by a stopped shim"
-                );
-            }
-        }
-        Err(e) => {
-            tracing::warn!("{e}; cleaning up the default root only");
-            remove_sandbox_dir(&Config::default().runtime.root.join(id));
-        }
+    let config = Config::load().unwrap_or_else(|e| {
+        tracing::warn!("{e}; cleaning up under the default root");
+        Config::default()
+    });
+    if crate::sandbox::clean_up_leftover(&config.runtime.root, id) {
+        tracing::info!(
+            sandbox_id = id,
+            "cleaned up a sandbox left by a stopped shim"
+        );
     }
     let mut resp = DeleteResponse::new();
     resp.exit_status = SANDBOX_DIED;
