@@ -12,6 +12,9 @@ pub const IMAGE: &str = "docker.io/library/busybox:hako";
 
 pub struct Podman {
     pub dir: tempfile::TempDir,
+    /// hako's --root: short, since Unix socket paths under it (with 64-character ids) must
+    /// stay under 108 bytes.
+    hako_root: tempfile::TempDir,
     /// `runc` or the path of hako.
     pub runtime: PathBuf,
     /// HAKO_CONFIG for hako.
@@ -25,7 +28,12 @@ impl Podman {
             .prefix("hako-podman-")
             .tempdir()
             .map_err(|e| e.to_string())?;
+        let hako_root = tempfile::Builder::new()
+            .prefix("hk")
+            .tempdir_in("/tmp")
+            .map_err(|e| e.to_string())?;
         let me = Self {
+            hako_root,
             cgroup_parent: format!(
                 "/hako-podman-{}-{}",
                 std::process::id(),
@@ -71,7 +79,7 @@ impl Podman {
             c.arg("--runtime-flag")
                 .arg(format!("config={}", cfg.display()))
                 .arg("--runtime-flag")
-                .arg(format!("root={}", d.join("hako-root").display()));
+                .arg(format!("root={}", self.hako_root.path().display()));
         }
         c.args(args);
         c

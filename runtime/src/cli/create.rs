@@ -92,6 +92,16 @@ fn create_container(g: &Global, a: &CreateArgs) -> anyhow::Result<std::process::
         (Some(sock), true) => Some(super::console::pty_to_console_socket(sock)?),
         _ => None,
     };
+    // The VMM's sockets live under <root>/<id>/vm/; Unix socket paths have 107 bytes.
+    let longest = g.root.join(&a.id).join("vm").join("vsock_65535");
+    if longest.as_os_str().len() > 107 {
+        bail!(
+            "--root {} is too long for container id {} (socket paths under it would pass the \
+             108-byte limit of Unix sockets): use a shorter --root",
+            g.root.display(),
+            a.id
+        );
+    }
     let dir = StateDir::create(&g.root, &a.id)?;
     let record = ContainerRecord {
         version: 1,
