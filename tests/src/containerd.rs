@@ -224,6 +224,15 @@ impl Drop for Containerd {
             if let Some(pid) = p.split(':').next() {
                 let _ = Command::new("kill").args(["-9", pid]).status();
             }
+            // A shim killed here cannot remove its socket (under /run/containerd/s).
+            let mut words = p.split_whitespace();
+            while let Some(w) = words.next() {
+                if w == "-socket"
+                    && let Some(path) = words.next().and_then(|s| s.strip_prefix("unix://"))
+                {
+                    let _ = std::fs::remove_file(path);
+                }
+            }
         }
         std::thread::sleep(Duration::from_millis(200));
         let mut mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
