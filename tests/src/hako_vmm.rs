@@ -1,10 +1,14 @@
 //! hako-vmm as the VM tests run it: a config written into a per-test directory (console to
 //! stdout, control socket beside it) and the command that boots it.
 
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use hako_vmm_api::{ConsoleConfig, CpuProfile, KernelConfig, MachineConfig, VmConfig};
+use hako_vmm_api::{
+    ConsoleConfig, ControlReply, ControlRequest, CpuProfile, KernelConfig, MachineConfig, VmConfig,
+};
 
 /// A VM for the probe image: conservative CPU profile (correct on every host; needed where
 /// guest kernel mode is emulated), console on stdout, control socket in `dir`.
@@ -40,4 +44,35 @@ pub fn command(vmm: &Path, dir: &Path, config: &VmConfig) -> std::io::Result<Com
     let mut cmd = Command::new(vmm);
     cmd.arg("--config").arg(path).env("HAKO_LOG", "info");
     Ok(cmd)
+}
+
+/// Like [`command`], resuming the snapshot in `snapshot` instead of booting.
+pub fn restore_command(
+    vmm: &Path,
+    dir: &Path,
+    config: &VmConfig,
+    snapshot: &Path,
+) -> std::io::Result<Command> {
+    let mut cmd = command(vmm, dir, config)?;
+    cmd.arg("--restore").arg(snapshot);
+    Ok(cmd)
+}
+
+/// Sends one raw line to the control socket on a fresh connection; returns the reply.
+pub fn control_line(path: &Path, line: &str) -> Result<ControlReply, String> {
+    let mut s =
+        UnixStream::connect(path).map_err(|e| format!("connecting {}: {e}", path.display()))?;
+    s.write_all(format!("{line}\n").as_bytes())
+        .map_err(|e| format!("sending {line}: {e}"))?;
+    let mut reply = String::new();
+    BufReader::new(s)
+        .read_line(&mut reply)
+        .map_err(|e| format!("reading the reply to {line}: {e}"))?;
+    serde_json::from_str(&reply).map_err(|e| format!("reply {reply:?} to {line}: {e}"))
+}
+
+/// Sends one control request.
+pub fn control(path: &Path, request: &ControlRequest) -> Result<ControlReply, String> {
+    let line = serde_json::to_string(request).map_err(|e| e.to_string())?;
+    control_line(path, &line)
 }

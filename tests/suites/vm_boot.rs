@@ -99,15 +99,7 @@ fn expect_probe_ran(boot: &Boot) -> Result<(), Failed> {
 
 /// One request on a fresh connection.
 fn control(path: &Path, request: &str) -> Result<ControlReply, String> {
-    let mut s =
-        UnixStream::connect(path).map_err(|e| format!("connecting {}: {e}", path.display()))?;
-    s.write_all(format!("{{\"request\":\"{request}\"}}\n").as_bytes())
-        .map_err(|e| format!("sending {request}: {e}"))?;
-    let mut line = String::new();
-    BufReader::new(s)
-        .read_line(&mut line)
-        .map_err(|e| format!("reading the reply to {request}: {e}"))?;
-    serde_json::from_str(&line).map_err(|e| format!("reply {line:?} to {request}: {e}"))
+    hako_vmm::control_line(path, &format!("{{\"request\":\"{request}\"}}"))
 }
 
 /// Drives the control API while the guest boots; returns what went wrong, if anything.

@@ -3,7 +3,7 @@
 
 use std::fs::OpenOptions;
 use std::io::{LineWriter, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -12,6 +12,8 @@ use hako_vmm_api::{BootProtocol, ConsoleConfig, CpuProfile, VmConfig, VmState};
 use kvm_ioctls::Kvm;
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::arch::x86_64::vcpu_state::{self, StateCaps, VcpuStateError};
+use crate::arch::x86_64::vm_state::VmStateError;
 use crate::arch::x86_64::{self as arch, cpuid, layout, loader, regs};
 use crate::devices::legacy::i8042::{I8042, ResetSignal};
 use crate::devices::legacy::serial::{self, SerialConsole};
@@ -19,10 +21,12 @@ use crate::devices::manager::{DeviceManager, ManagerError};
 use crate::devices::virtio::VirtioDevice;
 use crate::devices::virtio::block::{self, Block, BlockError};
 use crate::devices::virtio::fs::{self, Fs, FsError};
+use crate::devices::virtio::mmio::{MmioTransport, RestoreError};
 use crate::devices::virtio::vsock::{self, Vsock, VsockError};
 use crate::devices::{Bus, BusError, IrqTrigger};
 use crate::metrics::Counters;
-use crate::vcpu::{self, Vcpu, VcpuControl};
+use crate::snapshot::{self, MachineShape, Snapshot, SnapshotError};
+use crate::vcpu::{self, StateInfo, Vcpu, VcpuControl};
 use crate::vm::{Vm, VmError};
 use crate::vmm::{Vmm, VmmEvent};
 use crate::{memory, vmm};
@@ -74,6 +78,22 @@ pub enum BuildError {
     Vsock(#[from] VsockError),
     #[error(transparent)]
     Fs(#[from] FsError),
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    #[error("restoring vCPU {index} from the snapshot")]
+    VcpuState {
+        index: u8,
+        #[source]
+        source: VcpuStateError,
+    },
+    #[error("reading what KVM saves of a vCPU")]
+    StateInfo(#[source] VcpuStateError),
+    #[error("restoring the VM from the snapshot")]
+    VmState(#[source] VmStateError),
+    #[error(transparent)]
+    Transport(#[from] RestoreError),
+    #[error("{0}")]
+    Serial(String),
 }
 
 fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> BuildError {
@@ -119,63 +139,114 @@ fn console_output(config: &ConsoleConfig) -> Result<Option<Box<dyn Write + Send>
     })
 }
 
-/// Builds the VM and starts its vCPUs. `events` is the channel `Vmm::run` listens on.
+/// Builds the VM, boots its kernel and starts its vCPUs. `events` is the channel
+/// `Vmm::run` listens on.
 pub fn build(
     config: &VmConfig,
     events: (Sender<VmmEvent>, std::sync::mpsc::Receiver<VmmEvent>),
     started: Instant,
 ) -> Result<Vmm, BuildError> {
+    assemble(config, events, started, None)
+}
+
+/// Builds the VM from the snapshot in `dir` (taken of a VM configured like `config` but
+/// for its sockets, CID, shared directories and console) and resumes it.
+pub fn restore(
+    config: &VmConfig,
+    dir: &Path,
+    events: (Sender<VmmEvent>, std::sync::mpsc::Receiver<VmmEvent>),
+    started: Instant,
+) -> Result<Vmm, BuildError> {
+    let snapshot = snapshot::read_state(dir)?;
+    snapshot.machine.check(&MachineShape::of(config))?;
+    let memory = snapshot::memory::map(&dir.join(snapshot::MEMORY_FILE), &snapshot.memory)
+        .map_err(SnapshotError::from)?;
+    tracing::debug!(
+        ms = started.elapsed().as_secs_f64() * 1e3,
+        "snapshot state read and memory mapped"
+    );
+    assemble(config, events, started, Some((&snapshot, memory)))
+}
+
+/// The one wiring of a VM, booted fresh (`from` None) or from a snapshot's state and mapped
+/// memory.
+fn assemble(
+    config: &VmConfig,
+    events: (Sender<VmmEvent>, std::sync::mpsc::Receiver<VmmEvent>),
+    started: Instant,
+    from: Option<(&Snapshot, vm_memory::GuestMemoryMmap)>,
+) -> Result<Vmm, BuildError> {
     let (tx, rx) = events;
     let kvm = Kvm::new().map_err(BuildError::Kvm)?;
     let machine = &config.machine;
     let mem_size = u64::from(machine.memory_mib) << 20;
-    let guest_memory = memory::create(machine.memory_mib)?;
+    let (saved, guest_memory) = match from {
+        Some((s, m)) => (Some(s), m),
+        None => (None, memory::create(machine.memory_mib)?),
+    };
     let vm = Vm::new(&kvm, guest_memory.clone())?;
     tracing::debug!(ms = started.elapsed().as_secs_f64() * 1e3, "VM created");
 
-    memory::advise_huge_pages(&guest_memory, true);
-    let allow_pvh = config.kernel.boot_protocol == BootProtocol::Auto;
-    let kernel = loader::load_kernel(&guest_memory, &config.kernel.path, allow_pvh)?;
-    tracing::debug!(ms = started.elapsed().as_secs_f64() * 1e3, "kernel loaded");
-    let initrd = match &config.kernel.initrd {
-        Some(path) => Some(loader::load_initrd(&guest_memory, path, &kernel)?),
-        None => None,
+    let kernel = match saved {
+        Some(_) => None,
+        None => {
+            memory::advise_huge_pages(&guest_memory, true);
+            let allow_pvh = config.kernel.boot_protocol == BootProtocol::Auto;
+            let kernel = loader::load_kernel(&guest_memory, &config.kernel.path, allow_pvh)?;
+            tracing::debug!(ms = started.elapsed().as_secs_f64() * 1e3, "kernel loaded");
+            let initrd = match &config.kernel.initrd {
+                Some(path) => Some(loader::load_initrd(&guest_memory, path, &kernel)?),
+                None => None,
+            };
+            tracing::debug!(ms = started.elapsed().as_secs_f64() * 1e3, "initrd loaded");
+            memory::advise_huge_pages(&guest_memory, false);
+            Some((kernel, initrd))
+        }
     };
-    tracing::debug!(ms = started.elapsed().as_secs_f64() * 1e3, "initrd loaded");
-    memory::advise_huge_pages(&guest_memory, false);
     let mut mmio = Bus::new();
     let mut devices = Vec::new();
+    let mut transports = Vec::new();
     let mut manager = DeviceManager::default();
     if let Some(v) = &config.devices.vsock {
         let counters = Counters::new(vsock::COUNTERS);
         let dev = Vsock::new(v.guest_cid, &v.uds_path, counters.clone())?;
         devices.push(("vsock".to_owned(), counters));
-        manager.add(vm.fd(), &mut mmio, &guest_memory, Box::new(dev))?;
+        transports.push(manager.add(vm.fd(), &mut mmio, &guest_memory, Box::new(dev))?);
     }
     for fs in &config.devices.fs {
         let counters = Counters::new(fs::COUNTERS);
         let dev = Fs::new(&fs.tag, &fs.shared_dir, fs.read_only, counters.clone())?;
         devices.push((dev.name().to_owned(), counters));
-        manager.add(vm.fd(), &mut mmio, &guest_memory, Box::new(dev))?;
+        transports.push(manager.add(vm.fd(), &mut mmio, &guest_memory, Box::new(dev))?);
     }
     for blk in &config.devices.block {
         let counters = Counters::new(block::COUNTERS);
         let dev = Block::open(&blk.id, &blk.path, blk.read_only, counters.clone())?;
         devices.push((dev.name().to_owned(), counters));
-        manager.add(vm.fd(), &mut mmio, &guest_memory, Box::new(dev))?;
+        transports.push(manager.add(vm.fd(), &mut mmio, &guest_memory, Box::new(dev))?);
+    }
+    if let Some(s) = saved {
+        for (t, state) in transports.iter().zip(&s.devices.virtio) {
+            lock(t).restore(state)?;
+        }
     }
     let mmio = Arc::new(mmio);
 
-    let cmdline = kernel_cmdline(config, &manager.cmdline());
-    tracing::info!(entry = ?kernel.entry, %cmdline, "kernel loaded");
-    let boot_info = arch::configure_system(
-        &guest_memory,
-        mem_size,
-        machine.vcpus,
-        &cmdline,
-        &kernel,
-        initrd,
-    )?;
+    let boot_info = match &kernel {
+        Some((kernel, initrd)) => {
+            let cmdline = kernel_cmdline(config, &manager.cmdline());
+            tracing::info!(entry = ?kernel.entry, %cmdline, "kernel loaded");
+            Some(arch::configure_system(
+                &guest_memory,
+                mem_size,
+                machine.vcpus,
+                &cmdline,
+                kernel,
+                *initrd,
+            )?)
+        }
+        None => None,
+    };
 
     let mut pio = Bus::new();
     let console = match console_output(&config.console)? {
@@ -184,11 +255,12 @@ pub fn build(
             vm.register_irqfd(&irq, layout::SERIAL_IRQ)?;
             let counters = Counters::new(serial::COUNTERS);
             devices.push(("serial".to_owned(), counters.clone()));
-            let dev = Arc::new(Mutex::new(SerialConsole::new(
-                IrqTrigger(irq),
-                out,
-                counters,
-            )));
+            let uart = match saved.and_then(|s| s.devices.serial.as_ref()) {
+                Some(state) => SerialConsole::restore(state, IrqTrigger(irq), out, counters)
+                    .map_err(BuildError::Serial)?,
+                None => SerialConsole::new(IrqTrigger(irq), out, counters),
+            };
+            let dev = Arc::new(Mutex::new(uart));
             pio.insert(
                 u64::from(layout::SERIAL_PORT_BASE),
                 u64::from(layout::SERIAL_PORT_LEN),
@@ -201,13 +273,17 @@ pub fn build(
     let reset_tx = Mutex::new(tx.clone());
     let kbd_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(io("creating the keyboard irqfd"))?;
     vm.register_irqfd(&kbd_irq, layout::I8042_KBD_IRQ)?;
-    let i8042 = Arc::new(Mutex::new(I8042::new(
+    let mut keyboard = I8042::new(
         IrqTrigger(kbd_irq),
         ResetSignal(Box::new(move || {
             let tx = reset_tx.lock().unwrap_or_else(|p| p.into_inner());
             let _ = tx.send(VmmEvent::GuestReset);
         })),
-    )));
+    );
+    if let Some(s) = saved {
+        keyboard.restore(&s.devices.i8042);
+    }
+    let i8042 = Arc::new(Mutex::new(keyboard));
     pio.insert(
         u64::from(layout::I8042_PORT_BASE),
         u64::from(layout::I8042_PORT_LEN),
@@ -224,20 +300,38 @@ pub fn build(
     cpuid::apply_profile(&mut base_cpuid, machine.cpu_profile);
 
     vcpu::install_kick_handler().map_err(io("installing the vCPU kick signal handler"))?;
+    let state_info = Arc::new(StateInfo {
+        msr_indices: vcpu_state::msr_indices(&kvm).map_err(BuildError::StateInfo)?,
+        caps: StateCaps::of(&kvm),
+    });
     let control = VcpuControl::new(machine.vcpus);
     let mut prepared = Vec::new();
     let mut vcpu_exits = Vec::new();
     for index in 0..machine.vcpus {
         let fd = vm.create_vcpu(index)?;
-        let mut cpuid = base_cpuid.clone();
-        cpuid::set_vcpu_identity(&mut cpuid, index, machine.vcpus);
-        fd.set_cpuid2(&cpuid)
-            .map_err(|source| BuildError::KvmCall {
-                what: format!("setting CPUID of vCPU {index}"),
-                source,
-            })?;
-        regs::setup_vcpu(&fd, &guest_memory, index, kernel.entry, boot_info)
-            .map_err(|source| BuildError::Regs { index, source })?;
+        match (saved, &kernel, boot_info) {
+            (Some(s), _, _) => {
+                let state = s
+                    .vcpus
+                    .get(usize::from(index))
+                    .ok_or_else(|| SnapshotError::Mismatch(format!("no state for vCPU {index}")))?;
+                state
+                    .restore(&fd)
+                    .map_err(|source| BuildError::VcpuState { index, source })?;
+            }
+            (None, Some((kernel, _)), Some(boot_info)) => {
+                let mut cpuid = base_cpuid.clone();
+                cpuid::set_vcpu_identity(&mut cpuid, index, machine.vcpus);
+                fd.set_cpuid2(&cpuid)
+                    .map_err(|source| BuildError::KvmCall {
+                        what: format!("setting CPUID of vCPU {index}"),
+                        source,
+                    })?;
+                regs::setup_vcpu(&fd, &guest_memory, index, kernel.entry, boot_info)
+                    .map_err(|source| BuildError::Regs { index, source })?;
+            }
+            _ => unreachable!("a VM is either booted or restored"),
+        }
         let exits = Counters::new(vcpu::EXIT_KINDS);
         vcpu_exits.push(exits.clone());
         prepared.push(Vcpu {
@@ -249,7 +343,15 @@ pub fn build(
             control: control.clone(),
             exits,
             events: tx.clone(),
+            state_info: state_info.clone(),
         });
+    }
+    if let Some(s) = saved {
+        s.vm.restore(vm.fd()).map_err(BuildError::VmState)?;
+        tracing::info!(
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            "VM restored from a snapshot"
+        );
     }
     let mut vcpu_threads = Vec::new();
     for v in prepared {
@@ -262,6 +364,8 @@ pub fn build(
         events: rx,
         vcpu_exits,
         devices,
+        transports,
+        shape: MachineShape::of(config),
         console,
         i8042,
         shutdown_deadline: None,
@@ -271,6 +375,10 @@ pub fn build(
         state: VmState::Running,
         _vm: vm,
     })
+}
+
+fn lock(t: &Mutex<MmioTransport>) -> std::sync::MutexGuard<'_, MmioTransport> {
+    t.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]

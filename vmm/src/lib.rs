@@ -11,6 +11,7 @@ pub mod memory;
 pub mod metrics;
 pub mod probe;
 pub mod signals;
+pub mod snapshot;
 pub mod vcpu;
 pub mod vm;
 pub mod vmm;
@@ -42,6 +43,15 @@ pub fn load_config(path: &Path) -> Result<VmConfig, VmmError> {
 /// Boots `config` and runs it until the guest ends or the VMM is told to stop. `started` is
 /// when the process began (for start-up timing in the logs).
 pub fn run(config: &VmConfig, started: Instant) -> Result<ExitReason, VmmError> {
+    run_from(config, None, started)
+}
+
+/// Like [`run`], but the VM resumes from the snapshot in `snapshot_dir` when given.
+pub fn run_from(
+    config: &VmConfig,
+    snapshot_dir: Option<&Path>,
+    started: Instant,
+) -> Result<ExitReason, VmmError> {
     signals::block_stop_signals().map_err(VmmError::Signals)?;
     let (tx, rx) = mpsc::channel();
     // The control server goes first so that its socket is removed however the build ends.
@@ -50,6 +60,9 @@ pub fn run(config: &VmConfig, started: Instant) -> Result<ExitReason, VmmError> 
         None => None,
     };
     signals::watch(tx.clone()).map_err(VmmError::Signals)?;
-    let vmm = builder::build(config, (tx, rx), started)?;
+    let vmm = match snapshot_dir {
+        Some(dir) => builder::restore(config, dir, (tx, rx), started)?,
+        None => builder::build(config, (tx, rx), started)?,
+    };
     Ok(vmm.run())
 }

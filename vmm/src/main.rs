@@ -1,4 +1,5 @@
-//! `hako-vmm`: boot a VM from a JSON config (`hako-vmm --config FILE`), or `probe` this host's
+//! `hako-vmm`: boot a VM from a JSON config (`hako-vmm --config FILE`), resume one from a
+//! snapshot (`--restore DIR`, the config giving its new sockets and shares), or `probe` this host's
 //! KVM for `hako check`. Exit status: the guest's ending (`ExitReason::exit_code`), 1 for a VMM
 //! error, 2 for a bad command line or config.
 use std::path::PathBuf;
@@ -16,6 +17,9 @@ struct Cli {
     /// Boot the VM this JSON config describes (same as `run --config`).
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Resume the snapshot in this directory instead of booting the config's kernel.
+    #[arg(long, requires = "config")]
+    restore: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -32,6 +36,9 @@ enum Command {
     Run {
         #[arg(long)]
         config: PathBuf,
+        /// Resume the snapshot in this directory instead of booting the config's kernel.
+        #[arg(long)]
+        restore: Option<PathBuf>,
     },
 }
 
@@ -47,7 +54,8 @@ fn main() -> ExitCode {
         .init();
     match (cli.command, cli.config) {
         (Some(Command::Probe { device }), _) => probe(&device),
-        (Some(Command::Run { config }), _) | (None, Some(config)) => run(&config, started),
+        (Some(Command::Run { config, restore }), _) => run(&config, restore.as_deref(), started),
+        (None, Some(config)) => run(&config, cli.restore.as_deref(), started),
         (None, None) => {
             eprintln!("hako-vmm: give --config FILE (or a subcommand; see --help)");
             ExitCode::from(EXIT_BAD_CONFIG)
@@ -69,7 +77,7 @@ fn probe(device: &std::path::Path) -> ExitCode {
     }
 }
 
-fn run(path: &std::path::Path, started: Instant) -> ExitCode {
+fn run(path: &std::path::Path, restore: Option<&std::path::Path>, started: Instant) -> ExitCode {
     let config = match hako_vmm::load_config(path) {
         Ok(c) => c,
         Err(e) => {
@@ -77,14 +85,22 @@ fn run(path: &std::path::Path, started: Instant) -> ExitCode {
             return ExitCode::from(EXIT_BAD_CONFIG);
         }
     };
-    match hako_vmm::run(&config, started) {
+    match hako_vmm::run_from(&config, restore, started) {
         Ok(reason) => {
             tracing::info!(?reason, code = reason.exit_code(), "VM ended");
             ExitCode::from(reason.exit_code())
         }
         Err(e) => {
+            // A snapshot that is missing, of another version or of another machine is bad
+            // input, like a bad config.
+            let code = match &e {
+                hako_vmm::VmmError::Build(hako_vmm::builder::BuildError::Snapshot(_)) => {
+                    EXIT_BAD_CONFIG
+                }
+                _ => EXIT_VMM_ERROR,
+            };
             eprintln!("hako-vmm: {:#}", anyhow::Error::from(e));
-            ExitCode::from(EXIT_VMM_ERROR)
+            ExitCode::from(code)
         }
     }
 }

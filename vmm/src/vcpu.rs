@@ -3,7 +3,7 @@
 //! (`KICK_SIGNAL`), repeated until it acknowledges, so a kick that lands just before KVM_RUN
 //! is never lost.
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -17,6 +17,7 @@ use kvm_ioctls::{VcpuExit, VcpuFd};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::signal::{Killable, SIGRTMIN, register_signal_handler};
 
+use crate::arch::x86_64::vcpu_state::{StateCaps, VcpuState, VcpuStateError};
 use crate::devices::Bus;
 use crate::metrics::Counters;
 use crate::vmm::VmmEvent;
@@ -86,6 +87,31 @@ pub struct VcpuControl {
     wanted: AtomicU8,
     places: Mutex<Vec<Where>>,
     changed: Condvar,
+    /// Per vCPU: the VMM wants its state saved (answered while parked).
+    save_wanted: Vec<AtomicBool>,
+    saved: Mutex<Vec<Option<Result<VcpuState, VcpuStateError>>>>,
+}
+
+/// What saving vCPU state needs from the host's KVM, shared by every vCPU.
+#[derive(Debug)]
+pub struct StateInfo {
+    pub msr_indices: Vec<u32>,
+    pub caps: StateCaps,
+}
+
+/// Errors collecting vCPU state for a snapshot.
+#[derive(Debug, thiserror::Error)]
+pub enum SaveError {
+    #[error("vCPU {0} has stopped; its state is gone")]
+    Stopped(usize),
+    #[error("vCPU {0} is not paused")]
+    NotPaused(usize),
+    #[error("saving the state of vCPU {index}")]
+    Failed {
+        index: usize,
+        #[source]
+        source: VcpuStateError,
+    },
 }
 
 impl VcpuControl {
@@ -94,6 +120,8 @@ impl VcpuControl {
             wanted: AtomicU8::new(Wanted::Run as u8),
             places: Mutex::new(vec![Where::Running; usize::from(vcpus)]),
             changed: Condvar::new(),
+            save_wanted: (0..vcpus).map(|_| AtomicBool::new(false)).collect(),
+            saved: Mutex::new((0..vcpus).map(|_| None).collect()),
         })
     }
 
@@ -117,20 +145,83 @@ impl VcpuControl {
         self.changed.notify_all();
     }
 
-    /// Blocks a vCPU thread while a pause is wanted.
-    fn park(&self, index: u8, halted_for_good: bool) {
+    /// Blocks a vCPU thread while a pause is wanted, saving its state when asked to.
+    fn park(
+        &self,
+        index: u8,
+        halted_for_good: bool,
+        save: &mut dyn FnMut() -> Result<VcpuState, VcpuStateError>,
+    ) {
+        let i = usize::from(index);
         let mut places = self.places();
-        if let Some(p) = places.get_mut(usize::from(index)) {
+        if let Some(p) = places.get_mut(i) {
             *p = Where::Parked { halted_for_good };
         }
         self.changed.notify_all();
         while self.wanted() == Wanted::Pause {
+            if self
+                .save_wanted
+                .get(i)
+                .is_some_and(|w| w.swap(false, Ordering::AcqRel))
+            {
+                let state = save();
+                if let Some(slot) = self.saved_slots().get_mut(i) {
+                    *slot = Some(state);
+                }
+                self.changed.notify_all();
+                continue;
+            }
             places = self.changed.wait(places).unwrap_or_else(|p| p.into_inner());
         }
         if let Some(p) = places.get_mut(usize::from(index)) {
             *p = Where::Running;
         }
         self.changed.notify_all();
+    }
+
+    fn saved_slots(&self) -> MutexGuard<'_, Vec<Option<Result<VcpuState, VcpuStateError>>>> {
+        self.saved.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Collects the state of every vCPU; they must all be parked (the VM paused). Each
+    /// vCPU thread saves its own (it owns its fd) and stays parked.
+    pub fn save_all(&self) -> Result<Vec<VcpuState>, SaveError> {
+        let mut places = self.places();
+        for (i, p) in places.iter().enumerate() {
+            match p {
+                Where::Parked { .. } => {}
+                Where::Stopped => return Err(SaveError::Stopped(i)),
+                Where::Running => return Err(SaveError::NotPaused(i)),
+            }
+        }
+        self.saved_slots().iter_mut().for_each(|s| *s = None);
+        for w in &self.save_wanted {
+            w.store(true, Ordering::Release);
+        }
+        self.changed.notify_all();
+        loop {
+            if self.saved_slots().iter().all(Option::is_some) {
+                break;
+            }
+            if let Some(i) = places.iter().position(|p| *p == Where::Stopped) {
+                return Err(SaveError::Stopped(i));
+            }
+            places = self
+                .changed
+                .wait_timeout(places, KICK_RETRY)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        drop(places);
+        self.saved_slots()
+            .iter_mut()
+            .enumerate()
+            .map(|(index, slot)| match slot.take() {
+                Some(Ok(state)) => Ok(state),
+                Some(Err(source)) => Err(SaveError::Failed { index, source }),
+                None => Err(SaveError::Stopped(index)),
+            })
+            .collect()
     }
 
     /// Asks every vCPU for `wanted` and waits until each has complied (parked or stopped),
@@ -180,6 +271,7 @@ pub struct Vcpu {
     pub control: Arc<VcpuControl>,
     pub exits: Arc<Counters>,
     pub events: Sender<VmmEvent>,
+    pub state_info: Arc<StateInfo>,
 }
 
 /// How the run loop goes on after an exit.
@@ -205,7 +297,10 @@ impl Vcpu {
                 Wanted::Run => {}
                 Wanted::Pause => {
                     let halted = self.halted_for_good();
-                    self.control.park(self.index, halted);
+                    let (fd, info) = (&self.fd, &self.state_info);
+                    self.control.park(self.index, halted, &mut || {
+                        VcpuState::save(fd, &info.msr_indices, info.caps)
+                    });
                     continue;
                 }
                 Wanted::Stop => break,

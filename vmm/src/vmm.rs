@@ -8,9 +8,12 @@ use std::time::{Duration, Instant};
 
 use hako_vmm_api::{ControlReply, ControlRequest, ExitReason, Metrics, VmState};
 
+use crate::arch::x86_64::vm_state::VmState as KvmVmState;
 use crate::devices::legacy::i8042::I8042;
 use crate::devices::legacy::serial::SerialConsole;
+use crate::devices::virtio::mmio::MmioTransport;
 use crate::metrics::{self, Counters};
+use crate::snapshot::{self, DevicesState, MachineShape, Snapshot};
 use crate::vcpu::{VcpuControl, Wanted, Where};
 use crate::vm::Vm;
 
@@ -42,6 +45,9 @@ pub struct Vmm {
     pub(crate) events: Receiver<VmmEvent>,
     pub(crate) vcpu_exits: Vec<Arc<Counters>>,
     pub(crate) devices: Vec<(String, Arc<Counters>)>,
+    /// The virtio transports in wiring order (snapshots save their registers).
+    pub(crate) transports: Vec<Arc<Mutex<MmioTransport>>>,
+    pub(crate) shape: MachineShape,
     pub(crate) console: Option<Arc<Mutex<SerialConsole>>>,
     pub(crate) i8042: Arc<Mutex<I8042>>,
     /// When a graceful shutdown gives up waiting for the guest.
@@ -163,7 +169,95 @@ impl Vmm {
                 (ControlReply::Done, None)
             }
             ControlRequest::Metrics => (ControlReply::Metrics(self.metrics()), None),
+            ControlRequest::Snapshot { dir } => {
+                if self.state == VmState::ShuttingDown {
+                    return (
+                        ControlReply::Error {
+                            message: "the VM is shutting down".into(),
+                        },
+                        None,
+                    );
+                }
+                if self.state != VmState::Paused {
+                    self.control.request(Wanted::Pause, &self.vcpu_threads);
+                    self.state = VmState::Paused;
+                }
+                let started = Instant::now();
+                match self.snapshot(&dir) {
+                    Ok(()) => {
+                        tracing::info!(
+                            dir = %dir.display(),
+                            ms = started.elapsed().as_secs_f64() * 1e3,
+                            "snapshot written; the VM stays paused"
+                        );
+                        (ControlReply::Done, None)
+                    }
+                    Err(message) => {
+                        tracing::error!(dir = %dir.display(), "snapshot failed: {message}");
+                        (ControlReply::Error { message }, None)
+                    }
+                }
+            }
         }
+    }
+
+    /// Writes the paused VM to `dir`. A failure leaves no partial snapshot behind.
+    fn snapshot(&self, dir: &std::path::Path) -> Result<(), String> {
+        let chain = |e: &dyn std::error::Error| {
+            let mut s = e.to_string();
+            let mut source = e.source();
+            while let Some(cause) = source {
+                s.push_str(": ");
+                s.push_str(&cause.to_string());
+                source = cause.source();
+            }
+            s
+        };
+        if let Some((name, _)) = self
+            .devices
+            .iter()
+            .find(|(name, c)| name.starts_with("fs:") && c.snapshot().get("requests") > Some(&0))
+        {
+            return Err(format!(
+                "the guest has mounted {name}: its open files cannot move to another VM; \
+                 snapshot before the shared directory is mounted"
+            ));
+        }
+        snapshot::prepare_dir(dir).map_err(|e| chain(&e))?;
+        let vcpus = self.control.save_all().map_err(|e| chain(&e))?;
+        let vm = KvmVmState::save(self._vm.fd()).map_err(|e| chain(&e))?;
+        let devices = DevicesState {
+            serial: self
+                .console
+                .as_ref()
+                .map(|c| c.lock().unwrap_or_else(|p| p.into_inner()).save()),
+            i8042: self.i8042.lock().unwrap_or_else(|p| p.into_inner()).save(),
+            virtio: self
+                .transports
+                .iter()
+                .map(|t| t.lock().unwrap_or_else(|p| p.into_inner()).save())
+                .collect(),
+        };
+        let memory_path = dir.join(snapshot::MEMORY_FILE);
+        let written = snapshot::memory::write(self._vm.memory(), &memory_path)
+            .map_err(|e| chain(&e))
+            .and_then(|memory| {
+                let state = Snapshot {
+                    format_version: snapshot::FORMAT_VERSION,
+                    vmm_version: env!("CARGO_PKG_VERSION").to_owned(),
+                    machine: self.shape.clone(),
+                    memory,
+                    vm,
+                    vcpus,
+                    devices,
+                };
+                snapshot::write_state(dir, &state).map_err(|e| chain(&e))
+            });
+        if written.is_err() {
+            let _ = std::fs::remove_file(&memory_path);
+            let _ = std::fs::remove_file(dir.join(snapshot::STATE_FILE));
+        }
+        written
     }
 
     fn status(&self) -> ControlReply {

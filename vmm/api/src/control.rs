@@ -18,6 +18,11 @@ pub enum ControlRequest {
         grace_ms: u64,
     },
     Metrics,
+    /// Pauses the VM (if running) and writes a snapshot of it into `dir` (created if missing;
+    /// refused if it already holds one). The VM stays paused.
+    Snapshot {
+        dir: std::path::PathBuf,
+    },
 }
 
 /// The VM's lifecycle as the control API reports it.

@@ -72,7 +72,7 @@ impl DeviceManager {
         mmio: &mut Bus,
         memory: &GuestMemoryMmap,
         device: Box<dyn VirtioDevice>,
-    ) -> Result<(), ManagerError> {
+    ) -> Result<Arc<Mutex<MmioTransport>>, ManagerError> {
         let name = device.name().to_owned();
         let (base, irq) = self.slot(&name)?;
         let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| ManagerError::EventFd {
@@ -95,12 +95,13 @@ impl DeviceManager {
                     source,
                 })?;
         }
-        mmio.insert(base, VIRTIO_MMIO_WINDOW, Arc::new(Mutex::new(transport)))?;
+        let transport = Arc::new(Mutex::new(transport));
+        mmio.insert(base, VIRTIO_MMIO_WINDOW, transport.clone())?;
         self.cmdline.push(mmio_arg(base, irq));
         tracing::info!(device = %name, base, irq, "virtio-mmio device");
         self.next_base += VIRTIO_MMIO_WINDOW;
         self.next_irq += 1;
-        Ok(())
+        Ok(transport)
     }
 
     /// The `virtio_mmio.device=` arguments of every device added.

@@ -11,6 +11,8 @@ pub mod mptable;
 pub mod page_tables;
 pub mod pvh;
 pub mod regs;
+pub mod vcpu_state;
+pub mod vm_state;
 
 use vm_memory::{Bytes, GuestAddress, GuestMemory};
 

@@ -62,7 +62,33 @@ pub struct I8042 {
     on_reset: ResetSignal,
 }
 
+/// The controller in a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct I8042Snapshot {
+    pub ctr: u8,
+    pub last_was_command: bool,
+    pub pending: Option<u8>,
+    pub output: Vec<u8>,
+}
+
 impl I8042 {
+    pub fn save(&self) -> I8042Snapshot {
+        I8042Snapshot {
+            ctr: self.ctr,
+            last_was_command: self.last_was_command,
+            pending: self.pending,
+            output: self.output.iter().copied().collect(),
+        }
+    }
+
+    /// Takes the saved state (the lines stay this VM's).
+    pub fn restore(&mut self, s: &I8042Snapshot) {
+        self.ctr = s.ctr;
+        self.last_was_command = s.last_was_command;
+        self.pending = s.pending;
+        self.output = s.output.iter().copied().take(BUFFER_LIMIT).collect();
+    }
+
     pub fn new(irq: IrqTrigger, on_reset: ResetSignal) -> Self {
         Self {
             ctr: CTR_KBD_INTERRUPT | CTR_SYSTEM,

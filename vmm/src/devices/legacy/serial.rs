@@ -4,7 +4,9 @@
 use std::io::{self, Write};
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
 use vm_superio::Serial;
+use vm_superio::serial::SerialState;
 
 use super::super::{BusDevice, IrqTrigger};
 use crate::metrics::Counters;
@@ -51,10 +53,66 @@ impl SerialConsole {
         }
     }
 
+    /// The UART's registers and input FIFO, for a snapshot.
+    pub fn save(&self) -> SerialSnapshot {
+        let s = self.uart.state();
+        SerialSnapshot {
+            registers: [
+                s.baud_divisor_low,
+                s.baud_divisor_high,
+                s.interrupt_enable,
+                s.interrupt_identification,
+                s.line_control,
+                s.line_status,
+                s.modem_control,
+                s.modem_status,
+                s.scratch,
+            ],
+            in_buffer: s.in_buffer,
+        }
+    }
+
+    /// A console in a saved state, writing to a new output.
+    pub fn restore(
+        state: &SerialSnapshot,
+        irq: IrqTrigger,
+        out: Box<dyn Write + Send>,
+        counters: Arc<Counters>,
+    ) -> Result<Self, String> {
+        let [l, h, ie, ii, lc, ls, mc, ms, sc] = state.registers;
+        let s = SerialState {
+            baud_divisor_low: l,
+            baud_divisor_high: h,
+            interrupt_enable: ie,
+            interrupt_identification: ii,
+            line_control: lc,
+            line_status: ls,
+            modem_control: mc,
+            modem_status: ms,
+            scratch: sc,
+            in_buffer: state.in_buffer.clone(),
+        };
+        let writer = CountingWriter {
+            inner: out,
+            counters,
+        };
+        let uart = Serial::from_state(&s, irq, vm_superio::serial::NoEvents, writer)
+            .map_err(|e| format!("restoring the serial console: {e:?}"))?;
+        Ok(Self { uart })
+    }
+
     /// Flushes buffered console output (on VMM exit).
     pub fn flush(&mut self) {
         let _ = self.uart.writer_mut().flush();
     }
+}
+
+/// The serial console in a snapshot: the 16550's nine registers in vm-superio's order
+/// (divisor low/high, IER, IIR, LCR, LSR, MCR, MSR, scratch) and the input FIFO.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SerialSnapshot {
+    pub registers: [u8; 9],
+    pub in_buffer: Vec<u8>,
 }
 
 impl BusDevice for SerialConsole {

@@ -5,8 +5,9 @@
 
 use std::sync::Arc;
 
-use virtio_queue::{Queue, QueueT};
-use vm_memory::GuestMemoryMmap;
+use serde::{Deserialize, Serialize};
+use virtio_queue::{Queue, QueueState, QueueT};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{Activation, Interrupt, VirtioDevice};
@@ -64,6 +65,86 @@ pub struct MmioTransport {
     driver_features: u64,
     queue_sel: u32,
     activated: bool,
+    /// The queues as handed to the device at activation (addresses and sizes), kept for
+    /// snapshots: the device worker owns the live ones.
+    active_queues: Vec<QueueState>,
+}
+
+/// One queue in a snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueSnapshot {
+    pub max_size: u16,
+    pub size: u16,
+    pub ready: bool,
+    pub desc_table: u64,
+    pub avail_ring: u64,
+    pub used_ring: u64,
+    pub next_avail: u16,
+    pub next_used: u16,
+}
+
+impl From<QueueState> for QueueSnapshot {
+    fn from(q: QueueState) -> Self {
+        Self {
+            max_size: q.max_size,
+            size: q.size,
+            ready: q.ready,
+            desc_table: q.desc_table,
+            avail_ring: q.avail_ring,
+            used_ring: q.used_ring,
+            next_avail: q.next_avail,
+            next_used: q.next_used,
+        }
+    }
+}
+
+impl From<QueueSnapshot> for QueueState {
+    fn from(q: QueueSnapshot) -> Self {
+        Self {
+            max_size: q.max_size,
+            next_avail: q.next_avail,
+            next_used: q.next_used,
+            event_idx_enabled: false,
+            size: q.size,
+            ready: q.ready,
+            desc_table: q.desc_table,
+            avail_ring: q.avail_ring,
+            used_ring: q.used_ring,
+        }
+    }
+}
+
+/// The transport's registers and queues in a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransportState {
+    pub device_type: u32,
+    pub status: u32,
+    pub device_features_sel: u32,
+    pub driver_features_sel: u32,
+    pub driver_features: u64,
+    pub queue_sel: u32,
+    pub activated: bool,
+    pub interrupt_status: u32,
+    pub queues: Vec<QueueSnapshot>,
+}
+
+/// Errors restoring a transport from a snapshot.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error("device {name}: the snapshot holds a device of type {saved}, this one is type {have}")]
+    DeviceType { name: String, saved: u32, have: u32 },
+    #[error("device {name}: the snapshot has {saved} queues, the device {have}")]
+    QueueCount {
+        name: String,
+        saved: usize,
+        have: usize,
+    },
+    #[error("device {name}: queue {index} of the snapshot is invalid")]
+    Queue { name: String, index: usize },
+    #[error("device {name}: the snapshot's features {features:#x} are not all offered")]
+    Features { name: String, features: u64 },
+    #[error("device {name}: activating it from the snapshot failed")]
+    Activate { name: String },
 }
 
 /// Errors creating the transport.
@@ -116,7 +197,107 @@ impl MmioTransport {
             driver_features: 0,
             queue_sel: 0,
             activated: false,
+            active_queues: Vec::new(),
         })
+    }
+
+    /// The transport's state for a snapshot, taken while the vCPUs are paused and the device
+    /// idle. An active device's ring positions are read from guest memory: when no request
+    /// is in flight, the device has completed every chain it popped, so both its next
+    /// available and next used positions equal the used ring's index.
+    pub fn save(&self) -> TransportState {
+        let queues = if self.activated {
+            self.active_queues
+                .iter()
+                .map(|q| {
+                    let mut q = QueueSnapshot::from(*q);
+                    if q.ready {
+                        let idx = self
+                            .memory
+                            .read_obj::<u16>(GuestAddress(q.used_ring.wrapping_add(2)))
+                            .unwrap_or(0);
+                        q.next_avail = idx;
+                        q.next_used = idx;
+                    }
+                    q
+                })
+                .collect()
+        } else {
+            self.queues
+                .iter()
+                .map(|q| QueueSnapshot::from(q.state()))
+                .collect()
+        };
+        TransportState {
+            device_type: self.device.device_type(),
+            status: self.status,
+            device_features_sel: self.device_features_sel,
+            driver_features_sel: self.driver_features_sel,
+            driver_features: self.driver_features,
+            queue_sel: self.queue_sel,
+            activated: self.activated,
+            interrupt_status: self.interrupt.status(),
+            queues,
+        }
+    }
+
+    /// Puts a fresh transport (same device, new VM) in the saved state and, when the driver
+    /// had set it up, activates the device on the saved queues. `device.on_restore` runs
+    /// first, so a device can tell the guest what changed.
+    pub fn restore(&mut self, state: &TransportState) -> Result<(), RestoreError> {
+        let name = self.device.name().to_owned();
+        let have = self.device.device_type();
+        if state.device_type != have {
+            return Err(RestoreError::DeviceType {
+                name,
+                saved: state.device_type,
+                have,
+            });
+        }
+        if state.queues.len() != self.queues.len() {
+            return Err(RestoreError::QueueCount {
+                name,
+                saved: state.queues.len(),
+                have: self.queues.len(),
+            });
+        }
+        if state.driver_features & !self.device.features() != 0 {
+            return Err(RestoreError::Features {
+                name,
+                features: state.driver_features,
+            });
+        }
+        let mut queues = Vec::new();
+        for (index, (q, max)) in state
+            .queues
+            .iter()
+            .zip(self.device.queue_max_sizes())
+            .enumerate()
+        {
+            let queue = Queue::try_from(QueueState::from(*q))
+                .ok()
+                .filter(|queue| q.max_size == *max && (!q.ready || queue.is_valid(&self.memory)))
+                .ok_or_else(|| RestoreError::Queue {
+                    name: name.clone(),
+                    index,
+                })?;
+            queues.push(queue);
+        }
+        self.queues = queues;
+        self.status = state.status;
+        self.device_features_sel = state.device_features_sel;
+        self.driver_features_sel = state.driver_features_sel;
+        self.driver_features = state.driver_features;
+        self.queue_sel = state.queue_sel;
+        self.interrupt.set_status(state.interrupt_status);
+        self.device.on_restore();
+        if state.activated {
+            self.activate();
+            if !self.activated {
+                return Err(RestoreError::Activate { name });
+            }
+        }
+        Ok(())
     }
 
     /// The eventfd of each queue, for KVM ioeventfds on `REG_QUEUE_NOTIFY`.
@@ -281,6 +462,7 @@ impl MmioTransport {
                 return;
             }
         };
+        self.active_queues = self.queues.iter().map(Queue::state).collect();
         let activation = Activation {
             memory: self.memory.clone(),
             queues: std::mem::take(&mut self.queues),

@@ -73,6 +73,11 @@ impl Interrupt {
         self.status.load(Ordering::Acquire)
     }
 
+    /// Sets the status word as a snapshot had it, without raising the interrupt.
+    pub fn set_status(&self, bits: u32) {
+        self.status.store(bits, Ordering::Release);
+    }
+
     pub fn acknowledge(&self, bits: u32) {
         self.status.fetch_and(!bits, Ordering::AcqRel);
     }
@@ -106,6 +111,9 @@ pub trait VirtioDevice: Send {
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
     /// Starts serving the queues.
     fn activate(&mut self, activation: Activation) -> Result<(), ActivateError>;
+    /// Called on a device restored from a snapshot, before it is activated: the place to
+    /// note what the guest must be told (a new vsock CID, dropped connections).
+    fn on_restore(&mut self) {}
     /// Stops serving the queues (the driver reset the device) so that it can be activated
     /// again; false when the device cannot.
     fn reset(&mut self) -> bool {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use virtio_queue::{Queue, QueueOwnedT};
-use vm_memory::GuestMemoryMmap;
+use vm_memory::{Bytes, GuestMemoryMmap};
 use vmm_sys_util::epoll::{ControlOperation, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -25,6 +25,9 @@ const RX: usize = 0;
 const TX: usize = 1;
 const EVENT: usize = 2;
 const TOKEN_KILL: u64 = 3;
+/// VIRTIO_VSOCK_EVENT_TRANSPORT_RESET: the guest drops every connection and re-reads its
+/// CID from the configuration space.
+const EVENT_TRANSPORT_RESET: u32 = 0;
 
 /// Counters (indices shared with the muxer for the first two and the last).
 pub const COUNTERS: &[&str] = &[
@@ -70,6 +73,8 @@ pub struct Vsock {
     muxer: Option<Muxer>,
     worker: Option<WorkerThread<Muxer>>,
     counters: Arc<Counters>,
+    /// Restored from a snapshot: tell the guest (transport reset) when activated.
+    announce_reset: bool,
 }
 
 impl Vsock {
@@ -95,6 +100,7 @@ impl Vsock {
             muxer: Some(muxer),
             worker: None,
             counters,
+            announce_reset: false,
         })
     }
 }
@@ -130,7 +136,8 @@ impl VirtioDevice for Vsock {
         }
         let mut queues = a.queues.into_iter();
         let mut events = a.queue_events.into_iter();
-        let (Some(rx), Some(tx), Some(rx_evt), Some(tx_evt), Some(ev_evt)) = (
+        let (Some(rx), Some(tx), Some(ev), Some(rx_evt), Some(tx_evt), Some(ev_evt)) = (
+            queues.next(),
             queues.next(),
             queues.next(),
             events.next(),
@@ -148,6 +155,8 @@ impl VirtioDevice for Vsock {
             memory: a.memory,
             rx,
             tx,
+            ev,
+            announce_reset: std::mem::take(&mut self.announce_reset),
             events: [rx_evt, tx_evt, ev_evt],
             interrupt: a.interrupt,
             counters: self.counters.clone(),
@@ -155,6 +164,10 @@ impl VirtioDevice for Vsock {
         self.worker = Some(WorkerThread::spawn("vsock", move |kill| worker.run(kill))?);
         tracing::debug!(cid = self.guest_cid, "vsock active");
         Ok(())
+    }
+
+    fn on_restore(&mut self) {
+        self.announce_reset = true;
     }
 
     fn reset(&mut self) -> bool {
@@ -175,6 +188,8 @@ struct Worker {
     memory: GuestMemoryMmap,
     rx: Queue,
     tx: Queue,
+    ev: Queue,
+    announce_reset: bool,
     events: [EventFd; 3],
     interrupt: Arc<Interrupt>,
     counters: Arc<Counters>,
@@ -204,6 +219,9 @@ impl Worker {
         }
         let mut events = vec![EpollEvent::default(); 32];
         let mut buf = vec![0u8; MAX_PAYLOAD];
+        if self.announce_reset {
+            self.announce_reset = !self.send_transport_reset();
+        }
         loop {
             let n = match self
                 .muxer
@@ -220,8 +238,14 @@ impl Worker {
             for e in &events[..n] {
                 match e.data() {
                     TOKEN_KILL => return self.muxer,
-                    t if t == RX as u64 || t == EVENT as u64 => {
-                        let _ = self.events[t as usize].read();
+                    t if t == RX as u64 => {
+                        let _ = self.events[RX].read();
+                    }
+                    t if t == EVENT as u64 => {
+                        let _ = self.events[EVENT].read();
+                        if self.announce_reset {
+                            self.announce_reset = !self.send_transport_reset();
+                        }
                     }
                     t if t == TX as u64 => {
                         let _ = self.events[TX].read();
@@ -233,6 +257,34 @@ impl Worker {
             self.muxer.expire();
             self.process_rx(&mut buf);
         }
+    }
+
+    /// Puts a transport-reset event in the guest's event queue (after a restore: the guest's
+    /// connections belonged to another VMM and its CID may have changed). False when the
+    /// guest has no event buffer posted yet; the next event-queue kick retries.
+    fn send_transport_reset(&mut self) -> bool {
+        let Some(chain) = queue::pop(&mut self.ev, &self.memory) else {
+            return false;
+        };
+        let head = chain.head_index();
+        let written = chain
+            .into_iter()
+            .find(|d| d.is_write_only() && d.len() >= 4)
+            .and_then(|d| {
+                self.memory
+                    .write_obj(EVENT_TRANSPORT_RESET.to_le(), d.addr())
+                    .ok()
+            })
+            .map_or(0, |()| 4);
+        if written == 0 {
+            tracing::warn!("the guest's vsock event buffer is unusable; no transport reset sent");
+            self.counters.add(muxer::MALFORMED, 1);
+        } else {
+            tracing::debug!("vsock transport reset sent to the guest");
+        }
+        queue::complete(&mut self.ev, &self.memory, head, written);
+        queue::notify(&mut self.ev, &self.memory, &self.interrupt);
+        true
     }
 
     fn process_tx(&mut self) {
