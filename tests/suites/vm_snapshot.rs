@@ -79,7 +79,10 @@ async fn make_template(uds: PathBuf, control: PathBuf, snapshot: PathBuf) -> Res
         return Err(format!("the snapshot request answered {reply:?}"));
     }
     match hako_vmm::control(&control, &ControlRequest::Status)? {
-        ControlReply::Status { state, .. } if state == hako_vmm_api::VmState::Paused => Ok(()),
+        ControlReply::Status {
+            state: hako_vmm_api::VmState::Paused,
+            ..
+        } => Ok(()),
         other => Err(format!(
             "after the snapshot the VM is {other:?}, not paused"
         )),
@@ -143,7 +146,7 @@ async fn use_restored(uds: PathBuf) -> Result<(), String> {
     let uptime = out
         .strip_prefix("written after the snapshot\n")
         .and_then(|rest| rest.trim().parse::<u64>().ok());
-    if !uptime.is_some_and(|u| u >= 20) || status != 6 {
+    if uptime.is_none_or(|u| u < 20) || status != 6 {
         return Err(format!("the container printed {out:?} and exited {status}"));
     }
     let mut destroy = DestroySandboxRequest::new();
