@@ -232,20 +232,29 @@ fn assemble(
     }
     let mmio = Arc::new(mmio);
 
-    let boot_info = match &kernel {
-        Some((kernel, initrd)) => {
+    // How each vCPU starts: at the kernel's entry with the boot structures, or as saved.
+    let start = match (saved, &kernel) {
+        (Some(s), _) => VcpuStart::Saved(s),
+        // Not reached: without a snapshot the kernel was loaded above.
+        (None, None) => {
+            return Err(SnapshotError::Mismatch("no kernel and no snapshot".into()).into());
+        }
+        (None, Some((kernel, initrd))) => {
             let cmdline = kernel_cmdline(config, &manager.cmdline());
             tracing::info!(entry = ?kernel.entry, %cmdline, "kernel loaded");
-            Some(arch::configure_system(
+            let boot_info = arch::configure_system(
                 &guest_memory,
                 mem_size,
                 machine.vcpus,
                 &cmdline,
                 kernel,
                 *initrd,
-            )?)
+            )?;
+            VcpuStart::Boot {
+                entry: kernel.entry,
+                boot_info,
+            }
         }
-        None => None,
     };
 
     let mut pio = Bus::new();
@@ -309,8 +318,8 @@ fn assemble(
     let mut vcpu_exits = Vec::new();
     for index in 0..machine.vcpus {
         let fd = vm.create_vcpu(index)?;
-        match (saved, &kernel, boot_info) {
-            (Some(s), _, _) => {
+        match start {
+            VcpuStart::Saved(s) => {
                 let state = s
                     .vcpus
                     .get(usize::from(index))
@@ -319,7 +328,7 @@ fn assemble(
                     .restore(&fd)
                     .map_err(|source| BuildError::VcpuState { index, source })?;
             }
-            (None, Some((kernel, _)), Some(boot_info)) => {
+            VcpuStart::Boot { entry, boot_info } => {
                 let mut cpuid = base_cpuid.clone();
                 cpuid::set_vcpu_identity(&mut cpuid, index, machine.vcpus);
                 fd.set_cpuid2(&cpuid)
@@ -327,10 +336,9 @@ fn assemble(
                         what: format!("setting CPUID of vCPU {index}"),
                         source,
                     })?;
-                regs::setup_vcpu(&fd, &guest_memory, index, kernel.entry, boot_info)
+                regs::setup_vcpu(&fd, &guest_memory, index, entry, boot_info)
                     .map_err(|source| BuildError::Regs { index, source })?;
             }
-            _ => unreachable!("a VM is either booted or restored"),
         }
         let exits = Counters::new(vcpu::EXIT_KINDS);
         vcpu_exits.push(exits.clone());
@@ -375,6 +383,15 @@ fn assemble(
         state: VmState::Running,
         _vm: vm,
     })
+}
+
+#[derive(Clone, Copy)]
+enum VcpuStart<'a> {
+    Boot {
+        entry: loader::EntryPoint,
+        boot_info: u64,
+    },
+    Saved(&'a Snapshot),
 }
 
 fn lock(t: &Mutex<MmioTransport>) -> std::sync::MutexGuard<'_, MmioTransport> {
