@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod container;
+pub mod entropy;
 pub mod init;
 pub mod io;
 pub mod logging;

@@ -89,6 +89,13 @@ impl Sandbox {
                     source,
                 })?;
             }
+            if !req.entropy.is_empty() {
+                crate::entropy::seed(&req.entropy).map_err(|source| SandboxError::Io {
+                    what: "seeding the RNG with the host's entropy",
+                    source,
+                })?;
+                tracing::debug!(bytes = req.entropy.len(), "RNG seeded and reseeded");
+            }
         } else if !req.hostname.is_empty() || !req.dns.is_empty() {
             tracing::info!("not a VM: leaving the host's hostname and resolv.conf alone");
         }

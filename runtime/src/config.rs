@@ -36,6 +36,7 @@ pub enum ConfigError {
 pub struct Config {
     pub runtime: RuntimeConfig,
     pub vm: VmDefaults,
+    pub template: TemplateConfig,
     /// Which file this came from (empty for built-in defaults), for error messages.
     #[serde(skip)]
     pub source: PathBuf,
@@ -81,6 +82,27 @@ pub struct VmDefaults {
     pub kernel_params: String,
 }
 
+/// `[template]`: starting sandboxes from a snapshot of a booted VM (`hako template create`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TemplateConfig {
+    /// Resume sandboxes from a matching template when one exists; boot cold otherwise.
+    /// Off by default: sandboxes resumed from one template share its memory pages
+    /// (copy-on-write) and start from the same guest state until the runtime reseeds it.
+    pub enabled: bool,
+    /// Where templates are kept, one directory per key.
+    pub dir: PathBuf,
+}
+
+impl Default for TemplateConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            dir: PathBuf::from("/var/lib/hako/templates"),
+        }
+    }
+}
+
 impl Default for RuntimeConfig {
     fn default() -> Self {
         Self {
@@ -113,6 +135,7 @@ impl Default for Config {
         Self {
             runtime: RuntimeConfig::default(),
             vm: VmDefaults::default(),
+            template: TemplateConfig::default(),
             source: PathBuf::new(),
         }
     }
@@ -176,6 +199,12 @@ impl Config {
         }
         if self.runtime.agent_timeout_secs == 0 {
             return Err(bad("runtime.agent_timeout_secs must be above 0".into()));
+        }
+        if !self.template.dir.is_absolute() {
+            return Err(bad(format!(
+                "template.dir ({}) must be an absolute path",
+                self.template.dir.display()
+            )));
         }
         if !self.runtime.root.is_absolute() {
             return Err(bad(format!(

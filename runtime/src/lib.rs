@@ -12,3 +12,4 @@ pub mod io;
 pub mod sandbox;
 pub mod shim;
 pub mod state;
+pub mod template;

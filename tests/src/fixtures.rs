@@ -127,17 +127,71 @@ pub fn agent_image() -> Result<PathBuf, String> {
     write_image("agent", &manifest)
 }
 
-/// Writes `manifest` as an uncompressed cpio under target/hako-fixtures, named per process.
+/// Writes `manifest` as an uncompressed cpio under target/hako-fixtures, named by a hash of
+/// its bytes: an unchanged image keeps its file (and so its identity, which template keys
+/// include) from suite to suite. Written aside and renamed, so readers never see half a file.
 fn write_image(
     name: &str,
     manifest: &hako_rootfs_builder::manifest::Manifest,
 ) -> Result<PathBuf, String> {
+    use sha2::Digest;
     let dir = repo_root().join("target/hako-fixtures");
     std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-    let path = dir.join(format!("{name}-{}.cpio", std::process::id()));
-    let mut file =
-        std::fs::File::create(&path).map_err(|e| format!("creating {}: {e}", path.display()))?;
-    hako_rootfs_builder::cpio::write(manifest, &mut file)
-        .map_err(|e| format!("writing {}: {e}", path.display()))?;
+    let mut bytes = Vec::new();
+    hako_rootfs_builder::cpio::write(manifest, &mut bytes)
+        .map_err(|e| format!("building the {name} image: {e}"))?;
+    let hash: String = sha2::Sha256::digest(&bytes)
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let path = dir.join(format!("{name}-{hash}.cpio"));
+    if path.is_file() {
+        return Ok(path);
+    }
+    let tmp = dir.join(format!(".{name}-{hash}.{}", std::process::id()));
+    std::fs::write(&tmp, &bytes).map_err(|e| format!("writing {}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).map_err(|e| format!("renaming {}: {e}", tmp.display()))?;
     Ok(path)
+}
+
+/// Where the suites keep sandbox templates: one store for the whole test run, so the first
+/// suite that needs a template boots it and the others resume it.
+pub fn template_store() -> PathBuf {
+    repo_root().join("target/hako-templates")
+}
+
+/// The `[template]` section of a runtime config that resumes sandboxes from
+/// [`template_store`].
+pub fn template_config() -> String {
+    format!("[template]\nenabled = true\ndir = {:?}\n", template_store())
+}
+
+/// Makes (once per test run, under a lock) the template the runtime config at `config`
+/// resumes sandboxes from, with `hako template create` (which keeps a valid one).
+pub fn ensure_template(hako: &Path, config: &Path) -> Result<(), String> {
+    let started = std::time::Instant::now();
+    let out = Command::new(hako)
+        .arg("--config")
+        .arg(config)
+        .args(["template", "create"])
+        .output()
+        .map_err(|e| format!("running hako template create: {e}"))?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if !out.status.success() {
+        return Err(format!(
+            "hako template create failed ({}): {text}",
+            out.status
+        ));
+    }
+    eprintln!(
+        "template ready after {:.1} s: {}",
+        started.elapsed().as_secs_f64(),
+        text.trim()
+    );
+    Ok(())
 }

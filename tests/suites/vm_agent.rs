@@ -155,7 +155,6 @@ fn agent_boots_serves_and_powers_off() -> Result<(), Failed> {
     });
     let boot: Boot =
         boot::boot(cmd, boot::vm_deadline()).map_err(|e| format!("starting hako-vmm: {e}"))?;
-    let _ = std::fs::remove_file(&image);
     eprintln!(
         "--- console and VMM log ---\n{}--- end ({:.1}s) ---",
         boot.console(),

@@ -62,7 +62,6 @@ fn hako_run_runs_a_container_in_a_vm() -> Result<(), Failed> {
     let out = child
         .wait_with_output()
         .map_err(|e| format!("waiting for hako run: {e}"))?;
-    let _ = std::fs::remove_file(&image);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     eprintln!("--- hako run stdout ---\n{stdout}--- stderr ---\n{stderr}---");

@@ -9,11 +9,25 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use hako_agent_api::SHARED_FS_TAG;
 use hako_vmm_api::{
-    ConsoleConfig, CpuProfile, FsConfig, KernelConfig, MachineConfig, VmConfig, VsockConfig,
+    ConsoleConfig, ControlReply, ControlRequest, CpuProfile, FsConfig, KernelConfig, MachineConfig,
+    VmConfig, VsockConfig,
 };
 
-/// The guest's vsock context id (one VM per hako-vmm, so any id ≥ 3 serves).
-const GUEST_CID: u32 = 3;
+/// The vsock context id of a VM booted cold (one VM per hako-vmm, so any id ≥ 3 serves).
+pub const DEFAULT_GUEST_CID: u32 = 3;
+
+/// A fresh vsock context id for one sandbox: VMs resumed from one template must not share
+/// one (they would all have the template's). Random in [3, 2^31).
+pub fn random_cid() -> u32 {
+    let mut b = [0u8; 4];
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
+        .is_err()
+    {
+        return DEFAULT_GUEST_CID + std::process::id() % 1_000_000;
+    }
+    3 + u32::from_le_bytes(b) % ((1 << 31) - 3)
+}
 
 /// What the VM is made of.
 #[derive(Debug, Clone)]
@@ -26,6 +40,8 @@ pub struct VmSpec {
     pub cpu_profile: CpuProfile,
     /// Extra kernel arguments.
     pub cmdline: String,
+    /// The guest's vsock context id.
+    pub guest_cid: u32,
 }
 
 /// Paths of one sandbox's VM, all under its state directory.
@@ -55,6 +71,15 @@ impl VmPaths {
     }
 }
 
+impl VmPaths {
+    /// Removes the sockets a VMM that died left behind (its vsock and control sockets), so
+    /// another VMM can take the paths.
+    pub fn remove_sockets(&self) {
+        let _ = std::fs::remove_file(&self.vsock);
+        let _ = std::fs::remove_file(&self.control);
+    }
+}
+
 /// The VMM's config for `spec` with everything in `paths`.
 pub fn vm_config(spec: &VmSpec, paths: &VmPaths) -> VmConfig {
     VmConfig {
@@ -73,7 +98,7 @@ pub fn vm_config(spec: &VmSpec, paths: &VmPaths) -> VmConfig {
         control_socket: Some(paths.control.clone()),
         devices: hako_vmm_api::DevicesConfig {
             vsock: Some(VsockConfig {
-                guest_cid: GUEST_CID,
+                guest_cid: spec.guest_cid,
                 uds_path: paths.vsock.clone(),
             }),
             fs: vec![FsConfig {
@@ -96,14 +121,26 @@ impl Vm {
     /// Writes the config and starts hako-vmm (its log goes to `vmm.log` at $HAKO_LOG's level,
     /// warn by default).
     pub fn start(spec: &VmSpec, paths: VmPaths) -> anyhow::Result<Self> {
+        Self::spawn(spec, paths, None)
+    }
+
+    /// Like [`Vm::start`], resuming the snapshot (template) in `snapshot` instead of booting.
+    pub fn restore(spec: &VmSpec, paths: VmPaths, snapshot: &Path) -> anyhow::Result<Self> {
+        Self::spawn(spec, paths, Some(snapshot))
+    }
+
+    fn spawn(spec: &VmSpec, paths: VmPaths, snapshot: Option<&Path>) -> anyhow::Result<Self> {
         let json = serde_json::to_vec_pretty(&vm_config(spec, &paths))?;
         std::fs::write(&paths.config, json)
             .with_context(|| format!("writing {}", paths.config.display()))?;
         let log = std::fs::File::create(&paths.vmm_log)
             .with_context(|| format!("creating {}", paths.vmm_log.display()))?;
-        let child = Command::new(&spec.vmm)
-            .arg("--config")
-            .arg(&paths.config)
+        let mut cmd = Command::new(&spec.vmm);
+        cmd.arg("--config").arg(&paths.config);
+        if let Some(dir) = snapshot {
+            cmd.arg("--restore").arg(dir);
+        }
+        let child = cmd
             .env(
                 "HAKO_LOG",
                 std::env::var("HAKO_LOG").unwrap_or_else(|_| "warn".into()),
@@ -118,6 +155,21 @@ impl Vm {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// One request on hako-vmm's control socket.
+    pub fn control(&self, request: &ControlRequest) -> anyhow::Result<ControlReply> {
+        let path = &self.paths.control;
+        let mut s = std::os::unix::net::UnixStream::connect(path).with_context(|| {
+            format!("connecting to hako-vmm's control socket {}", path.display())
+        })?;
+        let mut line = serde_json::to_vec(request)?;
+        line.push(b'\n');
+        std::io::Write::write_all(&mut s, &line).context("sending a control request")?;
+        let mut reply = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(s), &mut reply)
+            .context("reading hako-vmm's control reply")?;
+        serde_json::from_str(&reply).with_context(|| format!("hako-vmm replied {reply:?}"))
     }
 
     /// Kills the VMM if it still runs, and reaps it.
@@ -178,6 +230,7 @@ mod tests {
             memory_mib: 256,
             cpu_profile: CpuProfile::Conservative,
             cmdline: "quiet".into(),
+            guest_cid: 7,
         };
         let c = vm_config(&spec, &paths);
         assert_eq!(

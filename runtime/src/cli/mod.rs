@@ -12,6 +12,7 @@ pub mod features;
 pub mod hooks;
 pub mod monitor;
 pub mod state;
+pub mod template;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -127,6 +128,11 @@ pub enum Command {
     },
     /// Print the OCI features document.
     Features,
+    /// Manage sandbox templates (snapshots of a booted VM that sandboxes resume from).
+    Template {
+        #[command(subcommand)]
+        command: template::TemplateCommand,
+    },
     /// (internal) The per-container monitor started by `create`.
     #[command(hide = true)]
     Monitor(monitor::MonitorArgs),
@@ -171,6 +177,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
             interval,
         } => control::events(g, id, *stats, *interval),
         Command::Features => features::features(),
+        Command::Template { command } => template::run(g, command),
         Command::Monitor(a) => {
             let config = g.load_config()?;
             let code = tokio::runtime::Builder::new_multi_thread()

@@ -20,7 +20,7 @@ use anyhow::{Context, bail};
 use hako_agent_api::AGENT_API_PORT;
 use hako_agent_api::agent::{
     ContainerRequest, CreateContainerRequest, CreateSandboxRequest, DestroySandboxRequest,
-    ExecProcessRequest, RemoveContainerRequest,
+    ExecProcessRequest, RemoveContainerRequest, SetGuestDateTimeRequest,
 };
 use hako_agent_api::agent_ttrpc::AgentServiceClient;
 
@@ -29,10 +29,11 @@ use self::sizing::VmSize;
 use self::watchers::EventSink;
 use crate::agent_client::{self, ctx};
 use crate::backend::find_vmm;
-use crate::backend::vm::{Vm, VmPaths, VmSpec};
+use crate::backend::vm::{Vm, VmPaths, VmSpec, random_cid};
 use crate::config::Config;
 use crate::io::Copies;
 use crate::state::{SandboxState, mounts_under};
+use crate::template;
 
 /// Deadline of the agent RPCs that make or remove containers and processes: generous, since
 /// their guest kernel work takes tens of seconds where it is emulated and a loaded host slows
@@ -118,43 +119,75 @@ impl Sandbox {
         hostname: &str,
         events: Arc<dyn EventSink>,
     ) -> anyhow::Result<Arc<Self>> {
-        let spec = VmSpec {
-            vmm: find_vmm(config.vm.vmm.as_deref())?,
-            kernel: existing(config.kernel(), "guest kernel (vm.kernel)")?,
-            image: existing(config.image(), "agent image (vm.image)")?,
-            vcpus: size.vcpus,
-            memory_mib: size.memory_mib,
-            cpu_profile: config.vm.cpu_profile,
-            cmdline: config.cmdline(),
-        };
+        let spec = vm_spec(config, size)?;
         let paths = VmPaths::under(&dir.dir);
         std::fs::create_dir(&paths.shared)
             .with_context(|| format!("creating {}", paths.shared.display()))?;
-        let mut state = SandboxState::new(id);
-        state.save(&dir.dir)?;
-        let mut vm = Vm::start(&spec, paths.clone())?;
-        state.vmm_pid = vm.pid();
-        state.save(&dir.dir)?;
-        tracing::info!(
-            sandbox_id = id,
-            vmm_pid = vm.pid(),
-            vcpus = size.vcpus,
-            memory_mib = size.memory_mib,
-            "sandbox VM started"
-        );
-
-        let agent = match connect(&mut vm, config.agent_timeout(), id, hostname).await {
-            Ok(a) => a,
-            Err(e) => {
-                let tail = vm.console_tail(15);
-                drop(vm);
-                return Err(e.context(format!(
-                    "sandbox {id}: guest console {} ends with:\n{tail}",
-                    paths.console.display()
-                )));
+        SandboxState::new(id).save(&dir.dir)?;
+        let template = if config.template.enabled {
+            template::find(&config.template.dir, &spec).unwrap_or_else(|e| {
+                tracing::warn!(sandbox_id = id, "looking for a template: {e:#}");
+                None
+            })
+        } else {
+            None
+        };
+        let started = std::time::Instant::now();
+        let launch = |snapshot: Option<PathBuf>| {
+            let (spec, paths, state_dir) = (spec.clone(), paths.clone(), dir.dir.clone());
+            async move {
+                let mut vm = match &snapshot {
+                    Some(t) => Vm::restore(&spec, paths.clone(), t)?,
+                    None => Vm::start(&spec, paths.clone())?,
+                };
+                let mut state = SandboxState::new(id);
+                state.vmm_pid = vm.pid();
+                state.save(&state_dir)?;
+                tracing::info!(
+                    sandbox_id = id,
+                    vmm_pid = vm.pid(),
+                    vcpus = spec.vcpus,
+                    memory_mib = spec.memory_mib,
+                    template = ?snapshot,
+                    "sandbox VM started"
+                );
+                let resumed = snapshot.is_some();
+                match connect(&mut vm, config.agent_timeout(), id, hostname, resumed).await {
+                    Ok(agent) => Ok((vm, agent)),
+                    Err(e) => {
+                        let tail = vm.console_tail(15);
+                        drop(vm);
+                        Err(e.context(format!(
+                            "sandbox {id}: guest console {} ends with:\n{tail}",
+                            paths.console.display()
+                        )))
+                    }
+                }
             }
         };
-        tracing::info!(sandbox_id = id, "sandbox agent ready");
+        let (vm, agent) = match template {
+            Some(t) => match launch(Some(t.dir.clone())).await {
+                Ok(started) => started,
+                Err(e) => {
+                    // A template that cannot be resumed is never tried again: remove it,
+                    // clear what the failed VMM left, and boot cold.
+                    tracing::warn!(
+                        sandbox_id = id,
+                        template = %t.dir.display(),
+                        "resuming the template failed; removing it and booting cold: {e:#}"
+                    );
+                    template::remove_dir(&t.dir);
+                    paths.remove_sockets();
+                    launch(None).await?
+                }
+            },
+            None => launch(None).await?,
+        };
+        tracing::info!(
+            sandbox_id = id,
+            ms = started.elapsed().as_millis() as u64,
+            "sandbox agent ready"
+        );
         let dir_path = dir.keep();
         let sandbox = Arc::new(Self {
             id: id.into(),
@@ -357,11 +390,29 @@ impl Sandbox {
 }
 
 /// Connects to a new VM's agent and creates the sandbox in the guest.
+/// What a sandbox VM is made of under `config`, sized `size`.
+pub fn vm_spec(config: &Config, size: VmSize) -> anyhow::Result<VmSpec> {
+    Ok(VmSpec {
+        vmm: find_vmm(config.vm.vmm.as_deref())?,
+        kernel: existing(config.kernel(), "guest kernel (vm.kernel)")?,
+        image: existing(config.image(), "agent image (vm.image)")?,
+        vcpus: size.vcpus,
+        memory_mib: size.memory_mib,
+        cpu_profile: config.vm.cpu_profile,
+        cmdline: config.cmdline(),
+        guest_cid: random_cid(),
+    })
+}
+
+/// Waits for the agent and creates the sandbox in the guest. A guest resumed from a
+/// template first gets the time (its clock stopped when the template was made); every guest
+/// gets fresh entropy from the host.
 async fn connect(
     vm: &mut Vm,
     deadline: Duration,
     id: &str,
     hostname: &str,
+    resumed: bool,
 ) -> anyhow::Result<AgentServiceClient> {
     let uds = vm.paths.vsock.clone();
     let client = agent_client::connect_hybrid(&uds, AGENT_API_PORT, deadline, || {
@@ -369,9 +420,23 @@ async fn connect(
     })
     .await
     .map_err(anyhow::Error::msg)?;
+    if resumed {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let mut t = SetGuestDateTimeRequest::new();
+        t.sec = now.as_secs() as i64;
+        t.usec = i64::from(now.subsec_micros());
+        client
+            .agent
+            .set_guest_date_time(ctx(RPC), &t)
+            .await
+            .context("SetGuestDateTime")?;
+    }
     let mut req = CreateSandboxRequest::new();
     req.sandbox_id = id.into();
     req.hostname = hostname.into();
+    req.entropy = host_entropy();
     req.storages.push(hako_agent_api::shared_fs_storage());
     client
         .agent
@@ -379,6 +444,21 @@ async fn connect(
         .await
         .context("CreateSandbox")?;
     Ok(client.agent)
+}
+
+/// 64 bytes from the host's RNG for the guest's (empty if unreadable: the guest then keeps
+/// its own).
+fn host_entropy() -> Vec<u8> {
+    let mut b = vec![0u8; 64];
+    match std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
+    {
+        Ok(()) => b,
+        Err(e) => {
+            tracing::warn!("reading /dev/urandom for the guest: {e}");
+            Vec::new()
+        }
+    }
 }
 
 fn existing(path: PathBuf, what: &str) -> anyhow::Result<PathBuf> {
