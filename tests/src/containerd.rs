@@ -52,11 +52,17 @@ impl Containerd {
         std::fs::write(
             d.join("hako.toml"),
             format!(
-                "[runtime]\nroot = {:?}\nlog_level = \"debug\"\n[vm]\nkernel = {:?}\nimage = {:?}\n",
-                hako_root, kernel, &image
+                "[runtime]\nroot = {:?}\nlog_level = \"debug\"\n[vm]\nkernel = {:?}\nimage = {:?}\n{}",
+                hako_root,
+                kernel,
+                &image,
+                fixtures::template_config()
             ),
         )
         .map_err(|e| e.to_string())?;
+        // Sandboxes resume the shared template (booted once per test run).
+        let hako = fixtures::workspace_binary("hako-runtime", "hako")?;
+        fixtures::ensure_template(&hako, &d.join("hako.toml"))?;
         let path = format!(
             "{}:{}",
             bin_dir.display(),

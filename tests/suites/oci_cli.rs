@@ -282,9 +282,14 @@ fn runtimes(work: &Path) -> Result<Vec<Runtime>, Failed> {
     let config = work.join("hako.toml");
     std::fs::write(
         &config,
-        format!("[vm]\nkernel = {kernel:?}\nimage = {image:?}\n"),
+        format!(
+            "[vm]\nkernel = {kernel:?}\nimage = {image:?}\n{}",
+            fixtures::template_config()
+        ),
     )
     .map_err(|e| e.to_string())?;
+    // Sandboxes resume the shared template (booted once per test run).
+    fixtures::ensure_template(&hako, &config)?;
     Ok(vec![
         Runtime {
             name: "runc",

@@ -4,8 +4,10 @@
 //!
 //! What shows they were resumed and made their own: each VMM's log says it restored the
 //! template (no kernel boot), while each has its own vsock CID (in its VMM config), its own
-//! hostname, and different random bytes (the runtime reseeded each guest's RNG: without
-//! that, both would continue the template's generator). Each container's output comes back, and deleting them leaves
+//! hostname, and different random bytes. (The runtime also reseeds each guest's RNG from
+//! the host: CreateSandbox fails if the agent cannot, so the created sandboxes show it
+//! happened; the bytes would differ here even without it, since interrupt timing feeds the
+//! guests' pools.) Each container's output comes back, and deleting them leaves
 //! nothing behind.
 
 use std::path::{Path, PathBuf};
