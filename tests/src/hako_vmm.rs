@@ -31,6 +31,24 @@ pub fn probe_vm(dir: &Path, kernel: &Path, initrd: &Path, cmdline: &str) -> VmCo
     }
 }
 
+/// A VM like the runtime's sandboxes: the agent image, console on stdout, vsock (CID `cid`,
+/// socket `dir/vsock.sock`) and the shared directory `dir/shared` (created).
+pub fn agent_vm(dir: &Path, kernel: &Path, image: &Path, cid: u32) -> std::io::Result<VmConfig> {
+    let shared = dir.join("shared");
+    std::fs::create_dir_all(&shared)?;
+    let mut config = probe_vm(dir, kernel, image, "quiet");
+    config.devices.vsock = Some(hako_vmm_api::VsockConfig {
+        guest_cid: cid,
+        uds_path: dir.join("vsock.sock"),
+    });
+    config.devices.fs.push(hako_vmm_api::FsConfig {
+        tag: hako_agent_api::SHARED_FS_TAG.into(),
+        shared_dir: shared,
+        read_only: false,
+    });
+    Ok(config)
+}
+
 /// Where `probe_vm` puts the control socket.
 pub fn control_socket(dir: &Path) -> PathBuf {
     dir.join("control.sock")

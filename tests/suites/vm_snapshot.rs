@@ -12,18 +12,18 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use hako_agent_api::AGENT_API_PORT;
 use hako_agent_api::agent::{
     ContainerRequest, CreateContainerRequest, CreateSandboxRequest, DestroySandboxRequest,
     GuestDetailsRequest, ProcessRequest,
 };
 use hako_agent_api::health::CheckRequest;
-use hako_agent_api::{AGENT_API_PORT, SHARED_FS_TAG};
 use hako_rootfs_builder::bundle;
 use hako_tests::agent::{self, Clients};
 use hako_tests::boot::{self, Boot};
 use hako_tests::require::{self, Skip};
 use hako_tests::{fixtures, hako_vmm};
-use hako_vmm_api::{ControlReply, ControlRequest, ExitReason, FsConfig, VmConfig, VsockConfig};
+use hako_vmm_api::{ControlReply, ControlRequest, ExitReason, VmConfig};
 use libtest_mimic::Failed;
 
 const RPC: Duration = Duration::from_secs(300);
@@ -36,21 +36,8 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
         .map_err(|e| e.to_string())
 }
 
-/// A VM like the runtime's sandboxes: agent image, vsock, one shared directory.
 fn sandbox_vm(dir: &Path, kernel: &Path, image: &Path, cid: u32) -> Result<VmConfig, String> {
-    let shared = dir.join("shared");
-    std::fs::create_dir_all(&shared).map_err(|e| e.to_string())?;
-    let mut config = hako_vmm::probe_vm(dir, kernel, image, "quiet");
-    config.devices.vsock = Some(VsockConfig {
-        guest_cid: cid,
-        uds_path: dir.join("vsock.sock"),
-    });
-    config.devices.fs.push(FsConfig {
-        tag: SHARED_FS_TAG.into(),
-        shared_dir: shared,
-        read_only: false,
-    });
-    Ok(config)
+    hako_vmm::agent_vm(dir, kernel, image, cid).map_err(|e| e.to_string())
 }
 
 fn stop(control: &Path) {
