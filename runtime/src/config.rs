@@ -92,6 +92,10 @@ pub struct TemplateConfig {
     pub enabled: bool,
     /// Where templates are kept, one directory per key.
     pub dir: PathBuf,
+    /// When a sandbox finds no valid template for its make (none yet, a stale or a broken
+    /// one), it boots cold and `hako template create` makes one in the background for the
+    /// next sandboxes.
+    pub auto_create: bool,
 }
 
 impl Default for TemplateConfig {
@@ -99,6 +103,7 @@ impl Default for TemplateConfig {
         Self {
             enabled: false,
             dir: PathBuf::from("/var/lib/hako/templates"),
+            auto_create: true,
         }
     }
 }

@@ -23,7 +23,10 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::agent_client::{self, ctx};
+use crate::backend::find_program;
 use crate::backend::vm::{Vm, VmPaths, VmSpec};
+use crate::config::Config;
+use crate::sandbox::sizing::VmSize;
 use crate::state::lock_file;
 
 /// Bumped when the manifest's meaning changes.
@@ -193,6 +196,51 @@ pub fn list(store: &Path) -> Vec<(PathBuf, Option<Manifest>)> {
         .collect();
     out.sort_by(|a, b| a.0.cmp(&b.0));
     out
+}
+
+/// Starts `hako template create` for a VM of `size` as a detached process (its output in
+/// `<store>/.build.log`); a sandbox that found no template calls it so the next ones find
+/// one. Concurrent builders wait on the store's lock, and the first one's template satisfies
+/// the others, so at most one VM boots per key.
+pub fn create_in_background(config: &Config, size: VmSize) {
+    let Some(hako) = find_program("hako") else {
+        tracing::warn!("no template is made in the background: the hako binary was not found");
+        return;
+    };
+    let store = &config.template.dir;
+    let log = fs::create_dir_all(store).and_then(|()| {
+        fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(store.join(".build.log"))
+    });
+    let log = match log {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!(store = %store.display(), "no template is made in the background: {e}");
+            return;
+        }
+    };
+    let mut cmd = std::process::Command::new(&hako);
+    if !config.source.as_os_str().is_empty() {
+        cmd.arg("--config").arg(&config.source);
+    }
+    cmd.args(["template", "create", "--vcpus"])
+        .arg(size.vcpus.to_string())
+        .arg("--memory-mib")
+        .arg(size.memory_mib.to_string())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(log);
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    match cmd.spawn() {
+        Ok(mut child) => {
+            tracing::info!(pid = child.id(), "making a template in the background");
+            // Reaped here: shims and monitors do not reap children in general.
+            std::thread::spawn(move || child.wait());
+        }
+        Err(e) => tracing::warn!("starting {}: {e}", hako.display()),
+    }
 }
 
 /// Makes the template for `spec` in `store` unless a valid one exists (or `force`): boots a

@@ -125,10 +125,14 @@ impl Sandbox {
             .with_context(|| format!("creating {}", paths.shared.display()))?;
         SandboxState::new(id).save(&dir.dir)?;
         let template = if config.template.enabled {
-            template::find(&config.template.dir, &spec).unwrap_or_else(|e| {
+            let found = template::find(&config.template.dir, &spec).unwrap_or_else(|e| {
                 tracing::warn!(sandbox_id = id, "looking for a template: {e:#}");
                 None
-            })
+            });
+            if found.is_none() && config.template.auto_create {
+                template::create_in_background(config, size);
+            }
+            found
         } else {
             None
         };
@@ -177,6 +181,9 @@ impl Sandbox {
                         "resuming the template failed; removing it and booting cold: {e:#}"
                     );
                     template::remove_dir(&t.dir);
+                    if config.template.auto_create {
+                        template::create_in_background(config, size);
+                    }
                     paths.remove_sockets();
                     launch(None).await?
                 }
