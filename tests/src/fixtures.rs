@@ -162,9 +162,13 @@ pub fn template_store() -> PathBuf {
 }
 
 /// The `[template]` section of a runtime config that resumes sandboxes from
-/// [`template_store`].
+/// [`template_store`]. No background builds: a sandbox of another size boots cold and leaves
+/// no builder process behind (the suites check that nothing is left).
 pub fn template_config() -> String {
-    format!("[template]\nenabled = true\ndir = {:?}\n", template_store())
+    format!(
+        "[template]\nenabled = true\nauto_create = false\ndir = {:?}\n",
+        template_store()
+    )
 }
 
 /// Makes (once per test run, under a lock) the template the runtime config at `config`
