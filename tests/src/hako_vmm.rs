@@ -64,6 +64,23 @@ pub fn command(vmm: &Path, dir: &Path, config: &VmConfig) -> std::io::Result<Com
     Ok(cmd)
 }
 
+/// Like [`command`], with hako-vmm run inside the network namespace `netns` (`ip netns exec`),
+/// where its tap devices are.
+pub fn command_in_netns(
+    vmm: &Path,
+    dir: &Path,
+    config: &VmConfig,
+    netns: &str,
+) -> std::io::Result<Command> {
+    let inner = command(vmm, dir, config)?;
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", netns])
+        .arg(inner.get_program())
+        .args(inner.get_args())
+        .env("HAKO_LOG", "info");
+    Ok(cmd)
+}
+
 /// Like [`command`], resuming the snapshot in `snapshot` instead of booting.
 pub fn restore_command(
     vmm: &Path,

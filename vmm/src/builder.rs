@@ -22,6 +22,7 @@ use crate::devices::virtio::VirtioDevice;
 use crate::devices::virtio::block::{self, Block, BlockError};
 use crate::devices::virtio::fs::{self, Fs, FsError};
 use crate::devices::virtio::mmio::{MmioTransport, RestoreError};
+use crate::devices::virtio::net::{self, Net, NetError};
 use crate::devices::virtio::vsock::{self, Vsock, VsockError};
 use crate::devices::{Bus, BusError, IrqTrigger};
 use crate::metrics::Counters;
@@ -78,6 +79,8 @@ pub enum BuildError {
     Vsock(#[from] VsockError),
     #[error(transparent)]
     Fs(#[from] FsError),
+    #[error(transparent)]
+    Net(#[from] NetError),
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),
     #[error("restoring vCPU {index} from the snapshot")]
@@ -222,6 +225,14 @@ fn assemble(
     for blk in &config.devices.block {
         let counters = Counters::new(block::COUNTERS);
         let dev = Block::open(&blk.id, &blk.path, blk.read_only, counters.clone())?;
+        devices.push((dev.name().to_owned(), counters));
+        transports.push(manager.add(vm.fd(), &mut mmio, &guest_memory, Box::new(dev))?);
+    }
+    for net in &config.devices.net {
+        let counters = Counters::new(net::COUNTERS);
+        // Checked with the config; a default never reaches a guest.
+        let mac = net.mac_bytes().unwrap_or([2, 0, 0, 0, 0, 1]);
+        let dev = Net::new(&net.id, &net.tap, mac, net.mtu, counters.clone())?;
         devices.push((dev.name().to_owned(), counters));
         transports.push(manager.add(vm.fd(), &mut mmio, &guest_memory, Box::new(dev))?);
     }

@@ -47,6 +47,14 @@ pub enum ConfigError {
     SharedDir(PathBuf),
     #[error("devices.block id {0:?} is empty or used twice")]
     BlockId(String),
+    #[error("devices.net id {0:?} is empty or used twice")]
+    NetId(String),
+    #[error("devices.net {id}: tap {tap:?} is not an interface name (1 to 15 bytes, no '/')")]
+    TapName { id: String, tap: String },
+    #[error("devices.net {id}: mac {mac:?} is not a unicast MAC address like 02:00:00:00:00:01")]
+    Mac { id: String, mac: String },
+    #[error("devices.net {id}: mtu {mtu} is outside 68-65535")]
+    Mtu { id: String, mtu: u16 },
 }
 
 /// 1 TiB: more than any sandbox needs, small enough that sizes stay far from overflow.
@@ -147,6 +155,30 @@ pub fn validate(config: &VmConfig) -> Result<(), ConfigError> {
         }
         readable_file("devices.block.path", &blk.path)?;
     }
+    let mut ids = std::collections::BTreeSet::new();
+    for net in &config.devices.net {
+        if net.id.is_empty() || !ids.insert(net.id.as_str()) {
+            return Err(ConfigError::NetId(net.id.clone()));
+        }
+        if net.tap.is_empty() || net.tap.len() > 15 || net.tap.contains('/') {
+            return Err(ConfigError::TapName {
+                id: net.id.clone(),
+                tap: net.tap.clone(),
+            });
+        }
+        if net.mac_bytes().is_none_or(|m| m[0] & 1 != 0) {
+            return Err(ConfigError::Mac {
+                id: net.id.clone(),
+                mac: net.mac.clone(),
+            });
+        }
+        if let Some(mtu) = net.mtu.filter(|m| *m < 68) {
+            return Err(ConfigError::Mtu {
+                id: net.id.clone(),
+                mtu,
+            });
+        }
+    }
     Ok(())
 }
 
@@ -170,6 +202,40 @@ mod tests {
             control_socket: Some(dir.join("control.sock")),
             devices: Default::default(),
         }
+    }
+
+    #[test]
+    fn net_devices_are_checked_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = base(dir.path());
+        let net = |id: &str, tap: &str, mac: &str, mtu| hako_vmm_api::NetConfig {
+            id: id.into(),
+            tap: tap.into(),
+            mac: mac.into(),
+            mtu,
+        };
+        c.devices.net = vec![net("eth0", "tap0", "02:00:00:00:00:01", Some(1400))];
+        validate(&c).unwrap();
+        for (bad, needle) in [
+            (net("eth0", "tap0", "03:00:00:00:00:01", None), "unicast"),
+            (net("eth0", "tap0", "02:00:00:00:01", None), "unicast"),
+            (net("eth0", "tap0", "zz:00:00:00:00:01", None), "unicast"),
+            (
+                net("eth0", "a-very-long-tap-name", "02:00:00:00:00:01", None),
+                "interface name",
+            ),
+            (net("eth0", "tap0", "02:00:00:00:00:01", Some(10)), "mtu 10"),
+            (net("", "tap0", "02:00:00:00:00:01", None), "empty"),
+        ] {
+            c.devices.net = vec![bad];
+            let e = validate(&c).unwrap_err().to_string();
+            assert!(e.contains(needle), "{e}");
+        }
+        c.devices.net = vec![
+            net("eth0", "tap0", "02:00:00:00:00:01", None),
+            net("eth0", "tap1", "02:00:00:00:00:02", None),
+        ];
+        assert!(validate(&c).unwrap_err().to_string().contains("used twice"));
     }
 
     #[test]

@@ -107,6 +107,7 @@ pub fn vm_config(spec: &VmSpec, paths: &VmPaths) -> VmConfig {
                 read_only: false,
             }],
             block: Vec::new(),
+            net: Vec::new(),
         },
     }
 }

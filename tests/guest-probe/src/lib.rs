@@ -33,6 +33,22 @@ pub const FS_HOST_CONTENT: &str = "HAKO-FS written by the host\n";
 pub const FS_GUEST_FILE: &str = "guest.txt";
 pub const FS_GUEST_CONTENT: &str = "HAKO-FS written by the guest\n";
 
+/// `hako.probe.net=<address>/<prefix>,<host-ip>:<port>`: give eth0 the address, bring it up,
+/// report its MTU, then connect to the host's TCP port, send the guest's hello and expect the
+/// host's.
+pub const NET_ARG: &str = "hako.probe.net";
+pub const NET_GUEST_HELLO: &str = "HAKO-NET hello from the guest\n";
+pub const NET_HOST_HELLO: &str = "HAKO-NET hello from the host\n";
+
+/// Parses `<address>/<prefix>,<host-ip>:<port>` into the address and the host's socket address.
+pub fn net_args(value: &str) -> Option<(String, std::net::SocketAddr)> {
+    let (cidr, host) = value.split_once(',')?;
+    let (ip, prefix) = cidr.split_once('/')?;
+    ip.parse::<std::net::Ipv4Addr>().ok()?;
+    prefix.parse::<u8>().ok().filter(|p| *p <= 32)?;
+    Some((cidr.to_owned(), host.parse().ok()?))
+}
+
 /// The value of `key=` on a kernel command line.
 pub fn cmdline_value(cmdline: &str, key: &str) -> Option<String> {
     cmdline
@@ -51,5 +67,10 @@ mod tests {
         assert_eq!(cmdline_value(c, "hako.probe.fs"), None);
         assert_eq!(vsock_ports("1234,52"), Some((1234, 52)));
         assert_eq!(vsock_ports("1234"), None);
+        let (cidr, host) = net_args("10.77.0.2/24,10.77.0.1:7777").unwrap();
+        assert_eq!(cidr, "10.77.0.2/24");
+        assert_eq!(host.port(), 7777);
+        assert!(net_args("10.77.0.2,10.77.0.1:7777").is_none());
+        assert!(net_args("10.77.0.2/33,10.77.0.1:7777").is_none());
     }
 }

@@ -15,8 +15,8 @@ use std::io::{BufRead, BufReader, Read, Write};
 
 use hako_guest_probe::{
     BLK_ARG, BLK_GUEST_MARKER, BLK_HOST_MARKER, FS_ARG, FS_GUEST_CONTENT, FS_GUEST_FILE,
-    FS_HOST_CONTENT, FS_HOST_FILE, VSOCK_ARG, VSOCK_GUEST_HELLO, VSOCK_HOST_HELLO, VSOCK_LISTENING,
-    cmdline_value, vsock_ports,
+    FS_HOST_CONTENT, FS_HOST_FILE, NET_ARG, NET_GUEST_HELLO, NET_HOST_HELLO, VSOCK_ARG,
+    VSOCK_GUEST_HELLO, VSOCK_HOST_HELLO, VSOCK_LISTENING, cmdline_value, net_args, vsock_ports,
 };
 use vsock::{VMADDR_CID_ANY, VMADDR_CID_HOST, VsockListener, VsockStream};
 
@@ -210,6 +210,50 @@ fn vsock_echo(port: u32) -> Result<String, String> {
     Ok(format!("echoed {} bytes to cid {}", data.len(), peer.cid()))
 }
 
+/// Runs a busybox applet (the probe image's /bin/busybox).
+fn busybox(args: &[&str]) -> Result<(), String> {
+    let status = std::process::Command::new("/bin/busybox")
+        .args(args)
+        .status()
+        .map_err(|e| format!("busybox {args:?}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("busybox {args:?}: {status}"))
+    }
+}
+
+fn network(cidr: &str, host: std::net::SocketAddr) -> Result<String, String> {
+    busybox(&["ip", "link", "set", "lo", "up"])?;
+    busybox(&["ip", "addr", "add", cidr, "dev", "eth0"])?;
+    busybox(&["ip", "link", "set", "eth0", "up"])?;
+    let mtu = std::fs::read_to_string("/sys/class/net/eth0/mtu")
+        .map_err(|e| format!("reading eth0's MTU: {e}"))?;
+    println!("HAKO-GUEST-PROBE: net: eth0 mtu {}", mtu.trim());
+    // The host's listener may come up after us, and ARP takes a moment: retry for a while.
+    let start = std::time::Instant::now();
+    let mut s = loop {
+        match std::net::TcpStream::connect_timeout(&host, std::time::Duration::from_secs(10)) {
+            Ok(s) => break s,
+            Err(e) if start.elapsed() > std::time::Duration::from_secs(120) => {
+                return Err(format!("connect to {host}: {e}"));
+            }
+            Err(_) => std::thread::sleep(std::time::Duration::from_secs(1)),
+        }
+    };
+    s.write_all(NET_GUEST_HELLO.as_bytes())
+        .map_err(|e| format!("write: {e}"))?;
+    let mut line = String::new();
+    BufReader::new(s)
+        .read_line(&mut line)
+        .map_err(|e| format!("read: {e}"))?;
+    if line == NET_HOST_HELLO {
+        Ok(format!("{host} answered over eth0 (mtu {})", mtu.trim()))
+    } else {
+        Err(format!("{host} answered {line:?}"))
+    }
+}
+
 fn main() -> ExitCode {
     println!("HAKO-GUEST-PROBE: start pid={}", std::process::id());
     let mut failed = false;
@@ -233,6 +277,11 @@ fn main() -> ExitCode {
             check("vsock-echo", vsock_echo(guest_port), &mut failed);
         }
         Some(None) => check("vsock", Err(format!("bad {VSOCK_ARG}")), &mut failed),
+        None => {}
+    }
+    match cmdline_value(&cmdline, NET_ARG).map(|v| net_args(&v)) {
+        Some(Some((cidr, host))) => check("net", network(&cidr, host), &mut failed),
+        Some(None) => check("net", Err(format!("bad {NET_ARG}")), &mut failed),
         None => {}
     }
     if failed {

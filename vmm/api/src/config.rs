@@ -114,6 +114,39 @@ pub struct DevicesConfig {
     pub fs: Vec<FsConfig>,
     #[serde(default)]
     pub block: Vec<BlockConfig>,
+    #[serde(default)]
+    pub net: Vec<NetConfig>,
+}
+
+/// A virtio-net device attached to an existing tap interface.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetConfig {
+    /// A name for logs and metrics (the guest names its interfaces itself).
+    pub id: String,
+    /// The tap interface in hako-vmm's network namespace (it must exist).
+    pub tap: String,
+    /// The guest's MAC address, `02:00:00:00:00:01` style (a unicast address).
+    pub mac: String,
+    /// The MTU offered to the guest (68-65535); none leaves the guest's default (1500).
+    #[serde(default)]
+    pub mtu: Option<u16>,
+}
+
+impl NetConfig {
+    /// The MAC address's bytes, if it is six hex octets separated by colons.
+    pub fn mac_bytes(&self) -> Option<[u8; 6]> {
+        let mut out = [0u8; 6];
+        let mut parts = self.mac.split(':');
+        for b in &mut out {
+            let p = parts.next()?;
+            if p.len() != 2 {
+                return None;
+            }
+            *b = u8::from_str_radix(p, 16).ok()?;
+        }
+        parts.next().is_none().then_some(out)
+    }
 }
 
 /// A hybrid vsock device: the host side is a Unix socket.

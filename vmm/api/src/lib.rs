@@ -7,7 +7,7 @@ pub mod control;
 
 pub use config::{
     BlockConfig, BootProtocol, ConsoleConfig, DevicesConfig, FsConfig, KernelConfig, MachineConfig,
-    VmConfig, VsockConfig,
+    NetConfig, VmConfig, VsockConfig,
 };
 pub use control::{ControlReply, ControlRequest, ExitReason, Metrics, VmState};
 

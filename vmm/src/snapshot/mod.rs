@@ -91,6 +91,7 @@ impl MachineShape {
                 .iter()
                 .map(|b| format!("block:{}", b.id)),
         );
+        devices.extend(config.devices.net.iter().map(|n| format!("net:{}", n.id)));
         Self {
             vcpus: config.machine.vcpus,
             memory_mib: config.machine.memory_mib,

@@ -4,7 +4,10 @@
 pub mod block;
 pub mod fs;
 pub mod mmio;
+pub mod net;
 pub mod queue;
+#[cfg(test)]
+pub mod test_utils;
 pub mod vsock;
 pub mod worker;
 
@@ -16,6 +19,7 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 /// Device IDs (virtio 1.2, section 5).
+pub const TYPE_NET: u32 = 1;
 pub const TYPE_BLOCK: u32 = 2;
 pub const TYPE_VSOCK: u32 = 19;
 pub const TYPE_FS: u32 = 26;

@@ -128,34 +128,14 @@ pub fn write_rx(
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
     use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-    use virtio_queue::desc::{RawDescriptor, split::Descriptor as SplitDescriptor};
-    use virtio_queue::mock::MockSplitQueue;
-    use virtio_queue::{Queue, QueueOwnedT};
     use vm_memory::{Bytes, GuestAddress};
 
     pub const HDR: u64 = 0x10000;
     pub const DATA: u64 = 0x11000;
-
-    pub fn mem() -> GuestMemoryMmap {
-        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap()
-    }
-
-    pub fn desc(addr: u64, len: u32, flags: u32) -> RawDescriptor {
-        RawDescriptor::from(SplitDescriptor::new(addr, len, flags as u16, 0))
-    }
-
-    pub fn chain<'m>(
-        m: &'m GuestMemoryMmap,
-        descs: &[RawDescriptor],
-    ) -> DescriptorChain<&'m GuestMemoryMmap> {
-        let vq = MockSplitQueue::new(m, 16);
-        vq.build_desc_chain(descs).unwrap();
-        let mut q: Queue = vq.create_queue().unwrap();
-        q.iter(m).unwrap().next().unwrap()
-    }
+    use crate::devices::virtio::test_utils::{chain, desc, mem};
 
     fn rw(len: u32) -> Header {
         Header {
