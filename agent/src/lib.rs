@@ -8,6 +8,7 @@ pub mod entropy;
 pub mod init;
 pub mod io;
 pub mod logging;
+pub mod network;
 pub mod process;
 pub mod sandbox;
 pub mod server;

@@ -66,6 +66,11 @@ impl Sandbox {
         }
     }
 
+    /// True when the agent is the VM's init (false for a host process in tests).
+    pub fn in_vm(&self) -> bool {
+        self.init
+    }
+
     pub async fn create(&self, req: CreateSandboxRequest) -> Result<(), SandboxError> {
         let mut state = self.state.lock().await;
         if let Some(id) = &state.id {

@@ -2,7 +2,9 @@
 //! Unix socket by the generated ttrpc clients: health and version, guest details, sandbox
 //! create (a tmpfs storage) and destroy, busybox containers (output, exit codes 3/0/143/137,
 //! exec, stdin), bad requests answered with clear statuses, garbage on the socket survived,
-//! and a clean exit with the socket, containers and cgroups gone. This host's cgroups are v1
+//! and a clean exit with the socket, containers and cgroups gone. A second agent, in a network
+//! namespace of its own, configures a veth by MAC (name, MTU, address), a default route and a
+//! permanent neighbour through the network RPCs; one in the host's namespace refuses them. This host's cgroups are v1
 //! (DESIGN.md); in the VM the same code runs on v2.
 
 use std::io::Write;
@@ -44,12 +46,23 @@ impl Drop for Agent {
 }
 
 fn start_agent() -> Result<Agent, Failed> {
+    start_agent_in(false)
+}
+
+/// The agent in a private mount namespace and, with `own_net`, a network namespace of its
+/// own (where it may change interfaces and routes).
+fn start_agent_in(own_net: bool) -> Result<Agent, Failed> {
     let bin = fixtures::workspace_binary("hako-agent", "hako-agent")?;
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let socket = dir.path().join("agent.sock");
     // A private mount namespace: the agent's mounts never reach the host's.
+    let mut unshare = vec!["--mount", "--propagation", "private"];
+    if own_net {
+        unshare.push("--net");
+    }
+    unshare.push("--");
     let child = Command::new("unshare")
-        .args(["--mount", "--propagation", "private", "--"])
+        .args(&unshare)
         .arg(&bin)
         .arg("--listen")
         .arg(format!("unix://{}", socket.display()))
@@ -696,15 +709,196 @@ fn agent_serves_and_cleans_up() -> Result<(), Failed> {
     Ok(())
 }
 
+/// Runs `ip ARGS` in the agent's network namespace; returns its output.
+fn ip_in(pid: u32, args: &[&str]) -> Result<String, String> {
+    let o = Command::new("nsenter")
+        .args(["-t", &pid.to_string(), "-n", "ip"])
+        .args(args)
+        .output()
+        .map_err(|e| format!("nsenter ip {args:?}: {e}"))?;
+    if !o.status.success() {
+        return Err(format!(
+            "ip {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+/// The network RPCs against a veth pair in the agent's own network namespace: the interface
+/// found by MAC, renamed, given MTU and address; a default route via a gateway; a permanent
+/// neighbour; the listings; bad requests; and an agent in the host's namespace refusing.
+async fn network(a: &Agent, host_agent: &Agent) -> Result<(), String> {
+    use hako_agent_api::agent::{
+        ARPNeighbor, AddARPNeighborsRequest, IPAddress, Interface, ListInterfacesRequest,
+        ListRoutesRequest, Route, Routes, UpdateInterfaceRequest, UpdateRoutesRequest,
+    };
+    let pid = a.child.id();
+    ip_in(
+        pid,
+        &["link", "add", "v0", "type", "veth", "peer", "name", "v1"],
+    )?;
+    ip_in(pid, &["link", "set", "v0", "address", "02:00:00:00:88:02"])?;
+    ip_in(pid, &["link", "set", "v1", "up"])?;
+    let Clients { agent, .. } =
+        agent::connect_unix(&a.dir.path().join("agent.sock"), Duration::from_secs(30)).await?;
+    let ctx = || agent::ctx(RPC);
+
+    let addr = |ip: &str, prefix| {
+        let mut a = IPAddress::new();
+        a.address = ip.into();
+        a.prefix_len = prefix;
+        a
+    };
+    let mut want = Interface::new();
+    want.name = "eth0".into();
+    want.hw_addr = "02:00:00:00:88:02".into();
+    want.mtu = 1400;
+    want.ip_addresses.push(addr("10.88.0.2", 24));
+    let mut req = UpdateInterfaceRequest::new();
+    req.interface = Some(want.clone()).into();
+    let got = agent
+        .update_interface(ctx(), &req)
+        .await
+        .map_err(|e| format!("UpdateInterface: {e}"))?;
+    if got.name != "eth0"
+        || got.mtu != 1400
+        || !got
+            .ip_addresses
+            .iter()
+            .any(|a| a.address == "10.88.0.2" && a.prefix_len == 24)
+    {
+        return Err(format!("UpdateInterface answered {got:?}"));
+    }
+    let shown = ip_in(pid, &["addr", "show", "eth0"])?;
+    if !shown.contains("mtu 1400") || !shown.contains("10.88.0.2/24") {
+        return Err(format!("ip addr show eth0: {shown}"));
+    }
+
+    let mut route = Route::new();
+    route.dest = "default".into();
+    route.gateway = "10.88.0.1".into();
+    route.device = "eth0".into();
+    let mut routes = Routes::new();
+    routes.routes.push(route);
+    let mut req = UpdateRoutesRequest::new();
+    req.routes = Some(routes).into();
+    let listed = agent
+        .update_routes(ctx(), &req)
+        .await
+        .map_err(|e| format!("UpdateRoutes: {e}"))?;
+    if !listed
+        .routes
+        .iter()
+        .any(|r| r.dest == "default" && r.gateway == "10.88.0.1" && r.device == "eth0")
+    {
+        return Err(format!("UpdateRoutes answered {listed:?}"));
+    }
+    let shown = ip_in(pid, &["route"])?;
+    if !shown.contains("default via 10.88.0.1 dev eth0") {
+        return Err(format!("ip route: {shown}"));
+    }
+
+    let mut n = ARPNeighbor::new();
+    n.to_ip = Some(addr("10.88.0.1", 32)).into();
+    n.device = "eth0".into();
+    n.ll_addr = "02:00:00:00:88:01".into();
+    let mut req = AddARPNeighborsRequest::new();
+    req.neighbors.push(n);
+    agent
+        .add_arp_neighbors(ctx(), &req)
+        .await
+        .map_err(|e| format!("AddARPNeighbors: {e}"))?;
+    let shown = ip_in(pid, &["neigh", "show", "dev", "eth0"])?;
+    if !shown.contains("10.88.0.1 lladdr 02:00:00:00:88:01 PERMANENT") {
+        return Err(format!("ip neigh: {shown}"));
+    }
+
+    let all = agent
+        .list_interfaces(ctx(), &ListInterfacesRequest::new())
+        .await
+        .map_err(|e| format!("ListInterfaces: {e}"))?;
+    if !all
+        .interfaces
+        .iter()
+        .any(|i| i.name == "eth0" && i.hw_addr == "02:00:00:00:88:02")
+    {
+        return Err(format!("ListInterfaces answered {all:?}"));
+    }
+    agent
+        .list_routes(ctx(), &ListRoutesRequest::new())
+        .await
+        .map_err(|e| format!("ListRoutes: {e}"))?;
+
+    // Bad requests: an unknown MAC, a bad address.
+    let mut missing = want.clone();
+    missing.hw_addr = "02:00:00:00:88:99".into();
+    let mut req = UpdateInterfaceRequest::new();
+    req.interface = Some(missing).into();
+    let e = agent.update_interface(ctx(), &req).await.err();
+    if e.as_ref().and_then(code_of) != Some(ttrpc::Code::NOT_FOUND) {
+        return Err(format!("an unknown MAC answered {e:?}"));
+    }
+    let mut bad = want.clone();
+    bad.ip_addresses = vec![addr("10.88.0.300", 24)];
+    let mut req = UpdateInterfaceRequest::new();
+    req.interface = Some(bad).into();
+    let e = agent.update_interface(ctx(), &req).await.err();
+    if e.as_ref().and_then(code_of) != Some(ttrpc::Code::INVALID_ARGUMENT) {
+        return Err(format!("a bad address answered {e:?}"));
+    }
+
+    // An agent in the host's network namespace leaves it alone.
+    let Clients { agent: host, .. } = agent::connect_unix(
+        &host_agent.dir.path().join("agent.sock"),
+        Duration::from_secs(30),
+    )
+    .await?;
+    let e = host
+        .list_interfaces(ctx(), &ListInterfacesRequest::new())
+        .await
+        .err();
+    if e.as_ref().and_then(code_of) != Some(ttrpc::Code::FAILED_PRECONDITION) {
+        return Err(format!("a host-namespace agent answered {e:?}"));
+    }
+    Ok(())
+}
+
+fn agent_configures_its_network() -> Result<(), Failed> {
+    let a = start_agent_in(true)?;
+    let host = start_agent_in(false)?;
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?
+        .block_on(network(&a, &host))?;
+    Ok(())
+}
+
+fn net_prerequisites() -> Result<(), Skip> {
+    prerequisites()?;
+    require::program("nsenter")?;
+    require::program("ip")
+}
+
 fn prerequisites() -> Result<(), Skip> {
     require::root()?;
     require::program("unshare")
 }
 
 fn main() {
-    require::run_one(
-        "agent_host_serves_health_sandbox_and_cleans_up",
-        prerequisites,
-        agent_serves_and_cleans_up,
-    );
+    let args = libtest_mimic::Arguments::from_args();
+    let trials = vec![
+        require::trial(
+            "agent_host_serves_health_sandbox_and_cleans_up",
+            prerequisites,
+            agent_serves_and_cleans_up,
+        ),
+        require::trial(
+            "agent_host_configures_its_network",
+            net_prerequisites,
+            agent_configures_its_network,
+        ),
+    ];
+    libtest_mimic::run(&args, trials).exit();
 }

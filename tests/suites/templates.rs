@@ -9,6 +9,10 @@
 //! happened; the bytes would differ here even without it, since interrupt timing feeds the
 //! guests' pools.) Each container's output comes back, and deleting them leaves
 //! nothing behind.
+//!
+//! Then the shared template's memory file is written to: the next sandbox does not resume it
+//! (its VMM boots the kernel), the template is removed and, with `auto_create`, rebuilt in the
+//! background (a new manifest, no build left over).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -232,6 +236,97 @@ fn two_sandboxes_from_one_template() -> Result<(), Failed> {
     Ok(())
 }
 
+/// A template whose memory file was written to is removed, the sandbox boots cold instead, and
+/// (`auto_create`) a new template is built in the background.
+fn a_tampered_template_is_never_used_and_is_rebuilt() -> Result<(), Failed> {
+    let bin = fixtures::workspace_binary("hako-runtime", "hako")?;
+    let kernel = fixtures::kernel().map_err(|s| Failed::from(s.to_string()))?;
+    let image = fixtures::agent_image()?;
+    let work = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let store = fixtures::template_store();
+    let config = work.path().join("hako.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[vm]\nkernel = {kernel:?}\nimage = {image:?}\n\
+             [template]\nenabled = true\nauto_create = true\ndir = {store:?}\n"
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    fixtures::ensure_template(&bin, &config)?;
+    let root = tempfile::Builder::new()
+        .prefix("hkt")
+        .tempdir_in("/tmp")
+        .map_err(|e| e.to_string())?;
+    let hako = Hako {
+        bin,
+        root: root.path().to_owned(),
+        config,
+    };
+    let manifest_of = |dir: &Path| std::fs::read_to_string(dir.join("manifest.json")).ok();
+    let template = std::fs::read_dir(&store)
+        .map_err(|e| e.to_string())?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| manifest_of(p).is_some())
+        .ok_or("no template in the store")?;
+    let before = manifest_of(&template).unwrap_or_default();
+    let memory = std::fs::OpenOptions::new()
+        .write(true)
+        .open(template.join("memory"))
+        .map_err(|e| e.to_string())?;
+    std::os::unix::fs::FileExt::write_all_at(&memory, b"evil", 4096).map_err(|e| e.to_string())?;
+    drop(memory);
+
+    let id = "tpl-3";
+    let b = bundle_for(work.path(), 3)?;
+    let out = std::fs::File::create(work.path().join("tpl-3.out")).map_err(|e| e.to_string())?;
+    let o = hako
+        .cmd(&["create", "--bundle", &b.display().to_string(), id])
+        .env("HAKO_LOG", "info")
+        .stdout(out)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !o.status.success() {
+        return Err(format!("hako create {id}: {}", String::from_utf8_lossy(&o.stderr)).into());
+    }
+    let log = std::fs::read_to_string(hako.root.join(id).join("vm").join("vmm.log"))
+        .map_err(|e| e.to_string())?;
+    if log.contains("restored from a snapshot") {
+        return Err("the sandbox resumed a tampered template".into());
+    }
+    hako.ok(&["start", id])?;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while hako.status(id)? != "stopped" {
+        if Instant::now() > deadline {
+            return Err(format!("{id} did not stop").into());
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let out = std::fs::read_to_string(work.path().join("tpl-3.out")).map_err(|e| e.to_string())?;
+    if !out.contains("host=from-template-3") {
+        return Err(format!("{id} printed {out:?}").into());
+    }
+    // The background build: a new manifest (made after the tampering), no build left over.
+    let deadline = Instant::now() + Duration::from_secs(900);
+    loop {
+        let building = std::fs::read_dir(&store)
+            .map_err(|e| e.to_string())?
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with(".build-"));
+        match manifest_of(&template) {
+            Some(m) if m != before && !building => break,
+            _ if Instant::now() > deadline => {
+                let log = std::fs::read_to_string(store.join(".build.log")).unwrap_or_default();
+                return Err(format!("no template was rebuilt; build log: {log}").into());
+            }
+            _ => std::thread::sleep(Duration::from_secs(1)),
+        }
+    }
+    hako.ok(&["delete", id])?;
+    Ok(())
+}
+
 fn prerequisites() -> Result<(), Skip> {
     require::root()?;
     require::kvm()?;
@@ -240,9 +335,18 @@ fn prerequisites() -> Result<(), Skip> {
 }
 
 fn main() {
-    require::run_one(
-        "templates_two_sandboxes_resume_one_template",
-        prerequisites,
-        two_sandboxes_from_one_template,
-    );
+    let args = libtest_mimic::Arguments::from_args();
+    let trials = vec![
+        require::trial(
+            "templates_two_sandboxes_resume_one_template",
+            prerequisites,
+            two_sandboxes_from_one_template,
+        ),
+        require::trial(
+            "templates_a_tampered_one_is_never_used_and_is_rebuilt",
+            prerequisites,
+            a_tampered_template_is_never_used_and_is_rebuilt,
+        ),
+    ];
+    libtest_mimic::run(&args, trials).exit();
 }

@@ -1,5 +1,5 @@
 //! AgentService: each RPC unpacks its request, calls the sandbox, and maps the error to a
-//! ttrpc status in one place. RPCs not implemented yet answer UNIMPLEMENTED with their name.
+//! ttrpc status in one place (one mapping per error type).
 
 use std::sync::Arc;
 
@@ -7,18 +7,20 @@ use async_trait::async_trait;
 use std::time::Duration;
 
 use hako_agent_api::agent::{
-    ContainerRequest, CreateContainerRequest, CreateSandboxRequest, DestroySandboxRequest, Empty,
-    ExecProcessRequest, GetOOMEventRequest, GuestDetailsRequest, GuestDetailsResponse,
-    ListProcessesResponse, OOMEvent, ProcessRequest, ReadStreamRequest, ReadStreamResponse,
-    RemoveContainerRequest, SetGuestDateTimeRequest, SignalProcessRequest, StatsContainerResponse,
-    TtyWinResizeRequest, UpdateContainerRequest, WaitProcessResponse, WriteStreamRequest,
-    WriteStreamResponse,
+    AddARPNeighborsRequest, ContainerRequest, CreateContainerRequest, CreateSandboxRequest,
+    DestroySandboxRequest, Empty, ExecProcessRequest, GetOOMEventRequest, GuestDetailsRequest,
+    GuestDetailsResponse, Interface, Interfaces, ListInterfacesRequest, ListProcessesResponse,
+    ListRoutesRequest, OOMEvent, ProcessRequest, ReadStreamRequest, ReadStreamResponse,
+    RemoveContainerRequest, Routes, SetGuestDateTimeRequest, SignalProcessRequest,
+    StatsContainerResponse, TtyWinResizeRequest, UpdateContainerRequest, UpdateInterfaceRequest,
+    UpdateRoutesRequest, WaitProcessResponse, WriteStreamRequest, WriteStreamResponse,
 };
 use hako_agent_api::agent_ttrpc::AgentService;
 use ttrpc::r#async::TtrpcContext;
 
 use crate::container::spec::SpecError;
 use crate::container::{ContainerError, Containers};
+use crate::network::{self, Network, NetworkError};
 use crate::process::Process;
 use crate::sandbox::{Sandbox, SandboxError};
 use crate::storage::StorageError;
@@ -48,6 +50,28 @@ impl AgentServiceImpl {
         r.data = stream.read((req.len as usize).clamp(1, MAX_READ)).await;
         Ok(r)
     }
+}
+
+impl AgentServiceImpl {
+    /// A netlink connection, if this agent may change the network it is in.
+    fn network(&self) -> ttrpc::Result<Network> {
+        if !network::allowed(self.sandbox.in_vm()) {
+            return Err(network_status(NetworkError::HostNetwork));
+        }
+        Network::connect().map_err(network_status)
+    }
+}
+
+/// The ttrpc status for a network error.
+fn network_status(e: NetworkError) -> ttrpc::Error {
+    use ttrpc::Code;
+    let code = match &e {
+        NetworkError::Invalid(_) => Code::INVALID_ARGUMENT,
+        NetworkError::NoSuchMac(_) | NetworkError::NoSuchName(_) => Code::NOT_FOUND,
+        NetworkError::HostNetwork => Code::FAILED_PRECONDITION,
+        NetworkError::Socket(_) | NetworkError::Netlink { .. } => Code::INTERNAL,
+    };
+    to_status(code, &e)
 }
 
 /// The removal timeout a request asks for, or the default.
@@ -342,6 +366,69 @@ impl AgentService for AgentServiceImpl {
             .resize(&req.container_id, &req.exec_id, req.rows, req.columns)
             .await
             .map_err(container_status)?;
+        Ok(Empty::new())
+    }
+
+    async fn update_interface(
+        &self,
+        _: &TtrpcContext,
+        req: UpdateInterfaceRequest,
+    ) -> ttrpc::Result<Interface> {
+        let want = req.interface.into_option().unwrap_or_default();
+        self.network()?
+            .update_interface(&want)
+            .await
+            .map_err(network_status)
+    }
+
+    async fn update_routes(
+        &self,
+        _: &TtrpcContext,
+        req: UpdateRoutesRequest,
+    ) -> ttrpc::Result<Routes> {
+        let routes = req.routes.into_option().unwrap_or_default().routes;
+        let mut r = Routes::new();
+        r.routes = self
+            .network()?
+            .update_routes(&routes)
+            .await
+            .map_err(network_status)?;
+        Ok(r)
+    }
+
+    async fn list_interfaces(
+        &self,
+        _: &TtrpcContext,
+        _: ListInterfacesRequest,
+    ) -> ttrpc::Result<Interfaces> {
+        let mut r = Interfaces::new();
+        r.interfaces = self
+            .network()?
+            .list_interfaces()
+            .await
+            .map_err(network_status)?;
+        Ok(r)
+    }
+
+    async fn list_routes(&self, _: &TtrpcContext, _: ListRoutesRequest) -> ttrpc::Result<Routes> {
+        let mut r = Routes::new();
+        r.routes = self
+            .network()?
+            .list_routes()
+            .await
+            .map_err(network_status)?;
+        Ok(r)
+    }
+
+    async fn add_arp_neighbors(
+        &self,
+        _: &TtrpcContext,
+        req: AddARPNeighborsRequest,
+    ) -> ttrpc::Result<Empty> {
+        self.network()?
+            .add_neighbors(&req.neighbors)
+            .await
+            .map_err(network_status)?;
         Ok(Empty::new())
     }
 
