@@ -116,7 +116,10 @@ pub fn allowed(in_vm: bool) -> bool {
     let Some(me) = ns("/proc/self/ns/net") else {
         return false;
     };
-    let parent = ns(&format!("/proc/{}/ns/net", std::os::unix::process::parent_id()));
+    let parent = ns(&format!(
+        "/proc/{}/ns/net",
+        std::os::unix::process::parent_id()
+    ));
     let init = ns("/proc/1/ns/net");
     parent.is_some_and(|p| p != me) && init.is_none_or(|i| i != me)
 }

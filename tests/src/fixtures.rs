@@ -172,8 +172,9 @@ pub fn template_config() -> String {
 }
 
 /// Makes (once per test run, under a lock) the template the runtime config at `config`
-/// resumes sandboxes from, with `hako template create` (which keeps a valid one).
-pub fn ensure_template(hako: &Path, config: &Path) -> Result<(), String> {
+/// resumes sandboxes from, with `hako template create` (which keeps a valid one); returns the
+/// template's directory.
+pub fn ensure_template(hako: &Path, config: &Path) -> Result<PathBuf, String> {
     let started = std::time::Instant::now();
     let out = Command::new(hako)
         .arg("--config")
@@ -197,5 +198,11 @@ pub fn ensure_template(hako: &Path, config: &Path) -> Result<(), String> {
         started.elapsed().as_secs_f64(),
         text.trim()
     );
-    Ok(())
+    // `hako template create` prints the directory first, then the size.
+    String::from_utf8_lossy(&out.stdout)
+        .split('\t')
+        .next()
+        .map(|d| PathBuf::from(d.trim()))
+        .filter(|d| d.is_dir())
+        .ok_or_else(|| format!("hako template create printed no directory: {text}"))
 }

@@ -253,7 +253,7 @@ fn a_tampered_template_is_never_used_and_is_rebuilt() -> Result<(), Failed> {
         ),
     )
     .map_err(|e| e.to_string())?;
-    fixtures::ensure_template(&bin, &config)?;
+    let template = fixtures::ensure_template(&bin, &config)?;
     let root = tempfile::Builder::new()
         .prefix("hkt")
         .tempdir_in("/tmp")
@@ -264,12 +264,6 @@ fn a_tampered_template_is_never_used_and_is_rebuilt() -> Result<(), Failed> {
         config,
     };
     let manifest_of = |dir: &Path| std::fs::read_to_string(dir.join("manifest.json")).ok();
-    let template = std::fs::read_dir(&store)
-        .map_err(|e| e.to_string())?
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| manifest_of(p).is_some())
-        .ok_or("no template in the store")?;
     let before = manifest_of(&template).unwrap_or_default();
     let memory = std::fs::OpenOptions::new()
         .write(true)
@@ -281,14 +275,19 @@ fn a_tampered_template_is_never_used_and_is_rebuilt() -> Result<(), Failed> {
     let id = "tpl-3";
     let b = bundle_for(work.path(), 3)?;
     let out = std::fs::File::create(work.path().join("tpl-3.out")).map_err(|e| e.to_string())?;
-    let o = hako
+    let err_path = work.path().join("tpl-3.err");
+    let err = std::fs::File::create(&err_path).map_err(|e| e.to_string())?;
+    // Files, not pipes: the container's monitor keeps its stdio open until it is deleted.
+    let status = hako
         .cmd(&["create", "--bundle", &b.display().to_string(), id])
         .env("HAKO_LOG", "info")
         .stdout(out)
-        .output()
+        .stderr(err)
+        .status()
         .map_err(|e| e.to_string())?;
-    if !o.status.success() {
-        return Err(format!("hako create {id}: {}", String::from_utf8_lossy(&o.stderr)).into());
+    if !status.success() {
+        let err = std::fs::read_to_string(&err_path).unwrap_or_default();
+        return Err(format!("hako create {id}: {status}: {err}").into());
     }
     let log = std::fs::read_to_string(hako.root.join(id).join("vm").join("vmm.log"))
         .map_err(|e| e.to_string())?;
