@@ -198,6 +198,16 @@ pub fn list(store: &Path) -> Vec<(PathBuf, Option<Manifest>)> {
     out
 }
 
+/// Creates the template store, owner-only: a template's memory is every resumed guest's.
+fn create_store(store: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(store)
+        .with_context(|| format!("creating {}", store.display()))
+}
+
 /// Starts `hako template create` for a VM of `size` as a detached process (its output in
 /// `<store>/.build.log`); a sandbox that found no template calls it so the next ones find
 /// one. Concurrent builders wait on the store's lock, and the first one's template satisfies
@@ -208,12 +218,14 @@ pub fn create_in_background(config: &Config, size: VmSize) {
         return;
     };
     let store = &config.template.dir;
-    let log = fs::create_dir_all(store).and_then(|()| {
-        fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(store.join(".build.log"))
-    });
+    let log = create_store(store)
+        .map_err(std::io::Error::other)
+        .and_then(|()| {
+            fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(store.join(".build.log"))
+        });
     let log = match log {
         Ok(f) => f,
         Err(e) => {
@@ -252,7 +264,7 @@ pub async fn create(
     deadline: Duration,
     force: bool,
 ) -> anyhow::Result<Template> {
-    fs::create_dir_all(store).with_context(|| format!("creating {}", store.display()))?;
+    create_store(store)?;
     let _lock = lock_file(&store.join(LOCK))?;
     if !force && let Some(t) = find(store, spec)? {
         return Ok(t);

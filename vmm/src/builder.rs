@@ -3,6 +3,7 @@
 
 use std::fs::OpenOptions;
 use std::io::{LineWriter, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
@@ -131,6 +132,7 @@ fn console_output(config: &ConsoleConfig) -> Result<Option<Box<dyn Write + Send>
             let file = OpenOptions::new()
                 .create(true)
                 .append(true)
+                .mode(0o600)
                 .open(path)
                 .map_err(|source| BuildError::ConsoleLog {
                     path: path.clone(),

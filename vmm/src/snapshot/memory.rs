@@ -3,7 +3,7 @@
 //! file's page cache and copies a page only when it writes it.
 
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use vm_memory::mmap::MmapRegionBuilder;
@@ -51,9 +51,11 @@ pub fn write(memory: &GuestMemoryMmap, path: &Path) -> Result<Vec<RegionLayout>,
         let path = path.to_owned();
         move |source| MemoryFileError::Io { what, path, source }
     };
+    // Owner-only: whoever can write a template's memory controls every VM resumed from it.
     let file = OpenOptions::new()
         .write(true)
         .create_new(true)
+        .mode(0o600)
         .open(path)
         .map_err(io("creating the memory file"))?;
     let mut layout = Vec::new();

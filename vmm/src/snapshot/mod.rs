@@ -13,6 +13,7 @@ pub mod memory;
 
 use std::fs;
 use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use hako_vmm_api::{CpuProfile, VmConfig};
@@ -171,7 +172,12 @@ fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Snapsho
 /// Creates `dir` (or takes it empty) for a new snapshot; a directory that already holds one
 /// is refused rather than overwritten.
 pub fn prepare_dir(dir: &Path) -> Result<(), SnapshotError> {
-    fs::create_dir_all(dir).map_err(io("creating the snapshot directory", dir))?;
+    // Owner-only, like the files in it (see memory::write).
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io("creating the snapshot directory", dir))?;
     if dir.join(STATE_FILE).exists() || dir.join(MEMORY_FILE).exists() {
         return Err(SnapshotError::Exists(dir.to_owned()));
     }
@@ -182,7 +188,13 @@ pub fn prepare_dir(dir: &Path) -> Result<(), SnapshotError> {
 pub fn write_state(dir: &Path, snapshot: &Snapshot) -> Result<(), SnapshotError> {
     let json = serde_json::to_vec(snapshot).map_err(SnapshotError::Encode)?;
     let tmp = dir.join(format!("{STATE_FILE}.tmp"));
-    let mut f = fs::File::create(&tmp).map_err(io("creating", &tmp))?;
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io("creating", &tmp))?;
     f.write_all(&json).map_err(io("writing", &tmp))?;
     f.sync_all().map_err(io("syncing", &tmp))?;
     let path = dir.join(STATE_FILE);
