@@ -24,3 +24,64 @@ pub async fn read_to_end(
         .map_err(|e| format!("{e:#}"))?;
     Ok(String::from_utf8_lossy(&out).into_owned())
 }
+
+/// CreateContainer `id` running `sh -c script` from the share's `<id>/rootfs`, in cgroup
+/// `/hako/<id>`.
+pub async fn create_container(
+    agent: &hako_agent_api::agent_ttrpc::AgentServiceClient,
+    id: &str,
+    script: &str,
+    rpc: Duration,
+) -> Result<(), String> {
+    let mut create = hako_agent_api::agent::CreateContainerRequest::new();
+    create.container_id = id.into();
+    create.oci_spec_json = hako_rootfs_builder::bundle::spec_json(
+        "rootfs",
+        &["sh", "-c", script],
+        &format!("/hako/{id}"),
+    )
+    .into_bytes();
+    agent
+        .create_container(ctx(rpc), &create)
+        .await
+        .map_err(|e| format!("CreateContainer: {e}"))?;
+    Ok(())
+}
+
+/// StartContainer `id`, then its whole stdout and its exit status.
+pub async fn start_and_wait(
+    agent: &hako_agent_api::agent_ttrpc::AgentServiceClient,
+    id: &str,
+    rpc: Duration,
+) -> Result<(String, i32), String> {
+    let mut start = hako_agent_api::agent::ContainerRequest::new();
+    start.container_id = id.into();
+    agent
+        .start_container(ctx(rpc), &start)
+        .await
+        .map_err(|e| format!("StartContainer: {e}"))?;
+    let out = read_to_end(agent, id, "", false).await?;
+    let mut w = hako_agent_api::agent::ProcessRequest::new();
+    w.container_id = id.into();
+    let status = agent
+        .wait_process(ctx(rpc), &w)
+        .await
+        .map_err(|e| format!("WaitProcess: {e}"))?
+        .status;
+    eprintln!("container {id} printed {out:?} and exited {status}");
+    Ok((out, status))
+}
+
+/// DestroySandbox with power-off (the VM ends with status 0).
+pub async fn destroy_and_power_off(
+    agent: &hako_agent_api::agent_ttrpc::AgentServiceClient,
+    rpc: Duration,
+) -> Result<(), String> {
+    let mut destroy = hako_agent_api::agent::DestroySandboxRequest::new();
+    destroy.power_off = true;
+    agent
+        .destroy_sandbox(ctx(rpc), &destroy)
+        .await
+        .map_err(|e| format!("DestroySandbox: {e}"))?;
+    Ok(())
+}

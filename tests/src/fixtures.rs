@@ -171,6 +171,23 @@ pub fn template_config() -> String {
     )
 }
 
+/// Writes at `path` a runtime config with the test kernel and agent image that resumes
+/// sandboxes from the shared template, and makes sure the template exists (see
+/// [`ensure_template`]); returns the template's directory.
+pub fn templated_runtime_config(hako: &Path, path: &Path) -> Result<PathBuf, String> {
+    let kernel = kernel().map_err(|s| s.to_string())?;
+    let image = agent_image()?;
+    std::fs::write(
+        path,
+        format!(
+            "[vm]\nkernel = {kernel:?}\nimage = {image:?}\n{}",
+            template_config()
+        ),
+    )
+    .map_err(|e| format!("writing {}: {e}", path.display()))?;
+    ensure_template(hako, path)
+}
+
 /// Makes (once per test run, under a lock) the template the runtime config at `config`
 /// resumes sandboxes from, with `hako template create` (which keeps a valid one); returns the
 /// template's directory.

@@ -277,19 +277,9 @@ fn crashed_monitor(rt: &Runtime, work: &Path, boot: Duration) -> Result<(), Fail
 
 fn runtimes(work: &Path) -> Result<Vec<Runtime>, Failed> {
     let hako = fixtures::workspace_binary("hako-runtime", "hako")?;
-    let kernel = fixtures::kernel().map_err(|s| Failed::from(s.to_string()))?;
-    let image = fixtures::agent_image()?;
     let config = work.join("hako.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[vm]\nkernel = {kernel:?}\nimage = {image:?}\n{}",
-            fixtures::template_config()
-        ),
-    )
-    .map_err(|e| e.to_string())?;
     // Sandboxes resume the shared template (booted once per test run).
-    fixtures::ensure_template(&hako, &config)?;
+    fixtures::templated_runtime_config(&hako, &config)?;
     Ok(vec![
         Runtime {
             name: "runc",

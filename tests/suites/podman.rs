@@ -26,20 +26,10 @@ fn show(o: &std::process::Output) -> String {
 /// (name, podman) for runc and for hako.
 fn both() -> Result<Vec<(&'static str, Podman)>, Failed> {
     let hako = fixtures::workspace_binary("hako-runtime", "hako")?;
-    let kernel = fixtures::kernel().map_err(|s| Failed::from(s.to_string()))?;
-    let image = fixtures::agent_image()?;
     let mut hako_podman = Podman::new(hako.clone(), None)?;
     let config = hako_podman.dir.path().join("hako.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[vm]\nkernel = {kernel:?}\nimage = {image:?}\n{}",
-            fixtures::template_config()
-        ),
-    )
-    .map_err(|e| e.to_string())?;
     // Sandboxes resume the shared template (booted once per test run).
-    fixtures::ensure_template(&hako, &config)?;
+    fixtures::templated_runtime_config(&hako, &config)?;
     hako_podman.config = Some(config);
     Ok(vec![
         ("runc", Podman::new(PathBuf::from("runc"), None)?),

@@ -59,6 +59,18 @@ impl Hako {
         Ok(o)
     }
 
+    /// Waits (up to 10 minutes) until the container has stopped.
+    fn wait_stopped(&self, id: &str) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(600);
+        while self.status(id)? != "stopped" {
+            if Instant::now() > deadline {
+                return Err(format!("{id} did not stop"));
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        Ok(())
+    }
+
     fn status(&self, id: &str) -> Result<String, String> {
         let o = self.ok(&["state", id])?;
         let v: serde_json::Value =
@@ -105,19 +117,9 @@ fn bundle_for(work: &Path, i: usize) -> Result<PathBuf, String> {
 
 fn two_sandboxes_from_one_template() -> Result<(), Failed> {
     let bin = fixtures::workspace_binary("hako-runtime", "hako")?;
-    let kernel = fixtures::kernel().map_err(|s| Failed::from(s.to_string()))?;
-    let image = fixtures::agent_image()?;
     let work = tempfile::tempdir().map_err(|e| e.to_string())?;
     let config = work.path().join("hako.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[vm]\nkernel = {kernel:?}\nimage = {image:?}\n{}",
-            fixtures::template_config()
-        ),
-    )
-    .map_err(|e| e.to_string())?;
-    fixtures::ensure_template(&bin, &config)?;
+    fixtures::templated_runtime_config(&bin, &config)?;
     // Short: socket paths under the root must stay below 108 bytes.
     let root = tempfile::Builder::new()
         .prefix("hkt")
@@ -195,13 +197,7 @@ fn two_sandboxes_from_one_template() -> Result<(), Failed> {
     }
     let mut reports = Vec::new();
     for (i, id) in ids.iter().enumerate() {
-        let deadline = Instant::now() + Duration::from_secs(600);
-        while hako.status(id)? != "stopped" {
-            if Instant::now() > deadline {
-                return Err(format!("{id} did not stop").into());
-            }
-            std::thread::sleep(Duration::from_millis(500));
-        }
+        hako.wait_stopped(id)?;
         let out = std::fs::read_to_string(work.path().join(format!("{id}.out")))
             .map_err(|e| e.to_string())?;
         eprintln!("{id}: {out:?}");
@@ -295,13 +291,7 @@ fn a_tampered_template_is_never_used_and_is_rebuilt() -> Result<(), Failed> {
         return Err("the sandbox resumed a tampered template".into());
     }
     hako.ok(&["start", id])?;
-    let deadline = Instant::now() + Duration::from_secs(600);
-    while hako.status(id)? != "stopped" {
-        if Instant::now() > deadline {
-            return Err(format!("{id} did not stop").into());
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    hako.wait_stopped(id)?;
     let out = std::fs::read_to_string(work.path().join("tpl-3.out")).map_err(|e| e.to_string())?;
     if !out.contains("host=from-template-3") {
         return Err(format!("{id} printed {out:?}").into());

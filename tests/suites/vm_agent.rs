@@ -7,10 +7,7 @@
 
 use std::time::Duration;
 
-use hako_agent_api::agent::{
-    ContainerRequest, CreateContainerRequest, CreateSandboxRequest, DestroySandboxRequest,
-    GuestDetailsRequest, ProcessRequest,
-};
+use hako_agent_api::agent::{ContainerRequest, CreateSandboxRequest, GuestDetailsRequest};
 use hako_agent_api::agent_ttrpc::AgentServiceClient;
 use hako_agent_api::health::CheckRequest;
 use hako_agent_api::{AGENT_API_PORT, AGENT_LOG_PORT, SHARED_FS_TAG};
@@ -49,27 +46,14 @@ async fn drive(uds: std::path::PathBuf) -> Result<(), String> {
         .await
         .map_err(|e| format!("CreateSandbox: {e}"))?;
     run_container(&agent).await?;
-    let mut destroy = DestroySandboxRequest::new();
-    destroy.power_off = true;
-    agent
-        .destroy_sandbox(ctx(), &destroy)
-        .await
-        .map_err(|e| format!("DestroySandbox: {e}"))?;
-    Ok(())
+    agent::destroy_and_power_off(&agent, RPC).await
 }
 
 /// A busybox container from the share: output, cgroup v2 path, exit code.
 async fn run_container(agent: &AgentServiceClient) -> Result<(), String> {
     let ctx = || agent::ctx(RPC);
-    let mut create = CreateContainerRequest::new();
-    create.container_id = CONTAINER.into();
     let script = "echo hello from a container; cat /proc/self/cgroup; exit 7";
-    create.oci_spec_json =
-        bundle::spec_json("rootfs", &["sh", "-c", script], "/hako/c1").into_bytes();
-    agent
-        .create_container(ctx(), &create)
-        .await
-        .map_err(|e| format!("CreateContainer: {e}"))?;
+    agent::create_container(agent, CONTAINER, script, RPC).await?;
     let mut start = ContainerRequest::new();
     start.container_id = CONTAINER.into();
     // cgroup v2 in the guest: the created container's init is in its cgroup.
@@ -85,19 +69,7 @@ async fn run_container(agent: &AgentServiceClient) -> Result<(), String> {
     if stats.pids.current == 0 || pids.is_empty() {
         return Err(format!("cgroup v2 stats {stats:?}, processes {pids:?}"));
     }
-    agent
-        .start_container(ctx(), &start)
-        .await
-        .map_err(|e| format!("StartContainer: {e}"))?;
-    let out = agent::read_to_end(agent, CONTAINER, "", false).await?;
-    let mut w = ProcessRequest::new();
-    w.container_id = CONTAINER.into();
-    let status = agent
-        .wait_process(ctx(), &w)
-        .await
-        .map_err(|e| format!("WaitProcess: {e}"))?
-        .status;
-    eprintln!("container output: {out:?}, status {status}");
+    let (out, status) = agent::start_and_wait(agent, CONTAINER, RPC).await?;
     if !out.starts_with("hello from a container\n") || !out.contains("0::/hako/c1") || status != 7 {
         return Err(format!("the container printed {out:?} and exited {status}"));
     }

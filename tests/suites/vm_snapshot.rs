@@ -13,10 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use hako_agent_api::AGENT_API_PORT;
-use hako_agent_api::agent::{
-    ContainerRequest, CreateContainerRequest, CreateSandboxRequest, DestroySandboxRequest,
-    GuestDetailsRequest, ProcessRequest,
-};
+use hako_agent_api::agent::{CreateSandboxRequest, GuestDetailsRequest};
 use hako_agent_api::health::CheckRequest;
 use hako_rootfs_builder::bundle;
 use hako_tests::agent::{self, Clients};
@@ -104,45 +101,18 @@ async fn use_restored(uds: PathBuf) -> Result<(), String> {
         .create_sandbox(ctx(), &req)
         .await
         .map_err(|e| format!("CreateSandbox: {e}"))?;
-    let mut create = CreateContainerRequest::new();
-    create.container_id = CONTAINER.into();
     // The guest's uptime goes on from the template's (it booted ~a minute before the
     // snapshot), not from zero: the same kernel resumed.
     let script = "cat /marker; cut -d. -f1 /proc/uptime; exit 6";
-    create.oci_spec_json =
-        bundle::spec_json("rootfs", &["sh", "-c", script], "/hako/c1").into_bytes();
-    agent
-        .create_container(ctx(), &create)
-        .await
-        .map_err(|e| format!("CreateContainer: {e}"))?;
-    let mut start = ContainerRequest::new();
-    start.container_id = CONTAINER.into();
-    agent
-        .start_container(ctx(), &start)
-        .await
-        .map_err(|e| format!("StartContainer: {e}"))?;
-    let out = agent::read_to_end(&agent, CONTAINER, "", false).await?;
-    let mut w = ProcessRequest::new();
-    w.container_id = CONTAINER.into();
-    let status = agent
-        .wait_process(ctx(), &w)
-        .await
-        .map_err(|e| format!("WaitProcess: {e}"))?
-        .status;
-    eprintln!("container output: {out:?}, status {status}");
+    agent::create_container(&agent, CONTAINER, script, RPC).await?;
+    let (out, status) = agent::start_and_wait(&agent, CONTAINER, RPC).await?;
     let uptime = out
         .strip_prefix("written after the snapshot\n")
         .and_then(|rest| rest.trim().parse::<u64>().ok());
     if uptime.is_none_or(|u| u < 20) || status != 6 {
         return Err(format!("the container printed {out:?} and exited {status}"));
     }
-    let mut destroy = DestroySandboxRequest::new();
-    destroy.power_off = true;
-    agent
-        .destroy_sandbox(ctx(), &destroy)
-        .await
-        .map_err(|e| format!("DestroySandbox: {e}"))?;
-    Ok(())
+    agent::destroy_and_power_off(&agent, RPC).await
 }
 
 /// Runs `cmd` while `drive` talks to it; stops the VM early if `drive` fails.

@@ -159,7 +159,11 @@ mod tests {
             "not sparse: {} blocks",
             meta.blocks()
         );
-        assert_eq!(meta.mode() & 0o777, 0o600, "only the owner may read or change it");
+        assert_eq!(
+            meta.mode() & 0o777,
+            0o600,
+            "only the owner may read or change it"
+        );
 
         let a = map(&path, &layout).unwrap();
         let b = map(&path, &layout).unwrap();

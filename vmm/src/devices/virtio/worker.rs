@@ -36,6 +36,23 @@ impl<T: Send + 'static> Worker<T> {
     }
 }
 
+/// Stops the device's worker, if one runs, and puts what it hands back into `backend` for the
+/// next activation. False when the worker panicked: the backend is lost and the device cannot
+/// be activated again.
+pub fn stop_into<T: Send + 'static>(
+    worker: &mut Option<Worker<T>>,
+    backend: &mut Option<T>,
+) -> bool {
+    match worker.take().map(Worker::stop) {
+        None => true,
+        Some(Some(b)) => {
+            *backend = Some(b);
+            true
+        }
+        Some(None) => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

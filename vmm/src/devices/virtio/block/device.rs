@@ -13,7 +13,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::request::{self, Disk};
 use super::{SECTOR_SIZE, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO};
-use crate::devices::virtio::worker::Worker as WorkerThread;
+use crate::devices::virtio::worker::{self, Worker as WorkerThread};
 use crate::devices::virtio::{
     ActivateError, Activation, Interrupt, TYPE_BLOCK, VIRTIO_F_VERSION_1, VirtioDevice, queue,
     read_config_bytes,
@@ -142,14 +142,7 @@ impl VirtioDevice for Block {
     }
 
     fn reset(&mut self) -> bool {
-        match self.worker.take().map(WorkerThread::stop) {
-            None => true,
-            Some(Some(file)) => {
-                self.file = Some(file);
-                true
-            }
-            Some(None) => false,
-        }
+        worker::stop_into(&mut self.worker, &mut self.file)
     }
 }
 

@@ -16,7 +16,7 @@ use super::{
     VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_MAC,
     VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS,
 };
-use crate::devices::virtio::worker::Worker as WorkerThread;
+use crate::devices::virtio::worker::{self, Worker as WorkerThread};
 use crate::devices::virtio::{
     ActivateError, Activation, Interrupt, TYPE_NET, VIRTIO_F_VERSION_1, VirtioDevice, queue,
     read_config_bytes,
@@ -191,14 +191,7 @@ impl VirtioDevice for Net {
     }
 
     fn reset(&mut self) -> bool {
-        match self.worker.take().map(WorkerThread::stop) {
-            None => true,
-            Some(Some(io)) => {
-                self.io = Some(io);
-                true
-            }
-            Some(None) => false,
-        }
+        worker::stop_into(&mut self.worker, &mut self.io)
     }
 }
 

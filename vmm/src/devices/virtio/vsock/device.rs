@@ -13,7 +13,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::muxer::{self, Muxer};
 use super::packet::{self, MAX_PAYLOAD};
-use crate::devices::virtio::worker::Worker as WorkerThread;
+use crate::devices::virtio::worker::{self, Worker as WorkerThread};
 use crate::devices::virtio::{
     ActivateError, Activation, Interrupt, TYPE_VSOCK, VIRTIO_F_VERSION_1, VirtioDevice, queue,
     read_config_bytes,
@@ -171,15 +171,11 @@ impl VirtioDevice for Vsock {
     }
 
     fn reset(&mut self) -> bool {
-        match self.worker.take().map(WorkerThread::stop) {
-            None => true,
-            Some(Some(mut muxer)) => {
-                muxer.reset();
-                self.muxer = Some(muxer);
-                true
-            }
-            Some(None) => false,
+        let stopped = worker::stop_into(&mut self.worker, &mut self.muxer);
+        if let Some(muxer) = &mut self.muxer {
+            muxer.reset();
         }
+        stopped
     }
 }
 
