@@ -22,7 +22,6 @@ pub struct Containerd {
     pub dir: tempfile::TempDir,
     pub socket: PathBuf,
     pub hako_root: PathBuf,
-    image: PathBuf,
     child: Option<Child>,
 }
 
@@ -83,7 +82,6 @@ impl Containerd {
             dir,
             socket,
             hako_root,
-            image,
             child: Some(child),
         };
         let start = Instant::now();
@@ -252,7 +250,7 @@ impl Drop for Containerd {
         for m in mounts {
             let _ = Command::new("umount").args(["-l", &m]).status();
         }
-        let _ = std::fs::remove_file(&self.image);
+        // The agent image stays: it is shared (content-addressed) and part of the template key.
     }
 }
 

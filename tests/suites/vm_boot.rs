@@ -53,12 +53,6 @@ fn fixture() -> Result<Fixture, Failed> {
     })
 }
 
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.image);
-    }
-}
-
 fn print_console(boot: &Boot) {
     eprintln!(
         "--- console and VMM log ---\n{}--- end ({:.1}s) ---",
