@@ -18,6 +18,7 @@ packages=(
     containerd                                                                # the shim's host (main job, end-to-end tests)
     podman conmon                                                             # the OCI CLI's end-to-end tests
     protobuf-compiler                                                         # protoc for the tests' CRI client (k8s-cri)
+    iproute2 util-linux                                                       # ip/nsenter for the network tests (netns, tap, veth)
 )
 missing=()
 for p in "${packages[@]}"; do
