@@ -106,8 +106,7 @@ pub fn control_line(path: &Path, line: &str) -> Result<ControlReply, String> {
     serde_json::from_str(&reply).map_err(|e| format!("reply {reply:?} to {line}: {e}"))
 }
 
-/// Sends one control request.
+/// Sends one control request (the runtime's own client).
 pub fn control(path: &Path, request: &ControlRequest) -> Result<ControlReply, String> {
-    let line = serde_json::to_string(request).map_err(|e| e.to_string())?;
-    control_line(path, &line)
+    hako_runtime::backend::vm::control(path, request).map_err(|e| format!("{e:#}"))
 }

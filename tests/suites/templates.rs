@@ -28,15 +28,29 @@ const SCRIPT: &str = "echo host=$(hostname); \
 
 struct Hako {
     bin: PathBuf,
-    root: PathBuf,
+    root: tempfile::TempDir,
     config: PathBuf,
 }
 
 impl Hako {
+    /// `hako` with `config` and a state root of its own (short: socket paths under it must
+    /// stay below 108 bytes).
+    fn new(bin: PathBuf, config: PathBuf) -> Result<Self, String> {
+        let dir = tempfile::Builder::new()
+            .prefix("hkt")
+            .tempdir_in("/tmp")
+            .map_err(|e| e.to_string())?;
+        Ok(Self {
+            bin,
+            root: dir,
+            config,
+        })
+    }
+
     fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(&self.bin);
         c.arg("--root")
-            .arg(&self.root)
+            .arg(self.root.path())
             .arg("--config")
             .arg(&self.config)
             .args(args)
@@ -120,16 +134,7 @@ fn two_sandboxes_from_one_template() -> Result<(), Failed> {
     let work = tempfile::tempdir().map_err(|e| e.to_string())?;
     let config = work.path().join("hako.toml");
     fixtures::templated_runtime_config(&bin, &config)?;
-    // Short: socket paths under the root must stay below 108 bytes.
-    let root = tempfile::Builder::new()
-        .prefix("hkt")
-        .tempdir_in("/tmp")
-        .map_err(|e| e.to_string())?;
-    let hako = Hako {
-        bin,
-        root: root.path().to_owned(),
-        config,
-    };
+    let hako = Hako::new(bin, config)?;
     let list = hako.ok(&["template", "list"])?;
     let listed = String::from_utf8_lossy(&list.stdout).into_owned();
     if !listed.contains("vCPU") || !listed.contains("MiB") {
@@ -172,7 +177,7 @@ fn two_sandboxes_from_one_template() -> Result<(), Failed> {
     let cids: Vec<u64> = ids
         .iter()
         .map(|id| {
-            let path = hako.root.join(id).join("vm").join("vm.json");
+            let path = hako.root.path().join(id).join("vm").join("vm.json");
             let v: serde_json::Value = serde_json::from_slice(
                 &std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?,
             )
@@ -183,7 +188,7 @@ fn two_sandboxes_from_one_template() -> Result<(), Failed> {
         })
         .collect::<Result<_, String>>()?;
     for id in ids {
-        let path = hako.root.join(id).join("vm").join("vmm.log");
+        let path = hako.root.path().join(id).join("vm").join("vmm.log");
         let log = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         if !log.contains("restored from a snapshot") {
             return Err(format!("{id}'s VMM did not resume the template: {log}").into());
@@ -217,7 +222,7 @@ fn two_sandboxes_from_one_template() -> Result<(), Failed> {
         )
         .into());
     }
-    let left: Vec<_> = std::fs::read_dir(&hako.root)
+    let left: Vec<_> = std::fs::read_dir(hako.root.path())
         .map_err(|e| e.to_string())?
         .flatten()
         .map(|e| e.file_name())
@@ -226,7 +231,7 @@ fn two_sandboxes_from_one_template() -> Result<(), Failed> {
         return Err(format!("delete left {left:?} in the root").into());
     }
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    if mounts.contains(&*hako.root.to_string_lossy()) {
+    if mounts.contains(&*hako.root.path().to_string_lossy()) {
         return Err("delete left a mount".into());
     }
     Ok(())
@@ -250,15 +255,7 @@ fn a_tampered_template_is_never_used_and_is_rebuilt() -> Result<(), Failed> {
     )
     .map_err(|e| e.to_string())?;
     let template = fixtures::ensure_template(&bin, &config)?;
-    let root = tempfile::Builder::new()
-        .prefix("hkt")
-        .tempdir_in("/tmp")
-        .map_err(|e| e.to_string())?;
-    let hako = Hako {
-        bin,
-        root: root.path().to_owned(),
-        config,
-    };
+    let hako = Hako::new(bin, config)?;
     let manifest_of = |dir: &Path| std::fs::read_to_string(dir.join("manifest.json")).ok();
     let before = manifest_of(&template).unwrap_or_default();
     let memory = std::fs::OpenOptions::new()
@@ -285,7 +282,7 @@ fn a_tampered_template_is_never_used_and_is_rebuilt() -> Result<(), Failed> {
         let err = std::fs::read_to_string(&err_path).unwrap_or_default();
         return Err(format!("hako create {id}: {status}: {err}").into());
     }
-    let log = std::fs::read_to_string(hako.root.join(id).join("vm").join("vmm.log"))
+    let log = std::fs::read_to_string(hako.root.path().join(id).join("vm").join("vmm.log"))
         .map_err(|e| e.to_string())?;
     if log.contains("restored from a snapshot") {
         return Err("the sandbox resumed a tampered template".into());

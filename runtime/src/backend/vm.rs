@@ -112,6 +112,19 @@ pub fn vm_config(spec: &VmSpec, paths: &VmPaths) -> VmConfig {
     }
 }
 
+/// One request on the hako-vmm control socket at `path` (a fresh connection), and its reply.
+pub fn control(path: &Path, request: &ControlRequest) -> anyhow::Result<ControlReply> {
+    let mut s = std::os::unix::net::UnixStream::connect(path)
+        .with_context(|| format!("connecting to hako-vmm's control socket {}", path.display()))?;
+    let mut line = serde_json::to_vec(request)?;
+    line.push(b'\n');
+    std::io::Write::write_all(&mut s, &line).context("sending a control request")?;
+    let mut reply = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(s), &mut reply)
+        .context("reading hako-vmm's control reply")?;
+    serde_json::from_str(&reply).with_context(|| format!("hako-vmm replied {reply:?}"))
+}
+
 /// A running hako-vmm.
 pub struct Vm {
     child: Child,
@@ -160,17 +173,7 @@ impl Vm {
 
     /// One request on hako-vmm's control socket.
     pub fn control(&self, request: &ControlRequest) -> anyhow::Result<ControlReply> {
-        let path = &self.paths.control;
-        let mut s = std::os::unix::net::UnixStream::connect(path).with_context(|| {
-            format!("connecting to hako-vmm's control socket {}", path.display())
-        })?;
-        let mut line = serde_json::to_vec(request)?;
-        line.push(b'\n');
-        std::io::Write::write_all(&mut s, &line).context("sending a control request")?;
-        let mut reply = String::new();
-        std::io::BufRead::read_line(&mut std::io::BufReader::new(s), &mut reply)
-            .context("reading hako-vmm's control reply")?;
-        serde_json::from_str(&reply).with_context(|| format!("hako-vmm replied {reply:?}"))
+        control(&self.paths.control, request)
     }
 
     /// Kills the VMM if it still runs, and reaps it.
