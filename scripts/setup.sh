@@ -18,7 +18,8 @@ packages=(
     containerd                                                                # the shim's host (main job, end-to-end tests)
     podman conmon                                                             # the OCI CLI's end-to-end tests
     protobuf-compiler                                                         # protoc for the tests' CRI client (k8s-cri)
-    iproute2 util-linux                                                       # ip/nsenter for the network tests (netns, tap, veth)
+    iproute2 util-linux                                                       # ip/tc/nsenter for the network tests (netns, tap, veth)
+    containernetworking-plugins                                               # CNI bridge + host-local for the pod network tests
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod io;
+pub mod network;
 pub mod sandbox;
 pub mod shim;
 pub mod state;

@@ -21,6 +21,9 @@ pub struct SandboxState {
     pub vmm_pid: u32,
     /// Containers created in the sandbox, the sandbox's own first.
     pub containers: Vec<String>,
+    /// The taps wired into the pod's network namespace, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<crate::network::Wiring>,
 }
 
 impl SandboxState {
@@ -30,6 +33,7 @@ impl SandboxState {
             sandbox_id: sandbox_id.into(),
             vmm_pid: 0,
             containers: Vec::new(),
+            network: None,
         }
     }
 

@@ -321,10 +321,8 @@ async fn build(
     }
     .await;
     if let Err(e) = ready {
-        let tail = vm.console_tail(15);
-        return Err(e.context(format!(
-            "booting the template VM; its console ends with:\n{tail}"
-        )));
+        let words = vm.last_words(15);
+        return Err(e.context(format!("booting the template VM: {words}")));
     }
     let boot_secs = started.elapsed().as_secs_f64();
     let snapshot = work.join("snapshot");
@@ -373,6 +371,8 @@ mod tests {
             cpu_profile: CpuProfile::Conservative,
             cmdline: "quiet".into(),
             guest_cid: 3,
+            netns: None,
+            net: Vec::new(),
         }
     }
 

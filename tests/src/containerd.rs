@@ -28,6 +28,17 @@ pub struct Containerd {
 impl Containerd {
     /// Starts containerd and imports the images.
     pub fn start() -> Result<Self, String> {
+        Self::start_in(None)
+    }
+
+    /// Starts containerd in the network namespace at `netns` (the CNI plugins it runs make
+    /// their bridges and veths there, never on the host) with the CNI network `conflist`
+    /// and Debian's CNI plugins.
+    pub fn start_with_network(netns: &Path, conflist: &str) -> Result<Self, String> {
+        Self::start_in(Some((netns, conflist)))
+    }
+
+    fn start_in(network: Option<(&Path, &str)>) -> Result<Self, String> {
         let shim = fixtures::workspace_binary("hako-runtime", "containerd-shim-hako-v2")?;
         let vmm = fixtures::workspace_binary("hako-vmm", "hako-vmm")?;
         let bin_dir = shim
@@ -46,8 +57,20 @@ impl Containerd {
         let d = dir.path();
         let socket = d.join("containerd.sock");
         let hako_root = d.join("hako");
-        std::fs::write(d.join("containerd.toml"), containerd_config(d, &socket))
-            .map_err(|e| e.to_string())?;
+        let cni_bin = match network {
+            Some((_, conflist)) => {
+                std::fs::create_dir_all(d.join("cni")).map_err(|e| e.to_string())?;
+                std::fs::write(d.join("cni/10-hako-test.conflist"), conflist)
+                    .map_err(|e| e.to_string())?;
+                PathBuf::from(CNI_PLUGINS)
+            }
+            None => d.join("cni"),
+        };
+        std::fs::write(
+            d.join("containerd.toml"),
+            containerd_config(d, &socket, &cni_bin),
+        )
+        .map_err(|e| e.to_string())?;
         std::fs::write(
             d.join("hako.toml"),
             format!(
@@ -68,7 +91,16 @@ impl Containerd {
             std::env::var("PATH").unwrap_or_default()
         );
         let log = std::fs::File::create(d.join("containerd.log")).map_err(|e| e.to_string())?;
-        let child = Command::new("containerd")
+        let mut command = match network {
+            Some((netns, _)) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net={}", netns.display()))
+                    .arg("containerd");
+                c
+            }
+            None => Command::new("containerd"),
+        };
+        let child = command
             .arg("--config")
             .arg(d.join("containerd.toml"))
             .env("PATH", path)
@@ -254,7 +286,10 @@ impl Drop for Containerd {
     }
 }
 
-fn containerd_config(d: &Path, socket: &Path) -> String {
+/// Where Debian's containernetworking-plugins are.
+pub const CNI_PLUGINS: &str = "/usr/lib/cni";
+
+fn containerd_config(d: &Path, socket: &Path, cni_bin: &Path) -> String {
     format!(
         r#"version = 2
 root = "{root}"
@@ -276,12 +311,13 @@ state = "{state}"
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.hako]
       runtime_type = "io.containerd.hako.v2"
   [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "{cni}"
+    bin_dir = "{cni_bin}"
     conf_dir = "{cni}"
 "#,
         root = d.join("root").display(),
         state = d.join("state").display(),
         socket = socket.display(),
         cni = d.join("cni").display(),
+        cni_bin = cni_bin.display(),
     )
 }

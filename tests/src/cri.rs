@@ -1,6 +1,6 @@
 //! A Kubernetes CRI (v1) client over containerd's socket, for the end-to-end suite: what
-//! kubelet would send, pods with `runtime_handler: hako`, host network (networking is the
-//! networking issue's).
+//! kubelet would send, pods with `runtime_handler: hako`, on the host's network or with a
+//! network of their own (CNI).
 
 use std::path::{Path, PathBuf};
 
@@ -50,6 +50,15 @@ impl Cri {
 
     /// The pod's config: host network, logs under `log_dir`.
     pub fn pod_config(&self, name: &str) -> PodSandboxConfig {
+        self.config(name, NamespaceMode::Node)
+    }
+
+    /// The pod's config with a network namespace of its own (made and set up by CNI).
+    pub fn pod_config_with_network(&self, name: &str) -> PodSandboxConfig {
+        self.config(name, NamespaceMode::Pod)
+    }
+
+    fn config(&self, name: &str, network: NamespaceMode) -> PodSandboxConfig {
         PodSandboxConfig {
             metadata: Some(PodSandboxMetadata {
                 name: name.into(),
@@ -62,7 +71,7 @@ impl Cri {
             linux: Some(LinuxPodSandboxConfig {
                 security_context: Some(LinuxSandboxSecurityContext {
                     namespace_options: Some(NamespaceOption {
-                        network: NamespaceMode::Node as i32,
+                        network: network as i32,
                         ..Default::default()
                     }),
                     ..Default::default()

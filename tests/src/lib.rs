@@ -9,6 +9,7 @@ pub mod containerd;
 pub mod cri;
 pub mod fixtures;
 pub mod hako_vmm;
+pub mod netns;
 pub mod podman;
 pub mod qemu;
 pub mod require;

@@ -5,14 +5,12 @@
 //! powers off (status 0); deleting the namespace removes the tap.
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
-use std::os::fd::AsFd;
-use std::process::Command;
 use std::time::Duration;
 
 use hako_guest_probe::{NET_ARG, NET_GUEST_HELLO, NET_HOST_HELLO};
 use hako_rootfs_builder::images::{PROBE_DONE_MARKER, PROBE_POWEROFF_ARG};
 use hako_tests::boot::{self, Boot};
+use hako_tests::netns::Netns;
 use hako_tests::require::{self, Skip};
 use hako_tests::{fixtures, hako_vmm};
 use hako_vmm_api::{ExitReason, NetConfig};
@@ -23,64 +21,6 @@ const HOST_IP: &str = "10.77.0.1";
 const GUEST_CIDR: &str = "10.77.0.2/24";
 const PORT: u16 = 7777;
 const MTU: u16 = 1400;
-
-/// A network namespace that is deleted (with its tap) when dropped.
-struct Netns(String);
-
-impl Netns {
-    fn create() -> Result<Self, String> {
-        let name = format!("hako-net-{}", std::process::id());
-        ip(&["netns", "add", &name])?;
-        let ns = Self(name);
-        ns.ip(&["link", "set", "lo", "up"])?;
-        ns.ip(&["tuntap", "add", "dev", TAP, "mode", "tap"])?;
-        ns.ip(&["addr", "add", &format!("{HOST_IP}/24"), "dev", TAP])?;
-        ns.ip(&["link", "set", TAP, "mtu", &MTU.to_string(), "up"])?;
-        Ok(ns)
-    }
-
-    fn ip(&self, args: &[&str]) -> Result<(), String> {
-        let mut all = vec!["-n", self.0.as_str()];
-        all.extend_from_slice(args);
-        ip(&all)
-    }
-
-    /// Binds a TCP listener inside the namespace (from a thread that enters it; the socket
-    /// stays in the namespace it was made in).
-    fn listen(&self, addr: &str) -> Result<TcpListener, String> {
-        let path = format!("/run/netns/{}", self.0);
-        let addr = addr.to_owned();
-        std::thread::spawn(move || {
-            let ns = std::fs::File::open(&path).map_err(|e| format!("{path}: {e}"))?;
-            nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
-                .map_err(|e| format!("entering {path}: {e}"))?;
-            TcpListener::bind(&addr).map_err(|e| format!("binding {addr}: {e}"))
-        })
-        .join()
-        .map_err(|_| "the listener thread panicked".to_string())?
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = ip(&["netns", "del", &self.0]);
-    }
-}
-
-fn ip(args: &[&str]) -> Result<(), String> {
-    let o = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| format!("ip {args:?}: {e}"))?;
-    if o.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "ip {args:?}: {}",
-            String::from_utf8_lossy(&o.stderr).trim()
-        ))
-    }
-}
 
 fn expect(boot: &Boot, needle: &str) -> Result<(), Failed> {
     if boot.time_of(needle).is_none() {
@@ -93,7 +33,10 @@ fn guest_talks_tcp_through_a_tap() -> Result<(), Failed> {
     let vmm = fixtures::workspace_binary("hako-vmm", "hako-vmm")?;
     let kernel = fixtures::kernel().map_err(|s| Failed::from(s.to_string()))?;
     let image = fixtures::probe_image()?;
-    let ns = Netns::create()?;
+    let ns = Netns::create("hako-net")?;
+    ns.ip(&["tuntap", "add", "dev", TAP, "mode", "tap"])?;
+    ns.ip(&["addr", "add", &format!("{HOST_IP}/24"), "dev", TAP])?;
+    ns.ip(&["link", "set", TAP, "mtu", &MTU.to_string(), "up"])?;
     let listener = ns.listen(&format!("{HOST_IP}:{PORT}"))?;
     let server = std::thread::spawn(move || -> Result<String, String> {
         let (s, peer) = listener.accept().map_err(|e| format!("accept: {e}"))?;

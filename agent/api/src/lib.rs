@@ -27,6 +27,9 @@ pub mod health_ttrpc {
     include!(concat!(env!("OUT_DIR"), "/health_ttrpc.rs"));
 }
 
+#[cfg(feature = "netlink")]
+pub mod netlink;
+
 /// The API version (`Health.Version`): a runtime refuses an agent of another major.
 pub const API_MAJOR: u32 = 1;
 pub const API_MINOR: u32 = 0;

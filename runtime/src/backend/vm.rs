@@ -10,7 +10,7 @@ use anyhow::{Context, bail};
 use hako_agent_api::SHARED_FS_TAG;
 use hako_vmm_api::{
     ConsoleConfig, ControlReply, ControlRequest, CpuProfile, FsConfig, KernelConfig, MachineConfig,
-    VmConfig, VsockConfig,
+    NetConfig, VmConfig, VsockConfig,
 };
 
 /// The vsock context id of a VM booted cold (one VM per hako-vmm, so any id ≥ 3 serves).
@@ -42,6 +42,10 @@ pub struct VmSpec {
     pub cmdline: String,
     /// The guest's vsock context id.
     pub guest_cid: u32,
+    /// The pod network namespace hako-vmm runs in (its taps are there), if any.
+    pub netns: Option<PathBuf>,
+    /// Its net devices, one per tap.
+    pub net: Vec<NetConfig>,
 }
 
 /// Paths of one sandbox's VM, all under its state directory.
@@ -107,7 +111,7 @@ pub fn vm_config(spec: &VmSpec, paths: &VmPaths) -> VmConfig {
                 read_only: false,
             }],
             block: Vec::new(),
-            net: Vec::new(),
+            net: spec.net.clone(),
         },
     }
 }
@@ -149,13 +153,13 @@ impl Vm {
             .with_context(|| format!("writing {}", paths.config.display()))?;
         let log = std::fs::File::create(&paths.vmm_log)
             .with_context(|| format!("creating {}", paths.vmm_log.display()))?;
-        let mut cmd = Command::new(&spec.vmm);
-        cmd.arg("--config").arg(&paths.config);
-        if let Some(dir) = snapshot {
-            cmd.arg("--restore").arg(dir);
-        }
-        let child = cmd
-            .env(
+        let start = || {
+            let mut cmd = Command::new(&spec.vmm);
+            cmd.arg("--config").arg(&paths.config);
+            if let Some(dir) = snapshot {
+                cmd.arg("--restore").arg(dir);
+            }
+            cmd.env(
                 "HAKO_LOG",
                 std::env::var("HAKO_LOG").unwrap_or_else(|_| "warn".into()),
             )
@@ -163,7 +167,12 @@ impl Vm {
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .with_context(|| format!("starting {}", spec.vmm.display()))?;
+            .with_context(|| format!("starting {}", spec.vmm.display()))
+        };
+        let child = match &spec.netns {
+            Some(netns) => crate::network::run_in_netns(netns, start)?,
+            None => start()?,
+        };
         Ok(Self { child, paths })
     }
 
@@ -205,11 +214,27 @@ impl Vm {
         }
     }
 
-    /// The last lines of the guest console, for error messages.
-    pub fn console_tail(&self, lines: usize) -> String {
-        let text = std::fs::read_to_string(&self.paths.console).unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+    /// For error messages: the last lines of the guest console and, if hako-vmm logged
+    /// anything (a VMM that failed to start says why there), of its log.
+    pub fn last_words(&self, lines: usize) -> String {
+        let tail = |path: &Path| {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            let all: Vec<&str> = text.lines().collect();
+            all[all.len().saturating_sub(lines)..].join("\n")
+        };
+        let mut out = format!(
+            "guest console {} ends with:\n{}",
+            self.paths.console.display(),
+            tail(&self.paths.console)
+        );
+        let log = tail(&self.paths.vmm_log);
+        if !log.trim().is_empty() {
+            out.push_str(&format!(
+                "\nhako-vmm's log {} ends with:\n{log}",
+                self.paths.vmm_log.display()
+            ));
+        }
+        out
     }
 }
 
@@ -235,6 +260,8 @@ mod tests {
             cpu_profile: CpuProfile::Conservative,
             cmdline: "quiet".into(),
             guest_cid: 7,
+            netns: None,
+            net: Vec::new(),
         };
         let c = vm_config(&spec, &paths);
         assert_eq!(

@@ -32,13 +32,14 @@ use crate::backend::find_vmm;
 use crate::backend::vm::{Vm, VmPaths, VmSpec, random_cid};
 use crate::config::Config;
 use crate::io::Copies;
+use crate::network::PodNetwork;
 use crate::state::{SandboxState, mounts_under};
 use crate::template;
 
 /// Deadline of the agent RPCs that make or remove containers and processes: generous, since
 /// their guest kernel work takes tens of seconds where it is emulated and a loaded host slows
 /// it further (milliseconds on real KVM).
-const RPC: Duration = Duration::from_secs(600);
+pub(crate) const RPC: Duration = Duration::from_secs(600);
 
 /// `<root>/<id>/` and what is in it; removed (after unmounting) when dropped.
 pub struct StateDir {
@@ -103,28 +104,79 @@ pub struct Sandbox {
     pub agent: AgentServiceClient,
     pub events: Arc<dyn EventSink>,
     vm: Mutex<Vm>,
+    /// The taps wired into the pod's network namespace, if any.
+    network: Option<crate::network::Wiring>,
     containers: Mutex<HashMap<String, Arc<Container>>>,
     stopping: AtomicBool,
 }
 
 impl Sandbox {
-    /// In `dir` (`<root>/<id>/`, made by [`StateDir::create`]), starts the VM, waits for its
-    /// agent (up to the configured deadline) and creates the sandbox in the guest. On failure
-    /// nothing is left behind and the error names the console log.
+    /// In `dir` (`<root>/<id>/`, made by [`StateDir::create`]), starts the VM (with the pod
+    /// network in `netns` carried in, if given), waits for its agent (up to the configured
+    /// deadline) and creates the sandbox in the guest. On failure nothing is left behind and
+    /// the error names the console log.
     pub async fn boot(
         config: &Config,
         dir: StateDir,
         id: &str,
         size: VmSize,
         hostname: &str,
+        netns: Option<&Path>,
         events: Arc<dyn EventSink>,
     ) -> anyhow::Result<Arc<Self>> {
-        let spec = vm_spec(config, size)?;
+        let mut spec = vm_spec(config, size)?;
         let paths = VmPaths::under(&dir.dir);
         std::fs::create_dir(&paths.shared)
             .with_context(|| format!("creating {}", paths.shared.display()))?;
         SandboxState::new(id).save(&dir.dir)?;
-        let template = if config.template.enabled {
+        let network = match netns {
+            Some(ns) => PodNetwork::attach(ns)
+                .with_context(|| format!("sandbox {id}: carrying the pod network in"))?,
+            None => None,
+        };
+        let mut state = SandboxState::new(id);
+        if let Some(n) = &network {
+            spec.netns = Some(n.netns.clone());
+            spec.net = n.vmm_devices();
+            state.network = Some(n.wiring());
+        }
+        let booted = Self::boot_vm(
+            config,
+            dir,
+            id,
+            size,
+            hostname,
+            spec,
+            network.as_ref(),
+            state,
+            events,
+        )
+        .await;
+        if booted.is_err()
+            && let Some(n) = &network
+        {
+            n.wiring().detach();
+        }
+        booted
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn boot_vm(
+        config: &Config,
+        dir: StateDir,
+        id: &str,
+        size: VmSize,
+        hostname: &str,
+        spec: VmSpec,
+        network: Option<&PodNetwork>,
+        state: SandboxState,
+        events: Arc<dyn EventSink>,
+    ) -> anyhow::Result<Arc<Self>> {
+        let paths = VmPaths::under(&dir.dir);
+        state.save(&dir.dir)?;
+        // Templates hold VMs without network devices (a guest's NICs are fixed at boot):
+        // a sandbox with a pod network boots cold.
+        let template = if config.template.enabled && spec.net.is_empty() {
             let found = template::find(&config.template.dir, &spec).unwrap_or_else(|e| {
                 tracing::warn!(sandbox_id = id, "looking for a template: {e:#}");
                 None
@@ -139,12 +191,12 @@ impl Sandbox {
         let started = std::time::Instant::now();
         let launch = |snapshot: Option<PathBuf>| {
             let (spec, paths, state_dir) = (spec.clone(), paths.clone(), dir.dir.clone());
+            let mut state = state.clone();
             async move {
                 let mut vm = match &snapshot {
                     Some(t) => Vm::restore(&spec, paths.clone(), t)?,
                     None => Vm::start(&spec, paths.clone())?,
                 };
-                let mut state = SandboxState::new(id);
                 state.vmm_pid = vm.pid();
                 state.save(&state_dir)?;
                 tracing::info!(
@@ -156,15 +208,20 @@ impl Sandbox {
                     "sandbox VM started"
                 );
                 let resumed = snapshot.is_some();
-                match connect(&mut vm, config.agent_timeout(), id, hostname, resumed).await {
+                let connected =
+                    match connect(&mut vm, config.agent_timeout(), id, hostname, resumed).await {
+                        Ok(agent) => match network {
+                            Some(n) => n.configure_guest(&agent).await.map(|()| agent),
+                            None => Ok(agent),
+                        },
+                        Err(e) => Err(e),
+                    };
+                match connected {
                     Ok(agent) => Ok((vm, agent)),
                     Err(e) => {
-                        let tail = vm.console_tail(15);
+                        let words = vm.last_words(15);
                         drop(vm);
-                        Err(e.context(format!(
-                            "sandbox {id}: guest console {} ends with:\n{tail}",
-                            paths.console.display()
-                        )))
+                        Err(e.context(format!("sandbox {id}: {words}")))
                     }
                 }
             }
@@ -204,6 +261,7 @@ impl Sandbox {
             agent,
             events,
             vm: Mutex::new(vm),
+            network: state.network.clone(),
             containers: Mutex::new(HashMap::new()),
             stopping: AtomicBool::new(false),
         });
@@ -378,6 +436,9 @@ impl Sandbox {
                 rootfs::unbind(&c.bundle.join("rootfs"));
             }
         }
+        if let Some(n) = &self.network {
+            n.detach();
+        }
         remove_sandbox_dir(&self.dir);
         tracing::info!(sandbox_id = %self.id, "sandbox stopped");
     }
@@ -385,6 +446,7 @@ impl Sandbox {
     fn save_state(&self) {
         let mut state = SandboxState::new(&self.id);
         state.vmm_pid = self.vmm_pid;
+        state.network = self.network.clone();
         state.containers = self
             .containers
             .lock()
@@ -408,6 +470,8 @@ pub fn vm_spec(config: &Config, size: VmSize) -> anyhow::Result<VmSpec> {
         cpu_profile: config.vm.cpu_profile,
         cmdline: config.cmdline(),
         guest_cid: random_cid(),
+        netns: None,
+        net: Vec::new(),
     })
 }
 
@@ -498,7 +562,8 @@ pub fn clean_up_leftover(root: &Path, id: &str) -> bool {
     if !dir.is_dir() {
         return false;
     }
-    if let Ok(state) = SandboxState::load(&dir)
+    let state = SandboxState::load(&dir).ok();
+    if let Some(state) = &state
         && state.vmm_pid > 0
         && is_our_vmm(state.vmm_pid, &dir)
     {
@@ -510,6 +575,9 @@ pub fn clean_up_leftover(root: &Path, id: &str) -> bool {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+    if let Some(n) = state.and_then(|s| s.network) {
+        n.detach();
     }
     remove_sandbox_dir(&dir);
     true

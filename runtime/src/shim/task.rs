@@ -183,12 +183,14 @@ impl TaskService {
                 let name = self.dir_name.as_deref().unwrap_or(&req.id);
                 let dir = StateDir::create(&self.config.runtime.root, name)
                     .map_err(|e| ShimError::AlreadyExists(format!("{e:#}")))?;
+                let netns = crate::network::namespace_path(&spec);
                 let sandbox = Sandbox::boot(
                     &self.config,
                     dir,
                     &req.id,
                     size,
                     hostname,
+                    netns.as_deref(),
                     Arc::new(self.events.clone()),
                 )
                 .await?;

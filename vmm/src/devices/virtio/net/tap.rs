@@ -8,7 +8,6 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
 
 use super::frame::VNET_HDR_LEN;
 
@@ -62,7 +61,10 @@ impl Tap {
         if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains('/') {
             return Err(TapError::Name(name.to_owned()));
         }
-        if !Path::new("/sys/class/net").join(name).exists() {
+        // Asked of this thread's network namespace (sysfs may show another one's).
+        let cname = std::ffi::CString::new(name).map_err(|_| TapError::Name(name.to_owned()))?;
+        // SAFETY: `cname` is a NUL-terminated string that outlives the call.
+        if unsafe { libc::if_nametoindex(cname.as_ptr()) } == 0 {
             return Err(TapError::Missing(name.to_owned()));
         }
         let io = |what| {

@@ -1,0 +1,292 @@
+//! Pod networking (the runtime side), in network namespaces the test makes:
+//! - tier 2 (root, `ip`, `tc`): a pod namespace as CNI leaves it (a veth `eth0` with an
+//!   address, MTU 1400, a default route, a static neighbour) is read and wired: a tap beside
+//!   the veth, tc redirects both ways, the plan carries the veth's MAC, MTU, address, routes
+//!   and neighbour; detaching removes the tap and the qdiscs; the runtime's own (host)
+//!   namespace is refused;
+//! - tier 4 (KVM, containerd, Debian's CNI plugins): containerd runs in a namespace of the
+//!   test's (so the CNI bridge is made there, never on the host), with a bridge + host-local
+//!   CNI config (MTU 1400). A CRI pod with its own network on the `hako` handler: the guest's
+//!   eth0 has the CNI-assigned address and MTU 1400, a container reaches a server on the
+//!   bridge's side, the bridge's side reaches a server in the pod, and stopping the pod leaves
+//!   no taps, qdiscs or sandbox behind.
+
+use std::io::{BufRead, BufReader, Write};
+use std::time::{Duration, Instant};
+
+use hako_runtime::network::PodNetwork;
+use hako_tests::containerd::{BUSYBOX, Containerd};
+use hako_tests::cri::Cri;
+use hako_tests::fixtures;
+use hako_tests::netns::Netns;
+use hako_tests::require::{self, Skip};
+use libtest_mimic::{Arguments, Failed};
+
+fn wires_taps_with_tc() -> Result<(), Failed> {
+    let ns = Netns::create("hako-podnet")?;
+    let peer = Netns::create("hako-podnet-peer")?;
+    ns.ip(&[
+        "link", "add", "eth0", "type", "veth", "peer", "name", "peer0", "netns", &peer.0,
+    ])?;
+    ns.ip(&["link", "set", "eth0", "mtu", "1400", "up"])?;
+    peer.ip(&["link", "set", "peer0", "up"])?;
+    ns.ip(&["addr", "add", "10.99.1.2/24", "dev", "eth0"])?;
+    ns.ip(&["route", "add", "default", "via", "10.99.1.1"])?;
+    ns.ip(&[
+        "neigh",
+        "add",
+        "10.99.1.1",
+        "lladdr",
+        "02:00:00:00:63:01",
+        "dev",
+        "eth0",
+        "nud",
+        "permanent",
+    ])?;
+    let link = ns.ip(&["link", "show", "eth0"])?;
+    let mac = link
+        .split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1)
+        .ok_or(format!("no MAC in {link}"))?
+        .to_owned();
+
+    let pod = PodNetwork::attach(&ns.path())
+        .map_err(|e| format!("{e:#}"))?
+        .ok_or("nothing carried")?;
+    let e = pod.plan.endpoints.first().ok_or("no endpoint")?;
+    if pod.plan.endpoints.len() != 1 || e.veth != "eth0" || e.tap != "tap0_hako" {
+        return Err(format!("endpoints {:?}", pod.plan.endpoints).into());
+    }
+    let addrs: Vec<String> = e
+        .guest
+        .ip_addresses
+        .iter()
+        .map(|a| format!("{}/{}", a.address, a.prefix_len))
+        .collect();
+    if e.guest.hw_addr != mac || e.guest.mtu != 1400 || addrs != ["10.99.1.2/24"] {
+        return Err(format!("guest interface {:?} (veth MAC {mac})", e.guest).into());
+    }
+    if !pod
+        .plan
+        .routes
+        .iter()
+        .any(|r| r.dest == "default" && r.gateway == "10.99.1.1")
+        || pod.plan.neighbors.len() != 1
+    {
+        return Err(format!("routes {:?}", pod.plan.routes).into());
+    }
+    let dev = pod.vmm_devices();
+    if dev.len() != 1 || dev[0].mac != mac || dev[0].mtu != Some(1400) {
+        return Err(format!("VMM devices {dev:?}").into());
+    }
+    let tap = ns.ip(&["link", "show", "tap0_hako"])?;
+    if !tap.contains("mtu 1400") || !tap.contains(",UP") {
+        return Err(format!("tap: {tap}").into());
+    }
+    for (from, to) in [("eth0", "tap0_hako"), ("tap0_hako", "eth0")] {
+        let f = ns.tc(&["filter", "show", "dev", from, "ingress"])?;
+        if !f.contains("mirred") || !f.contains(&format!("Redirect to device {to}")) {
+            return Err(format!("{from}'s ingress filters: {f}").into());
+        }
+    }
+
+    pod.wiring().detach();
+    if ns.ip(&["link", "show", "tap0_hako"]).is_ok() {
+        return Err("the tap outlived detaching".into());
+    }
+    let q = ns.tc(&["qdisc", "show", "dev", "eth0"])?;
+    if q.contains("ingress") {
+        return Err(format!("eth0 kept its ingress qdisc: {q}").into());
+    }
+
+    let own = PodNetwork::attach(std::path::Path::new("/proc/self/ns/net"));
+    match own {
+        Err(e) if format!("{e:#}").contains("runtime's own") => Ok(()),
+        other => Err(format!("attaching the host's namespace gave {other:?}").into()),
+    }
+}
+
+/// The CNI network containerd gives pods: a bridge in containerd's namespace, MTU 1400.
+const CNI_CONFLIST: &str = r#"{
+  "cniVersion": "0.4.0",
+  "name": "hako-test",
+  "plugins": [
+    {
+      "type": "bridge",
+      "bridge": "hkbr0",
+      "isGateway": true,
+      "ipMasq": false,
+      "mtu": 1400,
+      "ipam": {
+        "type": "host-local",
+        "ranges": [[{"subnet": "10.99.2.0/24"}]],
+        "routes": [{"dst": "0.0.0.0/0"}],
+        "dataDir": "DATA_DIR"
+      }
+    }
+  ]
+}"#;
+const GATEWAY: &str = "10.99.2.1";
+
+fn cri_pod_network() -> Result<(), Failed> {
+    let ns = Netns::create("hako-ctdnet")?;
+    let ipam = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let conflist = CNI_CONFLIST.replace("DATA_DIR", &ipam.path().display().to_string());
+    let ctd = Containerd::start_with_network(&ns.path(), &conflist)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let result = rt.block_on(async {
+        let mut cri = Cri::connect(&ctd.socket, ctd.dir.path()).await?;
+        let pod_config = cri.pod_config_with_network("netpod");
+        let pod = cri.run_pod(&pod_config, "hako").await?;
+        let checked = in_pod(&mut cri, &ns, &pod, &pod_config).await;
+        let stopped = cri.stop_and_remove_pod(&pod).await;
+        checked.and(stopped)
+    });
+    // After the pod: no taps or qdiscs anywhere the test can see, no sandbox left.
+    let links = ns.ip(&["link"])?;
+    let left_over = if links.contains("_hako") {
+        Err(format!("a tap is left in containerd's namespace: {links}"))
+    } else if std::fs::read_dir(&ctd.hako_root).is_ok_and(|mut d| d.next().is_some()) {
+        Err(format!("{} is not empty", ctd.hako_root.display()))
+    } else {
+        Ok(())
+    };
+    let log = ctd.log_tail(40);
+    result
+        .and(left_over)
+        .map_err(|e| format!("{e}\ncontainerd log ends with:\n{log}").into())
+}
+
+async fn in_pod(
+    cri: &mut Cri,
+    ns: &Netns,
+    pod: &str,
+    pod_config: &k8s_cri::v1::PodSandboxConfig,
+) -> Result<(), String> {
+    // A server in the pod: answers every connection with one line.
+    let id = cri
+        .start_container(
+            pod,
+            pod_config,
+            "server",
+            BUSYBOX,
+            &[
+                "sh",
+                "-c",
+                "while true; do echo pod-says-hi | busybox nc -l -p 8080; done",
+            ],
+        )
+        .await?;
+    let addr = cri
+        .exec_sync(&id, &["busybox", "ip", "-4", "addr", "show", "eth0"])
+        .await?;
+    let text = String::from_utf8_lossy(&addr.stdout).into_owned();
+    eprintln!("guest eth0: {text}");
+    let ip = text
+        .split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .and_then(|a| a.split('/').next())
+        .ok_or(format!("no IPv4 address on the guest's eth0: {text}"))?
+        .to_owned();
+    if !ip.starts_with("10.99.2.") || !text.contains("mtu 1400") {
+        return Err(format!(
+            "the guest's eth0 is not the CNI's (10.99.2.0/24, MTU 1400): {text}"
+        ));
+    }
+
+    // The pod reaches a server on the bridge's side (the gateway).
+    let listener = ns.listen(&format!("{GATEWAY}:7070"))?;
+    let server = std::thread::spawn(move || -> Result<String, String> {
+        let (s, peer) = listener.accept().map_err(|e| format!("accept: {e}"))?;
+        s.set_read_timeout(Some(Duration::from_secs(120)))
+            .map_err(|e| e.to_string())?;
+        let mut line = String::new();
+        BufReader::new(&s)
+            .read_line(&mut line)
+            .map_err(|e| format!("read: {e}"))?;
+        (&s).write_all(b"host-says-hi\n")
+            .map_err(|e| format!("write: {e}"))?;
+        Ok(format!("{peer} said {line:?}"))
+    });
+    let out = cri
+        .exec_sync(
+            &id,
+            &[
+                "sh",
+                "-c",
+                "echo pod-calls | busybox nc -w 30 10.99.2.1 7070",
+            ],
+        )
+        .await?;
+    let heard = server.join().map_err(|_| "the server thread panicked")??;
+    let reply = String::from_utf8_lossy(&out.stdout);
+    eprintln!("bridge side: {heard}; the pod heard {reply:?}");
+    if !heard.contains("pod-calls") || !heard.contains(&ip) || !reply.contains("host-says-hi") {
+        return Err(format!("pod -> bridge: {heard}; reply {reply:?}"));
+    }
+
+    // The bridge's side reaches the server in the pod.
+    let start = Instant::now();
+    let answer = loop {
+        // One line: the server's nc keeps the connection open until the client closes it.
+        let got = ns.connect(&format!("{ip}:8080")).and_then(|s| {
+            s.set_read_timeout(Some(Duration::from_secs(60)))
+                .map_err(|e| e.to_string())?;
+            let mut line = String::new();
+            BufReader::new(s)
+                .read_line(&mut line)
+                .map_err(|e| e.to_string())?;
+            Ok(line)
+        });
+        match got {
+            Ok(t) if !t.is_empty() => break t,
+            other if start.elapsed() > Duration::from_secs(120) => {
+                return Err(format!("connecting to the pod's server: {other:?}"));
+            }
+            _ => tokio::time::sleep(Duration::from_secs(1)).await,
+        }
+    };
+    if !answer.contains("pod-says-hi") {
+        return Err(format!("the pod's server said {answer:?}"));
+    }
+    Ok(())
+}
+
+fn host_prerequisites() -> Result<(), Skip> {
+    require::root()?;
+    require::program("ip")?;
+    require::program("tc")?;
+    if !std::path::Path::new("/dev/net/tun").exists() {
+        return Err(Skip("no /dev/net/tun".into()));
+    }
+    Ok(())
+}
+
+fn cri_prerequisites() -> Result<(), Skip> {
+    host_prerequisites()?;
+    require::kvm()?;
+    require::program("containerd")?;
+    require::program("nsenter")?;
+    for plugin in ["bridge", "host-local", "loopback"] {
+        require::program(&format!("/usr/lib/cni/{plugin}"))?;
+    }
+    fixtures::kernel().map(drop)
+}
+
+fn main() {
+    let args = Arguments::from_args();
+    let trials = vec![
+        require::trial(
+            "pod_network_wires_taps_with_tc",
+            host_prerequisites,
+            wires_taps_with_tc,
+        ),
+        require::trial("pod_network_cri_pod", cri_prerequisites, cri_pod_network),
+    ];
+    libtest_mimic::run(&args, trials).exit()
+}
