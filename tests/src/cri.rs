@@ -11,8 +11,8 @@ use k8s_cri::v1::{
     ContainerConfig, ContainerMetadata, ContainerStatsRequest, CreateContainerRequest,
     ExecSyncRequest, ExecSyncResponse, ImageSpec, LinuxPodSandboxConfig,
     LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption, PodSandboxConfig,
-    PodSandboxMetadata, RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest,
-    StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
+    PodSandboxMetadata, PodSandboxStatusRequest, RemoveContainerRequest, RemovePodSandboxRequest,
+    RunPodSandboxRequest, StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
 };
 use tonic::transport::{Channel, Endpoint, Uri};
 
@@ -194,6 +194,23 @@ impl Cri {
             .await
             .map_err(err("RemoveContainer"))?;
         Ok(())
+    }
+
+    /// The pod's IP address, as CNI gave it (empty for host-network pods).
+    pub async fn pod_ip(&mut self, id: &str) -> Result<String, String> {
+        Ok(self
+            .runtime
+            .pod_sandbox_status(PodSandboxStatusRequest {
+                pod_sandbox_id: id.into(),
+                verbose: false,
+            })
+            .await
+            .map_err(err("PodSandboxStatus"))?
+            .into_inner()
+            .status
+            .and_then(|s| s.network)
+            .map(|n| n.ip)
+            .unwrap_or_default())
     }
 
     pub async fn stop_and_remove_pod(&mut self, id: &str) -> Result<(), String> {

@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod boot;
+pub mod cni;
 pub mod containerd;
 pub mod cri;
 pub mod fixtures;

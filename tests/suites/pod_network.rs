@@ -8,14 +8,15 @@
 //!   test's (so the CNI bridge is made there, never on the host), with a bridge + host-local
 //!   CNI config (MTU 1400). A CRI pod with its own network on the `hako` handler: the guest's
 //!   eth0 has the CNI-assigned address and MTU 1400, a container reaches a server on the
-//!   bridge's side, the bridge's side reaches a server in the pod, and stopping the pod leaves
-//!   no taps, qdiscs or sandbox behind.
+//!   bridge's side, the bridge's side and another pod (runc, same bridge) reach a server in
+//!   the pod, and stopping the pod leaves no taps, qdiscs or sandbox behind.
 
 use std::io::{BufRead, BufReader, Write};
 use std::time::{Duration, Instant};
 
 use hako_runtime::network::PodNetwork;
-use hako_tests::containerd::{BUSYBOX, Containerd};
+use hako_tests::cni::CniContainerd;
+use hako_tests::containerd::BUSYBOX;
 use hako_tests::cri::Cri;
 use hako_tests::fixtures;
 use hako_tests::netns::Netns;
@@ -107,47 +108,27 @@ fn wires_taps_with_tc() -> Result<(), Failed> {
     }
 }
 
-/// The CNI network containerd gives pods: a bridge in containerd's namespace, MTU 1400.
-const CNI_CONFLIST: &str = r#"{
-  "cniVersion": "0.4.0",
-  "name": "hako-test",
-  "plugins": [
-    {
-      "type": "bridge",
-      "bridge": "hkbr0",
-      "isGateway": true,
-      "ipMasq": false,
-      "mtu": 1400,
-      "ipam": {
-        "type": "host-local",
-        "ranges": [[{"subnet": "10.99.2.0/24"}]],
-        "routes": [{"dst": "0.0.0.0/0"}],
-        "dataDir": "DATA_DIR"
-      }
-    }
-  ]
-}"#;
-const GATEWAY: &str = "10.99.2.1";
+/// The pods' network: `10.99.2.0/24` on a bridge in containerd's namespace, MTU 1400.
+const SUBNET: &str = "10.99.2";
+const MTU: u32 = 1400;
 
 fn cri_pod_network() -> Result<(), Failed> {
-    let ns = Netns::create("hako-ctdnet")?;
-    let ipam = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let conflist = CNI_CONFLIST.replace("DATA_DIR", &ipam.path().display().to_string());
-    let ctd = Containerd::start_with_network(&ns.path(), &conflist)?;
+    let net = CniContainerd::start("hako-ctdnet", SUBNET, MTU)?;
+    let ctd = &net.containerd;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
     let result = rt.block_on(async {
         let mut cri = Cri::connect(&ctd.socket, ctd.dir.path()).await?;
-        let pod_config = cri.pod_config_with_network("netpod");
-        let pod = cri.run_pod(&pod_config, "hako").await?;
-        let checked = in_pod(&mut cri, &ns, &pod, &pod_config).await;
-        let stopped = cri.stop_and_remove_pod(&pod).await;
+        let hako_config = cri.pod_config_with_network("netpod");
+        let hako = cri.run_pod(&hako_config, "hako").await?;
+        let checked = hako_pod_checks(&mut cri, &net, &hako, &hako_config).await;
+        let stopped = cri.stop_and_remove_pod(&hako).await;
         checked.and(stopped)
     });
     // After the pod: no taps or qdiscs anywhere the test can see, no sandbox left.
-    let links = ns.ip(&["link"])?;
+    let links = net.ns.ip(&["link"])?;
     let left_over = if links.contains("_hako") {
         Err(format!("a tap is left in containerd's namespace: {links}"))
     } else if std::fs::read_dir(&ctd.hako_root).is_ok_and(|mut d| d.next().is_some()) {
@@ -161,9 +142,9 @@ fn cri_pod_network() -> Result<(), Failed> {
         .map_err(|e| format!("{e}\ncontainerd log ends with:\n{log}").into())
 }
 
-async fn in_pod(
+async fn hako_pod_checks(
     cri: &mut Cri,
-    ns: &Netns,
+    net: &CniContainerd,
     pod: &str,
     pod_config: &k8s_cri::v1::PodSandboxConfig,
 ) -> Result<(), String> {
@@ -181,26 +162,23 @@ async fn in_pod(
             ],
         )
         .await?;
+    let ip = cri.pod_ip(pod).await?;
     let addr = cri
         .exec_sync(&id, &["busybox", "ip", "-4", "addr", "show", "eth0"])
         .await?;
     let text = String::from_utf8_lossy(&addr.stdout).into_owned();
-    eprintln!("guest eth0: {text}");
-    let ip = text
-        .split_whitespace()
-        .skip_while(|w| *w != "inet")
-        .nth(1)
-        .and_then(|a| a.split('/').next())
-        .ok_or(format!("no IPv4 address on the guest's eth0: {text}"))?
-        .to_owned();
-    if !ip.starts_with("10.99.2.") || !text.contains("mtu 1400") {
+    eprintln!("CNI gave the pod {ip}; the guest's eth0: {text}");
+    if !ip.starts_with(&format!("{SUBNET}."))
+        || !text.contains(&format!("inet {ip}/24"))
+        || !text.contains(&format!("mtu {MTU}"))
+    {
         return Err(format!(
-            "the guest's eth0 is not the CNI's (10.99.2.0/24, MTU 1400): {text}"
+            "the guest's eth0 is not what CNI made ({ip}/24, MTU {MTU}): {text}"
         ));
     }
 
     // The pod reaches a server on the bridge's side (the gateway).
-    let listener = ns.listen(&format!("{GATEWAY}:7070"))?;
+    let listener = net.ns.listen(&format!("{}:7070", net.gateway))?;
     let server = std::thread::spawn(move || -> Result<String, String> {
         let (s, peer) = listener.accept().map_err(|e| format!("accept: {e}"))?;
         s.set_read_timeout(Some(Duration::from_secs(120)))
@@ -213,16 +191,8 @@ async fn in_pod(
             .map_err(|e| format!("write: {e}"))?;
         Ok(format!("{peer} said {line:?}"))
     });
-    let out = cri
-        .exec_sync(
-            &id,
-            &[
-                "sh",
-                "-c",
-                "echo pod-calls | busybox nc -w 30 10.99.2.1 7070",
-            ],
-        )
-        .await?;
+    let call = format!("echo pod-calls | busybox nc {} 7070", net.gateway);
+    let out = cri.exec_sync(&id, &["sh", "-c", &call]).await?;
     let heard = server.join().map_err(|_| "the server thread panicked")??;
     let reply = String::from_utf8_lossy(&out.stdout);
     eprintln!("bridge side: {heard}; the pod heard {reply:?}");
@@ -231,10 +201,42 @@ async fn in_pod(
     }
 
     // The bridge's side reaches the server in the pod.
+    let answer = read_line_from(&net.ns, &format!("{ip}:8080")).await?;
+    if !answer.contains("pod-says-hi") {
+        return Err(format!(
+            "the pod's server said {answer:?} to the bridge's side"
+        ));
+    }
+
+    // Another pod (runc, on the same bridge) reaches the server in the Hako pod.
+    let runc_config = cri.pod_config_with_network("runcpod");
+    let runc = cri.run_pod(&runc_config, "runc").await?;
+    let asked = async {
+        let client = cri
+            .start_container(&runc, &runc_config, "client", BUSYBOX, &["sleep", "600"])
+            .await?;
+        let ask = format!("busybox timeout 60 busybox nc {ip} 8080 </dev/null");
+        let o = cri.exec_sync(&client, &["sh", "-c", &ask]).await?;
+        Ok::<_, String>(String::from_utf8_lossy(&o.stdout).into_owned())
+    }
+    .await;
+    let removed = cri.stop_and_remove_pod(&runc).await;
+    let answer = asked?;
+    removed?;
+    eprintln!("the runc pod heard {answer:?}");
+    if !answer.contains("pod-says-hi") {
+        return Err(format!("the pod's server said {answer:?} to another pod"));
+    }
+    Ok(())
+}
+
+/// Connects from `ns` to `addr` (retrying for up to two minutes: the guest's server may
+/// still be starting) and reads one line: the server's nc keeps the connection open until
+/// the client closes it.
+async fn read_line_from(ns: &Netns, addr: &str) -> Result<String, String> {
     let start = Instant::now();
-    let answer = loop {
-        // One line: the server's nc keeps the connection open until the client closes it.
-        let got = ns.connect(&format!("{ip}:8080")).and_then(|s| {
+    loop {
+        let got = ns.connect(addr).and_then(|s| {
             s.set_read_timeout(Some(Duration::from_secs(60)))
                 .map_err(|e| e.to_string())?;
             let mut line = String::new();
@@ -244,17 +246,13 @@ async fn in_pod(
             Ok(line)
         });
         match got {
-            Ok(t) if !t.is_empty() => break t,
+            Ok(t) if !t.is_empty() => return Ok(t),
             other if start.elapsed() > Duration::from_secs(120) => {
-                return Err(format!("connecting to the pod's server: {other:?}"));
+                return Err(format!("connecting to {addr}: {other:?}"));
             }
             _ => tokio::time::sleep(Duration::from_secs(1)).await,
         }
-    };
-    if !answer.contains("pod-says-hi") {
-        return Err(format!("the pod's server said {answer:?}"));
     }
-    Ok(())
 }
 
 fn host_prerequisites() -> Result<(), Skip> {

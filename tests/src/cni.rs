@@ -1,0 +1,61 @@
+//! A CNI pod network for end-to-end tests and benchmarks, kept off the host: containerd runs
+//! in a network namespace the test makes (`nsenter --net`), so the CNI plugins it calls
+//! (Debian's bridge + host-local) make their bridge and veths there. The bridge's side of
+//! that namespace (the gateway address) stands for "the host" or "another node" in checks.
+
+use std::path::Path;
+
+use crate::containerd::Containerd;
+use crate::netns::Netns;
+
+/// A bridge network `<subnet>.0/24` (gateway `<subnet>.1`) with the given MTU.
+pub fn bridge_conflist(bridge: &str, subnet: &str, mtu: u32, ipam_dir: &Path) -> String {
+    format!(
+        r#"{{
+  "cniVersion": "0.4.0",
+  "name": "hako-test",
+  "plugins": [
+    {{
+      "type": "bridge",
+      "bridge": "{bridge}",
+      "isGateway": true,
+      "ipMasq": false,
+      "mtu": {mtu},
+      "ipam": {{
+        "type": "host-local",
+        "ranges": [[{{"subnet": "{subnet}.0/24"}}]],
+        "routes": [{{"dst": "0.0.0.0/0"}}],
+        "dataDir": "{ipam}"
+      }}
+    }}
+  ]
+}}"#,
+        ipam = ipam_dir.display()
+    )
+}
+
+/// containerd in a namespace of its own with a CNI bridge network. Dropping it stops
+/// containerd, then deletes the namespace (with the bridge).
+pub struct CniContainerd {
+    pub containerd: Containerd,
+    pub ns: Netns,
+    /// The bridge's address: a server bound here is "outside the pod".
+    pub gateway: String,
+    _ipam: tempfile::TempDir,
+}
+
+impl CniContainerd {
+    /// `prefix` names the namespace; the network is `<subnet>.0/24`.
+    pub fn start(prefix: &str, subnet: &str, mtu: u32) -> Result<Self, String> {
+        let ns = Netns::create(prefix)?;
+        let ipam = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let conflist = bridge_conflist("hkbr0", subnet, mtu, ipam.path());
+        let containerd = Containerd::start_with_network(&ns.path(), &conflist)?;
+        Ok(Self {
+            containerd,
+            ns,
+            gateway: format!("{subnet}.1"),
+            _ipam: ipam,
+        })
+    }
+}
