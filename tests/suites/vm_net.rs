@@ -59,6 +59,7 @@ fn guest_talks_tcp_through_a_tap() -> Result<(), Failed> {
         tap: TAP.into(),
         mac: "02:00:00:00:77:02".into(),
         mtu: Some(MTU),
+        rate_limit: None,
     });
     let cmd =
         hako_vmm::command_in_netns(&vmm, dir.path(), &config, &ns.0).map_err(|e| e.to_string())?;

@@ -234,7 +234,8 @@ fn assemble(
         let counters = Counters::new(net::COUNTERS);
         // Checked with the config; a default never reaches a guest.
         let mac = net.mac_bytes().unwrap_or([2, 0, 0, 0, 0, 1]);
-        let dev = Net::new(&net.id, &net.tap, mac, net.mtu, counters.clone())?;
+        let dev = Net::new(&net.id, &net.tap, mac, net.mtu, counters.clone())?
+            .with_rate_limit(net.rate_limit);
         devices.push((dev.name().to_owned(), counters));
         transports.push(manager.add(vm.fd(), &mut mmio, &guest_memory, Box::new(dev))?);
     }

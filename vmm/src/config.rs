@@ -55,6 +55,10 @@ pub enum ConfigError {
     Mac { id: String, mac: String },
     #[error("devices.net {id}: mtu {mtu} is outside 68-65535")]
     Mtu { id: String, mtu: u16 },
+    #[error(
+        "devices.net {id}: a rate limit needs bytes_per_sec above 0 and burst_bytes, if given, of at least one frame (65562)"
+    )]
+    RateLimit { id: String },
 }
 
 /// 1 TiB: more than any sandbox needs, small enough that sizes stay far from overflow.
@@ -178,6 +182,15 @@ pub fn validate(config: &VmConfig) -> Result<(), ConfigError> {
                 mtu,
             });
         }
+        let limits = net.rate_limit.unwrap_or_default();
+        let bad = |b: &hako_vmm_api::Bandwidth| {
+            b.bytes_per_sec == 0
+                || b.burst_bytes
+                    .is_some_and(|burst| burst < crate::devices::virtio::net::MAX_FRAME as u64)
+        };
+        if limits.rx.iter().chain(limits.tx.iter()).any(bad) {
+            return Err(ConfigError::RateLimit { id: net.id.clone() });
+        }
     }
     Ok(())
 }
@@ -213,8 +226,21 @@ mod tests {
             tap: tap.into(),
             mac: mac.into(),
             mtu,
+            rate_limit: None,
+        };
+        let limited = |tx| hako_vmm_api::NetConfig {
+            rate_limit: Some(hako_vmm_api::NetRateLimit {
+                rx: None,
+                tx: Some(tx),
+            }),
+            ..net("eth0", "tap0", "02:00:00:00:00:01", None)
         };
         c.devices.net = vec![net("eth0", "tap0", "02:00:00:00:00:01", Some(1400))];
+        validate(&c).unwrap();
+        c.devices.net = vec![limited(hako_vmm_api::Bandwidth {
+            bytes_per_sec: 1_000_000,
+            burst_bytes: None,
+        })];
         validate(&c).unwrap();
         for (bad, needle) in [
             (net("eth0", "tap0", "03:00:00:00:00:01", None), "unicast"),
@@ -226,6 +252,20 @@ mod tests {
             ),
             (net("eth0", "tap0", "02:00:00:00:00:01", Some(10)), "mtu 10"),
             (net("", "tap0", "02:00:00:00:00:01", None), "empty"),
+            (
+                limited(hako_vmm_api::Bandwidth {
+                    bytes_per_sec: 0,
+                    burst_bytes: None,
+                }),
+                "rate limit",
+            ),
+            (
+                limited(hako_vmm_api::Bandwidth {
+                    bytes_per_sec: 1_000_000,
+                    burst_bytes: Some(1500),
+                }),
+                "rate limit",
+            ),
         ] {
             c.devices.net = vec![bad];
             let e = validate(&c).unwrap_err().to_string();

@@ -109,6 +109,7 @@ impl PodNetwork {
                 tap: e.tap.clone(),
                 mac: e.guest.hw_addr.clone(),
                 mtu: u16::try_from(e.guest.mtu).ok().filter(|m| *m >= 68),
+                rate_limit: None,
             })
             .collect()
     }

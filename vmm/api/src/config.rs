@@ -131,6 +131,31 @@ pub struct NetConfig {
     /// The MTU offered to the guest (68-65535); none leaves the guest's default (1500).
     #[serde(default)]
     pub mtu: Option<u16>,
+    /// Bandwidth limits (token buckets) on what the guest receives and sends; none: unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<NetRateLimit>,
+}
+
+/// A net device's bandwidth limits, each direction as the guest sees it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetRateLimit {
+    /// Frames to the guest.
+    #[serde(default)]
+    pub rx: Option<Bandwidth>,
+    /// Frames from the guest.
+    #[serde(default)]
+    pub tx: Option<Bandwidth>,
+}
+
+/// A token bucket: `bytes_per_sec` refill, holding at most `burst_bytes` (default: one
+/// second's worth). A frame waits (it is never dropped) until the bucket holds its size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Bandwidth {
+    pub bytes_per_sec: u64,
+    #[serde(default)]
+    pub burst_bytes: Option<u64>,
 }
 
 impl NetConfig {

@@ -6,8 +6,8 @@ pub mod config;
 pub mod control;
 
 pub use config::{
-    BlockConfig, BootProtocol, ConsoleConfig, DevicesConfig, FsConfig, KernelConfig, MachineConfig,
-    NetConfig, VmConfig, VsockConfig,
+    Bandwidth, BlockConfig, BootProtocol, ConsoleConfig, DevicesConfig, FsConfig, KernelConfig,
+    MachineConfig, NetConfig, NetRateLimit, VmConfig, VsockConfig,
 };
 pub use control::{ControlReply, ControlRequest, ExitReason, Metrics, VmState};
 

@@ -20,6 +20,14 @@ pub fn pop<'m>(
     }
 }
 
+/// Whether the driver has made a chain available that [`pop`] has not taken yet.
+pub fn has_available(queue: &Queue, mem: &GuestMemoryMmap) -> bool {
+    use virtio_queue::QueueT;
+    queue
+        .avail_idx(mem, std::sync::atomic::Ordering::Acquire)
+        .is_ok_and(|idx| idx.0 != queue.next_avail())
+}
+
 /// Returns chain `head` with `len` bytes written to the used ring.
 pub fn complete(queue: &mut Queue, mem: &GuestMemoryMmap, head: u16, len: u32) {
     if let Err(e) = queue.add_used(mem, head, len) {

@@ -3,6 +3,9 @@
 
 use std::io::ErrorKind;
 use std::sync::Arc;
+use std::time::Instant;
+
+use hako_vmm_api::NetRateLimit;
 
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
@@ -10,6 +13,7 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::frame::{self, MAX_FRAME};
+use super::rate::TokenBucket;
 use super::tap::{FrameIo, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, Tap, TapError};
 use super::{
     LINK_UP, VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4,
@@ -64,6 +68,7 @@ pub struct Net {
     features: u64,
     config: [u8; 12],
     counters: Arc<Counters>,
+    rate_limit: NetRateLimit,
     worker: Option<WorkerThread<Box<dyn FrameIo>>>,
 }
 
@@ -114,8 +119,15 @@ impl Net {
             features,
             config,
             counters,
+            rate_limit: NetRateLimit::default(),
             worker: None,
         }
+    }
+
+    /// Limits the bandwidth each way (token buckets; frames wait, never drop).
+    pub fn with_rate_limit(mut self, limit: Option<NetRateLimit>) -> Self {
+        self.rate_limit = limit.unwrap_or_default();
+        self
     }
 }
 
@@ -183,6 +195,7 @@ impl VirtioDevice for Net {
             pending: None,
             rx_buf: vec![0u8; MAX_FRAME],
             tx_buf: vec![0u8; MAX_FRAME],
+            limits: Limits::new(self.rate_limit),
         };
         self.worker = Some(WorkerThread::spawn(&self.name, move |kill| {
             worker.run(kill)
@@ -208,6 +221,58 @@ struct Worker {
     pending: Option<usize>,
     rx_buf: Vec<u8>,
     tx_buf: Vec<u8>,
+    limits: Limits,
+}
+
+/// The bandwidth limits' state in a worker.
+#[derive(Debug, Default)]
+struct Limits {
+    rx: Option<TokenBucket>,
+    tx: Option<TokenBucket>,
+    /// A guest frame (its chain's head and length, in `tx_buf`) held back by the TX limit.
+    tx_held: Option<(u16, usize)>,
+    /// When a held-back direction may go on.
+    rx_at: Option<Instant>,
+    tx_at: Option<Instant>,
+}
+
+impl Limits {
+    fn new(limit: NetRateLimit) -> Self {
+        let now = Instant::now();
+        Self {
+            rx: limit.rx.map(|b| TokenBucket::new(b, now)),
+            tx: limit.tx.map(|b| TokenBucket::new(b, now)),
+            ..Self::default()
+        }
+    }
+
+    /// The epoll timeout (ms, rounded up; -1: none) until a held-back direction may go on.
+    fn timeout_ms(&self) -> i32 {
+        let now = Instant::now();
+        self.rx_at
+            .into_iter()
+            .chain(self.tx_at)
+            .min()
+            .map_or(-1, |t| {
+                let us = t.saturating_duration_since(now).as_micros();
+                i32::try_from(us.div_ceil(1000)).unwrap_or(i32::MAX)
+            })
+    }
+
+    /// Whether a frame of `len` bytes may go now through `bucket`; if not, when.
+    fn admit(bucket: &mut Option<TokenBucket>, len: usize) -> Result<(), Instant> {
+        let Some(b) = bucket else {
+            return Ok(());
+        };
+        let now = Instant::now();
+        let wait = b.wait_for(len, now);
+        if wait.is_zero() {
+            b.take(len);
+            Ok(())
+        } else {
+            Err(now + wait)
+        }
+    }
 }
 
 impl Worker {
@@ -223,7 +288,7 @@ impl Worker {
         // Frames may have arrived before the guest was ready.
         self.process_rx();
         loop {
-            let n = match epoll.wait(-1, &mut events) {
+            let n = match epoll.wait(self.limits.timeout_ms(), &mut events) {
                 Ok(n) => n,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) => {
@@ -246,6 +311,9 @@ impl Worker {
                     _ => rx = true,
                 }
             }
+            let now = Instant::now();
+            tx |= self.limits.tx_at.is_some_and(|t| t <= now);
+            rx |= self.limits.rx_at.is_some_and(|t| t <= now);
             if tx {
                 self.process_tx();
             }
@@ -277,6 +345,7 @@ impl Worker {
 
     /// Tap → guest, until the tap is empty or the guest has no buffer left.
     fn process_rx(&mut self) {
+        self.limits.rx_at = None;
         let mut used = false;
         loop {
             let len = match self.pending {
@@ -291,6 +360,16 @@ impl Worker {
                     }
                 },
             };
+            // No guest buffer: wait for one without spending the rate limit's tokens.
+            if !queue::has_available(&self.rx, &self.memory) {
+                self.pending = Some(len);
+                break;
+            }
+            if let Err(at) = Limits::admit(&mut self.limits.rx, len) {
+                self.pending = Some(len);
+                self.limits.rx_at = Some(at);
+                break;
+            }
             let Some(chain) = queue::pop(&mut self.rx, &self.memory) else {
                 self.pending = Some(len);
                 break;
@@ -319,24 +398,42 @@ impl Worker {
 
     /// Guest → tap: every frame the guest queued.
     fn process_tx(&mut self) {
+        self.limits.tx_at = None;
         let mut used = false;
-        while let Some(chain) = queue::pop(&mut self.tx, &self.memory) {
-            let head = chain.head_index();
-            match frame::read_tx(chain, &self.memory, &mut self.tx_buf) {
-                Ok(len) => match self.io.send(&self.tx_buf[..len]) {
-                    Ok(_) => {
-                        self.counters.add(TX_PACKETS, 1);
-                        self.counters.add(TX_BYTES, len as u64);
+        loop {
+            let (head, len) = match self.limits.tx_held.take() {
+                Some(held) => held,
+                None => {
+                    let Some(chain) = queue::pop(&mut self.tx, &self.memory) else {
+                        break;
+                    };
+                    let head = chain.head_index();
+                    match frame::read_tx(chain, &self.memory, &mut self.tx_buf) {
+                        Ok(len) => (head, len),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "net: dropping a malformed frame from the guest");
+                            self.counters.add(MALFORMED, 1);
+                            queue::complete(&mut self.tx, &self.memory, head, 0);
+                            used = true;
+                            continue;
+                        }
                     }
-                    Err(e) => {
-                        // A full tap queue drops, as a wire would.
-                        tracing::debug!(error = %e, "net: writing a frame to the tap");
-                        self.counters.add(TX_DROPPED, 1);
-                    }
-                },
+                }
+            };
+            if let Err(at) = Limits::admit(&mut self.limits.tx, len) {
+                self.limits.tx_held = Some((head, len));
+                self.limits.tx_at = Some(at);
+                break;
+            }
+            match self.io.send(&self.tx_buf[..len]) {
+                Ok(_) => {
+                    self.counters.add(TX_PACKETS, 1);
+                    self.counters.add(TX_BYTES, len as u64);
+                }
                 Err(e) => {
-                    tracing::warn!(error = %e, "net: dropping a malformed frame from the guest");
-                    self.counters.add(MALFORMED, 1);
+                    // A full tap queue drops, as a wire would.
+                    tracing::debug!(error = %e, "net: writing a frame to the tap");
+                    self.counters.add(TX_DROPPED, 1);
                 }
             }
             queue::complete(&mut self.tx, &self.memory, head, 0);
@@ -446,6 +543,7 @@ mod tests {
             pending: None,
             rx_buf: vec![0u8; MAX_FRAME],
             tx_buf: vec![0u8; MAX_FRAME],
+            limits: Limits::default(),
         };
         w.process_tx();
         let mut got = [0u8; 64];
@@ -469,5 +567,83 @@ mod tests {
         let snap = w.counters.snapshot();
         assert_eq!(snap["tx_packets"], 1);
         assert_eq!(snap["rx_packets"], 1);
+    }
+
+    #[test]
+    fn a_tx_limit_holds_frames_back_in_order_and_drops_none() {
+        use crate::devices::virtio::test_utils::{desc, mem};
+        use virtio_bindings::bindings::virtio_ring::VRING_DESC_F_NEXT;
+        use virtio_queue::desc::{RawDescriptor, split::Descriptor as SplitDescriptor};
+        use virtio_queue::mock::MockSplitQueue;
+        use vm_memory::{Bytes, GuestAddress};
+
+        let m = mem();
+        let (ours, peer) = std::os::unix::net::UnixDatagram::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        peer.set_nonblocking(true).unwrap();
+        let txq = MockSplitQueue::create(&m, GuestAddress(0x1000), 16);
+        let mut chains = Vec::new();
+        for i in 0..3u64 {
+            let hdr = 0x40000 + i * 0x1000;
+            let body = 0x60000 + i * 0x1000;
+            m.write_slice(&[0u8; 12], GuestAddress(hdr)).unwrap();
+            m.write_slice(&[b'a' + i as u8; 1000], GuestAddress(body))
+                .unwrap();
+            let next = (2 * i + 1) as u16;
+            chains.extend([
+                RawDescriptor::from(SplitDescriptor::new(
+                    hdr,
+                    12,
+                    VRING_DESC_F_NEXT as u16,
+                    next,
+                )),
+                desc(body, 1000, 0),
+            ]);
+        }
+        txq.build_multiple_desc_chains(&chains).unwrap();
+        // 1 MB/s with room for one frame: the next waits about a millisecond.
+        let limits = Limits::new(NetRateLimit {
+            rx: None,
+            tx: Some(hako_vmm_api::Bandwidth {
+                bytes_per_sec: 1_000_000,
+                burst_bytes: Some(1012),
+            }),
+        });
+        let rxq = MockSplitQueue::create(&m, GuestAddress(0x8000), 16);
+        let mut w = Worker {
+            io: Box::new(Datagrams(ours)),
+            memory: m.clone(),
+            rx: rxq.create_queue().unwrap(),
+            tx: txq.create_queue().unwrap(),
+            rx_evt: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+            tx_evt: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+            interrupt: Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()),
+            counters: Counters::new(COUNTERS),
+            pending: None,
+            rx_buf: vec![0u8; MAX_FRAME],
+            tx_buf: vec![0u8; MAX_FRAME],
+            limits,
+        };
+        let mut got = Vec::new();
+        let mut buf = [0u8; 2048];
+        for _ in 0..100 {
+            w.process_tx();
+            while let Ok(n) = peer.recv(&mut buf) {
+                assert_eq!(n, 1012);
+                got.push(buf[12]);
+            }
+            if got.len() == 3 {
+                break;
+            }
+            assert!(w.limits.tx_held.is_some(), "a frame is held back");
+            assert!(
+                w.limits.timeout_ms() >= 0,
+                "and the worker will wake for it"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        assert_eq!(got, b"abc", "every frame, in order");
+        assert_eq!(w.counters.snapshot()["tx_packets"], 3);
+        assert_eq!(w.counters.snapshot()["tx_dropped"], 0);
     }
 }

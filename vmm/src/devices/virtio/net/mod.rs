@@ -4,9 +4,11 @@
 
 pub mod device;
 pub mod frame;
+pub mod rate;
 pub mod tap;
 
 pub use device::{COUNTERS, Net, NetError};
+pub use frame::MAX_FRAME;
 
 /// Feature bits (virtio 1.2, 5.1.3).
 pub const VIRTIO_NET_F_CSUM: u64 = 1 << 0;
