@@ -2,8 +2,8 @@
 //! - tier 2 (root, `ip`, `tc`): a pod namespace as CNI leaves it (a veth `eth0` with an
 //!   address, MTU 1400, a default route, a static neighbour) is read and wired: a tap beside
 //!   the veth, tc redirects both ways, the plan carries the veth's MAC, MTU, address, routes
-//!   and neighbour; detaching removes the tap and the qdiscs; the runtime's own (host)
-//!   namespace is refused;
+//!   and neighbour; detaching removes the tap and the qdiscs (the refusal of the host's own
+//!   namespace is a unit test of the runtime's);
 //! - tier 4 (KVM, containerd, Debian's CNI plugins): containerd runs in a namespace of the
 //!   test's (so the CNI bridge is made there, never on the host), with a bridge + host-local
 //!   CNI config (MTU 1400). A CRI pod with its own network on the `hako` handler: the guest's
@@ -100,12 +100,7 @@ fn wires_taps_with_tc() -> Result<(), Failed> {
     if q.contains("ingress") {
         return Err(format!("eth0 kept its ingress qdisc: {q}").into());
     }
-
-    let own = PodNetwork::attach(std::path::Path::new("/proc/self/ns/net"));
-    match own {
-        Err(e) if format!("{e:#}").contains("runtime's own") => Ok(()),
-        other => Err(format!("attaching the host's namespace gave {other:?}").into()),
-    }
+    Ok(())
 }
 
 /// The pods' network: `10.99.2.0/24` on a bridge in containerd's namespace, MTU 1400.

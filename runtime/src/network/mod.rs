@@ -291,3 +291,38 @@ pub fn run_in_netns<T: Send>(
         .map_err(|_| anyhow!("a thread in network namespace {} panicked", netns.display()))?
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pod_namespace_is_the_network_entry_with_a_path() {
+        let spec = |ns: serde_json::Value| serde_json::json!({"linux": {"namespaces": ns}});
+        assert_eq!(
+            namespace_path(&spec(serde_json::json!([
+                {"type": "pid"},
+                {"type": "network", "path": "/var/run/netns/cni-1"}
+            ]))),
+            Some(PathBuf::from("/var/run/netns/cni-1"))
+        );
+        // A new, empty namespace (podman --network none, runc's default) and the host's
+        // network (no entry) carry nothing.
+        for ns in [
+            serde_json::json!([{"type": "network"}]),
+            serde_json::json!([{"type": "network", "path": ""}]),
+            serde_json::json!([{"type": "pid"}]),
+        ] {
+            assert_eq!(namespace_path(&spec(ns)), None);
+        }
+        assert_eq!(namespace_path(&serde_json::json!({})), None);
+    }
+
+    #[test]
+    fn the_runtimes_own_namespace_is_refused() {
+        let e = PodNetwork::attach(Path::new("/proc/self/ns/net")).unwrap_err();
+        assert!(format!("{e:#}").contains("runtime's own"), "{e:#}");
+        let e = PodNetwork::attach(Path::new("/nonexistent/netns")).unwrap_err();
+        assert!(format!("{e:#}").contains("/nonexistent/netns"), "{e:#}");
+    }
+}
