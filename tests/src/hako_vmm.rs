@@ -28,6 +28,7 @@ pub fn probe_vm(dir: &Path, kernel: &Path, initrd: &Path, cmdline: &str) -> VmCo
         console: ConsoleConfig::Stdout,
         control_socket: Some(control_socket(dir)),
         devices: Default::default(),
+        security: Default::default(),
     }
 }
 

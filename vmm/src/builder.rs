@@ -36,6 +36,8 @@ use crate::{memory, vmm};
 /// Errors building the VM.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
+    #[error(transparent)]
+    Seccomp(#[from] crate::seccomp::SeccompError),
     #[error("opening /dev/kvm (is KVM available and are you allowed to use it?)")]
     Kvm(#[source] kvm_ioctls::Error),
     #[error(transparent)]
@@ -375,6 +377,10 @@ fn assemble(
             "VM restored from a snapshot"
         );
     }
+    if config.security.seccomp {
+        // Every thread, from here on: the guest never runs unfiltered.
+        crate::seccomp::install()?;
+    }
     let mut vcpu_threads = Vec::new();
     for v in prepared {
         vcpu_threads.push(v.spawn().map_err(io("starting a vCPU thread"))?);
@@ -432,6 +438,7 @@ mod tests {
             console,
             control_socket: None,
             devices: Default::default(),
+            security: Default::default(),
         }
     }
 

@@ -214,6 +214,7 @@ mod tests {
             console: Default::default(),
             control_socket: Some(dir.join("control.sock")),
             devices: Default::default(),
+            security: Default::default(),
         }
     }
 

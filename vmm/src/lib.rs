@@ -10,6 +10,7 @@ pub mod devices;
 pub mod memory;
 pub mod metrics;
 pub mod probe;
+pub mod seccomp;
 pub mod signals;
 pub mod snapshot;
 pub mod vcpu;

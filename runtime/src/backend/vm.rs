@@ -113,6 +113,7 @@ pub fn vm_config(spec: &VmSpec, paths: &VmPaths) -> VmConfig {
             block: Vec::new(),
             net: spec.net.clone(),
         },
+        security: Default::default(),
     }
 }
 

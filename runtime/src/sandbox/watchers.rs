@@ -83,8 +83,13 @@ pub fn watch_vmm(sandbox: Arc<Sandbox>) {
                 return;
             }
             if let Some(status) = sandbox.vmm_exited() {
-                tracing::warn!(sandbox_id = %sandbox.id, "hako-vmm ended ({status}); console log: {}",
-                    sandbox.paths.console.display());
+                // Its log says why when it stopped itself (a seccomp violation names the call).
+                let words = sandbox
+                    .vm
+                    .lock()
+                    .map(|vm| vm.last_words(5))
+                    .unwrap_or_default();
+                tracing::warn!(sandbox_id = %sandbox.id, "hako-vmm ended ({status}); {words}");
                 for c in sandbox.containers() {
                     for p in c.processes() {
                         if let Some(copies) = p.copies.lock().await.as_mut() {

@@ -23,6 +23,32 @@ pub struct VmConfig {
     pub control_socket: Option<PathBuf>,
     #[serde(default)]
     pub devices: DevicesConfig,
+    #[serde(default)]
+    pub security: SecurityConfig,
+}
+
+/// How hako-vmm confines itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecurityConfig {
+    /// Install the seccomp filters (every thread, before the guest runs). Default true;
+    /// turn off only to debug.
+    #[serde(default = "SecurityConfig::default_seccomp")]
+    pub seccomp: bool,
+}
+
+impl SecurityConfig {
+    fn default_seccomp() -> bool {
+        true
+    }
+}
+
+impl Default for SecurityConfig {
+    fn default() -> Self {
+        Self {
+            seccomp: Self::default_seccomp(),
+        }
+    }
 }
 
 /// vCPUs, memory and the CPU features the guest sees.

@@ -94,6 +94,9 @@ impl ExitReason {
 pub const EXIT_VMM_ERROR: u8 = 1;
 /// Exit status for an invalid command line or configuration.
 pub const EXIT_BAD_CONFIG: u8 = 2;
+/// Exit status when a thread made a system call the seccomp filter forbids (128 + SIGSYS,
+/// what a shell shows for a death by SIGSYS); hako-vmm's stderr names the call.
+pub const EXIT_SECCOMP_VIOLATION: u8 = 159;
 
 #[cfg(test)]
 mod tests {
@@ -124,5 +127,6 @@ mod tests {
         let codes: std::collections::BTreeSet<u8> = all.iter().map(|r| r.exit_code()).collect();
         assert_eq!(codes.len(), all.len());
         assert!(!codes.contains(&EXIT_VMM_ERROR) && !codes.contains(&EXIT_BAD_CONFIG));
+        assert!(!codes.contains(&EXIT_SECCOMP_VIOLATION));
     }
 }

@@ -7,7 +7,7 @@ pub mod control;
 
 pub use config::{
     Bandwidth, BlockConfig, BootProtocol, ConsoleConfig, DevicesConfig, FsConfig, KernelConfig,
-    MachineConfig, NetConfig, NetRateLimit, VmConfig, VsockConfig,
+    MachineConfig, NetConfig, NetRateLimit, SecurityConfig, VmConfig, VsockConfig,
 };
 pub use control::{ControlReply, ControlRequest, ExitReason, Metrics, VmState};
 
