@@ -210,9 +210,21 @@ async fn hako_pod_checks(
         let client = cri
             .start_container(&runc, &runc_config, "client", BUSYBOX, &["sleep", "600"])
             .await?;
-        let ask = format!("busybox timeout 60 busybox nc {ip} 8080 </dev/null");
+        // The client's stdin stays open a while (at its end nc half-closes, and the server's
+        // nc, seeing that first, would leave without answering); retried while the guest's
+        // server restarts its nc after the previous connection.
+        let ask = format!(
+            "for i in 1 2 3 4 5 6 7 8 9 10; do \
+               out=$(busybox sleep 3 | busybox timeout 30 busybox nc {ip} 8080); \
+               [ -n \"$out\" ] && {{ echo \"$out\"; exit 0; }}; busybox sleep 3; \
+             done; exit 1"
+        );
         let o = cri.exec_sync(&client, &["sh", "-c", &ask]).await?;
-        Ok::<_, String>(String::from_utf8_lossy(&o.stdout).into_owned())
+        Ok::<_, String>(format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ))
     }
     .await;
     let removed = cri.stop_and_remove_pod(&runc).await;

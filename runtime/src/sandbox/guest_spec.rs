@@ -19,9 +19,54 @@ pub fn fit(spec: &mut Value) {
     }
 }
 
+/// The lines of the pod's resolv.conf (the file the spec bind-mounts at /etc/resolv.conf, as
+/// CRI does), for the guest's own resolver (CreateSandbox's `dns`); none when the spec has no
+/// such mount or the file cannot be read.
+pub fn resolv_conf(spec: &Value) -> Vec<String> {
+    spec.pointer("/mounts")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .find(|m| m.get("destination").and_then(Value::as_str) == Some("/etc/resolv.conf"))
+        .and_then(|m| m.get("source").and_then(Value::as_str))
+        .and_then(|path| std::fs::read_to_string(path).ok())
+        .map(|text| {
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_pods_resolv_conf_is_read_from_its_mount() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("resolv.conf");
+        std::fs::write(
+            &file,
+            "# made by CRI\nsearch default.svc\n\nnameserver 10.96.0.10\n",
+        )
+        .unwrap();
+        let spec = serde_json::json!({"mounts": [
+            {"destination": "/proc", "source": "proc"},
+            {"destination": "/etc/resolv.conf", "source": file, "options": ["rbind", "ro"]}
+        ]});
+        assert_eq!(
+            resolv_conf(&spec),
+            ["search default.svc", "nameserver 10.96.0.10"]
+        );
+        assert!(resolv_conf(&serde_json::json!({"mounts": []})).is_empty());
+        let missing = serde_json::json!({"mounts": [
+            {"destination": "/etc/resolv.conf", "source": "/nonexistent/resolv.conf"}
+        ]});
+        assert!(resolv_conf(&missing).is_empty());
+    }
 
     #[test]
     fn hostname_needs_a_uts_namespace() {

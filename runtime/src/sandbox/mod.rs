@@ -95,6 +95,30 @@ impl Drop for StateDir {
     }
 }
 
+/// What the pod's sandbox spec says about the guest as a whole.
+#[derive(Debug, Clone, Default)]
+pub struct GuestSetup {
+    pub hostname: String,
+    /// The pod's network namespace (CNI's), carried into the VM.
+    pub netns: Option<PathBuf>,
+    /// The pod's resolv.conf lines, for the guest's own resolver.
+    pub dns: Vec<String>,
+}
+
+impl GuestSetup {
+    pub fn from_spec(spec: &serde_json::Value) -> Self {
+        Self {
+            hostname: spec
+                .get("hostname")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+            netns: crate::network::namespace_path(spec),
+            dns: guest_spec::resolv_conf(spec),
+        }
+    }
+}
+
 /// A long-lived sandbox: one VM, its agent, its containers.
 pub struct Sandbox {
     pub id: String,
@@ -112,7 +136,7 @@ pub struct Sandbox {
 
 impl Sandbox {
     /// In `dir` (`<root>/<id>/`, made by [`StateDir::create`]), starts the VM (with the pod
-    /// network in `netns` carried in, if given), waits for its agent (up to the configured
+    /// network `setup` names carried in, if any), waits for its agent (up to the configured
     /// deadline) and creates the sandbox in the guest. On failure nothing is left behind and
     /// the error names the console log.
     pub async fn boot(
@@ -120,8 +144,7 @@ impl Sandbox {
         dir: StateDir,
         id: &str,
         size: VmSize,
-        hostname: &str,
-        netns: Option<&Path>,
+        setup: &GuestSetup,
         events: Arc<dyn EventSink>,
     ) -> anyhow::Result<Arc<Self>> {
         let mut spec = vm_spec(config, size)?;
@@ -129,7 +152,7 @@ impl Sandbox {
         std::fs::create_dir(&paths.shared)
             .with_context(|| format!("creating {}", paths.shared.display()))?;
         SandboxState::new(id).save(&dir.dir)?;
-        let network = match netns {
+        let network = match &setup.netns {
             Some(ns) => PodNetwork::attach(ns)
                 .with_context(|| format!("sandbox {id}: carrying the pod network in"))?,
             None => None,
@@ -145,7 +168,7 @@ impl Sandbox {
             dir,
             id,
             size,
-            hostname,
+            setup,
             spec,
             network.as_ref(),
             state,
@@ -166,7 +189,7 @@ impl Sandbox {
         dir: StateDir,
         id: &str,
         size: VmSize,
-        hostname: &str,
+        setup: &GuestSetup,
         spec: VmSpec,
         network: Option<&PodNetwork>,
         state: SandboxState,
@@ -209,7 +232,7 @@ impl Sandbox {
                 );
                 let resumed = snapshot.is_some();
                 let connected =
-                    match connect(&mut vm, config.agent_timeout(), id, hostname, resumed).await {
+                    match connect(&mut vm, config.agent_timeout(), id, setup, resumed).await {
                         Ok(agent) => match network {
                             Some(n) => n.configure_guest(&agent).await.map(|()| agent),
                             None => Ok(agent),
@@ -482,7 +505,7 @@ async fn connect(
     vm: &mut Vm,
     deadline: Duration,
     id: &str,
-    hostname: &str,
+    setup: &GuestSetup,
     resumed: bool,
 ) -> anyhow::Result<AgentServiceClient> {
     let uds = vm.paths.vsock.clone();
@@ -506,7 +529,8 @@ async fn connect(
     }
     let mut req = CreateSandboxRequest::new();
     req.sandbox_id = id.into();
-    req.hostname = hostname.into();
+    req.hostname = setup.hostname.clone();
+    req.dns = setup.dns.clone();
     req.entropy = host_entropy();
     req.storages.push(hako_agent_api::shared_fs_storage());
     client

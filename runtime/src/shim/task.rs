@@ -34,7 +34,7 @@ use crate::config::Config;
 use crate::error::ShimError;
 use crate::io::Stdio;
 use crate::sandbox::container::{Container, Process, Status};
-use crate::sandbox::{Sandbox, StateDir, sizing};
+use crate::sandbox::{GuestSetup, Sandbox, StateDir, sizing};
 
 const RPC: Duration = Duration::from_secs(120);
 
@@ -176,21 +176,15 @@ impl TaskService {
         let sandbox = match (pod_role(&spec), self.slot()) {
             (PodRole::Sandbox, None) => {
                 let size = sizing::size(&spec, &self.config.vm);
-                let hostname = spec
-                    .get("hostname")
-                    .and_then(serde_json::Value::as_str)
-                    .unwrap_or_default();
                 let name = self.dir_name.as_deref().unwrap_or(&req.id);
                 let dir = StateDir::create(&self.config.runtime.root, name)
                     .map_err(|e| ShimError::AlreadyExists(format!("{e:#}")))?;
-                let netns = crate::network::namespace_path(&spec);
                 let sandbox = Sandbox::boot(
                     &self.config,
                     dir,
                     &req.id,
                     size,
-                    hostname,
-                    netns.as_deref(),
+                    &GuestSetup::from_spec(&spec),
                     Arc::new(self.events.clone()),
                 )
                 .await?;
