@@ -2,6 +2,7 @@
 //! dropped, and what tests do in them: `ip`/`tc` commands, TCP sockets made from a thread
 //! that entered the namespace (a socket stays in the namespace it was made in).
 
+use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsFd;
 use std::path::PathBuf;
@@ -62,6 +63,27 @@ impl Netns {
     /// A TCP listener bound inside the namespace.
     pub fn listen(&self, addr: &str) -> Result<TcpListener, String> {
         self.within(|| TcpListener::bind(addr).map_err(|e| format!("binding {addr}: {e}")))
+    }
+
+    /// A server for one connection, bound at `addr` inside the namespace: it reads a line,
+    /// answers `reply` and tells (joined) who said what.
+    pub fn answer_once(
+        &self,
+        addr: &str,
+        reply: &'static [u8],
+    ) -> Result<std::thread::JoinHandle<Result<String, String>>, String> {
+        let listener = self.listen(addr)?;
+        Ok(std::thread::spawn(move || {
+            let (s, peer) = listener.accept().map_err(|e| format!("accept: {e}"))?;
+            s.set_read_timeout(Some(std::time::Duration::from_secs(120)))
+                .map_err(|e| e.to_string())?;
+            let mut line = String::new();
+            BufReader::new(&s)
+                .read_line(&mut line)
+                .map_err(|e| format!("read: {e}"))?;
+            (&s).write_all(reply).map_err(|e| format!("write: {e}"))?;
+            Ok(format!("{peer} said {line:?}"))
+        }))
     }
 
     /// A TCP connection made from inside the namespace.

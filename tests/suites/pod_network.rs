@@ -11,7 +11,7 @@
 //!   bridge's side, the bridge's side and another pod (runc, same bridge) reach a server in
 //!   the pod, and stopping the pod leaves no taps, qdiscs or sandbox behind.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::time::{Duration, Instant};
 
 use hako_runtime::network::PodNetwork;
@@ -173,19 +173,9 @@ async fn hako_pod_checks(
     }
 
     // The pod reaches a server on the bridge's side (the gateway).
-    let listener = net.ns.listen(&format!("{}:7070", net.gateway))?;
-    let server = std::thread::spawn(move || -> Result<String, String> {
-        let (s, peer) = listener.accept().map_err(|e| format!("accept: {e}"))?;
-        s.set_read_timeout(Some(Duration::from_secs(120)))
-            .map_err(|e| e.to_string())?;
-        let mut line = String::new();
-        BufReader::new(&s)
-            .read_line(&mut line)
-            .map_err(|e| format!("read: {e}"))?;
-        (&s).write_all(b"host-says-hi\n")
-            .map_err(|e| format!("write: {e}"))?;
-        Ok(format!("{peer} said {line:?}"))
-    });
+    let server = net
+        .ns
+        .answer_once(&format!("{}:7070", net.gateway), b"host-says-hi\n")?;
     let call = format!("echo pod-calls | busybox nc {} 7070", net.gateway);
     let out = cri.exec_sync(&id, &["sh", "-c", &call]).await?;
     let heard = server.join().map_err(|_| "the server thread panicked")??;

@@ -4,9 +4,6 @@
 //! talks TCP to a listener the test runs on the tap's address: hellos both ways. The guest
 //! powers off (status 0); deleting the namespace removes the tap.
 
-use std::io::{BufRead, BufReader, Write};
-use std::time::Duration;
-
 use hako_guest_probe::{NET_ARG, NET_GUEST_HELLO, NET_HOST_HELLO};
 use hako_rootfs_builder::images::{PROBE_DONE_MARKER, PROBE_POWEROFF_ARG};
 use hako_tests::boot::{self, Boot};
@@ -37,19 +34,7 @@ fn guest_talks_tcp_through_a_tap() -> Result<(), Failed> {
     ns.ip(&["tuntap", "add", "dev", TAP, "mode", "tap"])?;
     ns.ip(&["addr", "add", &format!("{HOST_IP}/24"), "dev", TAP])?;
     ns.ip(&["link", "set", TAP, "mtu", &MTU.to_string(), "up"])?;
-    let listener = ns.listen(&format!("{HOST_IP}:{PORT}"))?;
-    let server = std::thread::spawn(move || -> Result<String, String> {
-        let (s, peer) = listener.accept().map_err(|e| format!("accept: {e}"))?;
-        s.set_read_timeout(Some(Duration::from_secs(120)))
-            .map_err(|e| e.to_string())?;
-        let mut line = String::new();
-        BufReader::new(&s)
-            .read_line(&mut line)
-            .map_err(|e| format!("read: {e}"))?;
-        (&s).write_all(NET_HOST_HELLO.as_bytes())
-            .map_err(|e| format!("write: {e}"))?;
-        Ok(format!("{peer} said {line:?}"))
-    });
+    let server = ns.answer_once(&format!("{HOST_IP}:{PORT}"), NET_HOST_HELLO.as_bytes())?;
 
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let cmdline = format!("{PROBE_POWEROFF_ARG} {NET_ARG}={GUEST_CIDR},{HOST_IP}:{PORT}");

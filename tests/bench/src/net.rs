@@ -13,6 +13,7 @@ use std::net::Shutdown;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
+use hako_bench::percentile;
 use hako_tests::cni::CniContainerd;
 use hako_tests::containerd::BUSYBOX;
 use hako_tests::cri::Cri;
@@ -21,16 +22,6 @@ struct Figures {
     connect_ms: Vec<f64>,
     to_pod_mib_s: f64,
     from_pod_mib_s: f64,
-}
-
-fn percentile(v: &[f64], p: f64) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
-    v[i.min(v.len() - 1)]
 }
 
 /// Retries `f` for up to two minutes (the pod's servers may still be starting).

@@ -7,17 +7,8 @@
 use std::time::Instant;
 
 use anyhow::{Result, bail};
+use hako_bench::percentile;
 use hako_tests::containerd::{BUSYBOX, Containerd};
-
-fn percentile(v: &[f64], p: f64) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
-    v[i.min(v.len() - 1)]
-}
 
 fn run_once(ctd: &Containerd, runtime: &str, id: &str) -> Result<f64> {
     let start = Instant::now();

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use hako_agent_api::AGENT_API_PORT;
 use hako_agent_api::health::CheckRequest;
+use hako_bench::percentile;
 use hako_tests::{agent, fixtures, hako_vmm};
 use hako_vmm_api::{ControlReply, ControlRequest};
 
@@ -90,15 +91,6 @@ fn memory_kib(pid: u32) -> Result<(u64, u64)> {
             .unwrap_or(0)
     };
     Ok((field("Pss:"), field("Rss:")))
-}
-
-fn percentile(v: &[f64], p: f64) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => f64::NAN,
-        n => v[(((n - 1) as f64) * p).round() as usize],
-    }
 }
 
 fn main() -> Result<()> {

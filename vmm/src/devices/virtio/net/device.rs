@@ -498,6 +498,30 @@ mod tests {
         assert_eq!(n.name(), "net:eth0");
     }
 
+    /// A worker over one end of a datagram socket pair.
+    fn worker(
+        m: &GuestMemoryMmap,
+        io: std::os::unix::net::UnixDatagram,
+        rx: Queue,
+        tx: Queue,
+        limits: Limits,
+    ) -> Worker {
+        Worker {
+            io: Box::new(Datagrams(io)),
+            memory: m.clone(),
+            rx,
+            tx,
+            rx_evt: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+            tx_evt: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+            interrupt: Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()),
+            counters: Counters::new(COUNTERS),
+            pending: None,
+            rx_buf: vec![0u8; MAX_FRAME],
+            tx_buf: vec![0u8; MAX_FRAME],
+            limits,
+        }
+    }
+
     struct Datagrams(std::os::unix::net::UnixDatagram);
     impl FrameIo for Datagrams {
         fn recv(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
@@ -531,20 +555,13 @@ mod tests {
         let rxq = MockSplitQueue::create(&m, GuestAddress(0x8000), 16);
         rxq.build_desc_chain(&[desc(0x50000, 2048, VRING_DESC_F_WRITE)])
             .unwrap();
-        let mut w = Worker {
-            io: Box::new(Datagrams(ours)),
-            memory: m.clone(),
-            rx: rxq.create_queue().unwrap(),
-            tx: txq.create_queue().unwrap(),
-            rx_evt: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
-            tx_evt: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
-            interrupt: Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()),
-            counters: Counters::new(COUNTERS),
-            pending: None,
-            rx_buf: vec![0u8; MAX_FRAME],
-            tx_buf: vec![0u8; MAX_FRAME],
-            limits: Limits::default(),
-        };
+        let mut w = worker(
+            &m,
+            ours,
+            rxq.create_queue().unwrap(),
+            txq.create_queue().unwrap(),
+            Limits::default(),
+        );
         w.process_tx();
         let mut got = [0u8; 64];
         let n = peer.recv(&mut got).unwrap();
@@ -610,20 +627,13 @@ mod tests {
             }),
         });
         let rxq = MockSplitQueue::create(&m, GuestAddress(0x8000), 16);
-        let mut w = Worker {
-            io: Box::new(Datagrams(ours)),
-            memory: m.clone(),
-            rx: rxq.create_queue().unwrap(),
-            tx: txq.create_queue().unwrap(),
-            rx_evt: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
-            tx_evt: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
-            interrupt: Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()),
-            counters: Counters::new(COUNTERS),
-            pending: None,
-            rx_buf: vec![0u8; MAX_FRAME],
-            tx_buf: vec![0u8; MAX_FRAME],
+        let mut w = worker(
+            &m,
+            ours,
+            rxq.create_queue().unwrap(),
+            txq.create_queue().unwrap(),
             limits,
-        };
+        );
         let mut got = Vec::new();
         let mut buf = [0u8; 2048];
         for _ in 0..100 {
