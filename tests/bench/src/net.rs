@@ -158,7 +158,7 @@ fn main() -> Result<()> {
     );
     for (name, f) in [("runc", &runc), ("hako", &hako)] {
         println!(
-            "{:<8} {:>11.2} ms {:>11.2} ms {:>18.1} {:>18.1}",
+            "{:<8} {:>11.2} ms {:>11.2} ms {:>18.3} {:>18.3}",
             name,
             percentile(&f.connect_ms, 0.5),
             percentile(&f.connect_ms, 0.95),
@@ -167,7 +167,7 @@ fn main() -> Result<()> {
         );
     }
     println!(
-        "hako/runc: connect p50 {:.1}x, bridge->pod throughput {:.2}x, pod->bridge {:.2}x",
+        "hako/runc: connect p50 {:.1}x, bridge->pod throughput {:.5}x, pod->bridge {:.5}x",
         percentile(&hako.connect_ms, 0.5) / percentile(&runc.connect_ms, 0.5),
         hako.to_pod_mib_s / runc.to_pod_mib_s,
         hako.from_pod_mib_s / runc.from_pod_mib_s
