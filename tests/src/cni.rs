@@ -35,18 +35,54 @@ pub fn bridge_conflist(bridge: &str, subnet: &str, mtu: u32, ipam_dir: &Path) ->
 }
 
 /// containerd in a namespace of its own with a CNI bridge network. Dropping it stops
-/// containerd, then deletes the namespace (with the bridge).
+/// containerd, then deletes the namespace (with the bridge) and the empty `k8s.io` cgroup
+/// parents containerd made for runc pods (it never removes them), if they were not there
+/// before.
 pub struct CniContainerd {
     pub containerd: Containerd,
     pub ns: Netns,
     /// The bridge's address: a server bound here is "outside the pod".
     pub gateway: String,
     _ipam: tempfile::TempDir,
+    cgroup_parents_were_there: bool,
+}
+
+/// containerd's CRI cgroup parent, in every cgroup v1 hierarchy.
+fn cri_cgroup_parents() -> Vec<std::path::PathBuf> {
+    std::fs::read_dir("/sys/fs/cgroup")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("k8s.io"))
+        .filter(|p| p.is_dir())
+        .collect()
+}
+
+/// Removes the empty directories under and at `dir`, deepest first (a cgroup with a process
+/// stays).
+fn remove_empty_cgroups(dir: &Path) {
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            remove_empty_cgroups(&e.path());
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
+}
+
+impl Drop for CniContainerd {
+    fn drop(&mut self) {
+        if !self.cgroup_parents_were_there {
+            for p in cri_cgroup_parents() {
+                remove_empty_cgroups(&p);
+            }
+        }
+    }
 }
 
 impl CniContainerd {
     /// `prefix` names the namespace; the network is `<subnet>.0/24`.
     pub fn start(prefix: &str, subnet: &str, mtu: u32) -> Result<Self, String> {
+        let cgroup_parents_were_there = !cri_cgroup_parents().is_empty();
         let ns = Netns::create(prefix)?;
         let ipam = tempfile::tempdir().map_err(|e| e.to_string())?;
         let conflist = bridge_conflist("hkbr0", subnet, mtu, ipam.path());
@@ -56,6 +92,7 @@ impl CniContainerd {
             ns,
             gateway: format!("{subnet}.1"),
             _ipam: ipam,
+            cgroup_parents_were_there,
         })
     }
 }
