@@ -74,11 +74,7 @@ impl PodNetwork {
             );
             for (n, e) in plan.endpoints.iter().enumerate() {
                 if let Err(e) = wire(&net, e).await {
-                    let made: Vec<(String, String)> = plan.endpoints[..=n]
-                        .iter()
-                        .map(|e| (e.veth.clone(), e.tap.clone()))
-                        .collect();
-                    unwire(&net, &made).await;
+                    unwire(&net, &plan::links(&plan.endpoints[..=n])).await;
                     return Err(e);
                 }
             }
@@ -149,12 +145,7 @@ impl PodNetwork {
     pub fn wiring(&self) -> Wiring {
         Wiring {
             netns: self.netns.clone(),
-            links: self
-                .plan
-                .endpoints
-                .iter()
-                .map(|e| (e.veth.clone(), e.tap.clone()))
-                .collect(),
+            links: plan::links(&self.plan.endpoints),
         }
     }
 }

@@ -27,6 +27,14 @@ pub struct Plan {
     pub neighbors: Vec<ARPNeighbor>,
 }
 
+/// The (veth, tap) pairs of `endpoints`: what detaching them needs.
+pub fn links(endpoints: &[Endpoint]) -> Vec<(String, String)> {
+    endpoints
+        .iter()
+        .map(|e| (e.veth.clone(), e.tap.clone()))
+        .collect()
+}
+
 /// The tap made for the `i`th carried interface.
 pub fn tap_name(i: usize) -> String {
     format!("tap{i}{TAP_SUFFIX}")
