@@ -1,8 +1,10 @@
 //! The agent's settings: from its command line when it runs as a host process (tests), from
 //! the kernel command line's `agent.*` options when it is PID 1 of a VM.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 
+use hako_agent_api::policy::{DENY_OPTION, parse_deny_list};
 use hako_agent_api::{AGENT_API_PORT, SHARED_FS_MOUNT_POINT};
 
 /// What the agent serves and how it logs.
@@ -20,6 +22,8 @@ pub struct AgentConfig {
     pub state_dir: PathBuf,
     /// Where container files are shared from the host (container `<id>` under `<id>/`).
     pub shared_dir: PathBuf,
+    /// AgentService RPCs this agent refuses (`agent.deny=` on the kernel command line).
+    pub deny: BTreeSet<String>,
 }
 
 /// Defaults in the guest.
@@ -29,7 +33,7 @@ pub const STATE_DIR: &str = "/run/hako/agent";
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
     #[error(
-        "unknown argument {0:?} (usage: hako-agent [--listen unix:///path | vsock://-1:PORT] [--log FILTER] [--version])"
+        "unknown argument {0:?} (usage: hako-agent [--listen unix:///path | vsock://-1:PORT] [--log FILTER] [--deny RPC,...] [--version])"
     )]
     Unknown(String),
     #[error("{0} needs a value")]
@@ -48,10 +52,13 @@ impl AgentConfig {
             log_port: None,
             state_dir: STATE_DIR.into(),
             shared_dir: SHARED_FS_MOUNT_POINT.into(),
+            deny: BTreeSet::new(),
         };
         for arg in kernel_cmdline.split_whitespace() {
             if let Some(v) = arg.strip_prefix("agent.log=") {
                 c.log = v.to_owned();
+            } else if let Some(v) = arg.strip_prefix(DENY_OPTION) {
+                c.deny = parse_deny_list(v);
             } else if let Some(v) = arg.strip_prefix("agent.log_port=") {
                 c.log_port = v.parse().ok();
             } else if let Some(v) = arg.strip_prefix("agent.port=")
@@ -72,6 +79,7 @@ impl AgentConfig {
             log_port: None,
             state_dir: STATE_DIR.into(),
             shared_dir: SHARED_FS_MOUNT_POINT.into(),
+            deny: BTreeSet::new(),
         };
         let mut it = args.iter();
         while let Some(arg) = it.next() {
@@ -82,6 +90,9 @@ impl AgentConfig {
                         return Err(ConfigError::Listen(v.clone()));
                     }
                     c.listen = v.clone();
+                }
+                "--deny" => {
+                    c.deny = parse_deny_list(it.next().ok_or(ConfigError::Missing("--deny"))?)
                 }
                 "--log" => c.log = it.next().ok_or(ConfigError::Missing("--log"))?.clone(),
                 "--state-dir" => {
@@ -107,7 +118,11 @@ mod tests {
     #[test]
     fn init_reads_agent_options_from_the_kernel_command_line() {
         let c = AgentConfig::for_init(
-            "console=ttyS0 agent.log=debug agent.port=2000 agent.log_port=1025 quiet",
+            "console=ttyS0 agent.log=debug agent.port=2000 agent.log_port=1025 agent.deny=ExecProcess,TtyWinResize quiet",
+        );
+        assert_eq!(
+            c.deny.iter().map(String::as_str).collect::<Vec<_>>(),
+            ["ExecProcess", "TtyWinResize"]
         );
         assert_eq!(c.log_port, Some(1025));
         assert_eq!(c.listen, "vsock://-1:2000");

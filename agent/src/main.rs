@@ -81,7 +81,7 @@ fn run(config: &AgentConfig) -> anyhow::Result<Shutdown> {
             fork_lock.clone(),
         ));
         spawn_signal_watchers(sandbox.clone(), config.init, fork_lock)?;
-        server::serve(&config.listen, sandbox, containers)
+        server::serve(&config.listen, &config.deny, sandbox, containers)
             .await
             .context("serving the agent API")
     })

@@ -37,6 +37,7 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     pub vm: VmDefaults,
     pub template: TemplateConfig,
+    pub agent: AgentPolicyConfig,
     /// Which file this came from (empty for built-in defaults), for error messages.
     #[serde(skip)]
     pub source: PathBuf,
@@ -80,6 +81,18 @@ pub struct VmDefaults {
     pub cpu_profile: CpuProfile,
     /// Extra guest kernel arguments.
     pub kernel_params: String,
+}
+
+/// `[agent]`: the agent API policy of every sandbox (see `hako_agent_api::policy`). The
+/// guest's agent refuses the denied RPCs with PERMISSION_DENIED; the runtime's own lifecycle
+/// RPCs cannot be denied.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentPolicyConfig {
+    /// When set, only these RPCs (and none else) are served; unset serves all.
+    pub allow_rpcs: Option<Vec<String>>,
+    /// RPCs refused even if allowed, e.g. `["ExecProcess"]` for a production profile.
+    pub deny_rpcs: Vec<String>,
 }
 
 /// `[template]`: starting sandboxes from a snapshot of a booted VM (`hako template create`).
@@ -141,6 +154,7 @@ impl Default for Config {
             runtime: RuntimeConfig::default(),
             vm: VmDefaults::default(),
             template: TemplateConfig::default(),
+            agent: AgentPolicyConfig::default(),
             source: PathBuf::new(),
         }
     }
@@ -211,6 +225,8 @@ impl Config {
                 self.template.dir.display()
             )));
         }
+        self.denied_rpcs()
+            .map_err(|e| bad(format!("agent.allow_rpcs/deny_rpcs: {e}")))?;
         if !self.runtime.root.is_absolute() {
             return Err(bad(format!(
                 "runtime.root ({}) must be an absolute path",
@@ -218,6 +234,13 @@ impl Config {
             )));
         }
         Ok(())
+    }
+
+    /// The RPCs every sandbox's agent refuses.
+    pub fn denied_rpcs(
+        &self,
+    ) -> Result<std::collections::BTreeSet<String>, hako_agent_api::policy::PolicyError> {
+        hako_agent_api::policy::denied_rpcs(self.agent.allow_rpcs.as_deref(), &self.agent.deny_rpcs)
     }
 
     pub fn agent_timeout(&self) -> Duration {
@@ -241,6 +264,13 @@ impl Config {
             parts.push("quiet".to_owned());
         } else {
             parts.push("agent.log=debug".to_owned());
+        }
+        // validate() refused a bad policy; a config that skipped it gets none rather than a
+        // guest that refuses what the runtime needs.
+        if let Ok(denied) = self.denied_rpcs()
+            && let Some(option) = hako_agent_api::policy::deny_option(&denied)
+        {
+            parts.push(option);
         }
         if !self.vm.kernel_params.is_empty() {
             parts.push(self.vm.kernel_params.clone());
@@ -287,13 +317,19 @@ mod tests {
             overhead_memory_mib = 64
             cpu_profile = "host"
             kernel_params = "console=ttyS0"
+            [agent]
+            allow_rpcs = ["CreateSandbox", "DestroySandbox", "SetGuestDateTime", "CreateContainer", "StartContainer", "RemoveContainer", "WaitProcess", "SignalProcess", "WriteStdin", "ReadStdout", "ReadStderr", "CloseStdin", "GetOOMEvent", "UpdateInterface", "UpdateRoutes", "AddARPNeighbors", "ExecProcess", "TtyWinResize", "StatsContainer", "ListProcesses", "UpdateContainer", "PauseContainer", "ResumeContainer", "ListInterfaces", "ListRoutes"]
+            deny_rpcs = ["ExecProcess"]
             "#,
         )
         .unwrap();
         assert_eq!(c.vm.default_vcpus, 2);
         assert_eq!(c.vm.cpu_profile, CpuProfile::Host);
         assert_eq!(c.kernel(), Path::new("/opt/hako/vmlinux"));
-        assert_eq!(c.cmdline(), "agent.log=debug console=ttyS0");
+        assert_eq!(
+            c.cmdline(),
+            "agent.log=debug agent.deny=ExecProcess,GuestDetails console=ttyS0"
+        );
         assert!(c.validate().is_ok());
     }
 
@@ -310,6 +346,20 @@ mod tests {
         );
         let c = Config::parse("[runtime]\nroot = \"relative\"\n").unwrap();
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn the_agent_policy_reaches_the_kernel_command_line() {
+        let c = Config::parse("[agent]\ndeny_rpcs = [\"ExecProcess\"]\n").unwrap();
+        assert!(c.validate().is_ok());
+        assert_eq!(c.cmdline(), "quiet agent.deny=ExecProcess");
+        assert_eq!(Config::default().cmdline(), "quiet");
+        let c = Config::parse("[agent]\ndeny_rpcs = [\"Exec\"]\n").unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("deny_rpcs") && e.contains("\"Exec\""), "{e}");
+        let c = Config::parse("[agent]\nallow_rpcs = [\"CreateSandbox\"]\n").unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("cannot be denied"), "{e}");
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! exec, stdin), bad requests answered with clear statuses, garbage on the socket survived,
 //! and a clean exit with the socket, containers and cgroups gone. A second agent, in a network
 //! namespace of its own, configures a veth by MAC (name, MTU, address), a default route and a
-//! permanent neighbour through the network RPCs; one in the host's namespace refuses them. This host's cgroups are v1
+//! permanent neighbour through the network RPCs; one in the host's namespace refuses them. A
+//! third, started with a deny list, refuses those RPCs by name and serves the rest. This host's cgroups are v1
 //! (DESIGN.md); in the VM the same code runs on v2.
 
 use std::io::Write;
@@ -46,12 +47,12 @@ impl Drop for Agent {
 }
 
 fn start_agent() -> Result<Agent, Failed> {
-    start_agent_in(false)
+    start_agent_in(false, &[])
 }
 
 /// The agent in a private mount namespace and, with `own_net`, a network namespace of its
-/// own (where it may change interfaces and routes).
-fn start_agent_in(own_net: bool) -> Result<Agent, Failed> {
+/// own (where it may change interfaces and routes); `extra` arguments follow.
+fn start_agent_in(own_net: bool, extra: &[&str]) -> Result<Agent, Failed> {
     let bin = fixtures::workspace_binary("hako-agent", "hako-agent")?;
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let socket = dir.path().join("agent.sock");
@@ -70,6 +71,7 @@ fn start_agent_in(own_net: bool) -> Result<Agent, Failed> {
         .arg(dir.path().join("state"))
         .arg("--shared-dir")
         .arg(dir.path().join("shared"))
+        .args(extra)
         .stdin(Stdio::null())
         .spawn()
         .map_err(|e| format!("starting the agent: {e}"))?;
@@ -865,13 +867,84 @@ async fn network(a: &Agent, host_agent: &Agent) -> Result<(), String> {
 }
 
 fn agent_configures_its_network() -> Result<(), Failed> {
-    let a = start_agent_in(true)?;
-    let host = start_agent_in(false)?;
+    let a = start_agent_in(true, &[])?;
+    let host = start_agent_in(false, &[])?;
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?
         .block_on(network(&a, &host))?;
+    Ok(())
+}
+
+/// An agent started with a deny list (what `agent.deny=` gives a guest's agent) refuses those
+/// RPCs with PERMISSION_DENIED naming them, and serves the rest: a container runs, is
+/// signalled, waited for and removed, and the sandbox is destroyed.
+async fn policy(a: &Agent) -> Result<(), String> {
+    let socket = a.dir.path().join("agent.sock");
+    let Clients { agent, .. } = agent::connect_unix(&socket, Duration::from_secs(30)).await?;
+    let mut req = CreateSandboxRequest::new();
+    req.sandbox_id = "sb".into();
+    agent
+        .create_sandbox(agent::ctx(RPC), &req)
+        .await
+        .map_err(|e| format!("CreateSandbox: {e}"))?;
+    create_and_start(a, &agent, "c-pol", &["sleep", "1000"]).await?;
+    let mut exec = ExecProcessRequest::new();
+    exec.container_id = "c-pol".into();
+    exec.exec_id = "e1".into();
+    exec.process_json = bundle::process_json(&["true"]).into_bytes();
+    let denied = |what: &str, e: Option<ttrpc::Error>| match e {
+        Some(e)
+            if code_of(&e) == Some(ttrpc::Code::PERMISSION_DENIED)
+                && e.to_string().contains(what)
+                && e.to_string().contains("policy") =>
+        {
+            Ok(())
+        }
+        other => Err(format!("{what} under a deny list answered {other:?}")),
+    };
+    denied(
+        "ExecProcess",
+        agent.exec_process(agent::ctx(RPC), &exec).await.err(),
+    )?;
+    let mut c = ContainerRequest::new();
+    c.container_id = "c-pol".into();
+    denied(
+        "StatsContainer",
+        agent.stats_container(agent::ctx(RPC), &c).await.err(),
+    )?;
+    // Not denied: answered (an unknown container's ListProcesses is NOT_FOUND, not denied).
+    agent
+        .guest_details(agent::ctx(RPC), &GuestDetailsRequest::new())
+        .await
+        .map_err(|e| format!("GuestDetails (allowed): {e}"))?;
+    signal(&agent, "c-pol", "", SIGKILL).await?;
+    let st = wait(&agent, "c-pol", "").await?;
+    if st != 137 {
+        return Err(format!("SIGKILL gave status {st}, expected 137"));
+    }
+    remove(&agent, "c-pol").await?;
+    let mut destroy = DestroySandboxRequest::new();
+    destroy.power_off = true;
+    agent
+        .destroy_sandbox(agent::ctx(RPC), &destroy)
+        .await
+        .map_err(|e| format!("DestroySandbox: {e}"))?;
+    Ok(())
+}
+
+fn agent_enforces_its_policy() -> Result<(), Failed> {
+    let a = start_agent_in(false, &["--deny", "ExecProcess,StatsContainer"])?;
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?
+        .block_on(policy(&a))?;
+    let left = clean_cgroups();
+    if !left.is_empty() {
+        return Err(format!("cgroups left behind: {left:?}").into());
+    }
     Ok(())
 }
 
@@ -893,6 +966,11 @@ fn main() {
             "agent_host_serves_health_sandbox_and_cleans_up",
             prerequisites,
             agent_serves_and_cleans_up,
+        ),
+        require::trial(
+            "agent_host_enforces_its_rpc_policy",
+            prerequisites,
+            agent_enforces_its_policy,
         ),
         require::trial(
             "agent_host_configures_its_network",

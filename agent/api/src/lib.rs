@@ -29,6 +29,7 @@ pub mod health_ttrpc {
 
 #[cfg(feature = "netlink")]
 pub mod netlink;
+pub mod policy;
 
 /// The API version (`Health.Version`): a runtime refuses an agent of another major.
 pub const API_MAJOR: u32 = 1;

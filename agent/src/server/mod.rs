@@ -3,13 +3,27 @@
 
 mod agent_service;
 mod health;
+pub mod policy;
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use hako_agent_api::{agent_ttrpc, health_ttrpc};
 
 use crate::container::Containers;
 use crate::sandbox::{Sandbox, Shutdown};
+
+/// The listener for `addr`: vsock ones take the host's connections only.
+fn listener(addr: &str) -> std::io::Result<ttrpc::r#async::transport::Listener> {
+    if let Some(rest) = addr.strip_prefix("vsock://") {
+        let port = rest
+            .rsplit_once(':')
+            .and_then(|(_, port)| port.parse::<u32>().ok())
+            .ok_or_else(|| std::io::Error::other(format!("{addr:?}: no vsock port")))?;
+        return policy::host_only_vsock(port);
+    }
+    ttrpc::r#async::transport::Listener::bind(addr)
+}
 
 /// Errors serving the API.
 #[derive(Debug, thiserror::Error)]
@@ -25,8 +39,10 @@ pub enum ServerError {
 }
 
 /// Serves until the sandbox is destroyed or the process is told to stop; returns how it ended.
+/// The RPCs in `deny` answer PERMISSION_DENIED; on vsock only the host may connect.
 pub async fn serve(
     addr: &str,
+    deny: &BTreeSet<String>,
     sandbox: Arc<Sandbox>,
     containers: Arc<Containers>,
 ) -> Result<Shutdown, ServerError> {
@@ -41,12 +57,22 @@ pub async fn serve(
             containers,
         },
     )));
+    let unknown = policy::deny(&mut services, deny);
+    if !unknown.is_empty() {
+        tracing::warn!(
+            ?unknown,
+            "the deny list names RPCs this agent does not have"
+        );
+    }
+    if !deny.is_empty() {
+        tracing::info!(?deny, "agent policy: RPCs denied");
+    }
+    let listener = listener(addr).map_err(|source| ServerError::Bind {
+        addr: addr.to_owned(),
+        source: ttrpc::Error::Others(source.to_string()),
+    })?;
     let mut server = ttrpc::r#async::Server::new()
-        .bind(addr)
-        .map_err(|source| ServerError::Bind {
-            addr: addr.to_owned(),
-            source,
-        })?
+        .add_listener(listener)
         .register_service(services);
     server.start().await.map_err(ServerError::Serve)?;
     tracing::info!(%addr, "agent API serving");
