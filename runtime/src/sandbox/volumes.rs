@@ -82,7 +82,7 @@ pub fn share(spec: &mut Value, bundle: &Path, shared: &Path, cid: &str) -> anyho
             .with_context(|| format!("mount {n} is a bind without a source"))?;
         let name = n.to_string();
         let target = host_dir.join(&name);
-        rootfs::bind_at(Path::new(source), &target)
+        rootfs::bind_at(Path::new(source), &target, is_read_only(m))
             .with_context(|| format!("sharing bind mount {source}"))?;
         binds.targets.push(target);
         m["source"] = Value::String(guest_dir.join(&name).display().to_string());
@@ -95,6 +95,13 @@ fn is_bind(m: &Value) -> bool {
         || m.get("options")
             .and_then(Value::as_array)
             .is_some_and(|o| o.iter().any(|x| x == "bind" || x == "rbind"))
+}
+
+/// A mount whose options say `ro`.
+fn is_read_only(m: &Value) -> bool {
+    m.get("options")
+        .and_then(Value::as_array)
+        .is_some_and(|o| o.iter().any(|x| x == "ro"))
 }
 
 fn guest_shm() -> Value {
@@ -117,6 +124,13 @@ mod tests {
         let e = host_rootfs(&spec, dir.path()).unwrap_err().to_string();
         assert!(e.contains("not a directory"), "{e}");
         assert!(host_rootfs(&json!({}), dir.path()).is_err());
+    }
+
+    #[test]
+    fn read_only_binds_are_recognised() {
+        assert!(is_read_only(&json!({"options": ["rbind", "ro"]})));
+        assert!(!is_read_only(&json!({"options": ["rbind", "rw"]})));
+        assert!(!is_read_only(&json!({"type": "bind"})));
     }
 
     #[test]

@@ -5,11 +5,12 @@
 pub const FUSE_LOOKUP: u32 = 1;
 pub const FUSE_OPEN: u32 = 14;
 pub const FUSE_CREATE: u32 = 35;
+pub const FUSE_MKNOD: u32 = 8;
 /// Opcodes that change the file system.
 const MUTATING: &[u32] = &[
-    4,  // SETATTR
-    6,  // SYMLINK
-    8,  // MKNOD
+    4, // SETATTR
+    6, // SYMLINK
+    FUSE_MKNOD,
     9,  // MKDIR
     10, // UNLINK
     11, // RMDIR
@@ -50,6 +51,17 @@ pub fn decide(request: &[u8], read_only: bool) -> Decision {
     if opcode == FUSE_LOOKUP {
         let name = args.split(|b| *b == 0).next().unwrap_or_default();
         if name == b"." || name == b".." {
+            return Decision::Refuse(libc::EPERM);
+        }
+    }
+    if opcode == FUSE_MKNOD {
+        // fuse_mknod_in starts with the mode. A device node made on the host's disk is a door
+        // to the host's devices for whoever reaches the file outside the share: refuse it
+        // (pipes, sockets and regular files are fine).
+        let mode = args
+            .get(..4)
+            .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+        if matches!(mode & libc::S_IFMT, libc::S_IFCHR | libc::S_IFBLK) {
             return Decision::Refuse(libc::EPERM);
         }
     }
@@ -135,6 +147,21 @@ mod tests {
             Decision::Refuse(libc::EROFS)
         );
         assert_eq!(decide(&request(3, &[]), true), Decision::Pass, "GETATTR");
+    }
+
+    #[test]
+    fn device_nodes_are_never_made() {
+        let mknod = |mode: u32| {
+            let mut a = mode.to_le_bytes().to_vec();
+            a.extend_from_slice(&[0; 12]);
+            a.extend_from_slice(b"n\0");
+            decide(&request(FUSE_MKNOD, &a), false)
+        };
+        assert_eq!(mknod(libc::S_IFCHR | 0o600), Decision::Refuse(libc::EPERM));
+        assert_eq!(mknod(libc::S_IFBLK | 0o600), Decision::Refuse(libc::EPERM));
+        assert_eq!(mknod(libc::S_IFIFO | 0o600), Decision::Pass);
+        assert_eq!(mknod(libc::S_IFSOCK | 0o600), Decision::Pass);
+        assert_eq!(mknod(libc::S_IFREG | 0o600), Decision::Pass);
     }
 
     #[test]
