@@ -14,3 +14,6 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 echo "== cargo test"
 cargo test --workspace --no-fail-fast -- --test-threads=1
+echo "== fuzzing (${HAKO_FUZZ_SECONDS:-20} s per target)"
+cargo fmt --manifest-path fuzz/Cargo.toml -- --check
+scripts/fuzz.sh "${HAKO_FUZZ_SECONDS:-20}"

@@ -7,6 +7,8 @@ pub mod arch;
 pub mod builder;
 pub mod config;
 pub mod devices;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod memory;
 pub mod metrics;
 pub mod probe;

@@ -29,7 +29,7 @@ pub fn resolv_conf(spec: &Value) -> Vec<String> {
         .flatten()
         .find(|m| m.get("destination").and_then(Value::as_str) == Some("/etc/resolv.conf"))
         .and_then(|m| m.get("source").and_then(Value::as_str))
-        .and_then(|path| std::fs::read_to_string(path).ok())
+        .and_then(read_small_file)
         .map(|text| {
             text.lines()
                 .map(str::trim)
@@ -40,9 +40,32 @@ pub fn resolv_conf(spec: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The first 64 KiB of a regular file (a spec may name a FIFO or a device: never wait on one
+/// or read without end).
+fn read_small_file(path: &str) -> Option<String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).ok()?;
+    if !file.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut text = String::new();
+    file.take(64 * 1024).read_to_string(&mut text).ok()?;
+    Some(text)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_resolv_conf_that_is_not_a_regular_file_is_not_read() {
+        for source in ["/dev/zero", "/proc/self", "/nonexistent"] {
+            let spec = serde_json::json!({"mounts": [
+                {"destination": "/etc/resolv.conf", "source": source}
+            ]});
+            assert!(resolv_conf(&spec).is_empty(), "{source}");
+        }
+    }
 
     #[test]
     fn the_pods_resolv_conf_is_read_from_its_mount() {

@@ -3,7 +3,7 @@
 //! are tested without a guest.
 
 mod device;
-mod request;
+pub(crate) mod request;
 
 pub use device::{Block, BlockError, COUNTERS};
 

@@ -5,9 +5,9 @@
 
 mod connection;
 mod device;
-mod hybrid;
-mod muxer;
-mod packet;
+pub(crate) mod hybrid;
+pub(crate) mod muxer;
+pub(crate) mod packet;
 
 pub use device::{COUNTERS, Vsock, VsockError};
 
