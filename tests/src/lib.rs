@@ -10,6 +10,7 @@ pub mod containerd;
 pub mod cri;
 pub mod fixtures;
 pub mod hako_vmm;
+pub mod leaks;
 pub mod netns;
 pub mod podman;
 pub mod qemu;

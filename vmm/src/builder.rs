@@ -34,12 +34,19 @@ use crate::vmm::{Vmm, VmmEvent};
 use crate::{memory, vmm};
 
 /// Errors building the VM.
+/// The only KVM API version Linux has ever reported (KVM_GET_API_VERSION).
+const KVM_API_VERSION: i32 = 12;
+
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
     #[error(transparent)]
     Seccomp(#[from] crate::seccomp::SeccompError),
     #[error("opening /dev/kvm (is KVM available and are you allowed to use it?)")]
     Kvm(#[source] kvm_ioctls::Error),
+    #[error(
+        "/dev/kvm answered KVM_GET_API_VERSION with {0}, not {KVM_API_VERSION}: it is not a usable KVM device"
+    )]
+    KvmApi(i32),
     #[error(transparent)]
     Memory(#[from] memory::MemoryError),
     #[error(transparent)]
@@ -185,6 +192,12 @@ fn assemble(
 ) -> Result<Vmm, BuildError> {
     let (tx, rx) = events;
     let kvm = Kvm::new().map_err(BuildError::Kvm)?;
+    // A file that opens but is no KVM device (a bind over /dev/kvm, a wrong node) would only
+    // fail later with a bare "Inappropriate ioctl": say what is wrong here.
+    let api = kvm.get_api_version();
+    if api != KVM_API_VERSION {
+        return Err(BuildError::KvmApi(api));
+    }
     let machine = &config.machine;
     let mem_size = u64::from(machine.memory_mib) << 20;
     let (saved, guest_memory) = match from {

@@ -18,6 +18,30 @@ pub const DEFAULT_GUEST_CID: u32 = 3;
 
 /// A fresh vsock context id for one sandbox: VMs resumed from one template must not share
 /// one (they would all have the template's). Random in [3, 2^31).
+/// How a hako-vmm process ended, in words (its exit statuses are hako-vmm-api's).
+pub fn describe_exit(status: ExitStatus) -> String {
+    use hako_vmm_api::control::{EXIT_BAD_CONFIG, EXIT_SECCOMP_VIOLATION, EXIT_VMM_ERROR};
+    use std::os::unix::process::ExitStatusExt;
+    if let Some(signal) = status.signal() {
+        let name = nix::sys::signal::Signal::try_from(signal)
+            .map(|s| s.as_str())
+            .unwrap_or("?");
+        return format!("killed by signal {signal} ({name})");
+    }
+    let code = status.code().unwrap_or(-1);
+    let what = match u8::try_from(code) {
+        Ok(0) => "the guest powered off",
+        Ok(3) => "the guest rebooted",
+        Ok(4) => "the guest crashed",
+        Ok(5) => "it was stopped",
+        Ok(EXIT_VMM_ERROR) => "a VMM error (vmm.log says which)",
+        Ok(EXIT_BAD_CONFIG) => "a bad VM configuration",
+        Ok(EXIT_SECCOMP_VIOLATION) => "a system call its seccomp filter forbids (vmm.log names it)",
+        _ => "an unknown status",
+    };
+    format!("exit status {code}: {what}")
+}
+
 pub fn random_cid() -> u32 {
     let mut b = [0u8; 4];
     if std::fs::File::open("/dev/urandom")
@@ -248,6 +272,24 @@ impl Drop for Vm {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vmm_exits_are_described() {
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(
+            describe_exit(ExitStatus::from_raw(9)),
+            "killed by signal 9 (SIGKILL)"
+        );
+        let seccomp = describe_exit(ExitStatus::from_raw(159 << 8));
+        assert!(
+            seccomp.starts_with("exit status 159: a system call"),
+            "{seccomp}"
+        );
+        assert_eq!(
+            describe_exit(ExitStatus::from_raw(0)),
+            "exit status 0: the guest powered off"
+        );
+    }
 
     #[test]
     fn config_puts_every_socket_and_log_in_the_state_dir() {

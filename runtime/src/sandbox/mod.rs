@@ -29,7 +29,7 @@ use self::sizing::VmSize;
 use self::watchers::EventSink;
 use crate::agent_client::{self, ctx};
 use crate::backend::find_vmm;
-use crate::backend::vm::{Vm, VmPaths, VmSpec, random_cid};
+use crate::backend::vm::{Vm, VmPaths, VmSpec, describe_exit, random_cid};
 use crate::config::Config;
 use crate::io::Copies;
 use crate::network::PodNetwork;
@@ -509,11 +509,18 @@ async fn connect(
     resumed: bool,
 ) -> anyhow::Result<AgentServiceClient> {
     let uds = vm.paths.vsock.clone();
-    let client = agent_client::connect_hybrid(&uds, AGENT_API_PORT, deadline, || {
+    let client = match agent_client::connect_hybrid(&uds, AGENT_API_PORT, deadline, || {
         matches!(vm.exited(), Ok(None))
     })
     .await
-    .map_err(anyhow::Error::msg)?;
+    {
+        Ok(c) => c,
+        // Say how the VMM ended when it did (killed, a refused system call, a bad config).
+        Err(e) => match vm.exited() {
+            Ok(Some(status)) => anyhow::bail!("{e} (hako-vmm ended: {})", describe_exit(status)),
+            _ => anyhow::bail!(e),
+        },
+    };
     if resumed {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

@@ -1,0 +1,85 @@
+//! A leak checker for the runtime's failure paths: what a sandbox under a state root can leave
+//! on the host (mounts below the root (a mount of the root itself is the test's), processes that name the root on their command line, the
+//! root's entries, Hako's tap links in this namespace). A test takes a [`Leaks::under`] after
+//! the failure; any finding is a leak.
+
+use std::path::Path;
+
+/// What is left that names a state root.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Leaks {
+    pub mounts: Vec<String>,
+    pub processes: Vec<String>,
+    pub entries: Vec<String>,
+    pub taps: Vec<String>,
+}
+
+impl Leaks {
+    /// Everything left under (or naming) `root`, except this process and its ancestors.
+    pub fn under(root: &Path) -> Self {
+        let root_text = root.display().to_string();
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(4))
+            .filter(|m| m.starts_with(&format!("{root_text}/")))
+            .map(str::to_owned)
+            .collect();
+        let me = std::process::id();
+        let mut processes = Vec::new();
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            if pid == me {
+                continue;
+            }
+            let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+            let zombie = stat
+                .rsplit(')')
+                .next()
+                .is_some_and(|r| r.trim_start().starts_with('Z'));
+            if cmdline.contains(&root_text) && !zombie {
+                processes.push(format!("{pid}: {}", cmdline.trim()));
+            }
+        }
+        let entries = std::fs::read_dir(root)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path().display().to_string())
+            .collect();
+        let taps = std::fs::read_dir("/sys/class/net")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| n.ends_with("_hako"))
+            .collect();
+        Self {
+            mounts,
+            processes,
+            entries,
+            taps,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// Waits up to `limit` for everything under `root` to go (processes exit asynchronously);
+    /// returns what is still there.
+    pub fn settle(root: &Path, limit: std::time::Duration) -> Self {
+        let start = std::time::Instant::now();
+        loop {
+            let l = Self::under(root);
+            if l.is_empty() || start.elapsed() > limit {
+                return l;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
+}

@@ -1,0 +1,269 @@
+//! Fault injection through the `hako` OCI CLI: each trial makes one thing go wrong while a
+//! sandbox is being created and checks that `hako create` fails with an error naming what is
+//! wrong, and that the leak checker (`hako_tests::leaks`) finds no mount, process, state entry
+//! or tap left under the state root (after `hako delete --force` where the failure left a
+//! container behind, as runc's users would run it). A missing kernel, no usable /dev/kvm, a
+//! guest that never answers, a full disk under the state root, and kill -9 of hako-vmm and of
+//! the monitor while the VM boots. None waits for a whole boot, so the suite is quick even
+//! where guests take a minute to boot.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use hako_rootfs_builder::bundle;
+use hako_tests::leaks::Leaks;
+use hako_tests::require::{self, Skip};
+use hako_tests::{fixtures, netns};
+use libtest_mimic::{Arguments, Failed};
+
+/// A state root, a bundle and a config for one trial.
+struct Case {
+    hako: PathBuf,
+    work: tempfile::TempDir,
+}
+
+impl Case {
+    fn new(config: &str) -> Result<Self, Failed> {
+        let hako = fixtures::workspace_binary("hako-runtime", "hako")?;
+        // The VMM hako finds next to itself: built now, never a stale one.
+        fixtures::workspace_binary("hako-vmm", "hako-vmm")?;
+        // Short: the VMM's socket paths live under the root (108-byte limit).
+        let work = tempfile::Builder::new()
+            .prefix("hf")
+            .tempdir_in("/tmp")
+            .map_err(|e| e.to_string())?;
+        std::fs::write(work.path().join("hako.toml"), config).map_err(|e| e.to_string())?;
+        bundle::write_busybox_bundle(
+            Path::new("/bin/busybox"),
+            &work.path().join("b"),
+            &["sleep", "1000"],
+            "/hako-fault-test",
+        )?;
+        Ok(Self { hako, work })
+    }
+
+    fn root(&self) -> PathBuf {
+        self.work.path().join("r")
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(&self.hako);
+        c.env("HAKO_CONFIG", self.work.path().join("hako.toml"))
+            .arg("--root")
+            .arg(self.root())
+            .args(args)
+            .stdin(Stdio::null());
+        c
+    }
+
+    fn create(&self) -> Command {
+        let bundle = self.work.path().join("b").display().to_string();
+        self.cmd(&["create", "--bundle", &bundle, "c"])
+    }
+
+    /// `hako create` must fail, its error containing each of `needles` (any case).
+    fn expect_create_fails(&self, o: &Output, needles: &[&str]) -> Result<(), Failed> {
+        let err = String::from_utf8_lossy(&o.stderr);
+        let lower = err.to_lowercase();
+        if o.status.success() {
+            return Err(format!("create succeeded: {}", String::from_utf8_lossy(&o.stdout)).into());
+        }
+        for n in needles {
+            if !lower.contains(&n.to_lowercase()) {
+                return Err(format!("create's error does not say {n:?}: {err}").into());
+            }
+        }
+        eprintln!("create failed as expected: {}", err.trim());
+        Ok(())
+    }
+
+    /// Deletes what a failure left (as a user would), then checks nothing is left.
+    fn no_leaks(&self) -> Result<(), Failed> {
+        if self.root().join("c").exists() {
+            let o = self
+                .cmd(&["delete", "--force", "c"])
+                .output()
+                .map_err(|e| e.to_string())?;
+            if !o.status.success() {
+                return Err(format!(
+                    "delete --force after the failure: {}",
+                    String::from_utf8_lossy(&o.stderr)
+                )
+                .into());
+            }
+        }
+        let left = Leaks::settle(&self.root(), Duration::from_secs(30));
+        if !left.is_empty() {
+            return Err(format!("left behind: {left:?}").into());
+        }
+        Ok(())
+    }
+}
+
+fn cold_config(extra: &str) -> Result<String, Failed> {
+    let kernel = fixtures::kernel().map_err(|s| s.to_string())?;
+    let image = fixtures::agent_image()?;
+    Ok(format!(
+        "[vm]\nkernel = {kernel:?}\nimage = {image:?}\n{extra}"
+    ))
+}
+
+fn missing_kernel() -> Result<(), Failed> {
+    let image = fixtures::agent_image()?;
+    let c = Case::new(&format!(
+        "[vm]\nkernel = \"/nonexistent/vmlinux\"\nimage = {image:?}\n"
+    ))?;
+    let o = c.create().output().map_err(|e| e.to_string())?;
+    c.expect_create_fails(&o, &["/nonexistent/vmlinux"])?;
+    c.no_leaks()
+}
+
+fn no_kvm() -> Result<(), Failed> {
+    let c = Case::new(&cold_config("")?)?;
+    // /dev/kvm hidden behind /dev/null in a mount namespace of this command only.
+    let bundle = c.work.path().join("b").display().to_string();
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg("mount --bind /dev/null /dev/kvm && exec \"$0\" \"$@\"")
+        .arg(&c.hako)
+        .arg("--root")
+        .arg(c.root())
+        .args(["create", "--bundle", &bundle, "c"])
+        .env("HAKO_CONFIG", c.work.path().join("hako.toml"))
+        .stdin(Stdio::null());
+    let o = cmd.output().map_err(|e| e.to_string())?;
+    c.expect_create_fails(&o, &["/dev/kvm"])?;
+    c.no_leaks()
+}
+
+fn silent_guest() -> Result<(), Failed> {
+    // The probe image boots but never serves the agent API.
+    let kernel = fixtures::kernel().map_err(|s| s.to_string())?;
+    let image = fixtures::probe_image()?;
+    let c = Case::new(&format!(
+        "[runtime]\nagent_timeout_secs = 3\n[vm]\nkernel = {kernel:?}\nimage = {image:?}\n"
+    ))?;
+    let started = Instant::now();
+    let o = c.create().output().map_err(|e| e.to_string())?;
+    c.expect_create_fails(&o, &["no agent", "after 3s"])?;
+    if started.elapsed() > Duration::from_secs(60) {
+        return Err(format!(
+            "create took {:?} with a 3 s agent timeout",
+            started.elapsed()
+        )
+        .into());
+    }
+    c.no_leaks()
+}
+
+fn full_disk() -> Result<(), Failed> {
+    let c = Case::new(&cold_config("")?)?;
+    let root = c.root();
+    std::fs::create_dir_all(&root).map_err(|e| e.to_string())?;
+    netns::run(
+        "mount",
+        &[
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=256k",
+            "tmpfs",
+            &root.display().to_string(),
+        ],
+    )?;
+    let result = (|| {
+        // Fill it: the next file written under the root finds no space.
+        let _ = std::fs::write(root.join("filler"), vec![0u8; 512 * 1024]);
+        let o = c.create().output().map_err(|e| e.to_string())?;
+        c.expect_create_fails(&o, &["no space left"])?;
+        std::fs::remove_file(root.join("filler")).map_err(|e| e.to_string())?;
+        c.no_leaks()
+    })();
+    let _ = netns::run("umount", &["-l", &root.display().to_string()]);
+    result
+}
+
+/// Starts `hako create` and waits for the sandbox's VMM to run; returns the create process
+/// and the VMM's and monitor's pids.
+fn create_until_vmm_runs(c: &Case) -> Result<(std::process::Child, u32, u32), Failed> {
+    let child = c
+        .create()
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let state = c.root().join("c").join("vm").join("state.json");
+    let record = c.root().join("c").join("container.json");
+    let start = Instant::now();
+    loop {
+        let vmm = std::fs::read(&state)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|v| v["vmm_pid"].as_u64());
+        let monitor = std::fs::read(&record)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|v| v["monitor_pid"].as_u64())
+            .filter(|p| *p != 0);
+        if let (Some(vmm), Some(monitor)) = (vmm, monitor) {
+            return Ok((child, vmm as u32, monitor as u32));
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            return Err("no VMM started within 60 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn kill9(pid: u32) -> Result<(), Failed> {
+    netns::run("kill", &["-9", &pid.to_string()])?;
+    Ok(())
+}
+
+fn vmm_killed_while_booting() -> Result<(), Failed> {
+    let c = Case::new(&cold_config("")?)?;
+    let (child, vmm, _) = create_until_vmm_runs(&c)?;
+    kill9(vmm)?;
+    let o = child.wait_with_output().map_err(|e| e.to_string())?;
+    c.expect_create_fails(&o, &["hako-vmm ended: killed by signal 9 (SIGKILL)"])?;
+    c.no_leaks()
+}
+
+fn monitor_killed_while_booting() -> Result<(), Failed> {
+    let c = Case::new(&cold_config("")?)?;
+    let (child, _, monitor) = create_until_vmm_runs(&c)?;
+    kill9(monitor)?;
+    let o = child.wait_with_output().map_err(|e| e.to_string())?;
+    c.expect_create_fails(&o, &["monitor"])?;
+    c.no_leaks()
+}
+
+fn prerequisites() -> Result<(), Skip> {
+    require::root()?;
+    require::kvm()?;
+    require::program("unshare")?;
+    require::program("/bin/busybox")?;
+    fixtures::kernel().map(drop)
+}
+
+fn main() {
+    let args = Arguments::from_args();
+    let trials = vec![
+        require::trial("fault_missing_kernel", prerequisites, missing_kernel),
+        require::trial("fault_no_kvm", prerequisites, no_kvm),
+        require::trial("fault_silent_guest", prerequisites, silent_guest),
+        require::trial("fault_full_disk", prerequisites, full_disk),
+        require::trial(
+            "fault_vmm_killed_while_booting",
+            prerequisites,
+            vmm_killed_while_booting,
+        ),
+        require::trial(
+            "fault_monitor_killed_while_booting",
+            prerequisites,
+            monitor_killed_while_booting,
+        ),
+    ];
+    libtest_mimic::run(&args, trials).exit();
+}
