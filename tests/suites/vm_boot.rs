@@ -15,7 +15,10 @@
 //!   the host's marker from and writes its own to, checked in the image file afterwards;
 //!   hybrid vsock both ways (the guest greets a host listener at `<uds>_<port>`; the host
 //!   connects with `CONNECT <port>` and has 600 KiB echoed, more than the credit window);
-//!   exit status 0 when the guest powers off, and no socket left behind.
+//!   exit status 0 when the guest powers off, and no socket left behind. This VMM runs in its
+//!   jail (`security.jail`): while it runs, its root holds only `dev`, `proc` and the
+//!   directories of what it was given (no `etc`, no `usr`), its capabilities are the
+//!   passthrough file system's seven (effective and bounding), and no_new_privs is set.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -33,7 +36,7 @@ use hako_tests::boot::{self, Boot};
 use hako_tests::require::{self, Skip};
 use hako_tests::{fixtures, hako_vmm};
 use hako_vmm_api::{
-    BlockConfig, BootProtocol, ControlReply, ExitReason, FsConfig, VmState, VsockConfig,
+    BlockConfig, BootProtocol, ControlReply, ExitReason, FsConfig, JailConfig, VmState, VsockConfig,
 };
 use libtest_mimic::{Arguments, Failed};
 
@@ -293,7 +296,16 @@ fn boot_with_devices_and_power_off() -> Result<(), Failed> {
         guest_cid: 3,
         uds_path: uds.clone(),
     });
+    // Outside the directories it binds in (a jail inside one would be bound into itself).
+    let jail_root = tempfile::tempdir().map_err(|e| e.to_string())?;
+    config.security.jail = Some(JailConfig {
+        root: jail_root.path().to_owned(),
+    });
     let cmd = hako_vmm::command(&f.vmm, f.dir.path(), &config).map_err(|e| e.to_string())?;
+    let jailed = {
+        let marker = f.dir.path().display().to_string();
+        std::thread::spawn(move || inspect_jail(&marker))
+    };
     let stop = Arc::new(AtomicBool::new(false));
     let answering = std::thread::spawn(move || answer_guest(host_listener));
     let echoing = {
@@ -347,7 +359,80 @@ fn boot_with_devices_and_power_off() -> Result<(), Failed> {
         return Err("the guest's write did not reach the disk image".into());
     }
     expect(&boot, "guest powered off")?;
-    expect_exit(&boot, ExitReason::GuestPoweroff)
+    expect_exit(&boot, ExitReason::GuestPoweroff)?;
+    let (status, root) = jailed
+        .join()
+        .map_err(|_| "the jail inspection panicked")??;
+    check_jail(&status, &root)?;
+    if std::fs::read_dir(jail_root.path()).map_or(0, |d| d.count()) != 0 {
+        return Err("the jail's root shows files on the host's side".into());
+    }
+    Ok(())
+}
+
+/// Waits for the hako-vmm whose command line names `marker`; returns its /proc status and the
+/// names at the top of its root.
+fn inspect_jail(marker: &str) -> Result<(String, Vec<String>), String> {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(60) {
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline);
+            if !(cmdline.contains("hako-vmm") && cmdline.contains(marker)) {
+                continue;
+            }
+            let status = std::fs::read_to_string(e.path().join("status")).unwrap_or_default();
+            // The jail is entered first thing: wait until it shows.
+            if !status.contains("NoNewPrivs:\t1") {
+                continue;
+            }
+            let mut root: Vec<String> = std::fs::read_dir(e.path().join("root"))
+                .map_err(|err| format!("listing the VMM's root: {err}"))?
+                .flatten()
+                .filter_map(|d| d.file_name().into_string().ok())
+                .collect();
+            root.sort();
+            return Ok((status, root));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Err("no jailed hako-vmm showed up within 60 s".into())
+}
+
+/// CAP_CHOWN, DAC_OVERRIDE, DAC_READ_SEARCH, FOWNER, FSETID, SETGID, SETUID.
+const PASSTHROUGH_CAPS: &str = "00000000000000df";
+
+fn check_jail(status: &str, root: &[String]) -> Result<(), String> {
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    for name in ["CapEff:", "CapPrm:", "CapBnd:"] {
+        if field(name) != PASSTHROUGH_CAPS {
+            return Err(format!("the jailed VMM's {name} is {}", field(name)));
+        }
+    }
+    if field("CapInh:") != "0000000000000000" || field("CapAmb:") != "0000000000000000" {
+        return Err("the jailed VMM has inheritable or ambient capabilities".into());
+    }
+    for must in ["dev", "proc"] {
+        if !root.iter().any(|n| n == must) {
+            return Err(format!("the jail's root lacks {must}: {root:?}"));
+        }
+    }
+    for never in ["etc", "usr", "bin", "root", "home"] {
+        if root.iter().any(|n| n == never) {
+            return Err(format!(
+                "the jail's root shows the host's {never}: {root:?}"
+            ));
+        }
+    }
+    eprintln!("jailed hako-vmm: root {root:?}, capabilities {PASSTHROUGH_CAPS}");
+    Ok(())
 }
 
 /// Starts hako-vmm (with a vsock device, to check that socket's cleanup too), waits for

@@ -9,6 +9,7 @@ pub mod config;
 pub mod devices;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
+pub mod jail;
 pub mod memory;
 pub mod metrics;
 pub mod probe;
@@ -34,6 +35,8 @@ pub enum VmmError {
     Build(#[from] builder::BuildError),
     #[error(transparent)]
     Api(#[from] api::ApiError),
+    #[error(transparent)]
+    Jail(#[from] jail::JailError),
     #[error("handling termination signals")]
     Signals(#[source] std::io::Error),
 }
@@ -55,6 +58,11 @@ pub fn run_from(
     snapshot_dir: Option<&Path>,
     started: Instant,
 ) -> Result<ExitReason, VmmError> {
+    // First: the jail needs a process with one thread.
+    if let Some(jail) = &config.security.jail {
+        jail::enter(config, snapshot_dir, jail)?;
+        tracing::info!(root = %jail.root.display(), "entered the jail");
+    }
     signals::block_stop_signals().map_err(VmmError::Signals)?;
     let (tx, rx) = mpsc::channel();
     // The control server goes first so that its socket is removed however the build ends.

@@ -28,13 +28,32 @@ pub struct VmConfig {
 }
 
 /// How hako-vmm confines itself.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SecurityConfig {
     /// Install the seccomp filters (every thread, before the guest runs). Default true;
     /// turn off only to debug.
     #[serde(default = "SecurityConfig::default_seccomp")]
     pub seccomp: bool,
+    /// Run in a jail (see [`JailConfig`]). Off unless set.
+    #[serde(default)]
+    pub jail: Option<JailConfig>,
+}
+
+/// hako-vmm's jail. Before any thread starts, the VMM enters a mount namespace of its own,
+/// mounts a small tmpfs on `root` (seen only in that namespace), binds in only what this
+/// config names (kernel and initrd read-only, shared directories, disks, the directories of
+/// its sockets and console file, a snapshot to resume read-only, /dev/kvm, /dev/net/tun when
+/// it has network devices, /dev/null and /dev/urandom) at their own paths, mounts a /proc
+/// that shows processes only, pivots into it, keeps only the capabilities its devices need
+/// (none without virtio-fs or net), and sets no_new_privs. Every path in the config must then
+/// be absolute.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JailConfig {
+    /// An existing empty directory (e.g. `<sandbox dir>/jail`); nothing is written to it on
+    /// the host's side.
+    pub root: PathBuf,
 }
 
 impl SecurityConfig {
@@ -47,6 +66,7 @@ impl Default for SecurityConfig {
     fn default() -> Self {
         Self {
             seccomp: Self::default_seccomp(),
+            jail: None,
         }
     }
 }

@@ -6,8 +6,8 @@ pub mod config;
 pub mod control;
 
 pub use config::{
-    Bandwidth, BlockConfig, BootProtocol, ConsoleConfig, DevicesConfig, FsConfig, KernelConfig,
-    MachineConfig, NetConfig, NetRateLimit, SecurityConfig, VmConfig, VsockConfig,
+    Bandwidth, BlockConfig, BootProtocol, ConsoleConfig, DevicesConfig, FsConfig, JailConfig,
+    KernelConfig, MachineConfig, NetConfig, NetRateLimit, SecurityConfig, VmConfig, VsockConfig,
 };
 pub use control::{ControlReply, ControlRequest, ExitReason, Metrics, VmState};
 
