@@ -81,6 +81,9 @@ pub struct VmDefaults {
     pub cpu_profile: CpuProfile,
     /// Extra guest kernel arguments.
     pub kernel_params: String,
+    /// Run each sandbox's hako-vmm in its jail (mount namespace with only its files,
+    /// capabilities cut, no_new_privs). Template-making VMMs run without it.
+    pub jail: bool,
 }
 
 /// `[agent]`: the agent API policy of every sandbox (see `hako_agent_api::policy`). The
@@ -144,6 +147,7 @@ impl Default for VmDefaults {
             overhead_memory_mib: 128,
             cpu_profile: CpuProfile::Conservative,
             kernel_params: String::new(),
+            jail: true,
         }
     }
 }

@@ -373,6 +373,7 @@ mod tests {
             guest_cid: 3,
             netns: None,
             net: Vec::new(),
+            jail: None,
         }
     }
 

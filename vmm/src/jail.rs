@@ -47,19 +47,23 @@ fn step(what: impl Into<String>) -> impl FnOnce(io::Error) -> JailError {
 pub struct Bind {
     pub path: PathBuf,
     pub read_only: bool,
+    /// With the mounts below it (a share, whose containers are binds); other binds are of
+    /// the path alone, so a directory holding the jail's own root does not show it again.
+    pub recursive: bool,
 }
 
 /// What the jail must hold for `config` (and a snapshot to resume): sorted, parents first,
 /// without duplicates. Relative paths are refused.
 pub fn binds(config: &VmConfig, snapshot_dir: Option<&Path>) -> Result<Vec<Bind>, JailError> {
     let mut out: Vec<Bind> = Vec::new();
-    let mut add = |path: &Path, read_only: bool| -> Result<(), JailError> {
+    let mut add = |path: &Path, read_only: bool, recursive: bool| -> Result<(), JailError> {
         if !path.is_absolute() {
             return Err(JailError::Relative(path.to_owned()));
         }
         out.push(Bind {
             path: path.to_owned(),
             read_only,
+            recursive,
         });
         Ok(())
     };
@@ -68,33 +72,33 @@ pub fn binds(config: &VmConfig, snapshot_dir: Option<&Path>) -> Result<Vec<Bind>
             .map(Path::to_owned)
             .unwrap_or_else(|| p.to_owned())
     };
-    add(&config.kernel.path, true)?;
+    add(&config.kernel.path, true, false)?;
     if let Some(initrd) = &config.kernel.initrd {
-        add(initrd, true)?;
+        add(initrd, true, false)?;
     }
     if let ConsoleConfig::File(f) = &config.console {
-        add(&parent(f), false)?;
+        add(&parent(f), false, false)?;
     }
     if let Some(c) = &config.control_socket {
-        add(&parent(c), false)?;
+        add(&parent(c), false, false)?;
     }
     if let Some(v) = &config.devices.vsock {
-        add(&parent(&v.uds_path), false)?;
+        add(&parent(&v.uds_path), false, false)?;
     }
     for fs in &config.devices.fs {
-        add(&fs.shared_dir, fs.read_only)?;
+        add(&fs.shared_dir, fs.read_only, true)?;
     }
     for b in &config.devices.block {
-        add(&b.path, b.read_only)?;
+        add(&b.path, b.read_only, false)?;
     }
     if let Some(dir) = snapshot_dir {
-        add(dir, true)?;
+        add(dir, true, false)?;
     }
-    add(Path::new("/dev/kvm"), false)?;
-    add(Path::new("/dev/null"), false)?;
-    add(Path::new("/dev/urandom"), true)?;
+    add(Path::new("/dev/kvm"), false, false)?;
+    add(Path::new("/dev/null"), false, false)?;
+    add(Path::new("/dev/urandom"), true, false)?;
     if !config.devices.net.is_empty() {
-        add(Path::new("/dev/net/tun"), false)?;
+        add(Path::new("/dev/net/tun"), false, false)?;
     }
     // Parents before children (a bind below another must come after it); one bind per path
     // (a writable one wins).
@@ -211,13 +215,16 @@ pub fn enter(
     // SAFETY: unshare takes flags only.
     let rc = unsafe { libc::unshare(libc::CLONE_NEWNS) };
     check(rc, "unshare(CLONE_NEWNS)")?;
+    // Slaves, not private: mounts the host makes later below a share that is a shared mount
+    // (the runtime binds each new container's root there) reach the jail, and their
+    // unmounts too; nothing the jail mounts goes back.
     mount(
         None,
         Path::new("/"),
         None,
-        libc::MS_REC | libc::MS_PRIVATE,
+        libc::MS_REC | libc::MS_SLAVE,
         None,
-        "making every mount private",
+        "making every mount a slave",
     )?;
     mount(
         Some(Path::new("tmpfs")),
@@ -244,11 +251,12 @@ pub fn enter(
                     .map_err(step(format!("creating {}", target.display())))?;
             }
         }
+        let recursive = if b.recursive { libc::MS_REC } else { 0 };
         mount(
             Some(&b.path),
             &target,
             None,
-            libc::MS_BIND | libc::MS_REC,
+            libc::MS_BIND | recursive,
             None,
             &format!("binding {}", b.path.display()),
         )?;

@@ -70,6 +70,8 @@ pub struct VmSpec {
     pub netns: Option<PathBuf>,
     /// Its net devices, one per tap.
     pub net: Vec<NetConfig>,
+    /// hako-vmm's jail root (an empty directory), when it runs jailed.
+    pub jail: Option<PathBuf>,
 }
 
 /// Paths of one sandbox's VM, all under its state directory.
@@ -137,7 +139,13 @@ pub fn vm_config(spec: &VmSpec, paths: &VmPaths) -> VmConfig {
             block: Vec::new(),
             net: spec.net.clone(),
         },
-        security: Default::default(),
+        security: hako_vmm_api::SecurityConfig {
+            jail: spec
+                .jail
+                .clone()
+                .map(|root| hako_vmm_api::JailConfig { root }),
+            ..Default::default()
+        },
     }
 }
 
@@ -305,6 +313,7 @@ mod tests {
             guest_cid: 7,
             netns: None,
             net: Vec::new(),
+            jail: None,
         };
         let c = vm_config(&spec, &paths);
         assert_eq!(

@@ -148,9 +148,19 @@ impl Sandbox {
         events: Arc<dyn EventSink>,
     ) -> anyhow::Result<Arc<Self>> {
         let mut spec = vm_spec(config, size)?;
+        let mut dir = dir;
         let paths = VmPaths::under(&dir.dir);
         std::fs::create_dir(&paths.shared)
             .with_context(|| format!("creating {}", paths.shared.display()))?;
+        if config.vm.jail {
+            // The share is a shared mount, so the containers bound into it after hako-vmm
+            // started reach its jail (whose mounts are slaves).
+            rootfs::share_point(&paths.shared)?;
+            dir.mounted(paths.shared.clone());
+            let root = dir.dir.join("jail");
+            std::fs::create_dir(&root).with_context(|| format!("creating {}", root.display()))?;
+            spec.jail = Some(root);
+        }
         SandboxState::new(id).save(&dir.dir)?;
         let network = match &setup.netns {
             Some(ns) => PodNetwork::attach(ns)
@@ -495,6 +505,7 @@ pub fn vm_spec(config: &Config, size: VmSize) -> anyhow::Result<VmSpec> {
         guest_cid: random_cid(),
         netns: None,
         net: Vec::new(),
+        jail: None,
     })
 }
 

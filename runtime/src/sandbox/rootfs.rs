@@ -104,6 +104,25 @@ fn harden(target: &Path, read_only: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Makes `dir` a mount point of its own (a bind onto itself) with shared propagation: mounts
+/// made below it later reach the mount namespaces that copied it as slaves (a jailed
+/// hako-vmm's). Undo with [`unbind`].
+pub fn share_point(dir: &Path) -> anyhow::Result<()> {
+    mount(Some(dir), dir, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+        .with_context(|| format!("binding {} onto itself", dir.display()))?;
+    if let Err(e) = mount(
+        None::<&str>,
+        dir,
+        None::<&str>,
+        MsFlags::MS_SHARED,
+        None::<&str>,
+    ) {
+        unbind(dir);
+        return Err(e).with_context(|| format!("making {} a shared mount", dir.display()));
+    }
+    Ok(())
+}
+
 /// Detaches a bind made by [`bind`]; logs failures (teardown goes on).
 pub fn unbind(target: &Path) {
     if let Err(e) = umount2(target, MntFlags::MNT_DETACH) {
