@@ -221,22 +221,23 @@ fn kill9(pid: u32) -> Result<(), Failed> {
     Ok(())
 }
 
-fn vmm_killed_while_booting() -> Result<(), Failed> {
+/// Kills (-9) the process `victim` picks from (VMM, monitor) while the VM boots; `create`
+/// must fail saying `needle`.
+fn killed_while_booting(victim: fn(u32, u32) -> u32, needle: &str) -> Result<(), Failed> {
     let c = Case::new(&cold_config("")?)?;
-    let (child, vmm, _) = create_until_vmm_runs(&c)?;
-    kill9(vmm)?;
+    let (child, vmm, monitor) = create_until_vmm_runs(&c)?;
+    kill9(victim(vmm, monitor))?;
     let o = child.wait_with_output().map_err(|e| e.to_string())?;
-    c.expect_create_fails(&o, &["hako-vmm ended: killed by signal 9 (SIGKILL)"])?;
+    c.expect_create_fails(&o, &[needle])?;
     c.no_leaks()
 }
 
+fn vmm_killed_while_booting() -> Result<(), Failed> {
+    killed_while_booting(|vmm, _| vmm, "hako-vmm ended: killed by signal 9 (SIGKILL)")
+}
+
 fn monitor_killed_while_booting() -> Result<(), Failed> {
-    let c = Case::new(&cold_config("")?)?;
-    let (child, _, monitor) = create_until_vmm_runs(&c)?;
-    kill9(monitor)?;
-    let o = child.wait_with_output().map_err(|e| e.to_string())?;
-    c.expect_create_fails(&o, &["monitor"])?;
-    c.no_leaks()
+    killed_while_booting(|_, monitor| monitor, "monitor")
 }
 
 fn prerequisites() -> Result<(), Skip> {

@@ -40,10 +40,7 @@ pub enum Decision {
 
 /// `request` is the readable part of the chain: the 40-byte header, then the arguments.
 pub fn decide(request: &[u8], read_only: bool) -> Decision {
-    let Some(opcode) = request
-        .get(4..8)
-        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-    else {
+    let Some(opcode) = le_u32(request, 4) else {
         // Too short to be a request: the server rejects it itself.
         return Decision::Pass;
     };
@@ -58,9 +55,7 @@ pub fn decide(request: &[u8], read_only: bool) -> Decision {
         // fuse_mknod_in starts with the mode. A device node made on the host's disk is a door
         // to the host's devices for whoever reaches the file outside the share: refuse it
         // (pipes, sockets and regular files are fine).
-        let mode = args
-            .get(..4)
-            .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+        let mode = le_u32(args, 0).unwrap_or(0);
         if matches!(mode & libc::S_IFMT, libc::S_IFCHR | libc::S_IFBLK) {
             return Decision::Refuse(libc::EPERM);
         }
@@ -72,14 +67,18 @@ pub fn decide(request: &[u8], read_only: bool) -> Decision {
         return Decision::Refuse(libc::EROFS);
     }
     if opcode == FUSE_OPEN {
-        let flags = args
-            .get(..4)
-            .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])) as i32;
+        let flags = le_u32(args, 0).unwrap_or(0) as i32;
         if flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0 {
             return Decision::Refuse(libc::EROFS);
         }
     }
     Decision::Pass
+}
+
+/// The little-endian u32 at `at`, if the bytes are there.
+fn le_u32(bytes: &[u8], at: usize) -> Option<u32> {
+    let b = bytes.get(at..at.checked_add(4)?)?;
+    Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
 }
 
 /// The 16-byte `fuse_out_header` of an error reply to request `unique`.
