@@ -84,6 +84,12 @@ pub struct VmDefaults {
     /// Run each sandbox's hako-vmm in its jail (mount namespace with only its files,
     /// capabilities cut, no_new_privs). Template-making VMMs run without it.
     pub jail: bool,
+    /// Run each sandbox's hako-vmm in a host cgroup of its own (a child of the runtime's),
+    /// limited to the VM's memory plus `host_overhead_memory_mib`, its vCPUs plus half a
+    /// CPU, and a bounded number of threads.
+    pub host_cgroup: bool,
+    /// The VMM's own memory beyond the guest's (its threads, virtio-fs, page cache).
+    pub host_overhead_memory_mib: u32,
 }
 
 /// `[agent]`: the agent API policy of every sandbox (see `hako_agent_api::policy`). The
@@ -148,6 +154,8 @@ impl Default for VmDefaults {
             cpu_profile: CpuProfile::Conservative,
             kernel_params: String::new(),
             jail: true,
+            host_cgroup: true,
+            host_overhead_memory_mib: 128,
         }
     }
 }

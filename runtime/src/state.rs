@@ -24,6 +24,9 @@ pub struct SandboxState {
     /// The taps wired into the pod's network namespace, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<crate::network::Wiring>,
+    /// hako-vmm's host cgroup, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_cgroup: Option<crate::sandbox::host_cgroup::HostCgroup>,
 }
 
 impl SandboxState {
@@ -34,6 +37,7 @@ impl SandboxState {
             vmm_pid: 0,
             containers: Vec::new(),
             network: None,
+            host_cgroup: None,
         }
     }
 

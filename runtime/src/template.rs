@@ -374,6 +374,7 @@ mod tests {
             netns: None,
             net: Vec::new(),
             jail: None,
+            host_cgroup: None,
         }
     }
 

@@ -233,6 +233,14 @@ impl Containerd {
             .collect()
     }
 
+    /// Host cgroups of sandboxes under the Hako root still there.
+    pub fn leftover_cgroups(&self) -> Vec<String> {
+        hako_runtime::sandbox::host_cgroup::left_by_root(&self.hako_root)
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect()
+    }
+
     /// Sandbox state directories left under the Hako root.
     pub fn leftover_sandboxes(&self) -> Vec<String> {
         std::fs::read_dir(&self.hako_root)

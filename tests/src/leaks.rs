@@ -1,6 +1,7 @@
 //! A leak checker for the runtime's failure paths: what a sandbox under a state root can leave
 //! on the host (mounts below the root (a mount of the root itself is the test's), processes that name the root on their command line, the
-//! root's entries, Hako's tap links in this namespace). A test takes a [`Leaks::under`] after
+//! root's entries, Hako's tap links in this namespace, host cgroups the runtime made for
+//! sandboxes under the root). A test takes a [`Leaks::under`] after
 //! the failure; any finding is a leak.
 
 use std::path::Path;
@@ -12,6 +13,7 @@ pub struct Leaks {
     pub processes: Vec<String>,
     pub entries: Vec<String>,
     pub taps: Vec<String>,
+    pub cgroups: Vec<String>,
 }
 
 impl Leaks {
@@ -58,11 +60,16 @@ impl Leaks {
             .filter_map(|e| e.file_name().into_string().ok())
             .filter(|n| n.ends_with("_hako"))
             .collect();
+        let cgroups = hako_runtime::sandbox::host_cgroup::left_by_root(root)
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
         Self {
             mounts,
             processes,
             entries,
             taps,
+            cgroups,
         }
     }
 

@@ -1,7 +1,8 @@
 //! Tier 4 (KVM, root, containerd): Hako's shim under a private containerd 1.6, driven with
 //! `ctr`. Every task is a real sandbox VM; guests boot slowly where kernel mode is emulated,
 //! so each trial boots one VM and checks several things in it. After every trial nothing
-//! may be left: no sandbox directories, mounts, shims or VMMs.
+//! may be left: no sandbox directories, mounts, shims, VMMs or host cgroups. SIGKILL of a
+//! running sandbox's VMM and of its shim each end with containerd seeing the task exit.
 
 use std::io::Read;
 use std::process::{Child, Command, Stdio};
@@ -60,12 +61,13 @@ fn nothing_left(ctd: &Containerd) -> Result<(), Failed> {
         let procs = ctd.leftover_processes();
         let mounts = ctd.leftover_mounts();
         let dirs = ctd.leftover_sandboxes();
-        if procs.is_empty() && mounts.is_empty() && dirs.is_empty() {
+        let cgroups = ctd.leftover_cgroups();
+        if procs.is_empty() && mounts.is_empty() && dirs.is_empty() && cgroups.is_empty() {
             return Ok(());
         }
         if start.elapsed() > Duration::from_secs(30) {
             return Err(format!(
-                "left behind: processes {procs:?}, mounts {mounts:?}, sandbox dirs {dirs:?}"
+                "left behind: processes {procs:?}, mounts {mounts:?}, sandbox dirs {dirs:?}, host cgroups {cgroups:?}"
             )
             .into());
         }
@@ -256,6 +258,67 @@ fn vmm_killed(ctd: &Containerd) -> Result<(), Failed> {
     nothing_left(ctd)
 }
 
+/// SIGKILL of a running sandbox's shim: containerd finds the shim dead, runs the shim
+/// binary's `delete` (which kills the VMM and removes its mounts, cgroup and state), and
+/// publishes the task's exit; nothing is left.
+fn shim_killed(ctd: &Containerd) -> Result<(), Failed> {
+    let o = ctd.ctr(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        BUSYBOX,
+        "c4",
+        "sleep",
+        "100000",
+    ])?;
+    if !o.status.success() {
+        return Err(format!("ctr run -d: {}", out(&o)).into());
+    }
+    wait_status(ctd, "c4", "RUNNING", boot_deadline())?;
+    let shims: Vec<String> = ctd
+        .leftover_processes()
+        .into_iter()
+        .filter(|p| p.contains("containerd-shim-hako-v2") && p.contains("-id c4"))
+        .collect();
+    let [shim] = shims.as_slice() else {
+        return Err(format!("expected one shim for c4, found {shims:?}").into());
+    };
+    let pid = shim.split(':').next().unwrap_or_default().to_owned();
+    eprintln!("killing the shim {shim}");
+    Command::new("kill")
+        .args(["-9", &pid])
+        .status()
+        .map_err(|e| e.to_string())?;
+    let start = Instant::now();
+    while ctd.log_lines("topic=/tasks/exit").is_empty() {
+        if start.elapsed() > Duration::from_secs(60) {
+            return Err(format!(
+                "containerd never got a TaskExit after the shim died; its log:\n{}",
+                ctd.log_tail(40)
+            )
+            .into());
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let o = ctd.ctr(&["task", "ls"])?;
+    let tasks = String::from_utf8_lossy(&o.stdout).into_owned();
+    if tasks
+        .lines()
+        .any(|l| l.split_whitespace().next() == Some("c4") && l.contains("RUNNING"))
+    {
+        return Err(format!("c4 still RUNNING after its shim died:\n{tasks}").into());
+    }
+    // The task may already be gone (containerd deletes a dead shim's task); the container
+    // record is the user's to remove.
+    let _ = ctd.ctr(&["task", "rm", "c4"]);
+    let o = ctd.ctr(&["container", "rm", "c4"])?;
+    if !o.status.success() {
+        return Err(format!("ctr container rm: {}", out(&o)).into());
+    }
+    nothing_left(ctd)
+}
+
 fn prerequisites() -> Result<(), Skip> {
     require::kvm()?;
     require::root()?;
@@ -289,6 +352,7 @@ fn main() {
         trial("ctr_run_exec_kill_in_one_sandbox", run_exec_kill),
         trial("ctr_run_with_a_tty", run_with_tty),
         trial("vmm_killed_under_a_running_task", vmm_killed),
+        trial("shim_killed_under_a_running_task", shim_killed),
         trial("cri_pod_with_two_containers", cri_pod),
     ];
     libtest_mimic::run(&args, trials).exit()

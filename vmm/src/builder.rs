@@ -390,10 +390,6 @@ fn assemble(
             "VM restored from a snapshot"
         );
     }
-    if config.security.seccomp {
-        // Every thread, from here on: the guest never runs unfiltered.
-        crate::seccomp::install()?;
-    }
     let mut vcpu_threads = Vec::new();
     for v in prepared {
         vcpu_threads.push(v.spawn().map_err(io("starting a vCPU thread"))?);

@@ -16,6 +16,7 @@ pub mod probe;
 pub mod seccomp;
 pub mod signals;
 pub mod snapshot;
+pub mod threads;
 pub mod vcpu;
 pub mod vm;
 pub mod vmm;
@@ -37,6 +38,10 @@ pub enum VmmError {
     Api(#[from] api::ApiError),
     #[error(transparent)]
     Jail(#[from] jail::JailError),
+    #[error(transparent)]
+    Seccomp(#[from] seccomp::SeccompError),
+    #[error("starting the device worker spawner")]
+    Threads(#[source] std::io::Error),
     #[error("handling termination signals")]
     Signals(#[source] std::io::Error),
 }
@@ -63,7 +68,15 @@ pub fn run_from(
         jail::enter(config, snapshot_dir, jail)?;
         tracing::info!(root = %jail.root.display(), "entered the jail");
     }
+    // Before any thread starts, so every thread inherits the mask (only the signal thread
+    // takes stop signals).
     signals::block_stop_signals().map_err(VmmError::Signals)?;
+    if config.security.seccomp {
+        // Next, still with one thread: every thread inherits the base layer and confines
+        // itself to its own list as it starts (the spawner first).
+        seccomp::install()?;
+        threads::start_spawner().map_err(VmmError::Threads)?;
+    }
     let (tx, rx) = mpsc::channel();
     // The control server goes first so that its socket is removed however the build ends.
     let _control = match &config.control_socket {
@@ -75,5 +88,6 @@ pub fn run_from(
         Some(dir) => builder::restore(config, dir, (tx, rx), started)?,
         None => builder::build(config, (tx, rx), started)?,
     };
+    seccomp::confine(seccomp::Profile::Vmm);
     Ok(vmm.run())
 }

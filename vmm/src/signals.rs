@@ -39,6 +39,7 @@ pub fn watch(events: Sender<VmmEvent>) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
+            crate::seccomp::confine(crate::seccomp::Profile::Signals);
             let set = stop_set();
             loop {
                 let mut signal: libc::c_int = 0;

@@ -289,6 +289,7 @@ impl Vcpu {
     }
 
     fn run(mut self) {
+        crate::seccomp::confine(crate::seccomp::Profile::Vcpu);
         let span = tracing::info_span!("vcpu", index = self.index);
         let _enter = span.enter();
         let mut first = true;

@@ -72,6 +72,8 @@ pub struct VmSpec {
     pub net: Vec<NetConfig>,
     /// hako-vmm's jail root (an empty directory), when it runs jailed.
     pub jail: Option<PathBuf>,
+    /// The host cgroup hako-vmm joins before it runs, when there is one.
+    pub host_cgroup: Option<crate::sandbox::host_cgroup::HostCgroup>,
 }
 
 /// Paths of one sandbox's VM, all under its state directory.
@@ -186,8 +188,15 @@ impl Vm {
             .with_context(|| format!("writing {}", paths.config.display()))?;
         let log = std::fs::File::create(&paths.vmm_log)
             .with_context(|| format!("creating {}", paths.vmm_log.display()))?;
+        let cgroup_procs = match &spec.host_cgroup {
+            Some(cg) => Some(cg.procs_files()?),
+            None => None,
+        };
         let start = || {
             let mut cmd = Command::new(&spec.vmm);
+            if let Some(procs) = cgroup_procs {
+                crate::sandbox::host_cgroup::join_on_exec(&mut cmd, procs);
+            }
             cmd.arg("--config").arg(&paths.config);
             if let Some(dir) = snapshot {
                 cmd.arg("--restore").arg(dir);
@@ -200,7 +209,14 @@ impl Vm {
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .with_context(|| format!("starting {}", spec.vmm.display()))
+            .with_context(|| match &spec.host_cgroup {
+                Some(cg) => format!(
+                    "starting {} in its host cgroup {:?}",
+                    spec.vmm.display(),
+                    cg.dirs
+                ),
+                None => format!("starting {}", spec.vmm.display()),
+            })
         };
         let child = match &spec.netns {
             Some(netns) => crate::network::run_in_netns(netns, start)?,
@@ -314,6 +330,7 @@ mod tests {
             netns: None,
             net: Vec::new(),
             jail: None,
+            host_cgroup: None,
         };
         let c = vm_config(&spec, &paths);
         assert_eq!(

@@ -4,6 +4,7 @@
 
 pub mod container;
 pub mod guest_spec;
+pub mod host_cgroup;
 pub mod rootfs;
 pub mod sizing;
 pub mod volumes;
@@ -25,6 +26,7 @@ use hako_agent_api::agent::{
 use hako_agent_api::agent_ttrpc::AgentServiceClient;
 
 use self::container::{Container, Process, Status};
+use self::host_cgroup::{HostCgroup, Limits};
 use self::sizing::VmSize;
 use self::watchers::EventSink;
 use crate::agent_client::{self, ctx};
@@ -45,6 +47,7 @@ pub(crate) const RPC: Duration = Duration::from_secs(600);
 pub struct StateDir {
     pub dir: PathBuf,
     mounts: Vec<PathBuf>,
+    cgroup: Option<HostCgroup>,
     kept: bool,
 }
 
@@ -57,6 +60,7 @@ impl StateDir {
             Ok(()) => Ok(Self {
                 dir,
                 mounts: Vec::new(),
+                cgroup: None,
                 kept: false,
             }),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
@@ -79,6 +83,11 @@ impl StateDir {
     pub fn mounted(&mut self, target: PathBuf) {
         self.mounts.push(target);
     }
+
+    /// Records the sandbox's host cgroup, removed at teardown (after its VMM is gone).
+    pub fn cgroup(&mut self, cgroup: HostCgroup) {
+        self.cgroup = Some(cgroup);
+    }
 }
 
 impl Drop for StateDir {
@@ -88,6 +97,9 @@ impl Drop for StateDir {
         }
         while let Some(m) = self.mounts.pop() {
             rootfs::unbind(&m);
+        }
+        if let Some(cg) = self.cgroup.take() {
+            cg.remove();
         }
         if let Err(e) = std::fs::remove_dir_all(&self.dir) {
             eprintln!("hako: removing {}: {e}", self.dir.display());
@@ -119,6 +131,9 @@ impl GuestSetup {
     }
 }
 
+/// hako-vmm's CPU beyond its vCPUs (device threads), in percent of one CPU.
+const HOST_CPU_OVERHEAD_PERCENT: u32 = 50;
+
 /// A long-lived sandbox: one VM, its agent, its containers.
 pub struct Sandbox {
     pub id: String,
@@ -130,6 +145,8 @@ pub struct Sandbox {
     vm: Mutex<Vm>,
     /// The taps wired into the pod's network namespace, if any.
     network: Option<crate::network::Wiring>,
+    /// hako-vmm's host cgroup, if any.
+    host_cgroup: Option<HostCgroup>,
     containers: Mutex<HashMap<String, Arc<Container>>>,
     stopping: AtomicBool,
 }
@@ -161,13 +178,28 @@ impl Sandbox {
             std::fs::create_dir(&root).with_context(|| format!("creating {}", root.display()))?;
             spec.jail = Some(root);
         }
-        SandboxState::new(id).save(&dir.dir)?;
+        if config.vm.host_cgroup {
+            let limits = Limits::for_vm(
+                spec.vcpus,
+                spec.memory_mib,
+                config.vm.host_overhead_memory_mib,
+                HOST_CPU_OVERHEAD_PERCENT,
+            );
+            let cgroup = HostCgroup::create(&dir.dir, limits)
+                .with_context(|| format!("sandbox {id}: its host cgroup"))?;
+            dir.cgroup(cgroup.clone());
+            spec.host_cgroup = Some(cgroup);
+        }
+        let mut first = SandboxState::new(id);
+        first.host_cgroup = spec.host_cgroup.clone();
+        first.save(&dir.dir)?;
         let network = match &setup.netns {
             Some(ns) => PodNetwork::attach(ns)
                 .with_context(|| format!("sandbox {id}: carrying the pod network in"))?,
             None => None,
         };
         let mut state = SandboxState::new(id);
+        state.host_cgroup = spec.host_cgroup.clone();
         if let Some(n) = &network {
             spec.netns = Some(n.netns.clone());
             spec.net = n.vmm_devices();
@@ -295,6 +327,7 @@ impl Sandbox {
             events,
             vm: Mutex::new(vm),
             network: state.network.clone(),
+            host_cgroup: state.host_cgroup.clone(),
             containers: Mutex::new(HashMap::new()),
             stopping: AtomicBool::new(false),
         });
@@ -472,6 +505,9 @@ impl Sandbox {
         if let Some(n) = &self.network {
             n.detach();
         }
+        if let Some(cg) = &self.host_cgroup {
+            cg.remove();
+        }
         remove_sandbox_dir(&self.dir);
         tracing::info!(sandbox_id = %self.id, "sandbox stopped");
     }
@@ -480,6 +516,7 @@ impl Sandbox {
         let mut state = SandboxState::new(&self.id);
         state.vmm_pid = self.vmm_pid;
         state.network = self.network.clone();
+        state.host_cgroup = self.host_cgroup.clone();
         state.containers = self
             .containers
             .lock()
@@ -491,7 +528,6 @@ impl Sandbox {
     }
 }
 
-/// Connects to a new VM's agent and creates the sandbox in the guest.
 /// What a sandbox VM is made of under `config`, sized `size`.
 pub fn vm_spec(config: &Config, size: VmSize) -> anyhow::Result<VmSpec> {
     Ok(VmSpec {
@@ -506,6 +542,7 @@ pub fn vm_spec(config: &Config, size: VmSize) -> anyhow::Result<VmSpec> {
         netns: None,
         net: Vec::new(),
         jail: None,
+        host_cgroup: None,
     })
 }
 
@@ -618,8 +655,13 @@ pub fn clean_up_leftover(root: &Path, id: &str) -> bool {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
-    if let Some(n) = state.and_then(|s| s.network) {
-        n.detach();
+    if let Some(state) = state {
+        if let Some(n) = state.network {
+            n.detach();
+        }
+        if let Some(cg) = state.host_cgroup {
+            cg.remove();
+        }
     }
     remove_sandbox_dir(&dir);
     true

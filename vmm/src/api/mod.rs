@@ -73,6 +73,8 @@ impl Drop for ControlServer {
 }
 
 fn accept_loop(listener: UnixListener, events: Sender<VmmEvent>) {
+    // Its connection threads inherit this list.
+    crate::seccomp::confine(crate::seccomp::Profile::Control);
     for conn in listener.incoming() {
         match conn {
             Ok(stream) => {
@@ -94,6 +96,7 @@ fn accept_loop(listener: UnixListener, events: Sender<VmmEvent>) {
 
 /// Answers requests on one connection until it closes or the VMM goes away.
 fn serve(stream: UnixStream, events: &Sender<VmmEvent>) {
+    crate::seccomp::confine(crate::seccomp::Profile::Control);
     let Ok(mut writer) = stream.try_clone() else {
         return;
     };

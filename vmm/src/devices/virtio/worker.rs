@@ -7,6 +7,7 @@ use std::thread::JoinHandle;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::ActivateError;
+use crate::seccomp::Profile;
 
 /// A running worker returning `T` when stopped.
 pub struct Worker<T> {
@@ -16,15 +17,15 @@ pub struct Worker<T> {
 
 impl<T: Send + 'static> Worker<T> {
     /// Starts thread `name` running `body(kill)`; `body` must return once `kill` is readable.
+    /// The thread is confined to seccomp `profile` (see `crate::threads`).
     pub fn spawn(
         name: &str,
+        profile: Profile,
         body: impl FnOnce(EventFd) -> T + Send + 'static,
     ) -> Result<Self, ActivateError> {
         let kill = EventFd::new(libc::EFD_NONBLOCK).map_err(ActivateError::Worker)?;
         let theirs = kill.try_clone().map_err(ActivateError::Worker)?;
-        let handle = std::thread::Builder::new()
-            .name(name.to_owned())
-            .spawn(move || body(theirs))
+        let handle = crate::threads::spawn(name, profile, move || body(theirs))
             .map_err(ActivateError::Worker)?;
         Ok(Self { handle, kill })
     }
@@ -59,7 +60,7 @@ mod tests {
 
     #[test]
     fn a_stopped_worker_hands_its_state_back() {
-        let w = Worker::spawn("test-worker", |kill: EventFd| {
+        let w = Worker::spawn("test-worker", Profile::Block, |kill: EventFd| {
             // Blocks until stopped (the eventfd is non-blocking, so poll it).
             while kill.read().is_err() {
                 std::thread::sleep(std::time::Duration::from_millis(1));

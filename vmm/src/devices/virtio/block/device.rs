@@ -19,6 +19,7 @@ use crate::devices::virtio::{
     read_config_bytes,
 };
 use crate::metrics::Counters;
+use crate::seccomp::Profile;
 
 const QUEUE_SIZES: &[u16] = &[256];
 
@@ -135,9 +136,11 @@ impl VirtioDevice for Block {
             interrupt: a.interrupt,
             counters: self.counters.clone(),
         };
-        self.worker = Some(WorkerThread::spawn(&self.name, move |kill| {
-            worker.run(kill)
-        })?);
+        self.worker = Some(WorkerThread::spawn(
+            &self.name,
+            Profile::Block,
+            move |kill| worker.run(kill),
+        )?);
         Ok(())
     }
 

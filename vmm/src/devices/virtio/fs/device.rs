@@ -21,6 +21,7 @@ use crate::devices::virtio::{
     read_config_bytes,
 };
 use crate::metrics::Counters;
+use crate::seccomp::Profile;
 
 /// The high-priority queue and one request queue.
 const QUEUE_SIZES: &[u16] = &[128, 1024];
@@ -142,7 +143,7 @@ impl VirtioDevice for Fs {
             read_only: self.read_only,
             counters: self.counters.clone(),
         };
-        self.worker = Some(WorkerThread::spawn(&self.name, move |kill| {
+        self.worker = Some(WorkerThread::spawn(&self.name, Profile::Fs, move |kill| {
             worker.run(kill)
         })?);
         Ok(())

@@ -26,6 +26,7 @@ use crate::devices::virtio::{
     read_config_bytes,
 };
 use crate::metrics::Counters;
+use crate::seccomp::Profile;
 
 const QUEUE_SIZES: &[u16] = &[256, 256];
 const RX: u64 = 0;
@@ -197,9 +198,11 @@ impl VirtioDevice for Net {
             tx_buf: vec![0u8; MAX_FRAME],
             limits: Limits::new(self.rate_limit),
         };
-        self.worker = Some(WorkerThread::spawn(&self.name, move |kill| {
-            worker.run(kill)
-        })?);
+        self.worker = Some(WorkerThread::spawn(
+            &self.name,
+            Profile::Net,
+            move |kill| worker.run(kill),
+        )?);
         Ok(())
     }
 

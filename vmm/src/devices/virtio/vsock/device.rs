@@ -19,6 +19,7 @@ use crate::devices::virtio::{
     read_config_bytes,
 };
 use crate::metrics::Counters;
+use crate::seccomp::Profile;
 
 const QUEUE_SIZES: &[u16] = &[256, 256, 256];
 const RX: usize = 0;
@@ -161,7 +162,9 @@ impl VirtioDevice for Vsock {
             interrupt: a.interrupt,
             counters: self.counters.clone(),
         };
-        self.worker = Some(WorkerThread::spawn("vsock", move |kill| worker.run(kill))?);
+        self.worker = Some(WorkerThread::spawn("vsock", Profile::Vsock, move |kill| {
+            worker.run(kill)
+        })?);
         tracing::debug!(cid = self.guest_cid, "vsock active");
         Ok(())
     }

@@ -1,0 +1,91 @@
+//! The base layer: what no thread of a VMM ever does, refused for the whole process. It is
+//! installed first, while hako-vmm has one thread, so every thread inherits it; each thread
+//! then narrows itself further with its allow list (`super::allow`).
+
+use std::collections::BTreeMap;
+
+use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, SeccompRule};
+
+use super::{ARCH, SeccompError, arg_is, arg_masked, build_err};
+
+/// Refused unconditionally: (number, name).
+pub(super) const REFUSED: &[(libc::c_long, &str)] = &[
+    (libc::SYS_execve, "execve"),
+    (libc::SYS_execveat, "execveat"),
+    (libc::SYS_fork, "fork"),
+    (libc::SYS_vfork, "vfork"),
+    (libc::SYS_ptrace, "ptrace"),
+    (libc::SYS_process_vm_readv, "process_vm_readv"),
+    (libc::SYS_process_vm_writev, "process_vm_writev"),
+    (libc::SYS_mount, "mount"),
+    (libc::SYS_umount2, "umount2"),
+    (libc::SYS_pivot_root, "pivot_root"),
+    (libc::SYS_chroot, "chroot"),
+    (libc::SYS_setns, "setns"),
+    (libc::SYS_unshare, "unshare"),
+    (libc::SYS_bpf, "bpf"),
+    (libc::SYS_init_module, "init_module"),
+    (libc::SYS_finit_module, "finit_module"),
+    (libc::SYS_delete_module, "delete_module"),
+    (libc::SYS_kexec_load, "kexec_load"),
+    (libc::SYS_kexec_file_load, "kexec_file_load"),
+    (libc::SYS_reboot, "reboot"),
+    (libc::SYS_swapon, "swapon"),
+    (libc::SYS_swapoff, "swapoff"),
+    (libc::SYS_open_by_handle_at, "open_by_handle_at"),
+    (libc::SYS_keyctl, "keyctl"),
+    (libc::SYS_add_key, "add_key"),
+    (libc::SYS_request_key, "request_key"),
+    (libc::SYS_perf_event_open, "perf_event_open"),
+    (libc::SYS_userfaultfd, "userfaultfd"),
+    (libc::SYS_acct, "acct"),
+    (libc::SYS_settimeofday, "settimeofday"),
+    (libc::SYS_clock_settime, "clock_settime"),
+    (libc::SYS_clock_adjtime, "clock_adjtime"),
+    (libc::SYS_adjtimex, "adjtimex"),
+    (libc::SYS_iopl, "iopl"),
+    (libc::SYS_ioperm, "ioperm"),
+    (libc::SYS_quotactl, "quotactl"),
+    (libc::SYS_syslog, "syslog"),
+    (libc::SYS_vhangup, "vhangup"),
+    (libc::SYS_pidfd_getfd, "pidfd_getfd"),
+];
+
+/// The base's two programs: the refusals (SIGSYS), and clone3 answering ENOSYS (a filter
+/// cannot read clone3's flags, so thread creation falls back to clone, whose flags it can).
+pub(super) fn programs() -> Result<[BpfProgram; 2], SeccompError> {
+    let mut refused: BTreeMap<i64, Vec<SeccompRule>> =
+        REFUSED.iter().map(|(nr, _)| (*nr, Vec::new())).collect();
+    // A clone without CLONE_THREAD makes a process; a socket not AF_UNIX reaches a network.
+    refused.insert(
+        libc::SYS_clone,
+        vec![
+            SeccompRule::new(vec![arg_masked(0, libc::CLONE_THREAD as u64, 0)?])
+                .map_err(build_err)?,
+        ],
+    );
+    refused.insert(
+        libc::SYS_socket,
+        vec![
+            SeccompRule::new(vec![arg_is(
+                0,
+                seccompiler::SeccompCmpOp::Ne,
+                libc::AF_UNIX as u64,
+            )?])
+            .map_err(build_err)?,
+        ],
+    );
+    let refusals = SeccompFilter::new(refused, SeccompAction::Allow, SeccompAction::Trap, ARCH)
+        .map_err(build_err)?;
+    let clone3 = SeccompFilter::new(
+        BTreeMap::from([(libc::SYS_clone3, Vec::new())]),
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::ENOSYS as u32),
+        ARCH,
+    )
+    .map_err(build_err)?;
+    Ok([
+        refusals.try_into().map_err(SeccompError::Compile)?,
+        clone3.try_into().map_err(SeccompError::Compile)?,
+    ])
+}

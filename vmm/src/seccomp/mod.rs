@@ -1,0 +1,290 @@
+//! The VMM's seccomp filters, in two layers.
+//!
+//! 1. The base (`deny`): what a VMM never does, refused for the whole process, installed
+//!    first while hako-vmm has one thread: start programs or processes (execve, fork, clone
+//!    without CLONE_THREAD), debug or read other processes, change mounts, namespaces, root or
+//!    the host's clock, load kernel code (modules, BPF, kexec), reboot, open files by handle,
+//!    use keyrings, perf or userfaultfd, and make sockets other than Unix ones.
+//! 2. Per thread (`allow`): each thread, as it starts and before it touches anything the guest
+//!    drives, narrows itself to its kind's allow list ([`Profile`]): a vCPU cannot open a
+//!    file, the virtio-fs worker cannot make a socket, the vsock worker cannot open a file.
+//!    Filters stack and a new thread inherits its creator's, so device workers are started
+//!    by one spawner thread whose list is the union of theirs (`crate::threads`), never by
+//!    the vCPU that activates the device.
+//!
+//! A call either layer refuses sends SIGSYS; the handler writes the call and the thread's
+//! kind to stderr (hako-vmm's log) and exits with `EXIT_SECCOMP_VIOLATION`.
+#![allow(unsafe_code)]
+
+mod allow;
+mod deny;
+
+use std::cell::Cell;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use hako_vmm_api::control::EXIT_SECCOMP_VIOLATION;
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    TargetArch,
+};
+
+const ARCH: TargetArch = TargetArch::x86_64;
+
+/// Errors installing the filters.
+#[derive(Debug, thiserror::Error)]
+pub enum SeccompError {
+    #[error("building the seccomp filter")]
+    Build(#[source] seccompiler::BackendError),
+    #[error("compiling the seccomp filter")]
+    Compile(#[source] seccompiler::BackendError),
+    #[error("installing the seccomp filter")]
+    Install(#[source] seccompiler::Error),
+    #[error("installing the SIGSYS handler")]
+    Handler(#[source] std::io::Error),
+}
+
+/// The kinds of thread hako-vmm runs, each with its own allow list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Profile {
+    /// The main thread once the VM runs (event loop, snapshots, teardown).
+    Vmm,
+    /// A vCPU thread.
+    Vcpu,
+    /// The control socket's threads.
+    Control,
+    /// The stop-signal thread.
+    Signals,
+    /// The thread that starts device workers.
+    Spawner,
+    /// The virtio-fs worker.
+    Fs,
+    /// A virtio-blk worker.
+    Block,
+    /// A virtio-net worker.
+    Net,
+    /// The virtio-vsock worker.
+    Vsock,
+}
+
+impl Profile {
+    /// The device workers, which the spawner starts.
+    pub const WORKERS: [Profile; 4] = [Profile::Fs, Profile::Block, Profile::Net, Profile::Vsock];
+
+    /// The name the violation message gives.
+    pub fn name(self) -> &'static str {
+        match self {
+            Profile::Vmm => "vmm",
+            Profile::Vcpu => "vcpu",
+            Profile::Control => "control",
+            Profile::Signals => "signals",
+            Profile::Spawner => "spawner",
+            Profile::Fs => "virtio-fs worker",
+            Profile::Block => "virtio-blk worker",
+            Profile::Net => "virtio-net worker",
+            Profile::Vsock => "virtio-vsock worker",
+        }
+    }
+}
+
+/// Whether the base layer is installed (then every thread must confine itself).
+static ENABLED: AtomicBool = AtomicBool::new(false);
+
+thread_local! {
+    /// This thread's profile name, read by the SIGSYS handler (a plain TLS read).
+    static CONFINED_AS: Cell<&'static str> = const { Cell::new("main") };
+}
+
+fn build_err(e: seccompiler::BackendError) -> SeccompError {
+    SeccompError::Build(e)
+}
+
+fn arg_is(arg: u8, op: SeccompCmpOp, value: u64) -> Result<SeccompCondition, SeccompError> {
+    SeccompCondition::new(arg, SeccompCmpArgLen::Qword, op, value).map_err(build_err)
+}
+
+fn arg_masked(arg: u8, mask: u64, value: u64) -> Result<SeccompCondition, SeccompError> {
+    arg_is(arg, SeccompCmpOp::MaskedEq(mask), value)
+}
+
+/// The name of call `nr` (for the violation message).
+fn name_of(nr: libc::c_long) -> &'static str {
+    match nr {
+        libc::SYS_clone => "clone",
+        libc::SYS_socket => "socket",
+        _ => deny::REFUSED
+            .iter()
+            .chain(allow::every_named())
+            .find(|(n, _)| *n == nr)
+            .map_or("?", |(_, name)| name),
+    }
+}
+
+/// The allow-list program of `profile`: its calls allowed, anything else trapped.
+fn allow_program(profile: Profile) -> Result<BpfProgram, SeccompError> {
+    let rules = allow::allowed(profile)
+        .into_iter()
+        .map(|(nr, _)| (nr, Vec::new()))
+        .collect::<BTreeMap<_, _>>();
+    SeccompFilter::new(rules, SeccompAction::Trap, SeccompAction::Allow, ARCH)
+        .map_err(build_err)?
+        .try_into()
+        .map_err(SeccompError::Compile)
+}
+
+/// Installs the SIGSYS handler and the base layer on every thread of the process; from then
+/// on each thread must [`confine`] itself. Call it while the process has one thread.
+pub fn install() -> Result<(), SeccompError> {
+    let programs = deny::programs()?;
+    install_handler().map_err(SeccompError::Handler)?;
+    for p in &programs {
+        seccompiler::apply_filter_all_threads(p).map_err(SeccompError::Install)?;
+    }
+    ENABLED.store(true, Ordering::SeqCst);
+    tracing::debug!(
+        refused = deny::REFUSED.len() + 2,
+        "seccomp base filters installed"
+    );
+    Ok(())
+}
+
+/// Narrows the calling thread to `profile`'s allow list when the filters are on (a no-op
+/// otherwise). A thread that cannot be confined must not go on: the VMM stops, saying so.
+pub fn confine(profile: Profile) {
+    if !ENABLED.load(Ordering::SeqCst) {
+        return;
+    }
+    let installed = allow_program(profile)
+        .and_then(|p| seccompiler::apply_filter(&p).map_err(SeccompError::Install));
+    match installed {
+        Ok(()) => CONFINED_AS.with(|c| c.set(profile.name())),
+        Err(e) => {
+            tracing::error!(thread = profile.name(), error = %e, "cannot confine a thread; the VMM stops");
+            std::process::exit(i32::from(EXIT_SECCOMP_VIOLATION));
+        }
+    }
+}
+
+fn install_handler() -> std::io::Result<()> {
+    // SAFETY: a zeroed sigaction is a valid starting value; we set the handler (an
+    // `extern "C"` function with the SA_SIGINFO signature) and flags, and sigaction only
+    // reads it.
+    unsafe {
+        let mut act: libc::sigaction = std::mem::zeroed();
+        act.sa_sigaction = on_sigsys as *const () as usize;
+        act.sa_flags = libc::SA_SIGINFO;
+        libc::sigemptyset(&mut act.sa_mask);
+        if libc::sigaction(libc::SIGSYS, &act, std::ptr::null_mut()) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Writes "hako-vmm: seccomp: ..." and exits; only async-signal-safe calls (write, _exit).
+extern "C" fn on_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // For SIGSYS the siginfo union holds { void *call_addr; int syscall; unsigned arch; }
+    // from byte 16 on x86-64: the call's number is the int at byte 24.
+    // SAFETY: the kernel passes a valid siginfo_t for an SA_SIGINFO handler.
+    let nr = unsafe {
+        info.cast::<u8>()
+            .add(24)
+            .cast::<libc::c_int>()
+            .read_unaligned()
+    };
+    let mut msg = [0u8; 160];
+    let mut len = 0;
+    let mut put = |bytes: &[u8]| {
+        for b in bytes {
+            if len < msg.len() {
+                msg[len] = *b;
+                len += 1;
+            }
+        }
+    };
+    put(b"hako-vmm: seccomp: the ");
+    put(CONFINED_AS.with(Cell::get).as_bytes());
+    put(b" thread made a forbidden system call: ");
+    put(name_of(libc::c_long::from(nr)).as_bytes());
+    put(b" (");
+    let mut digits = [0u8; 12];
+    let mut n = nr.unsigned_abs();
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    put(&digits[i..]);
+    put(b"); the VMM stops\n");
+    // SAFETY: write(2) and _exit(2) are async-signal-safe; `msg[..len]` is initialised.
+    unsafe {
+        libc::write(2, msg.as_ptr().cast(), len);
+        libc::_exit(i32::from(EXIT_SECCOMP_VIOLATION));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_filters_compile_and_name_what_they_refuse() {
+        let [refusals, clone3] = deny::programs().unwrap();
+        assert!(refusals.len() > deny::REFUSED.len());
+        assert!(!clone3.is_empty());
+        assert_eq!(name_of(libc::SYS_execve), "execve");
+        assert_eq!(name_of(libc::SYS_socket), "socket");
+        assert_eq!(name_of(libc::SYS_openat), "openat");
+        assert_eq!(name_of(libc::SYS_kcmp), "?");
+    }
+
+    fn allows(p: Profile, nr: libc::c_long) -> bool {
+        allow::allowed(p).iter().any(|(n, _)| *n == nr)
+    }
+
+    #[test]
+    fn each_kind_of_thread_gets_only_its_calls() {
+        for p in [
+            Profile::Vmm,
+            Profile::Vcpu,
+            Profile::Control,
+            Profile::Signals,
+            Profile::Spawner,
+            Profile::Fs,
+            Profile::Block,
+            Profile::Net,
+            Profile::Vsock,
+        ] {
+            assert!(!allow_program(p).unwrap().is_empty(), "{p:?}");
+            // Nothing the base refuses is on an allow list (besides clone/socket, narrowed
+            // by the base).
+            for (nr, name) in deny::REFUSED {
+                assert!(!allows(p, *nr), "{p:?} allows {name}");
+            }
+            assert!(allows(p, libc::SYS_futex) && allows(p, libc::SYS_exit));
+        }
+        assert!(!allows(Profile::Vcpu, libc::SYS_openat));
+        assert!(!allows(Profile::Vcpu, libc::SYS_clone));
+        assert!(!allows(Profile::Fs, libc::SYS_socket));
+        assert!(!allows(Profile::Fs, libc::SYS_connect));
+        assert!(!allows(Profile::Vsock, libc::SYS_openat));
+        assert!(!allows(Profile::Net, libc::SYS_openat));
+        assert!(!allows(Profile::Signals, libc::SYS_ioctl));
+        assert!(allows(Profile::Fs, libc::SYS_setresuid));
+        assert!(allows(Profile::Vcpu, libc::SYS_ioctl));
+        // The spawner's threads inherit its filter: it must allow all that each does.
+        for w in Profile::WORKERS {
+            for (nr, name) in allow::allowed(w) {
+                assert!(
+                    allows(Profile::Spawner, nr),
+                    "the spawner lacks {name} for {w:?}"
+                );
+            }
+        }
+        assert!(allows(Profile::Spawner, libc::SYS_clone));
+    }
+}
