@@ -218,23 +218,28 @@ fn run_with_tty(ctd: &Containerd) -> Result<(), Failed> {
     nothing_left(ctd)
 }
 
-/// SIGKILL of a running sandbox's VMM: containerd sees the task exit and deleting it
-/// cleans up everything.
-fn vmm_killed(ctd: &Containerd) -> Result<(), Failed> {
+/// `ctr run -d` of a sleeping busybox task `id` in its own sandbox, until it is RUNNING.
+fn run_sleeper(ctd: &Containerd, id: &str) -> Result<(), Failed> {
     let o = ctd.ctr(&[
         "run",
         "-d",
         "--runtime",
         RUNTIME,
         BUSYBOX,
-        "c3",
+        id,
         "sleep",
         "100000",
     ])?;
     if !o.status.success() {
         return Err(format!("ctr run -d: {}", out(&o)).into());
     }
-    wait_status(ctd, "c3", "RUNNING", boot_deadline())?;
+    wait_status(ctd, id, "RUNNING", boot_deadline())
+}
+
+/// SIGKILL of a running sandbox's VMM: containerd sees the task exit and deleting it
+/// cleans up everything.
+fn vmm_killed(ctd: &Containerd) -> Result<(), Failed> {
+    run_sleeper(ctd, "c3")?;
     let state = ctd.hako_root.join("c3").join("state.json");
     let text = std::fs::read_to_string(&state).map_err(|e| format!("{}: {e}", state.display()))?;
     let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
@@ -262,20 +267,7 @@ fn vmm_killed(ctd: &Containerd) -> Result<(), Failed> {
 /// binary's `delete` (which kills the VMM and removes its mounts, cgroup and state), and
 /// publishes the task's exit; nothing is left.
 fn shim_killed(ctd: &Containerd) -> Result<(), Failed> {
-    let o = ctd.ctr(&[
-        "run",
-        "-d",
-        "--runtime",
-        RUNTIME,
-        BUSYBOX,
-        "c4",
-        "sleep",
-        "100000",
-    ])?;
-    if !o.status.success() {
-        return Err(format!("ctr run -d: {}", out(&o)).into());
-    }
-    wait_status(ctd, "c4", "RUNNING", boot_deadline())?;
+    run_sleeper(ctd, "c4")?;
     let shims: Vec<String> = ctd
         .leftover_processes()
         .into_iter()

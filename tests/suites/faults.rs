@@ -1,11 +1,14 @@
 //! Fault injection through the `hako` OCI CLI: each trial makes one thing go wrong while a
 //! sandbox is being created and checks that `hako create` fails with an error naming what is
 //! wrong, and that the leak checker (`hako_tests::leaks`) finds no mount, process, state entry
-//! or tap left under the state root (after `hako delete --force` where the failure left a
+//! tap or host cgroup left under the state root (after `hako delete --force` where the failure left a
 //! container behind, as runc's users would run it). A missing kernel, no usable /dev/kvm, a
 //! guest that never answers, a full disk under the state root, and kill -9 of hako-vmm and of
-//! the monitor while the VM boots. None waits for a whole boot, so the suite is quick even
-//! where guests take a minute to boot.
+//! the monitor while the VM boots. Then a soak: `HAKO_SOAK_CYCLES` (default 4) create/delete
+//! cycles, each killing (-9) at a random moment one of hako-vmm, the monitor, the `hako create`
+//! client or a `hako delete --force` (or nobody), with the leak checker after each cycle; its
+//! sandboxes resume the test run's template. None waits for a cold boot to finish, so the
+//! suite is quick even where guests take a minute to boot.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -78,21 +81,29 @@ impl Case {
         Ok(())
     }
 
-    /// Deletes what a failure left (as a user would), then checks nothing is left.
-    fn no_leaks(&self) -> Result<(), Failed> {
-        if self.root().join("c").exists() {
-            let o = self
-                .cmd(&["delete", "--force", "c"])
-                .output()
-                .map_err(|e| e.to_string())?;
-            if !o.status.success() {
-                return Err(format!(
-                    "delete --force after the failure: {}",
-                    String::from_utf8_lossy(&o.stderr)
-                )
-                .into());
-            }
+    /// `hako delete --force c` if the container is there (as a user would after a failure).
+    fn delete_if_left(&self) -> Result<(), String> {
+        if !self.root().join("c").exists() {
+            return Ok(());
         }
+        let o = self
+            .cmd(&["delete", "--force", "c"])
+            .output()
+            .map_err(|e| e.to_string())?;
+        if o.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "delete --force: {}",
+                String::from_utf8_lossy(&o.stderr)
+            ))
+        }
+    }
+
+    /// Deletes what a failure left, then checks nothing is left.
+    fn no_leaks(&self) -> Result<(), Failed> {
+        self.delete_if_left()
+            .map_err(|e| format!("after the failure: {e}"))?;
         let left = Leaks::settle(&self.root(), Duration::from_secs(30));
         if !left.is_empty() {
             return Err(format!("left behind: {left:?}").into());
@@ -240,6 +251,134 @@ fn monitor_killed_while_booting() -> Result<(), Failed> {
     killed_while_booting(|_, monitor| monitor, "monitor")
 }
 
+/// A small xorshift generator: the soak's choices, reproducible from the printed seed.
+struct Rng(u64);
+
+impl Rng {
+    fn seeded() -> Self {
+        let seed = std::env::var("HAKO_SOAK_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(1, |d| d.as_nanos() as u64)
+            })
+            | 1;
+        eprintln!("soak seed {seed} (HAKO_SOAK_SEED={seed} repeats these choices)");
+        Self(seed)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+/// Whose kill -9 a soak cycle injects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Victim {
+    Vmm,
+    Monitor,
+    /// The `hako create` client itself (the monitor and VM go on without it).
+    Client,
+    /// `hako delete --force` halfway (a second one must finish the job).
+    Delete,
+    Nobody,
+}
+
+/// One soak cycle on a fresh state root: `hako create` from the template; after a random
+/// delay (during the resume, the agent's connection, the container's creation in the guest,
+/// or after it) kill -9 the victim; `hako start` if the container was created; then
+/// `hako delete --force` (itself killed halfway for `Victim::Delete`, then run again), and the
+/// leak checker. Returns what was found left.
+fn soak_cycle(config: &str, rng: &mut Rng) -> Result<(Victim, u64, Leaks), Failed> {
+    let victim = match rng.below(5) {
+        0 => Victim::Vmm,
+        1 => Victim::Monitor,
+        2 => Victim::Client,
+        3 => Victim::Delete,
+        _ => Victim::Nobody,
+    };
+    let delay_ms = rng.below(12_000);
+    let c = Case::new(config)?;
+    let (mut child, vmm, monitor) = create_until_vmm_runs(&c)?;
+    std::thread::sleep(Duration::from_millis(delay_ms));
+    match victim {
+        Victim::Vmm => drop(kill9(vmm)),
+        Victim::Monitor => drop(kill9(monitor)),
+        Victim::Client => drop(kill9(child.id())),
+        Victim::Delete | Victim::Nobody => {}
+    }
+    let created = child.wait().map_err(|e| e.to_string())?.success();
+    if created {
+        let _ = c.cmd(&["start", "c"]).output();
+    }
+    if victim == Victim::Delete {
+        let mut del = c
+            .cmd(&["delete", "--force", "c"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        std::thread::sleep(Duration::from_millis(rng.below(800)));
+        let _ = del.kill();
+        let _ = del.wait();
+    }
+    c.delete_if_left()
+        .map_err(|e| format!("{victim:?} after {delay_ms} ms: {e}"))?;
+    Ok((
+        victim,
+        delay_ms,
+        Leaks::settle(&c.root(), Duration::from_secs(30)),
+    ))
+}
+
+/// `HAKO_SOAK_CYCLES` (default 4) soak cycles with random kills; any leak fails the trial
+/// (after all cycles, so the report counts them).
+fn soak_random_kills() -> Result<(), Failed> {
+    let cycles: u32 = std::env::var("HAKO_SOAK_CYCLES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(4);
+    let hako = fixtures::workspace_binary("hako-runtime", "hako")?;
+    let config = cold_config(&fixtures::template_config())?;
+    let probe = Case::new(&config)?;
+    fixtures::ensure_template(&hako, &probe.work.path().join("hako.toml"))?;
+    drop(probe);
+    let mut rng = Rng::seeded();
+    let mut kills = std::collections::BTreeMap::<Victim, u32>::new();
+    let mut leaks = Vec::new();
+    let started = Instant::now();
+    for i in 0..cycles {
+        let (victim, delay, left) = soak_cycle(&config, &mut rng)?;
+        *kills.entry(victim).or_default() += 1;
+        eprintln!(
+            "cycle {i}: {victim:?} after {delay} ms: {}",
+            if left.is_empty() {
+                "nothing left"
+            } else {
+                "LEAK"
+            }
+        );
+        if !left.is_empty() {
+            leaks.push(format!("cycle {i} ({victim:?} after {delay} ms): {left:?}"));
+        }
+    }
+    eprintln!(
+        "soak: {cycles} cycles in {:.0} s, kills {kills:?}, leaks {}",
+        started.elapsed().as_secs_f64(),
+        leaks.len()
+    );
+    if leaks.is_empty() {
+        Ok(())
+    } else {
+        Err(leaks.join("\n").into())
+    }
+}
+
 fn prerequisites() -> Result<(), Skip> {
     require::root()?;
     require::kvm()?;
@@ -265,6 +404,7 @@ fn main() {
             prerequisites,
             monitor_killed_while_booting,
         ),
+        require::trial("fault_soak_random_kills", prerequisites, soak_random_kills),
     ];
     libtest_mimic::run(&args, trials).exit();
 }

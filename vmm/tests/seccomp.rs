@@ -6,9 +6,10 @@
 //!   `EXIT_SECCOMP_VIOLATION`, and stderr names the call; posix_spawn (which blocks signals
 //!   around its clone) is stopped by SIGSYS itself;
 //! - per-thread allow lists: a vCPU thread opening a file, a virtio-fs worker making a Unix
-//!   socket, a vsock worker opening a file are stopped with the thread's kind named, while a
-//!   virtio-fs worker started (through the spawner) at a vCPU thread's request does its file
-//!   work: the worker gets its own list, not the narrower one of the vCPU that asked for it.
+//!   socket, a vsock worker opening a file or making an ioctl but FIONBIO (which it may) are
+//!   stopped with the thread's kind named, while a virtio-fs worker started (through the
+//!   spawner) at a vCPU thread's request does its file work: the worker gets its own list,
+//!   not the narrower one of the vCPU that asked for it.
 
 use std::process::Command;
 
@@ -78,6 +79,19 @@ fn child(case: &str) -> ! {
             })
             .join();
             println!("a vsock worker opened a file: {r:?}");
+        }
+        "vsock-ioctl" => {
+            let r = std::thread::spawn(|| {
+                confine(Profile::Vsock);
+                let a = std::os::unix::net::UnixDatagram::unbound().expect("socket");
+                // FIONBIO is the one ioctl the vsock worker may make.
+                eprintln!("nonblocking: {}", a.set_nonblocking(true).is_ok());
+                let mut n: libc::c_int = 0;
+                // SAFETY: FIONREAD writes one c_int through the pointer.
+                unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&a), libc::FIONREAD, &mut n) }
+            })
+            .join();
+            println!("a vsock worker made a FIONREAD ioctl: {r:?}");
         }
         "worker-from-vcpu" => {
             threads::start_spawner().expect("spawner");
@@ -151,6 +165,10 @@ fn main() {
             "vsock-open",
             "the virtio-vsock worker thread made a forbidden system call: openat",
         ),
+        (
+            "vsock-ioctl",
+            "nonblocking: true\nhako-vmm: seccomp: the virtio-vsock worker thread made a forbidden system call: ioctl",
+        ),
     ] {
         let o = run(case);
         let err = String::from_utf8_lossy(&o.stderr);
@@ -185,5 +203,5 @@ fn main() {
         eprintln!("FAILED:\n{}", failed.join("\n"));
         std::process::exit(1);
     }
-    println!("seccomp: 9 cases ok");
+    println!("seccomp: 10 cases ok");
 }

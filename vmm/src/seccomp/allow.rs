@@ -190,22 +190,22 @@ const FS: &[Call] = calls![
     capget,
     capset,
     name_to_handle_at,
-    ioctl,
 ];
 
 /// virtio-blk: reads, writes, flushes and discards on its image file.
 const BLOCK: &[Call] = calls![
     pread64, pwrite64, preadv, pwritev, readv, writev, lseek, fsync, fdatasync, fallocate, fstat,
-    ioctl,
 ];
 
-/// virtio-net: frames to and from its tap.
-const NET: &[Call] = calls![readv, writev, ioctl, fcntl];
+/// virtio-net: frames to and from its tap (its ioctls happen at open and activation, on
+/// other threads).
+const NET: &[Call] = calls![readv, writev, fcntl];
 
-/// virtio-vsock (hybrid): the host's Unix sockets, accepted and connected.
+/// virtio-vsock (hybrid): the host's Unix sockets, accepted and connected (and made
+/// non-blocking: `ioctl`, narrowed to FIONBIO in `super::narrowed`).
 const VSOCK: &[Call] = calls![
     accept, accept4, socket, connect, recvfrom, sendto, recvmsg, sendmsg, readv, writev, shutdown,
-    getsockopt, setsockopt, fcntl, ioctl, dup,
+    getsockopt, setsockopt, fcntl, dup,
 ];
 
 /// The parts of a profile's list (COMMON is in every one).

@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use hako_vmm_api::control::EXIT_SECCOMP_VIOLATION;
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
-    TargetArch,
+    SeccompRule, TargetArch,
 };
 
 const ARCH: TargetArch = TargetArch::x86_64;
@@ -120,12 +120,46 @@ fn name_of(nr: libc::c_long) -> &'static str {
     }
 }
 
-/// The allow-list program of `profile`: its calls allowed, anything else trapped.
+/// Calls `profile` may make only with certain arguments: (number, the rules, one of which
+/// must match). A spawner allows what each of its workers does.
+fn narrowed(profile: Profile) -> Result<Vec<(libc::c_long, Vec<SeccompRule>)>, SeccompError> {
+    Ok(match profile {
+        // Rust's set_nonblocking on the host's Unix sockets.
+        Profile::Vsock => vec![(
+            libc::SYS_ioctl,
+            vec![
+                SeccompRule::new(vec![arg_is(1, SeccompCmpOp::Eq, libc::FIONBIO)?])
+                    .map_err(build_err)?,
+            ],
+        )],
+        Profile::Spawner => {
+            let mut all = Vec::new();
+            for w in Profile::WORKERS {
+                all.extend(narrowed(w)?);
+            }
+            all
+        }
+        _ => Vec::new(),
+    })
+}
+
+/// The allow-list program of `profile`: its calls allowed (some only with the arguments
+/// [`narrowed`] gives), anything else trapped.
 fn allow_program(profile: Profile) -> Result<BpfProgram, SeccompError> {
-    let rules = allow::allowed(profile)
+    let mut rules = allow::allowed(profile)
         .into_iter()
         .map(|(nr, _)| (nr, Vec::new()))
         .collect::<BTreeMap<_, _>>();
+    for (nr, more) in narrowed(profile)? {
+        match rules.get_mut(&nr) {
+            // Allowed outright already.
+            Some(existing) if existing.is_empty() => {}
+            Some(existing) => existing.extend(more),
+            None => {
+                rules.insert(nr, more);
+            }
+        }
+    }
     SeccompFilter::new(rules, SeccompAction::Trap, SeccompAction::Allow, ARCH)
         .map_err(build_err)?
         .try_into()
@@ -275,6 +309,13 @@ mod tests {
         assert!(!allows(Profile::Net, libc::SYS_openat));
         assert!(!allows(Profile::Signals, libc::SYS_ioctl));
         assert!(allows(Profile::Fs, libc::SYS_setresuid));
+        assert!(!allows(Profile::Fs, libc::SYS_ioctl));
+        assert!(!allows(Profile::Block, libc::SYS_ioctl));
+        assert!(!allows(Profile::Net, libc::SYS_ioctl));
+        // The vsock worker's ioctl is narrowed, not listed outright.
+        assert!(!allows(Profile::Vsock, libc::SYS_ioctl));
+        assert_eq!(narrowed(Profile::Vsock).unwrap().len(), 1);
+        assert_eq!(narrowed(Profile::Spawner).unwrap().len(), 1);
         assert!(allows(Profile::Vcpu, libc::SYS_ioctl));
         // The spawner's threads inherit its filter: it must allow all that each does.
         for w in Profile::WORKERS {
