@@ -211,7 +211,9 @@ fn create_until_vmm_runs(c: &Case) -> Result<(std::process::Child, u32, u32), Fa
         let vmm = std::fs::read(&state)
             .ok()
             .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-            .and_then(|v| v["vmm_pid"].as_u64());
+            .and_then(|v| v["vmm_pid"].as_u64())
+            // The state is first written with 0, before the VMM starts.
+            .filter(|p| *p != 0);
         let monitor = std::fs::read(&record)
             .ok()
             .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
@@ -227,7 +229,12 @@ fn create_until_vmm_runs(c: &Case) -> Result<(std::process::Child, u32, u32), Fa
     }
 }
 
+/// kill -9 of one process: never 0 or 1 (`kill -9 0` would kill this test's process group,
+/// which a soak once did when it read a VMM pid before the VMM started).
 fn kill9(pid: u32) -> Result<(), Failed> {
+    if pid <= 1 {
+        return Err(format!("refusing to kill -9 {pid}").into());
+    }
     netns::run("kill", &["-9", &pid.to_string()])?;
     Ok(())
 }
