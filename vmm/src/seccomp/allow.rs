@@ -115,9 +115,11 @@ const VMM: &[Call] = calls![
 ];
 
 /// A vCPU: KVM_RUN and the device registers it reaches (MMIO and port I/O write eventfds,
-/// the console's file, the devices' activation, which asks the spawner for worker threads),
-/// and parking its state for a snapshot.
-const VCPU: &[Call] = calls![ioctl, eventfd2, fcntl, dup, writev, tgkill];
+/// the console's file, the devices' activation, which asks the spawner for worker threads,
+/// and their reset, which stops the worker and takes its backend back: the vsock muxer then
+/// drops its connections from its epoll set and closes them), and parking its state for a
+/// snapshot.
+const VCPU: &[Call] = calls![ioctl, eventfd2, fcntl, dup, writev, tgkill, shutdown];
 
 /// The control socket's accept loop and its connection threads.
 const CONTROL: &[Call] = calls![accept, accept4, recvfrom, sendto, shutdown, fcntl];
@@ -212,7 +214,7 @@ const VSOCK: &[Call] = calls![
 fn parts(profile: Profile) -> Vec<&'static [Call]> {
     match profile {
         Profile::Vmm => vec![VMM],
-        Profile::Vcpu => vec![VCPU],
+        Profile::Vcpu => vec![VCPU, EVENT_LOOP],
         Profile::Control => vec![CONTROL, THREAD_START, CONFINING],
         Profile::Signals => vec![SIGNALS],
         Profile::Fs => vec![FS, EVENT_LOOP],

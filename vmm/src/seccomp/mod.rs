@@ -317,6 +317,8 @@ mod tests {
         assert_eq!(narrowed(Profile::Vsock).unwrap().len(), 1);
         assert_eq!(narrowed(Profile::Spawner).unwrap().len(), 1);
         assert!(allows(Profile::Vcpu, libc::SYS_ioctl));
+        // A guest's device reset at power-off runs the vsock muxer's reset on the vCPU.
+        assert!(allows(Profile::Vcpu, libc::SYS_epoll_ctl));
         // The spawner's threads inherit its filter: it must allow all that each does.
         for w in Profile::WORKERS {
             for (nr, name) in allow::allowed(w) {
