@@ -24,6 +24,8 @@ use anyhow::Context;
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 /// The CFS period the CPU quota is expressed in.
 const CPU_PERIOD_US: u64 = 100_000;
+/// hako-vmm's CPU beyond its vCPUs (device threads), in percent of one CPU.
+const CPU_OVERHEAD_PERCENT: u64 = 50;
 
 /// What a sandbox's VMM may use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,16 +38,11 @@ pub struct Limits {
 
 impl Limits {
     /// A VM of `vcpus` and `memory_mib`, plus the VMM's own overhead.
-    pub fn for_vm(
-        vcpus: u8,
-        memory_mib: u32,
-        overhead_mib: u32,
-        cpu_overhead_percent: u32,
-    ) -> Self {
+    pub fn for_vm(vcpus: u8, memory_mib: u32, overhead_mib: u32) -> Self {
         Self {
             memory_bytes: (u64::from(memory_mib) + u64::from(overhead_mib)) << 20,
             cpu_quota_us: u64::from(vcpus) * CPU_PERIOD_US
-                + CPU_PERIOD_US * u64::from(cpu_overhead_percent) / 100,
+                + CPU_PERIOD_US * CPU_OVERHEAD_PERCENT / 100,
             // vCPUs, device workers, control connections, with room to spare.
             pids: 64 + 2 * u32::from(vcpus),
         }
@@ -313,7 +310,7 @@ mod tests {
 
     #[test]
     fn limits_are_the_vm_plus_overhead() {
-        let l = Limits::for_vm(2, 256, 128, 50);
+        let l = Limits::for_vm(2, 256, 128);
         assert_eq!(l.memory_bytes, 384 << 20);
         assert_eq!(l.cpu_quota_us, 250_000);
         assert_eq!(l.pids, 68);

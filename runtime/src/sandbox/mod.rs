@@ -131,9 +131,6 @@ impl GuestSetup {
     }
 }
 
-/// hako-vmm's CPU beyond its vCPUs (device threads), in percent of one CPU.
-const HOST_CPU_OVERHEAD_PERCENT: u32 = 50;
-
 /// A long-lived sandbox: one VM, its agent, its containers.
 pub struct Sandbox {
     pub id: String,
@@ -183,23 +180,20 @@ impl Sandbox {
                 spec.vcpus,
                 spec.memory_mib,
                 config.vm.host_overhead_memory_mib,
-                HOST_CPU_OVERHEAD_PERCENT,
             );
             let cgroup = HostCgroup::create(&dir.dir, limits)
                 .with_context(|| format!("sandbox {id}: its host cgroup"))?;
             dir.cgroup(cgroup.clone());
             spec.host_cgroup = Some(cgroup);
         }
-        let mut first = SandboxState::new(id);
-        first.host_cgroup = spec.host_cgroup.clone();
-        first.save(&dir.dir)?;
+        let mut state = SandboxState::new(id);
+        state.host_cgroup = spec.host_cgroup.clone();
+        state.save(&dir.dir)?;
         let network = match &setup.netns {
             Some(ns) => PodNetwork::attach(ns)
                 .with_context(|| format!("sandbox {id}: carrying the pod network in"))?,
             None => None,
         };
-        let mut state = SandboxState::new(id);
-        state.host_cgroup = spec.host_cgroup.clone();
         if let Some(n) = &network {
             spec.netns = Some(n.netns.clone());
             spec.net = n.vmm_devices();
