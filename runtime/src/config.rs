@@ -84,12 +84,27 @@ pub struct VmDefaults {
     /// Run each sandbox's hako-vmm in its jail (mount namespace with only its files,
     /// capabilities cut, no_new_privs). Template-making VMMs run without it.
     pub jail: bool,
+    /// Whether a jailed hako-vmm runs as an unprivileged host uid/gid (a user namespace with
+    /// a range of 65536 host ids of its own per sandbox, its binds id-mapped): `auto` (where
+    /// the host can, else uid 0 with a warning), `required` (a sandbox fails where the host
+    /// cannot), `off`.
+    pub user_namespace: UserNamespaceMode,
     /// Run each sandbox's hako-vmm in a host cgroup of its own (a child of the runtime's),
     /// limited to the VM's memory plus `host_overhead_memory_mib`, its vCPUs plus half a
     /// CPU, and a bounded number of threads.
     pub host_cgroup: bool,
     /// The VMM's own memory beyond the guest's (its threads, virtio-fs, page cache).
     pub host_overhead_memory_mib: u32,
+}
+
+/// `[vm] user_namespace`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum UserNamespaceMode {
+    #[default]
+    Auto,
+    Required,
+    Off,
 }
 
 /// `[agent]`: the agent API policy of every sandbox (see `hako_agent_api::policy`). The
@@ -154,6 +169,7 @@ impl Default for VmDefaults {
             cpu_profile: CpuProfile::Conservative,
             kernel_params: String::new(),
             jail: true,
+            user_namespace: UserNamespaceMode::Auto,
             host_cgroup: true,
             host_overhead_memory_mib: 128,
         }
@@ -227,6 +243,11 @@ impl Config {
                 "vm.default_memory_mib ({}) is below the 64 MiB a guest needs",
                 vm.default_memory_mib
             )));
+        }
+        if vm.user_namespace == UserNamespaceMode::Required && !vm.jail {
+            return Err(bad(
+                "vm.user_namespace = \"required\" needs vm.jail = true (the user namespace is part of the jail)".into(),
+            ));
         }
         if self.runtime.agent_timeout_secs == 0 {
             return Err(bad("runtime.agent_timeout_secs must be above 0".into()));
@@ -329,6 +350,10 @@ mod tests {
             overhead_memory_mib = 64
             cpu_profile = "host"
             kernel_params = "console=ttyS0"
+            jail = true
+            user_namespace = "required"
+            host_cgroup = true
+            host_overhead_memory_mib = 96
             [agent]
             allow_rpcs = ["CreateSandbox", "DestroySandbox", "SetGuestDateTime", "CreateContainer", "StartContainer", "RemoveContainer", "WaitProcess", "SignalProcess", "WriteStdin", "ReadStdout", "ReadStderr", "CloseStdin", "GetOOMEvent", "UpdateInterface", "UpdateRoutes", "AddARPNeighbors", "ExecProcess", "TtyWinResize", "StatsContainer", "ListProcesses", "UpdateContainer", "PauseContainer", "ResumeContainer", "ListInterfaces", "ListRoutes"]
             deny_rpcs = ["ExecProcess"]
@@ -337,6 +362,7 @@ mod tests {
         .unwrap();
         assert_eq!(c.vm.default_vcpus, 2);
         assert_eq!(c.vm.cpu_profile, CpuProfile::Host);
+        assert_eq!(c.vm.user_namespace, UserNamespaceMode::Required);
         assert_eq!(c.kernel(), Path::new("/opt/hako/vmlinux"));
         assert_eq!(
             c.cmdline(),
@@ -358,6 +384,13 @@ mod tests {
         );
         let c = Config::parse("[runtime]\nroot = \"relative\"\n").unwrap();
         assert!(c.validate().is_err());
+        let c = Config::parse("[vm]\njail = false\nuser_namespace = \"required\"\n").unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("needs vm.jail = true"), "{e}");
+        let e = Config::parse("[vm]\nuser_namespace = \"yes\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("user_namespace") || e.contains("auto"), "{e}");
     }
 
     #[test]

@@ -374,6 +374,7 @@ mod tests {
             netns: None,
             net: Vec::new(),
             jail: None,
+            jail_user: None,
             host_cgroup: None,
         }
     }

@@ -63,7 +63,7 @@ fn nothing_left(ctd: &Containerd) -> Result<(), Failed> {
         let dirs = ctd.leftover_sandboxes();
         let cgroups = ctd.leftover_cgroups();
         if procs.is_empty() && mounts.is_empty() && dirs.is_empty() && cgroups.is_empty() {
-            return Ok(());
+            return vmms_ended_well(ctd);
         }
         if start.elapsed() > Duration::from_secs(30) {
             return Err(format!(
@@ -72,6 +72,22 @@ fn nothing_left(ctd: &Containerd) -> Result<(), Failed> {
             .into());
         }
         std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// No sandbox's hako-vmm ended but by its guest's power-off (the runtime logs any other
+/// end at stop: a seccomp filter that stopped it, a crash), except those the trials kill
+/// with SIGKILL on purpose.
+fn vmms_ended_well(ctd: &Containerd) -> Result<(), Failed> {
+    let bad: Vec<String> = ctd
+        .log_lines("hako-vmm ended badly")
+        .into_iter()
+        .filter(|l| !l.contains("killed by signal 9"))
+        .collect();
+    if bad.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("a sandbox's hako-vmm ended badly: {bad:?}").into())
     }
 }
 

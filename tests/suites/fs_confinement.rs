@@ -259,10 +259,10 @@ fn lay_out() -> Result<(Layout, Vec<PathBuf>), String> {
     .map_err(|e| format!("a tmpfs submount in the image: {e}"))?;
     std::fs::create_dir_all(l.path("volume")).map_err(io("volume"))?;
     std::fs::create_dir_all(l.path("shared")).map_err(io("shared"))?;
-    let rootfs = rootfs::bind(&l.path("image"), &l.path("shared"), "c1")
+    let rootfs = rootfs::bind(&l.path("image"), &l.path("shared"), "c1", None)
         .map_err(|e| format!("rootfs::bind: {e:#}"))?;
     let volume = l.path("shared/c1/mounts/0");
-    rootfs::bind_at(&l.path("volume"), &volume, true)
+    rootfs::bind_at(&l.path("volume"), &volume, true, None)
         .map_err(|e| format!("rootfs::bind_at (ro): {e:#}"))?;
     Ok((l, vec![volume, rootfs]))
 }

@@ -16,9 +16,12 @@
 //!   hybrid vsock both ways (the guest greets a host listener at `<uds>_<port>`; the host
 //!   connects with `CONNECT <port>` and has 600 KiB echoed, more than the credit window);
 //!   exit status 0 when the guest powers off, and no socket left behind. This VMM runs in its
-//!   jail (`security.jail`): while it runs, its root holds only `dev`, `proc` and the
-//!   directories of what it was given (no `etc`, no `usr`), its capabilities are the
-//!   passthrough file system's seven (effective and bounding), and no_new_privs is set.
+//!   jail (`security.jail`) as an unprivileged user (`security.jail.user`): while it runs,
+//!   its root holds only `dev`, `proc` and the directories of what it was given (no `etc`,
+//!   no `usr`), it is the configured host uid/gid in a user namespace mapping 65536 ids
+//!   there, its capabilities are the passthrough file system's seven (effective and
+//!   bounding; in that namespace only), and no_new_privs is set; the file the guest wrote as
+//!   root is root's on the host.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -36,7 +39,8 @@ use hako_tests::boot::{self, Boot};
 use hako_tests::require::{self, Skip};
 use hako_tests::{fixtures, hako_vmm};
 use hako_vmm_api::{
-    BlockConfig, BootProtocol, ControlReply, ExitReason, FsConfig, JailConfig, VmState, VsockConfig,
+    BlockConfig, BootProtocol, ControlReply, ExitReason, FsConfig, JailConfig, JailUser, VmState,
+    VsockConfig,
 };
 use libtest_mimic::{Arguments, Failed};
 
@@ -300,6 +304,12 @@ fn boot_with_devices_and_power_off() -> Result<(), Failed> {
     let jail_root = tempfile::tempdir().map_err(|e| e.to_string())?;
     config.security.jail = Some(JailConfig {
         root: jail_root.path().to_owned(),
+        user: Some(JailUser {
+            uid: JAIL_ID,
+            gid: JAIL_ID,
+            count: JailUser::DEFAULT_COUNT,
+            fallback_to_root: false,
+        }),
     });
     let cmd = hako_vmm::command(&f.vmm, f.dir.path(), &config).map_err(|e| e.to_string())?;
     let jailed = {
@@ -354,6 +364,20 @@ fn boot_with_devices_and_power_off() -> Result<(), Failed> {
     if written != FS_GUEST_CONTENT {
         return Err(format!("the guest's file holds {written:?}").into());
     }
+    let owner = std::fs::metadata(shared.join(FS_GUEST_FILE))
+        .map(|m| {
+            (
+                std::os::unix::fs::MetadataExt::uid(&m),
+                std::os::unix::fs::MetadataExt::gid(&m),
+            )
+        })
+        .map_err(|e| format!("the guest's file: {e}"))?;
+    if owner != (0, 0) {
+        return Err(format!(
+            "the file the guest wrote as root is owned by {owner:?} on the host, not root's"
+        )
+        .into());
+    }
     let image = std::fs::read(&disk).map_err(|e| format!("reading {}: {e}", disk.display()))?;
     if !image[512..].starts_with(BLK_GUEST_MARKER.as_bytes()) {
         return Err("the guest's write did not reach the disk image".into());
@@ -401,6 +425,9 @@ fn inspect_jail(marker: &str) -> Result<(String, Vec<String>), String> {
 
 /// CAP_CHOWN, DAC_OVERRIDE, DAC_READ_SEARCH, FOWNER, FSETID, SETGID, SETUID.
 const PASSTHROUGH_CAPS: &str = "00000000000000df";
+/// The host uid and gid of the jailed VMM (outside the runtime's ranges, which start at
+/// 0x70000000).
+const JAIL_ID: u32 = 0x6ffe_0000;
 
 fn check_jail(status: &str, root: &[String]) -> Result<(), String> {
     let field = |name: &str| {
@@ -415,6 +442,20 @@ fn check_jail(status: &str, root: &[String]) -> Result<(), String> {
         if field(name) != PASSTHROUGH_CAPS {
             return Err(format!("the jailed VMM's {name} is {}", field(name)));
         }
+    }
+    let ids = format!("{JAIL_ID}\t{JAIL_ID}\t{JAIL_ID}\t{JAIL_ID}");
+    if field("Uid:") != ids || field("Gid:") != ids {
+        return Err(format!(
+            "the jailed VMM runs as uid {:?} gid {:?}, not {JAIL_ID}",
+            field("Uid:"),
+            field("Gid:")
+        ));
+    }
+    if !field("Groups:").is_empty() {
+        return Err(format!(
+            "the jailed VMM keeps supplementary groups {:?}",
+            field("Groups:")
+        ));
     }
     if field("CapInh:") != "0000000000000000" || field("CapAmb:") != "0000000000000000" {
         return Err("the jailed VMM has inheritable or ambient capabilities".into());
@@ -431,7 +472,7 @@ fn check_jail(status: &str, root: &[String]) -> Result<(), String> {
             ));
         }
     }
-    eprintln!("jailed hako-vmm: root {root:?}, capabilities {PASSTHROUGH_CAPS}");
+    eprintln!("jailed hako-vmm: root {root:?}, uid/gid {JAIL_ID}, capabilities {PASSTHROUGH_CAPS}");
     Ok(())
 }
 

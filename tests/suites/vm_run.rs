@@ -3,7 +3,11 @@
 //! reaches it, the exit status is the container's, and the state directory and its mounts are
 //! gone afterwards. A second run with the same id while the first is still there is refused.
 //! While it runs, its hako-vmm sits in a host cgroup of its own (under this process's), limited
-//! to the guest's memory plus the VMM's overhead; the cgroup is gone afterwards.
+//! to the guest's memory plus the VMM's overhead, and runs as an unprivileged host uid (the
+//! root of a user namespace mapping 65536 ids from one of the runtime's ranges, its id-range
+//! lock held); the cgroup is gone afterwards and the range's lock free. The file the container
+//! writes as root into its root file system (bound into the share, id-mapped, after the VMM
+//! started) is root's on the host.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -20,7 +24,8 @@ fn hako_run_runs_a_container_in_a_vm() -> Result<(), Failed> {
     let image = fixtures::agent_image()?;
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let bundle_dir = dir.path().join("bundle");
-    let script = "read line; echo \"out: $line\"; echo to-stderr >&2; exit 3";
+    let script =
+        "read line; echo \"out: $line\"; echo to-stderr >&2; echo guest > /by-guest; exit 3";
     bundle::write_busybox_bundle(
         std::path::Path::new("/bin/busybox"),
         &bundle_dir,
@@ -62,6 +67,10 @@ fn hako_run_runs_a_container_in_a_vm() -> Result<(), Failed> {
         .output()
         .map_err(|e| format!("second hako run: {e}"))?;
     let cgroup = vmm_in_its_cgroup(&root.join("run-test/vm"), (256 + 128) << 20);
+    let user = cgroup
+        .as_ref()
+        .map_err(Clone::clone)
+        .and_then(|(_, pid)| vmm_user(pid));
     let out = child
         .wait_with_output()
         .map_err(|e| format!("waiting for hako run: {e}"))?;
@@ -89,8 +98,40 @@ fn hako_run_runs_a_container_in_a_vm() -> Result<(), Failed> {
         )
         .into());
     }
-    let cgroup = cgroup.map_err(|e| format!("the VMM's host cgroup: {e}"))?;
+    let (cgroup, _) = cgroup.map_err(|e| format!("the VMM's host cgroup: {e}"))?;
     eprintln!("hako-vmm ran in {cgroup}");
+    let (uid, slot) = user.map_err(|e| format!("the VMM's user: {e}"))?;
+    eprintln!("hako-vmm ran as host uid {uid} (range {slot})");
+    let lock = std::fs::File::options()
+        .write(true)
+        .open(format!(
+            "{}/{slot}",
+            hako_runtime::sandbox::id_range::LOCK_DIR
+        ))
+        .map_err(|e| format!("the id range's lock file: {e}"))?;
+    // SAFETY: flock on an open descriptor, with flags.
+    let free = unsafe {
+        libc::flock(
+            std::os::fd::AsRawFd::as_raw_fd(&lock),
+            libc::LOCK_EX | libc::LOCK_NB,
+        )
+    } == 0;
+    if !free {
+        return Err(format!("id range {slot} is still held after the sandbox ended").into());
+    }
+    let written = bundle_dir.join("rootfs/by-guest");
+    let meta = std::fs::metadata(&written)
+        .map_err(|e| format!("the container's file {}: {e}", written.display()))?;
+    let owner = (
+        std::os::unix::fs::MetadataExt::uid(&meta),
+        std::os::unix::fs::MetadataExt::gid(&meta),
+    );
+    if owner != (0, 0) {
+        return Err(format!(
+            "the file the container wrote as root is owned by {owner:?} on the host"
+        )
+        .into());
+    }
     let left = hako_runtime::sandbox::host_cgroup::left_by_root(&root);
     if !left.is_empty() {
         return Err(format!("host cgroups left behind: {left:?}").into());
@@ -105,9 +146,58 @@ fn hako_run_runs_a_container_in_a_vm() -> Result<(), Failed> {
     Ok(())
 }
 
+/// The running VMM's host uid (and gid, the same) and its id range: the root of a user
+/// namespace mapping one of the runtime's ranges, whose lock is held.
+fn vmm_user(pid: &str) -> Result<(u32, u32), String> {
+    use hako_runtime::sandbox::id_range::{FIRST_ID, RANGE, SLOTS};
+    // It enters its jail first thing; give it the moment after its start.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .map_err(|e| format!("/proc/{pid}/status: {e}"))?;
+        if status.contains("NoNewPrivs:\t1") || std::time::Instant::now() > deadline {
+            break status;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let field = |name: &str| -> Vec<u32> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|v| v.parse().ok())
+            .collect()
+    };
+    let (uids, gids) = (field("Uid:"), field("Gid:"));
+    let uid = uids.first().copied().unwrap_or(0);
+    if uids.len() != 4 || uids.iter().any(|u| *u != uid) || gids != uids {
+        return Err(format!(
+            "hako-vmm {pid} runs as uids {uids:?} gids {gids:?}"
+        ));
+    }
+    if uid < FIRST_ID
+        || !(uid - FIRST_ID).is_multiple_of(RANGE)
+        || (uid - FIRST_ID) / RANGE >= SLOTS
+    {
+        return Err(format!(
+            "hako-vmm {pid} runs as uid {uid}, outside the runtime's ranges"
+        ));
+    }
+    let map = std::fs::read_to_string(format!("/proc/{pid}/uid_map")).unwrap_or_default();
+    let map: Vec<&str> = map.split_whitespace().collect();
+    if map != ["0", &uid.to_string(), &RANGE.to_string()] {
+        return Err(format!("hako-vmm {pid}'s uid map is {map:?}"));
+    }
+    Ok((uid, (uid - FIRST_ID) / RANGE))
+}
+
 /// Waits for the sandbox's VMM and checks it is in every directory of its recorded host
-/// cgroup, whose memory limit is `memory_bytes`. Returns the directories.
-fn vmm_in_its_cgroup(sandbox: &std::path::Path, memory_bytes: u64) -> Result<String, String> {
+/// cgroup, whose memory limit is `memory_bytes`. Returns the directories and the VMM's pid.
+fn vmm_in_its_cgroup(
+    sandbox: &std::path::Path,
+    memory_bytes: u64,
+) -> Result<(String, String), String> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let state = loop {
         let text = std::fs::read_to_string(sandbox.join("state.json")).unwrap_or_default();
@@ -158,7 +248,7 @@ fn vmm_in_its_cgroup(sandbox: &std::path::Path, memory_bytes: u64) -> Result<Str
     if !limited {
         return Err(format!("no memory limit in {dirs:?}"));
     }
-    Ok(format!("{dirs:?}"))
+    Ok((format!("{dirs:?}"), pid))
 }
 
 fn prerequisites() -> Result<(), Skip> {

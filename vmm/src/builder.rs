@@ -10,7 +10,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use hako_vmm_api::{BootProtocol, ConsoleConfig, CpuProfile, VmConfig, VmState};
-use kvm_ioctls::Kvm;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::arch::x86_64::vcpu_state::{self, StateCaps, VcpuStateError};
@@ -23,9 +22,10 @@ use crate::devices::virtio::VirtioDevice;
 use crate::devices::virtio::block::{self, Block, BlockError};
 use crate::devices::virtio::fs::{self, Fs, FsError};
 use crate::devices::virtio::mmio::{MmioTransport, RestoreError};
-use crate::devices::virtio::net::{self, Net, NetError};
+use crate::devices::virtio::net::{self, Net};
 use crate::devices::virtio::vsock::{self, Vsock, VsockError};
 use crate::devices::{Bus, BusError, IrqTrigger};
+use crate::host_devices::HostDevices;
 use crate::metrics::Counters;
 use crate::snapshot::{self, MachineShape, Snapshot, SnapshotError};
 use crate::vcpu::{self, StateInfo, Vcpu, VcpuControl};
@@ -34,19 +34,10 @@ use crate::vmm::{Vmm, VmmEvent};
 use crate::{memory, vmm};
 
 /// Errors building the VM.
-/// The only KVM API version Linux has ever reported (KVM_GET_API_VERSION).
-const KVM_API_VERSION: i32 = 12;
-
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
     #[error(transparent)]
     Seccomp(#[from] crate::seccomp::SeccompError),
-    #[error("opening /dev/kvm (is KVM available and are you allowed to use it?)")]
-    Kvm(#[source] kvm_ioctls::Error),
-    #[error(
-        "/dev/kvm answered KVM_GET_API_VERSION with {0}, not {KVM_API_VERSION}: it is not a usable KVM device"
-    )]
-    KvmApi(i32),
     #[error(transparent)]
     Memory(#[from] memory::MemoryError),
     #[error(transparent)]
@@ -89,8 +80,8 @@ pub enum BuildError {
     Vsock(#[from] VsockError),
     #[error(transparent)]
     Fs(#[from] FsError),
-    #[error(transparent)]
-    Net(#[from] NetError),
+    #[error("devices.net {0}: its tap was not opened")]
+    TapNotOpen(String),
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),
     #[error("restoring vCPU {index} from the snapshot")]
@@ -153,20 +144,22 @@ fn console_output(config: &ConsoleConfig) -> Result<Option<Box<dyn Write + Send>
     })
 }
 
-/// Builds the VM, boots its kernel and starts its vCPUs. `events` is the channel
-/// `Vmm::run` listens on.
+/// Builds the VM on the open `host` devices, boots its kernel and starts its vCPUs.
+/// `events` is the channel `Vmm::run` listens on.
 pub fn build(
     config: &VmConfig,
+    host: HostDevices,
     events: (Sender<VmmEvent>, std::sync::mpsc::Receiver<VmmEvent>),
     started: Instant,
 ) -> Result<Vmm, BuildError> {
-    assemble(config, events, started, None)
+    assemble(config, host, events, started, None)
 }
 
 /// Builds the VM from the snapshot in `dir` (taken of a VM configured like `config` but
 /// for its sockets, CID, shared directories and console) and resumes it.
 pub fn restore(
     config: &VmConfig,
+    host: HostDevices,
     dir: &Path,
     events: (Sender<VmmEvent>, std::sync::mpsc::Receiver<VmmEvent>),
     started: Instant,
@@ -179,32 +172,28 @@ pub fn restore(
         ms = started.elapsed().as_secs_f64() * 1e3,
         "snapshot state read and memory mapped"
     );
-    assemble(config, events, started, Some((&snapshot, memory)))
+    assemble(config, host, events, started, Some((&snapshot, memory)))
 }
 
 /// The one wiring of a VM, booted fresh (`from` None) or from a snapshot's state and mapped
 /// memory.
 fn assemble(
     config: &VmConfig,
+    host: HostDevices,
     events: (Sender<VmmEvent>, std::sync::mpsc::Receiver<VmmEvent>),
     started: Instant,
     from: Option<(&Snapshot, vm_memory::GuestMemoryMmap)>,
 ) -> Result<Vmm, BuildError> {
     let (tx, rx) = events;
-    let kvm = Kvm::new().map_err(BuildError::Kvm)?;
-    // A file that opens but is no KVM device (a bind over /dev/kvm, a wrong node) would only
-    // fail later with a bare "Inappropriate ioctl": say what is wrong here.
-    let api = kvm.get_api_version();
-    if api != KVM_API_VERSION {
-        return Err(BuildError::KvmApi(api));
-    }
+    let HostDevices { kvm, mut taps } = host;
+    let kvm = &kvm;
     let machine = &config.machine;
     let mem_size = u64::from(machine.memory_mib) << 20;
     let (saved, guest_memory) = match from {
         Some((s, m)) => (Some(s), m),
         None => (None, memory::create(machine.memory_mib)?),
     };
-    let vm = Vm::new(&kvm, guest_memory.clone())?;
+    let vm = Vm::new(kvm, guest_memory.clone())?;
     tracing::debug!(ms = started.elapsed().as_secs_f64() * 1e3, "VM created");
 
     let kernel = match saved {
@@ -249,7 +238,10 @@ fn assemble(
         let counters = Counters::new(net::COUNTERS);
         // Checked with the config; a default never reaches a guest.
         let mac = net.mac_bytes().unwrap_or([2, 0, 0, 0, 0, 1]);
-        let dev = Net::new(&net.id, &net.tap, mac, net.mtu, counters.clone())?
+        let tap = taps
+            .remove(&net.tap)
+            .ok_or_else(|| BuildError::TapNotOpen(net.id.clone()))?;
+        let dev = Net::with_io(&net.id, Box::new(tap), mac, net.mtu, counters.clone())
             .with_rate_limit(net.rate_limit);
         devices.push((dev.name().to_owned(), counters));
         transports.push(manager.add(vm.fd(), &mut mmio, &guest_memory, Box::new(dev))?);
@@ -339,8 +331,8 @@ fn assemble(
 
     vcpu::install_kick_handler().map_err(io("installing the vCPU kick signal handler"))?;
     let state_info = Arc::new(StateInfo {
-        msr_indices: vcpu_state::msr_indices(&kvm).map_err(BuildError::StateInfo)?,
-        caps: StateCaps::of(&kvm),
+        msr_indices: vcpu_state::msr_indices(kvm).map_err(BuildError::StateInfo)?,
+        caps: StateCaps::of(kvm),
     });
     let control = VcpuControl::new(machine.vcpus);
     let mut prepared = Vec::new();

@@ -59,6 +59,10 @@ pub enum ConfigError {
         "devices.net {id}: a rate limit needs bytes_per_sec above 0 and burst_bytes, if given, of at least one frame (65562)"
     )]
     RateLimit { id: String },
+    #[error(
+        "security.jail.user: uid {uid} and gid {gid} must not be 0, count {count} must be 1 or more, and the ranges must end below 2^32-1"
+    )]
+    JailUser { uid: u32, gid: u32, count: u32 },
 }
 
 /// 1 TiB: more than any sandbox needs, small enough that sizes stay far from overflow.
@@ -192,6 +196,19 @@ pub fn validate(config: &VmConfig) -> Result<(), ConfigError> {
             return Err(ConfigError::RateLimit { id: net.id.clone() });
         }
     }
+    if let Some(user) = config.security.jail.as_ref().and_then(|j| j.user.as_ref()) {
+        // (u32)-1 is "no id" to the kernel: a range must end before it.
+        let fits = |first: u32| {
+            first != 0 && u64::from(first) + u64::from(user.count) <= u64::from(u32::MAX)
+        };
+        if user.count == 0 || !fits(user.uid) || !fits(user.gid) {
+            return Err(ConfigError::JailUser {
+                uid: user.uid,
+                gid: user.gid,
+                count: user.count,
+            });
+        }
+    }
     Ok(())
 }
 
@@ -277,6 +294,33 @@ mod tests {
             net("eth0", "tap1", "02:00:00:00:00:02", None),
         ];
         assert!(validate(&c).unwrap_err().to_string().contains("used twice"));
+    }
+
+    #[test]
+    fn jail_users_must_be_unprivileged_ranges() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = base(dir.path());
+        let user = |uid, gid, count| hako_vmm_api::JailConfig {
+            root: dir.path().to_owned(),
+            user: Some(hako_vmm_api::JailUser {
+                uid,
+                gid,
+                count,
+                fallback_to_root: false,
+            }),
+        };
+        c.security.jail = Some(user(0x7000_0000, 0x7000_0000, 65536));
+        validate(&c).unwrap();
+        for (uid, gid, count) in [
+            (0, 0x7000_0000, 65536),
+            (0x7000_0000, 0, 65536),
+            (0x7000_0000, 0x7000_0000, 0),
+            (u32::MAX - 10, 0x7000_0000, 65536),
+        ] {
+            c.security.jail = Some(user(uid, gid, count));
+            let e = validate(&c).unwrap_err().to_string();
+            assert!(e.contains("security.jail.user"), "{e}");
+        }
     }
 
     #[test]

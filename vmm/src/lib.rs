@@ -9,6 +9,7 @@ pub mod config;
 pub mod devices;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
+pub mod host_devices;
 pub mod jail;
 pub mod memory;
 pub mod metrics;
@@ -37,6 +38,8 @@ pub enum VmmError {
     #[error(transparent)]
     Api(#[from] api::ApiError),
     #[error(transparent)]
+    HostDevices(#[from] host_devices::HostDevicesError),
+    #[error(transparent)]
     Jail(#[from] jail::JailError),
     #[error(transparent)]
     Seccomp(#[from] seccomp::SeccompError),
@@ -63,10 +66,18 @@ pub fn run_from(
     snapshot_dir: Option<&Path>,
     started: Instant,
 ) -> Result<ExitReason, VmmError> {
-    // First: the jail needs a process with one thread.
+    // First, while still root in the host's namespaces: the devices the jail leaves out.
+    let host = host_devices::HostDevices::open(config)?;
+    // Then the jail, which needs a process with one thread.
     if let Some(jail) = &config.security.jail {
-        jail::enter(config, snapshot_dir, jail)?;
-        tracing::info!(root = %jail.root.display(), "entered the jail");
+        match jail::enter(config, snapshot_dir, jail)? {
+            jail::JailedAs::User { uid, gid } => {
+                tracing::info!(root = %jail.root.display(), uid, gid, "entered the jail as an unprivileged user")
+            }
+            jail::JailedAs::Root => {
+                tracing::info!(root = %jail.root.display(), "entered the jail as root")
+            }
+        }
     }
     // Before any thread starts, so every thread inherits the mask (only the signal thread
     // takes stop signals).
@@ -85,8 +96,8 @@ pub fn run_from(
     };
     signals::watch(tx.clone()).map_err(VmmError::Signals)?;
     let vmm = match snapshot_dir {
-        Some(dir) => builder::restore(config, dir, (tx, rx), started)?,
-        None => builder::build(config, (tx, rx), started)?,
+        Some(dir) => builder::restore(config, host, dir, (tx, rx), started)?,
+        None => builder::build(config, host, (tx, rx), started)?,
     };
     seccomp::confine(seccomp::Profile::Vmm);
     Ok(vmm.run())

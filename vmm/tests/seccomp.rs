@@ -5,7 +5,8 @@
 //! - a forbidden call (an AF_INET socket, fork, execve) stops the process with
 //!   `EXIT_SECCOMP_VIOLATION`, and stderr names the call; posix_spawn (which blocks signals
 //!   around its clone) is stopped by SIGSYS itself;
-//! - per-thread allow lists: a vCPU thread opening a file, a virtio-fs worker making a Unix
+//! - per-thread allow lists: a vCPU thread opening a file, making an ioctl that is not
+//!   KVM's (named with its request) or signalling another process (its own it may), a virtio-fs worker making a Unix
 //!   socket, a vsock worker opening a file or making an ioctl but FIONBIO (which it may) are
 //!   stopped with the thread's kind named, while a virtio-fs worker started (through the
 //!   spawner) at a vCPU thread's request does its file work: the worker gets its own list,
@@ -93,6 +94,41 @@ fn child(case: &str) -> ! {
             .join();
             println!("a vsock worker made a FIONREAD ioctl: {r:?}");
         }
+        "vcpu-ioctl" => {
+            let a = std::os::unix::net::UnixDatagram::unbound().expect("socket");
+            let r = std::thread::spawn(move || {
+                confine(Profile::Vcpu);
+                let mut n: libc::c_int = 0;
+                let fd = std::os::fd::AsRawFd::as_raw_fd(&a);
+                // SAFETY: FIONREAD writes one c_int through the pointer.
+                unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) }
+            })
+            .join();
+            println!("a vCPU thread made a FIONREAD ioctl: {r:?}");
+        }
+        "vcpu-kill-other" => {
+            // SAFETY: getppid has no arguments.
+            let parent = unsafe { libc::getppid() };
+            let r = std::thread::spawn(move || {
+                confine(Profile::Vcpu);
+                // Signal 0: nothing is sent even where it is allowed.
+                // SAFETY: integer arguments.
+                unsafe { libc::syscall(libc::SYS_tgkill, parent, parent, 0) }
+            })
+            .join();
+            println!("a vCPU thread signalled another process: {r:?}");
+        }
+        "vcpu-kill-own" => {
+            // SAFETY: getpid and gettid have no arguments.
+            let (pid, tid) = unsafe { (libc::getpid(), libc::gettid()) };
+            let r = std::thread::spawn(move || {
+                confine(Profile::Vcpu);
+                // SAFETY: integer arguments; signal 0 sends nothing.
+                unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, 0) }
+            })
+            .join();
+            println!("own tgkill: {r:?}");
+        }
         "worker-from-vcpu" => {
             threads::start_spawner().expect("spawner");
             let dir = tempfile::tempdir().expect("temp dir");
@@ -139,6 +175,16 @@ fn main() {
             String::from_utf8_lossy(&o.stderr)
         ));
     }
+    let o = run("vcpu-kill-own");
+    let out = String::from_utf8_lossy(&o.stdout);
+    println!("vcpu-kill-own: {:?} {out:?}", o.status);
+    if o.status.code() != Some(0) || !out.contains("own tgkill: Ok(0)") {
+        failed.push(format!(
+            "vcpu-kill-own: {:?} {out:?} {}",
+            o.status,
+            String::from_utf8_lossy(&o.stderr)
+        ));
+    }
     let o = run("worker-from-vcpu");
     let out = String::from_utf8_lossy(&o.stdout);
     println!("worker-from-vcpu: {:?} {out:?}", o.status);
@@ -156,6 +202,14 @@ fn main() {
         (
             "vcpu-open",
             "the vcpu thread made a forbidden system call: openat",
+        ),
+        (
+            "vcpu-ioctl",
+            "the vcpu thread made a forbidden system call: ioctl (16) request 0x0000541b",
+        ),
+        (
+            "vcpu-kill-other",
+            "the vcpu thread made a forbidden system call: tgkill (234)",
         ),
         (
             "fs-socket",
@@ -203,5 +257,5 @@ fn main() {
         eprintln!("FAILED:\n{}", failed.join("\n"));
         std::process::exit(1);
     }
-    println!("seccomp: 10 cases ok");
+    println!("seccomp: 13 cases ok");
 }

@@ -1,7 +1,9 @@
-//! A sandbox VM: hako-vmm spawned with a JSON config in the sandbox's state directory
-//! (console log, control socket, hybrid vsock socket and the shared directory beside it), and
-//! stopped (killed if need be) when the handle goes.
+//! A sandbox VM: hako-vmm spawned with a JSON config in the sandbox's state directory (the
+//! shared directory beside it, and `vmm/` for the console log, control socket and hybrid vsock
+//! sockets: the one directory hako-vmm may write), and stopped (killed if need be) when the
+//! handle goes.
 
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -72,6 +74,9 @@ pub struct VmSpec {
     pub net: Vec<NetConfig>,
     /// hako-vmm's jail root (an empty directory), when it runs jailed.
     pub jail: Option<PathBuf>,
+    /// The host ids a jailed hako-vmm runs as (it inherits the range's lock), and whether
+    /// it may stay root where the host cannot do that.
+    pub jail_user: Option<(std::sync::Arc<crate::sandbox::id_range::IdRange>, bool)>,
     /// The host cgroup hako-vmm joins before it runs, when there is one.
     pub host_cgroup: Option<crate::sandbox::host_cgroup::HostCgroup>,
 }
@@ -79,6 +84,9 @@ pub struct VmSpec {
 /// Paths of one sandbox's VM, all under its state directory.
 #[derive(Debug, Clone)]
 pub struct VmPaths {
+    /// What hako-vmm writes (console, sockets), apart from the runtime's own files (state,
+    /// config, logs): its jail holds this directory, not the sandbox's.
+    pub vmm_dir: PathBuf,
     pub config: PathBuf,
     pub console: PathBuf,
     pub control: PathBuf,
@@ -90,13 +98,15 @@ pub struct VmPaths {
 
 impl VmPaths {
     pub fn under(dir: &Path) -> Self {
+        let vmm_dir = dir.join("vmm");
         Self {
             config: dir.join("vm.json"),
-            console: dir.join("console.log"),
-            control: dir.join("control.sock"),
+            console: vmm_dir.join("console.log"),
+            control: vmm_dir.join("control.sock"),
             // Short: the VMM listens on `<vsock>_<port>` too, and socket paths must stay
             // under 108 bytes with 64-character container ids.
-            vsock: dir.join("vsock"),
+            vsock: vmm_dir.join("vsock"),
+            vmm_dir,
             shared: dir.join("shared"),
             vmm_log: dir.join("vmm.log"),
         }
@@ -142,10 +152,13 @@ pub fn vm_config(spec: &VmSpec, paths: &VmPaths) -> VmConfig {
             net: spec.net.clone(),
         },
         security: hako_vmm_api::SecurityConfig {
-            jail: spec
-                .jail
-                .clone()
-                .map(|root| hako_vmm_api::JailConfig { root }),
+            jail: spec.jail.clone().map(|root| hako_vmm_api::JailConfig {
+                root,
+                user: spec
+                    .jail_user
+                    .as_ref()
+                    .map(|(range, fallback)| range.jail_user(*fallback)),
+            }),
             ..Default::default()
         },
     }
@@ -183,6 +196,8 @@ impl Vm {
     }
 
     fn spawn(spec: &VmSpec, paths: VmPaths, snapshot: Option<&Path>) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&paths.vmm_dir)
+            .with_context(|| format!("creating {}", paths.vmm_dir.display()))?;
         let json = serde_json::to_vec_pretty(&vm_config(spec, &paths))?;
         std::fs::write(&paths.config, json)
             .with_context(|| format!("writing {}", paths.config.display()))?;
@@ -196,6 +211,9 @@ impl Vm {
             let mut cmd = Command::new(&spec.vmm);
             if let Some(procs) = cgroup_procs {
                 crate::sandbox::host_cgroup::join_on_exec(&mut cmd, procs);
+            }
+            if let Some((range, _)) = &spec.jail_user {
+                range.inherit_on_exec(&mut cmd);
             }
             cmd.arg("--config").arg(&paths.config);
             if let Some(dir) = snapshot {
@@ -227,6 +245,25 @@ impl Vm {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// hako-vmm's user namespace, if it runs in one of its own (its jail's), else None.
+    /// Asked once the guest runs: the VMM enters it before it builds the VM.
+    pub fn user_namespace(&self) -> anyhow::Result<Option<OwnedFd>> {
+        use std::os::unix::fs::MetadataExt;
+        let path = format!("/proc/{}/ns/user", self.child.id());
+        let theirs = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
+        let (t, ours) = (
+            theirs
+                .metadata()
+                .with_context(|| format!("reading {path}"))?,
+            std::fs::metadata("/proc/self/ns/user").context("reading /proc/self/ns/user")?,
+        );
+        Ok(if (t.dev(), t.ino()) == (ours.dev(), ours.ino()) {
+            None
+        } else {
+            Some(theirs.into())
+        })
     }
 
     /// One request on hako-vmm's control socket.
@@ -330,19 +367,21 @@ mod tests {
             netns: None,
             net: Vec::new(),
             jail: None,
+            jail_user: None,
             host_cgroup: None,
         };
         let c = vm_config(&spec, &paths);
         assert_eq!(
             c.control_socket.as_deref(),
-            Some(Path::new("/run/hako/x/control.sock"))
+            Some(Path::new("/run/hako/x/vmm/control.sock"))
         );
         assert_eq!(
             c.console,
-            ConsoleConfig::File("/run/hako/x/console.log".into())
+            ConsoleConfig::File("/run/hako/x/vmm/console.log".into())
         );
         let vsock = c.devices.vsock.unwrap();
-        assert_eq!(vsock.uds_path, Path::new("/run/hako/x/vsock"));
+        assert_eq!(vsock.uds_path, Path::new("/run/hako/x/vmm/vsock"));
+        assert_eq!(paths.config, Path::new("/run/hako/x/vm.json"));
         assert_eq!(c.devices.fs[0].tag, SHARED_FS_TAG);
         assert_eq!(c.kernel.initrd.as_deref(), Some(Path::new("/i")));
     }

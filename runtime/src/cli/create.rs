@@ -92,8 +92,11 @@ fn create_container(g: &Global, a: &CreateArgs) -> anyhow::Result<std::process::
         (Some(sock), true) => Some(super::console::pty_to_console_socket(sock)?),
         _ => None,
     };
-    // The VMM's sockets live under <root>/<id>/vm/; Unix socket paths have 107 bytes.
-    let longest = g.root.join(&a.id).join("vm").join("vsock_65535");
+    // The VMM's sockets live under <root>/<id>/vm/vmm/; Unix socket paths have 107 bytes.
+    let vsock =
+        crate::backend::vm::VmPaths::under(&g.root.join(&a.id).join(super::monitor::SANDBOX_DIR))
+            .vsock;
+    let longest = PathBuf::from(format!("{}_65535", vsock.display()));
     if longest.as_os_str().len() > 107 {
         bail!(
             "--root {} is too long for container id {} (socket paths under it would pass the \

@@ -5,6 +5,7 @@
 pub mod container;
 pub mod guest_spec;
 pub mod host_cgroup;
+pub mod id_range;
 pub mod rootfs;
 pub mod sizing;
 pub mod volumes;
@@ -27,12 +28,13 @@ use hako_agent_api::agent_ttrpc::AgentServiceClient;
 
 use self::container::{Container, Process, Status};
 use self::host_cgroup::{HostCgroup, Limits};
+use self::id_range::IdRange;
 use self::sizing::VmSize;
 use self::watchers::EventSink;
 use crate::agent_client::{self, ctx};
 use crate::backend::find_vmm;
 use crate::backend::vm::{Vm, VmPaths, VmSpec, describe_exit, random_cid};
-use crate::config::Config;
+use crate::config::{Config, UserNamespaceMode};
 use crate::io::Copies;
 use crate::network::PodNetwork;
 use crate::state::{SandboxState, mounts_under};
@@ -144,6 +146,8 @@ pub struct Sandbox {
     network: Option<crate::network::Wiring>,
     /// hako-vmm's host cgroup, if any.
     host_cgroup: Option<HostCgroup>,
+    /// hako-vmm's user namespace, when it runs in one: containers' binds are id-mapped to it.
+    userns: Option<std::os::fd::OwnedFd>,
     containers: Mutex<HashMap<String, Arc<Container>>>,
     stopping: AtomicBool,
 }
@@ -174,6 +178,16 @@ impl Sandbox {
             let root = dir.dir.join("jail");
             std::fs::create_dir(&root).with_context(|| format!("creating {}", root.display()))?;
             spec.jail = Some(root);
+            let fallback = match config.vm.user_namespace {
+                UserNamespaceMode::Off => None,
+                UserNamespaceMode::Auto => Some(true),
+                UserNamespaceMode::Required => Some(false),
+            };
+            if let Some(fallback) = fallback {
+                let range = IdRange::take(Path::new(id_range::LOCK_DIR))
+                    .with_context(|| format!("sandbox {id}: host ids for its VMM"))?;
+                spec.jail_user = Some((Arc::new(range), fallback));
+            }
         }
         if config.vm.host_cgroup {
             let limits = Limits::for_vm(
@@ -275,8 +289,22 @@ impl Sandbox {
                         },
                         Err(e) => Err(e),
                     };
+                // Known by now: the VMM entered its user namespace (or stayed root) before
+                // it started the guest.
+                let connected = connected.and_then(|agent| {
+                    let userns = vm.user_namespace()?;
+                    if let (Some((range, _)), None) = (&spec.jail_user, &userns) {
+                        tracing::warn!(
+                            sandbox_id = id,
+                            "hako-vmm runs as root, not as host uid {}: this host cannot give \
+                             its jail a user namespace (its log says why)",
+                            range.first()
+                        );
+                    }
+                    Ok((agent, userns))
+                });
                 match connected {
-                    Ok(agent) => Ok((vm, agent)),
+                    Ok((agent, userns)) => Ok((vm, agent, userns)),
                     Err(e) => {
                         let words = vm.last_words(15);
                         drop(vm);
@@ -285,7 +313,7 @@ impl Sandbox {
                 }
             }
         };
-        let (vm, agent) = match template {
+        let (vm, agent, userns) = match template {
             Some(t) => match launch(Some(t.dir.clone())).await {
                 Ok(started) => started,
                 Err(e) => {
@@ -322,6 +350,7 @@ impl Sandbox {
             vm: Mutex::new(vm),
             network: state.network.clone(),
             host_cgroup: state.host_cgroup.clone(),
+            userns,
             containers: Mutex::new(HashMap::new()),
             stopping: AtomicBool::new(false),
         });
@@ -362,7 +391,8 @@ impl Sandbox {
             bail!("container {id:?} already exists in sandbox {}", self.id);
         }
         stdio.check()?;
-        let binds = volumes::share(&mut spec, bundle, &self.paths.shared, id)?;
+        let userns = self.userns.as_ref().map(std::os::fd::AsFd::as_fd);
+        let binds = volumes::share(&mut spec, bundle, &self.paths.shared, id, userns)?;
         guest_spec::fit(&mut spec);
         let mut req = CreateContainerRequest::new();
         req.container_id = id.into();
@@ -479,13 +509,27 @@ impl Sandbox {
             }
         }
         // A guest whose containers are all gone holds nothing worth more patience.
+        let mut ended = None;
         for _ in 0..200 {
-            if self.vmm_exited().is_some() {
+            ended = self.vmm_exited();
+            if ended.is_some() {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         if let Ok(mut vm) = self.vm.lock() {
+            // A VMM ends by itself with 0 when its guest powers off. Anything else (its
+            // seccomp filter stopped it, it crashed, it was killed) is worth an error: the
+            // guest's containers may have lost data, and a filter that stops a VMM doing its
+            // normal work is a bug.
+            if let Some(status) = ended.filter(|s| !s.success()) {
+                tracing::error!(
+                    sandbox_id = %self.id,
+                    "hako-vmm ended badly ({}); {}",
+                    describe_exit(status),
+                    vm.last_words(5)
+                );
+            }
             vm.kill();
         }
         for c in self.containers() {
@@ -536,6 +580,7 @@ pub fn vm_spec(config: &Config, size: VmSize) -> anyhow::Result<VmSpec> {
         netns: None,
         net: Vec::new(),
         jail: None,
+        jail_user: None,
         host_cgroup: None,
     })
 }

@@ -3,6 +3,7 @@
 //! under `<shared>/<container-id>/`, and its OCI config rewritten to the guest's paths.
 //! `/dev/shm` becomes a tmpfs made in the guest.
 
+use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
@@ -54,12 +55,21 @@ pub fn host_rootfs(spec: &Value, bundle: &Path) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-/// Binds `cid`'s root file system and bind mounts under `<shared>/<cid>/` and rewrites
-/// `spec` to the paths the guest sees.
-pub fn share(spec: &mut Value, bundle: &Path, shared: &Path, cid: &str) -> anyhow::Result<Binds> {
+/// Binds `cid`'s root file system and bind mounts under `<shared>/<cid>/` (id-mapped to the
+/// sandbox VMM's user namespace `userns`, when it has one) and rewrites `spec` to the paths
+/// the guest sees.
+pub fn share(
+    spec: &mut Value,
+    bundle: &Path,
+    shared: &Path,
+    cid: &str,
+    userns: Option<BorrowedFd<'_>>,
+) -> anyhow::Result<Binds> {
     let mut binds = Binds::default();
     let rootfs = host_rootfs(spec, bundle)?;
-    binds.targets.push(rootfs::bind(&rootfs, shared, cid)?);
+    binds
+        .targets
+        .push(rootfs::bind(&rootfs, shared, cid, userns)?);
     if let Some(r) = spec.pointer_mut("/root/path") {
         *r = Value::String("rootfs".into());
     }
@@ -82,7 +92,7 @@ pub fn share(spec: &mut Value, bundle: &Path, shared: &Path, cid: &str) -> anyho
             .with_context(|| format!("mount {n} is a bind without a source"))?;
         let name = n.to_string();
         let target = host_dir.join(&name);
-        rootfs::bind_at(Path::new(source), &target, is_read_only(m))
+        rootfs::bind_at(Path::new(source), &target, is_read_only(m), userns)
             .with_context(|| format!("sharing bind mount {source}"))?;
         binds.targets.push(target);
         m["source"] = Value::String(guest_dir.join(&name).display().to_string());

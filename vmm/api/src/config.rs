@@ -40,20 +40,55 @@ pub struct SecurityConfig {
     pub jail: Option<JailConfig>,
 }
 
-/// hako-vmm's jail. Before any thread starts, the VMM enters a mount namespace of its own,
-/// mounts a small tmpfs on `root` (seen only in that namespace), binds in only what this
-/// config names (kernel and initrd read-only, shared directories, disks, the directories of
-/// its sockets and console file, a snapshot to resume read-only, /dev/kvm, /dev/net/tun when
-/// it has network devices, /dev/null and /dev/urandom) at their own paths, mounts a /proc
-/// that shows processes only, pivots into it, keeps only the capabilities its devices need
-/// (none without virtio-fs or net), and sets no_new_privs. Every path in the config must then
-/// be absolute.
+/// hako-vmm's jail. Before any thread starts, the VMM opens /dev/kvm and its taps, enters a
+/// mount namespace of its own, mounts a small tmpfs on `root` (seen only in that namespace),
+/// binds in only what this config names (kernel and initrd read-only, shared directories,
+/// disks, the directories of its sockets and console file, a snapshot to resume read-only,
+/// /dev/null and /dev/urandom) at their own paths, mounts a /proc that shows processes only,
+/// pivots into it, becomes [`JailUser`]'s unprivileged ids if set, keeps only the
+/// capabilities its devices need (none without virtio-fs), and sets no_new_privs. Every path
+/// in the config must then be absolute.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JailConfig {
     /// An existing empty directory (e.g. `<sandbox dir>/jail`); nothing is written to it on
     /// the host's side.
     pub root: PathBuf,
+    /// Run as unprivileged host ids (a user namespace); unset: uid 0 with the capabilities
+    /// its devices need.
+    #[serde(default)]
+    pub user: Option<JailUser>,
+}
+
+/// The host ids a jailed hako-vmm runs as. It enters a user namespace whose ids
+/// `0..count` are the host's `uid..uid + count` (and `gid..gid + count`), and every bind in
+/// its jail is id-mapped the same way (`mount_setattr(MOUNT_ATTR_IDMAP)`): inside, the files
+/// keep their owners (a host root file is its root's), and what the guest writes as uid `n`
+/// lands on the host as uid `n`. Its capabilities hold in that namespace only, over the
+/// files of those binds only; everywhere else it is the unprivileged host uid `uid`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JailUser {
+    /// The host uid the jail's uid 0 is; not 0.
+    pub uid: u32,
+    /// The host gid the jail's gid 0 is; not 0.
+    pub gid: u32,
+    /// How many ids the namespace maps (guest ids beyond are refused): default 65536.
+    #[serde(default = "JailUser::default_count")]
+    pub count: u32,
+    /// Where this host cannot do it (user namespaces turned off, a file system of the jail
+    /// that cannot be id-mapped, a kernel before 5.12), stay uid 0 with a warning instead
+    /// of failing.
+    #[serde(default)]
+    pub fallback_to_root: bool,
+}
+
+impl JailUser {
+    pub const DEFAULT_COUNT: u32 = 65536;
+
+    fn default_count() -> u32 {
+        Self::DEFAULT_COUNT
+    }
 }
 
 impl SecurityConfig {

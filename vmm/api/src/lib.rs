@@ -7,7 +7,8 @@ pub mod control;
 
 pub use config::{
     Bandwidth, BlockConfig, BootProtocol, ConsoleConfig, DevicesConfig, FsConfig, JailConfig,
-    KernelConfig, MachineConfig, NetConfig, NetRateLimit, SecurityConfig, VmConfig, VsockConfig,
+    JailUser, KernelConfig, MachineConfig, NetConfig, NetRateLimit, SecurityConfig, VmConfig,
+    VsockConfig,
 };
 pub use control::{ControlReply, ControlRequest, ExitReason, Metrics, VmState};
 

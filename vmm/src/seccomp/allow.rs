@@ -33,30 +33,29 @@ mod sys {
         SYS_futex as futex, SYS_getdents64 as getdents64, SYS_getegid as getegid,
         SYS_geteuid as geteuid, SYS_getgid as getgid, SYS_getpid as getpid,
         SYS_getrandom as getrandom, SYS_getsockopt as getsockopt, SYS_gettid as gettid,
-        SYS_getuid as getuid, SYS_getxattr as getxattr, SYS_ioctl as ioctl,
-        SYS_lgetxattr as lgetxattr, SYS_linkat as linkat, SYS_listxattr as listxattr,
-        SYS_llistxattr as llistxattr, SYS_lremovexattr as lremovexattr, SYS_lseek as lseek,
-        SYS_lsetxattr as lsetxattr, SYS_madvise as madvise, SYS_mkdir as mkdir,
-        SYS_mkdirat as mkdirat, SYS_mknodat as mknodat, SYS_mmap as mmap, SYS_mprotect as mprotect,
-        SYS_mremap as mremap, SYS_munmap as munmap, SYS_name_to_handle_at as name_to_handle_at,
-        SYS_nanosleep as nanosleep, SYS_newfstatat as newfstatat, SYS_open as open,
-        SYS_openat as openat, SYS_poll as poll, SYS_ppoll as ppoll, SYS_prctl as prctl,
-        SYS_pread64 as pread64, SYS_preadv as preadv, SYS_preadv2 as preadv2,
-        SYS_pwrite64 as pwrite64, SYS_pwritev as pwritev, SYS_pwritev2 as pwritev2,
-        SYS_read as read, SYS_readlinkat as readlinkat, SYS_readv as readv,
-        SYS_recvfrom as recvfrom, SYS_recvmsg as recvmsg, SYS_removexattr as removexattr,
-        SYS_rename as rename, SYS_renameat as renameat, SYS_renameat2 as renameat2,
-        SYS_restart_syscall as restart_syscall, SYS_rmdir as rmdir, SYS_rseq as rseq,
-        SYS_rt_sigprocmask as rt_sigprocmask, SYS_rt_sigreturn as rt_sigreturn,
+        SYS_getuid as getuid, SYS_getxattr as getxattr, SYS_lgetxattr as lgetxattr,
+        SYS_linkat as linkat, SYS_listxattr as listxattr, SYS_llistxattr as llistxattr,
+        SYS_lremovexattr as lremovexattr, SYS_lseek as lseek, SYS_lsetxattr as lsetxattr,
+        SYS_madvise as madvise, SYS_mkdir as mkdir, SYS_mkdirat as mkdirat, SYS_mknodat as mknodat,
+        SYS_mmap as mmap, SYS_mprotect as mprotect, SYS_mremap as mremap, SYS_munmap as munmap,
+        SYS_name_to_handle_at as name_to_handle_at, SYS_nanosleep as nanosleep,
+        SYS_newfstatat as newfstatat, SYS_open as open, SYS_openat as openat, SYS_poll as poll,
+        SYS_ppoll as ppoll, SYS_prctl as prctl, SYS_pread64 as pread64, SYS_preadv as preadv,
+        SYS_preadv2 as preadv2, SYS_pwrite64 as pwrite64, SYS_pwritev as pwritev,
+        SYS_pwritev2 as pwritev2, SYS_read as read, SYS_readlinkat as readlinkat,
+        SYS_readv as readv, SYS_recvfrom as recvfrom, SYS_recvmsg as recvmsg,
+        SYS_removexattr as removexattr, SYS_rename as rename, SYS_renameat as renameat,
+        SYS_renameat2 as renameat2, SYS_restart_syscall as restart_syscall, SYS_rmdir as rmdir,
+        SYS_rseq as rseq, SYS_rt_sigprocmask as rt_sigprocmask, SYS_rt_sigreturn as rt_sigreturn,
         SYS_rt_sigtimedwait as rt_sigtimedwait, SYS_sched_getaffinity as sched_getaffinity,
         SYS_sched_yield as sched_yield, SYS_seccomp as seccomp, SYS_sendmsg as sendmsg,
         SYS_sendto as sendto, SYS_set_robust_list as set_robust_list, SYS_setresgid as setresgid,
         SYS_setresuid as setresuid, SYS_setsockopt as setsockopt, SYS_setxattr as setxattr,
         SYS_shutdown as shutdown, SYS_sigaltstack as sigaltstack, SYS_socket as socket,
         SYS_statfs as statfs, SYS_statx as statx, SYS_symlinkat as symlinkat,
-        SYS_sync_file_range as sync_file_range, SYS_tgkill as tgkill, SYS_umask as umask,
-        SYS_unlink as unlink, SYS_unlinkat as unlinkat, SYS_utimensat as utimensat,
-        SYS_write as write, SYS_writev as writev,
+        SYS_sync_file_range as sync_file_range, SYS_umask as umask, SYS_unlink as unlink,
+        SYS_unlinkat as unlinkat, SYS_utimensat as utimensat, SYS_write as write,
+        SYS_writev as writev,
     };
 }
 
@@ -107,19 +106,20 @@ const EVENT_LOOP: &[Call] = calls![
 ];
 
 /// The main thread once the VM runs: the event loop, pausing and kicking vCPUs, snapshots
-/// (a directory, the state and memory files), and the teardown (joins, socket files).
+/// (a directory, the state and memory files), and the teardown (joins, socket files). Its
+/// ioctls (KVM's, by request) and tgkill (its own threads) are in `super::narrowed`.
 const VMM: &[Call] = calls![
-    ioctl, tgkill, eventfd2, fcntl, dup, poll, ppoll, openat, mkdir, mkdirat, fstat, newfstatat,
-    statx, lseek, pread64, pwrite64, readv, writev, ftruncate, fallocate, fsync, fdatasync, rename,
-    renameat, renameat2, unlink, unlinkat, rmdir, shutdown,
+    eventfd2, fcntl, dup, poll, ppoll, openat, mkdir, mkdirat, fstat, newfstatat, statx, lseek,
+    pread64, pwrite64, readv, writev, ftruncate, fallocate, fsync, fdatasync, rename, renameat,
+    renameat2, unlink, unlinkat, rmdir, shutdown,
 ];
 
 /// A vCPU: KVM_RUN and the device registers it reaches (MMIO and port I/O write eventfds,
 /// the console's file, the devices' activation, which asks the spawner for worker threads,
 /// and their reset, which stops the worker and takes its backend back: the vsock muxer then
 /// drops its connections from its epoll set and closes them), and parking its state for a
-/// snapshot.
-const VCPU: &[Call] = calls![ioctl, eventfd2, fcntl, dup, writev, tgkill, shutdown];
+/// snapshot. Its ioctls (KVM's, by request) and tgkill are in `super::narrowed`.
+const VCPU: &[Call] = calls![eventfd2, fcntl, dup, writev, shutdown];
 
 /// The control socket's accept loop and its connection threads.
 const CONTROL: &[Call] = calls![accept, accept4, recvfrom, sendto, shutdown, fcntl];

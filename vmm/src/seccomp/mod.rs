@@ -18,6 +18,7 @@
 
 mod allow;
 mod deny;
+mod ioctls;
 
 use std::cell::Cell;
 use std::collections::BTreeMap;
@@ -107,11 +108,41 @@ fn arg_masked(arg: u8, mask: u64, value: u64) -> Result<SeccompCondition, Seccom
     arg_is(arg, SeccompCmpOp::MaskedEq(mask), value)
 }
 
+/// One rule: argument `arg`'s low 32 bits equal `value` (ioctl requests, pids).
+fn dword_is(arg: u8, value: u32) -> Result<SeccompRule, SeccompError> {
+    let c = SeccompCondition::new(
+        arg,
+        SeccompCmpArgLen::Dword,
+        SeccompCmpOp::Eq,
+        u64::from(value),
+    )
+    .map_err(build_err)?;
+    SeccompRule::new(vec![c]).map_err(build_err)
+}
+
+/// ioctl with one of `requests` only.
+fn ioctls(requests: &[ioctls::Request]) -> Result<(libc::c_long, Vec<SeccompRule>), SeccompError> {
+    let rules = requests
+        .iter()
+        .map(|(r, _)| dword_is(1, *r))
+        .collect::<Result<_, _>>()?;
+    Ok((libc::SYS_ioctl, rules))
+}
+
+/// tgkill to this process's own threads only (kicking a vCPU, abort), not to another
+/// process, whoever owns it.
+fn own_tgkill() -> Result<(libc::c_long, Vec<SeccompRule>), SeccompError> {
+    let pid = std::process::id();
+    Ok((libc::SYS_tgkill, vec![dword_is(0, pid)?]))
+}
+
 /// The name of call `nr` (for the violation message).
 fn name_of(nr: libc::c_long) -> &'static str {
     match nr {
         libc::SYS_clone => "clone",
         libc::SYS_socket => "socket",
+        libc::SYS_ioctl => "ioctl",
+        libc::SYS_tgkill => "tgkill",
         _ => deny::REFUSED
             .iter()
             .chain(allow::every_named())
@@ -132,6 +163,10 @@ fn narrowed(profile: Profile) -> Result<Vec<(libc::c_long, Vec<SeccompRule>)>, S
                     .map_err(build_err)?,
             ],
         )],
+        // KVM's vCPU requests (and the tap's offloads at a net device's activation).
+        Profile::Vcpu => vec![ioctls(ioctls::VCPU)?, own_tgkill()?],
+        // KVM's VM requests a snapshot makes; kicks of its own vCPUs.
+        Profile::Vmm => vec![ioctls(ioctls::VMM)?, own_tgkill()?],
         Profile::Spawner => {
             let mut all = Vec::new();
             for w in Profile::WORKERS {
@@ -215,8 +250,9 @@ fn install_handler() -> std::io::Result<()> {
     Ok(())
 }
 
-/// Writes "hako-vmm: seccomp: ..." and exits; only async-signal-safe calls (write, _exit).
-extern "C" fn on_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
+/// Writes "hako-vmm: seccomp: ..." (with an ioctl's request, from the trapped thread's
+/// registers) and exits; only async-signal-safe calls (write, _exit).
+extern "C" fn on_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, context: *mut libc::c_void) {
     // For SIGSYS the siginfo union holds { void *call_addr; int syscall; unsigned arch; }
     // from byte 16 on x86-64: the call's number is the int at byte 24.
     // SAFETY: the kernel passes a valid siginfo_t for an SA_SIGINFO handler.
@@ -253,7 +289,22 @@ extern "C" fn on_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc
         }
     }
     put(&digits[i..]);
-    put(b"); the VMM stops\n");
+    put(b")");
+    if libc::c_long::from(nr) == libc::SYS_ioctl && !context.is_null() {
+        // SAFETY: for an SA_SIGINFO handler the third argument is the trapped thread's
+        // ucontext_t; its saved RSI holds the call's second argument (the request).
+        let request = unsafe {
+            (*context.cast::<libc::ucontext_t>()).uc_mcontext.gregs[libc::REG_RSI as usize]
+        };
+        put(b" request 0x");
+        let mut hex = [0u8; 8];
+        for (k, h) in hex.iter_mut().enumerate() {
+            let nibble = (request as u64 >> (28 - 4 * k)) & 0xf;
+            *h = b"0123456789abcdef"[nibble as usize];
+        }
+        put(&hex);
+    }
+    put(b"; the VMM stops\n");
     // SAFETY: write(2) and _exit(2) are async-signal-safe; `msg[..len]` is initialised.
     unsafe {
         libc::write(2, msg.as_ptr().cast(), len);
@@ -316,7 +367,15 @@ mod tests {
         assert!(!allows(Profile::Vsock, libc::SYS_ioctl));
         assert_eq!(narrowed(Profile::Vsock).unwrap().len(), 1);
         assert_eq!(narrowed(Profile::Spawner).unwrap().len(), 1);
-        assert!(allows(Profile::Vcpu, libc::SYS_ioctl));
+        // The vCPU's and main thread's ioctls are KVM's, by request; their tgkill is to
+        // their own process.
+        for p in [Profile::Vcpu, Profile::Vmm] {
+            assert!(!allows(p, libc::SYS_ioctl), "{p:?}");
+            assert!(!allows(p, libc::SYS_tgkill), "{p:?}");
+            let narrow: Vec<_> = narrowed(p).unwrap().into_iter().map(|(nr, _)| nr).collect();
+            assert_eq!(narrow, [libc::SYS_ioctl, libc::SYS_tgkill], "{p:?}");
+        }
+        assert_eq!(name_of(libc::SYS_ioctl), "ioctl");
         // A guest's device reset at power-off runs the vsock muxer's reset on the vCPU.
         assert!(allows(Profile::Vcpu, libc::SYS_epoll_ctl));
         // The spawner's threads inherit its filter: it must allow all that each does.

@@ -14,7 +14,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::frame::{self, MAX_FRAME};
 use super::rate::TokenBucket;
-use super::tap::{FrameIo, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, Tap, TapError};
+use super::tap::{FrameIo, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6};
 use super::{
     LINK_UP, VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4,
     VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_MAC,
@@ -51,17 +51,6 @@ const RX_DROPPED: usize = 4;
 const TX_DROPPED: usize = 5;
 const MALFORMED: usize = 6;
 
-/// Errors creating the device.
-#[derive(Debug, thiserror::Error)]
-pub enum NetError {
-    #[error("net device {id}")]
-    Tap {
-        id: String,
-        #[source]
-        source: TapError,
-    },
-}
-
 /// A virtio network card whose wire is a tap.
 pub struct Net {
     name: String,
@@ -74,21 +63,6 @@ pub struct Net {
 }
 
 impl Net {
-    /// Attaches to the existing tap `tap`.
-    pub fn new(
-        id: &str,
-        tap: &str,
-        mac: [u8; 6],
-        mtu: Option<u16>,
-        counters: Arc<Counters>,
-    ) -> Result<Self, NetError> {
-        let tap = Tap::open(tap).map_err(|source| NetError::Tap {
-            id: id.to_owned(),
-            source,
-        })?;
-        Ok(Self::with_io(id, Box::new(tap), mac, mtu, counters))
-    }
-
     /// A device over any frame transport (a tap, or a socket pair in tests).
     pub fn with_io(
         id: &str,

@@ -7,8 +7,9 @@ pub mod frame;
 pub mod rate;
 pub mod tap;
 
-pub use device::{COUNTERS, Net, NetError};
+pub use device::{COUNTERS, Net};
 pub use frame::MAX_FRAME;
+pub use tap::{Tap, TapError};
 
 /// Feature bits (virtio 1.2, 5.1.3).
 pub const VIRTIO_NET_F_CSUM: u64 = 1 << 0;

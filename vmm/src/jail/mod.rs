@@ -1,24 +1,33 @@
 //! hako-vmm's jail (`security.jail`): entered at the very start, while the process has one
-//! thread (mount namespaces and capability sets are per thread; every later thread inherits
-//! them). A private mount namespace with a tmpfs root holding only what the config names,
-//! bound at its own paths so the config stays valid; pivot_root into it; a /proc that shows
-//! processes only (the passthrough file system reopens files through /proc/self/fd); the
-//! bounding, permitted and effective capability sets cut to what the devices need; and
-//! no_new_privs.
+//! thread (mount namespaces, user namespaces and capability sets are per thread; every later
+//! thread inherits them), after it opened /dev/kvm and its taps (`crate::host_devices`). A
+//! private mount namespace with a tmpfs root holding only what the config names, bound at
+//! its own paths so the config stays valid; pivot_root into it; a /proc that shows processes
+//! only (the passthrough file system reopens files through /proc/self/fd); with
+//! `security.jail.user`, a user namespace whose root is an unprivileged host uid, every bind
+//! id-mapped to it (`user.rs`); the bounding, permitted and effective capability sets cut to
+//! what the devices need; and no_new_privs.
 //!
-//! The VMM stays uid 0 in the jail: fuse-backend-rs's passthrough switches each request to
-//! the guest's uid and back to 0 on the thread, so it cannot run as another uid (the way to an
-//! unprivileged uid is a user namespace with an idmapped share; see docs/ARCHITECTURE.md).
-//! Without CAP_SYS_ADMIN, CAP_SYS_PTRACE and the others it cannot mount, leave the namespace,
-//! or reach other processes' files through /proc, and seccomp forbids those calls anyway.
+//! As the user namespace's root the VMM keeps its seven file capabilities (fuse-backend-rs's
+//! passthrough switches each request to the guest's uid and back to 0 on the thread), but
+//! they hold over the id-mapped binds only; to everything else on the host it is an
+//! unprivileged uid, and its mount namespace belongs to the host's user namespace, so it
+//! cannot mount or unmount there at all. Without a user namespace it stays uid 0, and
+//! without CAP_SYS_ADMIN, CAP_SYS_PTRACE and the others it still cannot mount, leave the
+//! namespace, or reach other processes' files through /proc; seccomp forbids those calls
+//! anyway.
 #![allow(unsafe_code)]
 
-use std::ffi::CString;
+mod mounts;
+mod user;
+
 use std::io;
-use std::os::unix::ffi::OsStrExt;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
-use hako_vmm_api::{ConsoleConfig, JailConfig, VmConfig};
+use hako_vmm_api::{ConsoleConfig, JailConfig, JailUser, VmConfig};
+
+use self::mounts::{TreeAttrs, attach, check, cstring, detached_clone, mount};
 
 /// Errors entering the jail: each names the step.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +59,9 @@ pub struct Bind {
     /// With the mounts below it (a share, whose containers are binds); other binds are of
     /// the path alone, so a directory holding the jail's own root does not show it again.
     pub recursive: bool,
+    /// Id-mapped when the jail has a user namespace: all but the device nodes, which are
+    /// open to everyone anyway.
+    pub id_mapped: bool,
 }
 
 /// What the jail must hold for `config` (and a snapshot to resume): sorted, parents first,
@@ -64,6 +76,7 @@ pub fn binds(config: &VmConfig, snapshot_dir: Option<&Path>) -> Result<Vec<Bind>
             path: path.to_owned(),
             read_only,
             recursive,
+            id_mapped: !path.starts_with("/dev"),
         });
         Ok(())
     };
@@ -94,12 +107,9 @@ pub fn binds(config: &VmConfig, snapshot_dir: Option<&Path>) -> Result<Vec<Bind>
     if let Some(dir) = snapshot_dir {
         add(dir, true, false)?;
     }
-    add(Path::new("/dev/kvm"), false, false)?;
+    // /dev/kvm and the taps were opened before the jail (`crate::host_devices`).
     add(Path::new("/dev/null"), false, false)?;
     add(Path::new("/dev/urandom"), true, false)?;
-    if !config.devices.net.is_empty() {
-        add(Path::new("/dev/net/tun"), false, false)?;
-    }
     // Parents before children (a bind below another must come after it); one bind per path
     // (a writable one wins).
     out.sort_by(|a, b| {
@@ -121,11 +131,10 @@ const CAP_FOWNER: u32 = 3;
 const CAP_FSETID: u32 = 4;
 const CAP_SETGID: u32 = 6;
 const CAP_SETUID: u32 = 7;
-const CAP_NET_ADMIN: u32 = 12;
 
 /// The capabilities the jailed VMM keeps: the passthrough file system's (it acts as each
-/// request's uid/gid on any file of the share) when it has virtio-fs, CAP_NET_ADMIN to attach
-/// its taps when it has network devices, else none.
+/// request's uid/gid on any file of the share) when it has virtio-fs, else none (its taps
+/// are attached before the jail).
 pub fn capabilities(config: &VmConfig) -> Vec<u32> {
     let mut keep = Vec::new();
     if !config.devices.fs.is_empty() {
@@ -139,52 +148,20 @@ pub fn capabilities(config: &VmConfig) -> Vec<u32> {
             CAP_SETUID,
         ]);
     }
-    if !config.devices.net.is_empty() {
-        keep.push(CAP_NET_ADMIN);
-    }
     keep
-}
-
-fn cstring(p: &Path) -> Result<CString, JailError> {
-    CString::new(p.as_os_str().as_bytes()).map_err(|_| JailError::Relative(p.to_owned()))
-}
-
-fn check(rc: libc::c_int, what: impl Into<String>) -> Result<(), JailError> {
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(step(what)(io::Error::last_os_error()))
-    }
-}
-
-fn mount(
-    source: Option<&Path>,
-    target: &Path,
-    fstype: Option<&str>,
-    flags: libc::c_ulong,
-    data: Option<&str>,
-    what: &str,
-) -> Result<(), JailError> {
-    let source = source.map(cstring).transpose()?;
-    let target_c = cstring(target)?;
-    let fstype = fstype.map(|f| CString::new(f).expect("no NUL in a file system name"));
-    let data = data.map(|d| CString::new(d).expect("no NUL in mount options"));
-    let ptr = |c: &Option<CString>| c.as_ref().map_or(std::ptr::null(), |c| c.as_ptr());
-    // SAFETY: every pointer is null or a NUL-terminated string that outlives the call.
-    let rc = unsafe {
-        libc::mount(
-            ptr(&source),
-            target_c.as_ptr(),
-            ptr(&fstype),
-            flags,
-            ptr(&data).cast(),
-        )
-    };
-    check(rc, format!("{what} ({})", target.display()))
 }
 
 fn threads() -> usize {
     std::fs::read_dir("/proc/self/task").map_or(1, |d| d.count())
+}
+
+/// Who the VMM is once in the jail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JailedAs {
+    /// Root of a user namespace: the host's `uid`/`gid`.
+    User { uid: u32, gid: u32 },
+    /// The host's root, with the capabilities its devices need.
+    Root,
 }
 
 /// Enters the jail for `config`. Must run before the VMM starts any thread.
@@ -192,7 +169,7 @@ pub fn enter(
     config: &VmConfig,
     snapshot_dir: Option<&Path>,
     jail: &JailConfig,
-) -> Result<(), JailError> {
+) -> Result<JailedAs, JailError> {
     let binds = binds(config, snapshot_dir)?;
     let keep = capabilities(config);
     let root = &jail.root;
@@ -211,10 +188,14 @@ pub fn enter(
         .trim()
         .parse()
         .map_err(|e| step("parsing cap_last_cap")(io::Error::other(e)))?;
+    let mut userns = match &jail.user {
+        Some(u) => fall_back_or_fail(u, user::create(u))?,
+        None => None,
+    };
 
     // SAFETY: unshare takes flags only.
     let rc = unsafe { libc::unshare(libc::CLONE_NEWNS) };
-    check(rc, "unshare(CLONE_NEWNS)")?;
+    check(rc.into(), "unshare(CLONE_NEWNS)")?;
     // Slaves, not private: mounts the host makes later below a share that is a shared mount
     // (the runtime binds each new container's root there) reach the jail, and their
     // unmounts too; nothing the jail mounts goes back.
@@ -234,42 +215,22 @@ pub fn enter(
         Some("mode=0755,size=1m"),
         "mounting the jail's tmpfs",
     )?;
-    for b in &binds {
+    // Every bind is made detached first: an id mapping fails on a file system that cannot
+    // take one, and then nothing has been attached yet to undo.
+    let trees = match (&userns, &jail.user) {
+        (Some(ns), Some(u)) => match fall_back_or_fail(u, clone_binds(&binds, Some(ns)))? {
+            Some(trees) => trees,
+            None => {
+                userns = None;
+                clone_binds(&binds, None)?
+            }
+        },
+        _ => clone_binds(&binds, None)?,
+    };
+    for (b, tree) in binds.iter().zip(trees) {
         let target = root.join(b.path.strip_prefix("/").unwrap_or(&b.path));
-        let is_dir = std::fs::metadata(&b.path)
-            .map_err(step(format!("{} (for the jail)", b.path.display())))?
-            .is_dir();
-        if is_dir {
-            std::fs::create_dir_all(&target)
-                .map_err(step(format!("creating {}", target.display())))?;
-        } else {
-            if let Some(p) = target.parent() {
-                std::fs::create_dir_all(p).map_err(step(format!("creating {}", p.display())))?;
-            }
-            if !target.exists() {
-                std::fs::File::create(&target)
-                    .map_err(step(format!("creating {}", target.display())))?;
-            }
-        }
-        let recursive = if b.recursive { libc::MS_REC } else { 0 };
-        mount(
-            Some(&b.path),
-            &target,
-            None,
-            libc::MS_BIND | recursive,
-            None,
-            &format!("binding {}", b.path.display()),
-        )?;
-        if b.read_only {
-            mount(
-                None,
-                &target,
-                None,
-                libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY,
-                None,
-                "making a bind read-only",
-            )?;
-        }
+        make_target(&b.path, &target)?;
+        attach(tree, &target)?;
     }
     let proc_dir = root.join("proc");
     std::fs::create_dir_all(&proc_dir).map_err(step("creating the jail's /proc"))?;
@@ -286,19 +247,95 @@ pub fn enter(
     let (new_c, old_c) = (cstring(root)?, cstring(&old)?);
     // SAFETY: both are NUL-terminated paths that outlive the call.
     let rc = unsafe { libc::syscall(libc::SYS_pivot_root, new_c.as_ptr(), old_c.as_ptr()) };
-    check(rc as i32, "pivot_root")?;
+    check(rc, "pivot_root")?;
     std::env::set_current_dir("/").map_err(step("chdir /"))?;
     let old_c = cstring(Path::new("/.old"))?;
     // SAFETY: a NUL-terminated path.
     let rc = unsafe { libc::umount2(old_c.as_ptr(), libc::MNT_DETACH) };
-    check(rc, "detaching the old root")?;
+    check(rc.into(), "detaching the old root")?;
     std::fs::remove_dir("/.old").map_err(step("removing the old root's mount point"))?;
 
+    let jailed = match (&userns, &jail.user) {
+        (Some(ns), Some(u)) => {
+            user::become_root_of(ns)?;
+            JailedAs::User {
+                uid: u.uid,
+                gid: u.gid,
+            }
+        }
+        _ => JailedAs::Root,
+    };
+    drop(userns);
     drop_capabilities(&keep, last_cap)?;
     // SAFETY: prctl with integer arguments.
     let rc = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
-    check(rc, "setting no_new_privs")?;
-    Ok(())
+    check(rc.into(), "setting no_new_privs")?;
+    Ok(jailed)
+}
+
+/// A user-namespace step's result, or None (and a warning) where `user` lets the VMM stay
+/// root when the host cannot do it.
+fn fall_back_or_fail<T>(
+    user: &JailUser,
+    result: Result<T, JailError>,
+) -> Result<Option<T>, JailError> {
+    match result {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if user.fallback_to_root => {
+            tracing::warn!(
+                "the jail stays uid 0: this host cannot run it as uid {}: {}",
+                user.uid,
+                error_chain(&e)
+            );
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+/// Every bind as a detached tree, id-mapped to `userns` if given.
+fn clone_binds(binds: &[Bind], userns: Option<&OwnedFd>) -> Result<Vec<OwnedFd>, JailError> {
+    binds
+        .iter()
+        .map(|b| {
+            let attrs = TreeAttrs {
+                read_only: b.read_only,
+                private: !b.recursive,
+                idmap: userns.filter(|_| b.id_mapped).map(AsFd::as_fd),
+            };
+            detached_clone(&b.path, b.recursive, attrs)
+        })
+        .collect()
+}
+
+/// Makes the mount point for a bind of `source` at `target`: a directory or an empty file.
+fn make_target(source: &Path, target: &Path) -> Result<(), JailError> {
+    let is_dir = std::fs::metadata(source)
+        .map_err(step(format!("{} (for the jail)", source.display())))?
+        .is_dir();
+    if is_dir {
+        std::fs::create_dir_all(target).map_err(step(format!("creating {}", target.display())))
+    } else {
+        if let Some(p) = target.parent() {
+            std::fs::create_dir_all(p).map_err(step(format!("creating {}", p.display())))?;
+        }
+        if !target.exists() {
+            std::fs::File::create(target)
+                .map_err(step(format!("creating {}", target.display())))?;
+        }
+        Ok(())
+    }
 }
 
 /// Cuts the bounding set to `keep`, then permitted and effective to `keep` (inheritable and
@@ -309,7 +346,7 @@ fn drop_capabilities(keep: &[u32], last_cap: u32) -> Result<(), JailError> {
             // SAFETY: prctl with integer arguments.
             let rc = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
             check(
-                rc,
+                rc.into(),
                 format!("dropping capability {cap} from the bounding set"),
             )?;
         }
@@ -317,7 +354,7 @@ fn drop_capabilities(keep: &[u32], last_cap: u32) -> Result<(), JailError> {
     let clear = libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong;
     // SAFETY: prctl with integer arguments.
     let rc = unsafe { libc::prctl(libc::PR_CAP_AMBIENT, clear, 0, 0, 0) };
-    check(rc, "clearing the ambient capabilities")?;
+    check(rc.into(), "clearing the ambient capabilities")?;
     #[repr(C)]
     struct Header {
         version: u32,
@@ -343,7 +380,7 @@ fn drop_capabilities(keep: &[u32], last_cap: u32) -> Result<(), JailError> {
     };
     // SAFETY: capset reads one header and two data structs of the v3 layout, all alive here.
     let rc = unsafe { libc::syscall(libc::SYS_capset, &header as *const Header, data.as_ptr()) };
-    check(rc as i32, "setting the capability sets")
+    check(rc, "setting the capability sets")
 }
 
 #[cfg(test)]
@@ -385,30 +422,35 @@ mod tests {
             read_only: true,
         });
         let b = binds(&c, Some(Path::new("/var/lib/hako/templates/k"))).unwrap();
-        let paths: Vec<(&str, bool)> = b
+        let paths: Vec<(&str, bool, bool, bool)> = b
             .iter()
-            .map(|b| (b.path.to_str().unwrap(), b.read_only))
+            .map(|b| {
+                (
+                    b.path.to_str().unwrap(),
+                    b.read_only,
+                    b.recursive,
+                    b.id_mapped,
+                )
+            })
             .collect();
         assert_eq!(
             paths,
             [
-                ("/dev/kvm", false),
-                ("/dev/null", false),
-                ("/dev/urandom", true),
-                ("/images/disk.raw", true),
-                ("/s/agent.cpio", true),
-                ("/s/vmlinux", true),
-                ("/run/hako/sb", false),
-                ("/run/hako/sb/shared", false),
-                ("/var/lib/hako/templates/k", true),
+                ("/dev/null", false, false, false),
+                ("/dev/urandom", true, false, false),
+                ("/images/disk.raw", true, false, true),
+                ("/s/agent.cpio", true, false, true),
+                ("/s/vmlinux", true, false, true),
+                ("/run/hako/sb", false, false, true),
+                ("/run/hako/sb/shared", false, true, true),
+                ("/var/lib/hako/templates/k", true, false, true),
             ]
         );
         assert!(capabilities(&c).contains(&CAP_DAC_OVERRIDE));
-        assert!(!capabilities(&c).contains(&CAP_NET_ADMIN));
     }
 
     #[test]
-    fn without_devices_nothing_is_kept_and_taps_need_tun() {
+    fn without_virtio_fs_nothing_is_kept_and_no_device_node_but_null_and_urandom() {
         let mut c = config();
         assert!(capabilities(&c).is_empty());
         c.devices.net.push(NetConfig {
@@ -418,13 +460,15 @@ mod tests {
             mtu: None,
             rate_limit: None,
         });
-        assert_eq!(capabilities(&c), [CAP_NET_ADMIN]);
-        assert!(
-            binds(&c, None)
-                .unwrap()
-                .iter()
-                .any(|b| b.path == Path::new("/dev/net/tun"))
-        );
+        // Taps are opened before the jail: no CAP_NET_ADMIN, no /dev/net/tun.
+        assert!(capabilities(&c).is_empty());
+        let devices: Vec<PathBuf> = binds(&c, None)
+            .unwrap()
+            .into_iter()
+            .map(|b| b.path)
+            .filter(|p| p.starts_with("/dev"))
+            .collect();
+        assert_eq!(devices, [Path::new("/dev/null"), Path::new("/dev/urandom")]);
     }
 
     #[test]

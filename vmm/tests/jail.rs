@@ -1,0 +1,298 @@
+//! hako-vmm's jail in real processes (root; no KVM). This binary runs itself as a child per
+//! case with `HAKO_JAIL_CASE` set; the child enters the jail exactly as hako-vmm does (for a
+//! config with a 0600 root-owned "kernel", a share and a sandbox directory) and reports what
+//! it can do there:
+//! - as a user namespace's root: its host uid is the configured one, it reads the root-only
+//!   kernel and writes the share through the id-mapped binds (its /proc shows ids 0 mapped
+//!   to the configured range), what it writes as its uid 0 or
+//!   (switched like the passthrough file system) as uid 1000 lands on the host as uid 0 and
+//!   1000, it cannot mount, and its capabilities are the passthrough's seven;
+//! - where a bind cannot be id-mapped (a procfs file here), it stays root when the config
+//!   allows the fallback, and otherwise fails naming the bind.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::process::Command;
+
+use hako_vmm::jail::{self, JailedAs};
+use hako_vmm_api::{ConsoleConfig, FsConfig, JailConfig, JailUser, KernelConfig, VmConfig};
+use libtest_mimic::{Arguments, Failed, Trial};
+
+const CASE: &str = "HAKO_JAIL_CASE";
+const DIR: &str = "HAKO_JAIL_DIR";
+/// Host ids of the test's user namespace (the runtime's ranges start at 0x7000_0000).
+const UID: u32 = 0x6fff_0000;
+const GID: u32 = 0x6fff_0000;
+
+fn config(dir: &Path, kernel: &Path, fallback_to_root: bool) -> VmConfig {
+    VmConfig {
+        machine: Default::default(),
+        kernel: KernelConfig {
+            path: kernel.to_owned(),
+            initrd: None,
+            cmdline: String::new(),
+            boot_protocol: Default::default(),
+        },
+        console: ConsoleConfig::File(dir.join("sb/console.log")),
+        control_socket: None,
+        devices: hako_vmm_api::DevicesConfig {
+            fs: vec![FsConfig {
+                tag: "share".into(),
+                shared_dir: dir.join("share"),
+                read_only: false,
+            }],
+            ..Default::default()
+        },
+        security: hako_vmm_api::SecurityConfig {
+            seccomp: false,
+            jail: Some(JailConfig {
+                root: dir.join("jail"),
+                user: Some(JailUser {
+                    uid: UID,
+                    gid: GID,
+                    count: JailUser::DEFAULT_COUNT,
+                    fallback_to_root,
+                }),
+            }),
+        },
+    }
+}
+
+fn status_field(name: &str) -> String {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(name))
+        .map(|v| v.split_whitespace().collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+fn outcome<T, E: std::fmt::Display>(r: Result<T, E>) -> String {
+    match r {
+        Ok(_) => "ok".into(),
+        Err(e) => format!("error: {e}"),
+    }
+}
+
+/// Switches this thread's effective ids the way fuse-backend-rs's passthrough does.
+fn set_effective(uid: u32, gid: u32) -> bool {
+    // SAFETY: integer arguments; -1 leaves the real and saved ids alone.
+    unsafe {
+        libc::syscall(libc::SYS_setresgid, -1, gid, -1) == 0
+            && libc::syscall(libc::SYS_setresuid, -1, uid, -1) == 0
+    }
+}
+
+fn child(case: &str) -> ! {
+    let dir = std::path::PathBuf::from(std::env::var(DIR).expect("HAKO_JAIL_DIR"));
+    let (kernel, fallback) = match case {
+        "user" => (dir.join("kernel"), false),
+        "fallback" => (Path::new("/proc/version").to_owned(), true),
+        _ => (Path::new("/proc/version").to_owned(), false),
+    };
+    let config = config(&dir, &kernel, fallback);
+    let jail = config.security.jail.clone().expect("a jail");
+    match jail::enter(&config, None, &jail) {
+        Ok(as_) => println!("jailed={as_:?}"),
+        Err(e) => {
+            let mut msg = e.to_string();
+            let mut s = std::error::Error::source(&e);
+            while let Some(src) = s {
+                msg.push_str(&format!(": {src}"));
+                s = src.source();
+            }
+            println!("error={msg}");
+            std::process::exit(0);
+        }
+    }
+    // As this namespace sees them; its map says which host ids they are.
+    println!("uid={}", status_field("Uid:"));
+    println!("gid={}", status_field("Gid:"));
+    let map = std::fs::read_to_string("/proc/self/uid_map").unwrap_or_default();
+    println!(
+        "uid_map={}",
+        map.split_whitespace().collect::<Vec<_>>().join(" ")
+    );
+    println!("groups={}", status_field("Groups:"));
+    println!("capeff={}", status_field("CapEff:"));
+    println!("read_kernel={}", outcome(std::fs::read(&kernel)));
+    println!(
+        "write_share={}",
+        outcome(std::fs::write(dir.join("share/by-root"), b"0"))
+    );
+    println!(
+        "write_sandbox_dir={}",
+        outcome(std::fs::write(dir.join("sb/console.log"), b"log"))
+    );
+    println!(
+        "read_secret_in_share={}",
+        outcome(std::fs::read(dir.join("share/secret")))
+    );
+    let as_1000 = set_effective(1000, 1000)
+        && std::fs::write(dir.join("share/open/by-1000"), b"1000").is_ok()
+        && set_effective(0, 0);
+    println!("write_as_1000={as_1000}");
+    let tmpfs = c"tmpfs";
+    let target =
+        std::ffi::CString::new(dir.join("share").to_string_lossy().as_bytes()).expect("no NUL");
+    // SAFETY: NUL-terminated strings that outlive the call; no data.
+    let rc = unsafe {
+        libc::mount(
+            tmpfs.as_ptr(),
+            target.as_ptr(),
+            tmpfs.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    println!("mount={}", if rc == 0 { "ok" } else { "refused" });
+    println!(
+        "proc_self_fd={}",
+        outcome(std::fs::read_link("/proc/self/fd/1"))
+    );
+    std::process::exit(0)
+}
+
+/// A fresh layout (kernel 0600, share with a 0600 secret, sandbox dir, jail root) and the
+/// child's report on it.
+fn run(case: &str) -> Result<(tempfile::TempDir, String), Failed> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let d = dir.path();
+    for sub in ["share", "share/open", "sb", "jail"] {
+        std::fs::create_dir(d.join(sub)).map_err(|e| e.to_string())?;
+    }
+    std::fs::set_permissions(d.join("share/open"), std::fs::Permissions::from_mode(0o777))
+        .map_err(|e| e.to_string())?;
+    std::fs::write(d.join("kernel"), b"not a kernel").map_err(|e| e.to_string())?;
+    std::fs::write(d.join("share/secret"), b"s").map_err(|e| e.to_string())?;
+    for f in ["kernel", "share/secret"] {
+        std::fs::set_permissions(d.join(f), std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| e.to_string())?;
+    }
+    std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| e.to_string())?;
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    let o = Command::new(me)
+        .env(CASE, case)
+        .env(DIR, d)
+        .output()
+        .map_err(|e| e.to_string())?;
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    println!("{case}: {:?}\n{out}", o.status);
+    if !o.status.success() {
+        return Err(format!(
+            "the child ended {:?}: {out} {}",
+            o.status,
+            String::from_utf8_lossy(&o.stderr)
+        )
+        .into());
+    }
+    Ok((dir, out))
+}
+
+fn expect_lines(out: &str, lines: &[String]) -> Result<(), Failed> {
+    for l in lines {
+        if !out.lines().any(|x| x == l) {
+            return Err(format!("expected {l:?} in:\n{out}").into());
+        }
+    }
+    Ok(())
+}
+
+fn owner(path: &Path) -> Result<(u32, u32), Failed> {
+    let m = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok((m.uid(), m.gid()))
+}
+
+fn as_a_user_namespace_root() -> Result<(), Failed> {
+    let (dir, out) = run("user")?;
+    expect_lines(
+        &out,
+        &[
+            format!("jailed={:?}", JailedAs::User { uid: UID, gid: GID }),
+            "uid=0 0 0 0".into(),
+            "gid=0 0 0 0".into(),
+            format!("uid_map=0 {UID} 65536"),
+            "groups=".into(),
+            // CHOWN, DAC_OVERRIDE, DAC_READ_SEARCH, FOWNER, FSETID, SETGID, SETUID.
+            "capeff=00000000000000df".into(),
+            "read_kernel=ok".into(),
+            "write_share=ok".into(),
+            "write_sandbox_dir=ok".into(),
+            "read_secret_in_share=ok".into(),
+            "write_as_1000=true".into(),
+            "mount=refused".into(),
+            "proc_self_fd=ok".into(),
+        ],
+    )?;
+    let d = dir.path();
+    for (file, ids) in [
+        ("share/by-root", (0, 0)),
+        ("share/open/by-1000", (1000, 1000)),
+        ("sb/console.log", (0, 0)),
+    ] {
+        let got = owner(&d.join(file))?;
+        if got != ids {
+            return Err(format!("{file} is owned by {got:?} on the host, not {ids:?}").into());
+        }
+    }
+    if std::fs::read_dir(d.join("jail")).map_or(0, |r| r.count()) != 0 {
+        return Err("the jail's root shows files on the host's side".into());
+    }
+    Ok(())
+}
+
+fn stays_root_where_allowed_when_a_bind_cannot_be_id_mapped() -> Result<(), Failed> {
+    let (_dir, out) = run("fallback")?;
+    expect_lines(
+        &out,
+        &[
+            format!("jailed={:?}", JailedAs::Root),
+            "uid=0 0 0 0".into(),
+            "uid_map=0 0 4294967295".into(),
+            "write_share=ok".into(),
+            "mount=refused".into(),
+        ],
+    )
+}
+
+fn fails_naming_the_bind_otherwise() -> Result<(), Failed> {
+    let (_dir, out) = run("strict")?;
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("error="))
+        .ok_or_else(|| format!("no error in:\n{out}"))?;
+    if !line.contains("id-mapping the bind of /proc/version") {
+        return Err(format!("the error does not name the bind: {line}").into());
+    }
+    Ok(())
+}
+
+fn main() {
+    if let Ok(case) = std::env::var(CASE) {
+        child(&case);
+    }
+    let args = Arguments::from_args();
+    // SAFETY: geteuid has no arguments and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    let trial = |name: &str, f: fn() -> Result<(), Failed>| {
+        if root {
+            Trial::test(name, f)
+        } else {
+            eprintln!("SKIP {name}: needs root (mount and user namespaces)");
+            Trial::test(name, || Err("skipped: needs root".into())).with_ignored_flag(true)
+        }
+    };
+    let trials = vec![
+        trial("jail_as_a_user_namespace_root", as_a_user_namespace_root),
+        trial(
+            "jail_stays_root_where_allowed_when_a_bind_cannot_be_id_mapped",
+            stays_root_where_allowed_when_a_bind_cannot_be_id_mapped,
+        ),
+        trial(
+            "jail_fails_naming_the_bind_otherwise",
+            fails_naming_the_bind_otherwise,
+        ),
+    ];
+    libtest_mimic::run(&args, trials).exit();
+}
