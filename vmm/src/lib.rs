@@ -49,6 +49,19 @@ pub enum VmmError {
     Signals(#[source] std::io::Error),
 }
 
+/// `e` and its sources, joined with ": " (for a log line or a control reply, where `{:#}`
+/// of an anyhow error is not at hand).
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
+}
+
 /// Loads and checks the config file at `path`.
 pub fn load_config(path: &Path) -> Result<VmConfig, VmmError> {
     Ok(config::load(path)?)

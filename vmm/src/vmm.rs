@@ -203,16 +203,7 @@ impl Vmm {
 
     /// Writes the paused VM to `dir`. A failure leaves no partial snapshot behind.
     fn snapshot(&self, dir: &std::path::Path) -> Result<(), String> {
-        let chain = |e: &dyn std::error::Error| {
-            let mut s = e.to_string();
-            let mut source = e.source();
-            while let Some(cause) = source {
-                s.push_str(": ");
-                s.push_str(&cause.to_string());
-                source = cause.source();
-            }
-            s
-        };
+        let chain = crate::error_chain;
         if let Some((name, _)) = self
             .devices
             .iter()

@@ -262,7 +262,7 @@ fn fails_naming_the_bind_otherwise() -> Result<(), Failed> {
         .lines()
         .find(|l| l.starts_with("error="))
         .ok_or_else(|| format!("no error in:\n{out}"))?;
-    if !line.contains("id-mapping the bind of /proc/version") {
+    if !(line.contains("binding /proc/version") && line.contains("id-mapped mounts")) {
         return Err(format!("the error does not name the bind: {line}").into());
     }
     Ok(())

@@ -27,7 +27,9 @@ use std::path::{Path, PathBuf};
 
 use hako_vmm_api::{ConsoleConfig, JailConfig, JailUser, VmConfig};
 
-use self::mounts::{TreeAttrs, attach, check, cstring, detached_clone, mount};
+use hako_mount::{BindAttrs, DetachedBind, MountError};
+
+use self::mounts::{check, cstring, mount};
 
 /// Errors entering the jail: each names the step.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +40,12 @@ pub enum JailError {
     Root(PathBuf),
     #[error("jail: the process already runs {0} threads; the jail must come first")]
     Threads(usize),
+    #[error("jail: binding {path}")]
+    Bind {
+        path: PathBuf,
+        #[source]
+        source: MountError,
+    },
     #[error("jail: {step}")]
     Step {
         step: String,
@@ -230,7 +238,10 @@ pub fn enter(
     for (b, tree) in binds.iter().zip(trees) {
         let target = root.join(b.path.strip_prefix("/").unwrap_or(&b.path));
         make_target(&b.path, &target)?;
-        attach(tree, &target)?;
+        tree.attach(&target).map_err(|source| JailError::Bind {
+            path: b.path.clone(),
+            source,
+        })?;
     }
     let proc_dir = root.join("proc");
     std::fs::create_dir_all(&proc_dir).map_err(step("creating the jail's /proc"))?;
@@ -285,7 +296,7 @@ fn fall_back_or_fail<T>(
             tracing::warn!(
                 "the jail stays uid 0: this host cannot run it as uid {}: {}",
                 user.uid,
-                error_chain(&e)
+                crate::error_chain(&e)
             );
             Ok(None)
         }
@@ -293,28 +304,24 @@ fn fall_back_or_fail<T>(
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
-}
-
-/// Every bind as a detached tree, id-mapped to `userns` if given.
-fn clone_binds(binds: &[Bind], userns: Option<&OwnedFd>) -> Result<Vec<OwnedFd>, JailError> {
+/// Every bind as a detached tree, id-mapped to `userns` if given. A share (recursive) keeps
+/// its propagation: a slave of the host's share point, it receives the containers bound
+/// there later; every other bind is private.
+fn clone_binds(binds: &[Bind], userns: Option<&OwnedFd>) -> Result<Vec<DetachedBind>, JailError> {
     binds
         .iter()
         .map(|b| {
-            let attrs = TreeAttrs {
+            let attrs = BindAttrs {
+                recursive: b.recursive,
                 read_only: b.read_only,
                 private: !b.recursive,
                 idmap: userns.filter(|_| b.id_mapped).map(AsFd::as_fd),
+                ..Default::default()
             };
-            detached_clone(&b.path, b.recursive, attrs)
+            hako_mount::detached_bind(&b.path, &attrs).map_err(|source| JailError::Bind {
+                path: b.path.clone(),
+                source,
+            })
         })
         .collect()
 }

@@ -71,7 +71,7 @@ pub fn probe(device: &Path) -> ProbeReport {
     for _ in 0..GUEST_RUNS {
         match guest::run(&kvm) {
             Ok(found) => report.guest = Some(best_of(report.guest.take(), found)),
-            Err(e) => errors.push(error_chain(&e)),
+            Err(e) => errors.push(crate::error_chain(&e)),
         }
     }
     if report.guest.is_none() {
@@ -113,17 +113,6 @@ pub fn loaded_kvm_modules(sys_module: &Path) -> Vec<String> {
         .filter(|m| sys_module.join(m).is_dir())
         .map(|m| m.to_string())
         .collect()
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    s
 }
 
 #[cfg(test)]
