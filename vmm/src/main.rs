@@ -31,6 +31,10 @@ enum Command {
         /// The KVM device to probe.
         #[arg(long, default_value = "/dev/kvm")]
         device: PathBuf,
+        /// Also check that a jail could run as an unprivileged uid with this path bound in
+        /// (a user namespace and an id-mapped bind).
+        #[arg(long)]
+        idmap_path: Option<PathBuf>,
     },
     /// Boot the VM a JSON config describes.
     Run {
@@ -53,7 +57,7 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match (cli.command, cli.config) {
-        (Some(Command::Probe { device }), _) => probe(&device),
+        (Some(Command::Probe { device, idmap_path }), _) => probe(&device, idmap_path.as_deref()),
         (Some(Command::Run { config, restore }), _) => run(&config, restore.as_deref(), started),
         (None, Some(config)) => run(&config, cli.restore.as_deref(), started),
         (None, None) => {
@@ -63,8 +67,8 @@ fn main() -> ExitCode {
     }
 }
 
-fn probe(device: &std::path::Path) -> ExitCode {
-    let report = hako_vmm::probe::probe(device);
+fn probe(device: &std::path::Path, idmap_path: Option<&std::path::Path>) -> ExitCode {
+    let report = hako_vmm::probe::probe(device, idmap_path);
     match serde_json::to_string_pretty(&report) {
         Ok(json) => {
             println!("{json}");

@@ -7,7 +7,11 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use hako_vmm_api::{GuestProbe, KVM_API_VERSION, KvmAccess, ProbeReport, SyscallOutcome};
+use hako_vmm_api::{
+    GuestProbe, KVM_API_VERSION, KvmAccess, ProbeReport, SyscallOutcome, UserNamespaceProbe,
+};
+
+use crate::config::{Config, UserNamespaceMode};
 use serde::Serialize;
 
 /// Guest kernel code slower than guest user code by more than this factor is emulated.
@@ -88,8 +92,14 @@ fn kernel_mode(report: &ProbeReport, guest: Option<&GuestProbe>) -> KernelMode {
     }
 }
 
-/// Turns a probe report into the verdict. Pure, so every branch is unit-tested.
+/// Turns a probe report into the verdict, for the default `[vm] user_namespace`.
 pub fn assess(report: ProbeReport) -> Verdict {
+    assess_for(report, UserNamespaceMode::Auto)
+}
+
+/// Turns a probe report into the verdict for a runtime whose `[vm] user_namespace` is
+/// `mode`. Pure, so every branch is unit-tested.
+pub fn assess_for(report: ProbeReport, mode_config: UserNamespaceMode) -> Verdict {
     let mut findings = Vec::new();
     let mut blocked = false;
     let dev = &report.kvm_device;
@@ -289,6 +299,12 @@ pub fn assess(report: ProbeReport) -> Verdict {
         (None, None) => {}
     }
 
+    if let Some(userns) = &report.user_namespace {
+        let (f, blocks) = user_namespace_finding(userns, mode_config);
+        blocked |= blocks;
+        findings.push(f);
+    }
+
     let cpu_profile = if mode == KernelMode::Emulated {
         "conservative"
     } else {
@@ -325,6 +341,56 @@ pub fn assess(report: ProbeReport) -> Verdict {
     }
 }
 
+/// What the user-namespace probe means under the configured mode, and whether it stops
+/// sandboxes from starting.
+fn user_namespace_finding(p: &UserNamespaceProbe, mode: UserNamespaceMode) -> (Finding, bool) {
+    let check = "user_namespace";
+    match (&p.error, mode) {
+        (_, UserNamespaceMode::Off) => (
+            finding(
+                check,
+                Status::Info,
+                "sandboxes' hako-vmm runs as uid 0 in its jail ([vm] user_namespace = \"off\")",
+            ),
+            false,
+        ),
+        (None, _) => (
+            finding(
+                check,
+                Status::Ok,
+                format!(
+                    "each sandbox's hako-vmm runs as an unprivileged host uid (a user namespace \
+                     and id-mapped binds work here, {} included)",
+                    p.path
+                ),
+            ),
+            false,
+        ),
+        (Some(e), UserNamespaceMode::Auto) => (
+            finding(
+                check,
+                Status::Warn,
+                format!(
+                    "hako-vmm cannot run as an unprivileged uid here ({e}); with [vm] \
+                     user_namespace = \"auto\" it runs as uid 0 in its jail"
+                ),
+            ),
+            false,
+        ),
+        (Some(e), UserNamespaceMode::Required) => (
+            finding(
+                check,
+                Status::Fail,
+                format!(
+                    "hako-vmm cannot run as an unprivileged uid here ({e}), and [vm] \
+                     user_namespace = \"required\": sandboxes will not start"
+                ),
+            ),
+            true,
+        ),
+    }
+}
+
 /// Renders the verdict as lines for a person.
 pub fn render(verdict: &Verdict) -> String {
     let mut out = String::new();
@@ -341,12 +407,15 @@ pub fn render(verdict: &Verdict) -> String {
     out
 }
 
-/// Runs `hako-vmm probe` with a deadline and parses its report.
-fn run_probe(vmm: &Path, device: &Path) -> anyhow::Result<ProbeReport> {
-    let mut child = Command::new(vmm)
-        .arg("probe")
-        .arg("--device")
-        .arg(device)
+/// Runs `hako-vmm probe` with a deadline and parses its report; with `idmap_path`, it also
+/// tries a user namespace and an id-mapped bind of that path.
+fn run_probe(vmm: &Path, device: &Path, idmap_path: Option<&Path>) -> anyhow::Result<ProbeReport> {
+    let mut cmd = Command::new(vmm);
+    cmd.arg("probe").arg("--device").arg(device);
+    if let Some(p) = idmap_path {
+        cmd.arg("--idmap-path").arg(p);
+    }
+    let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -382,7 +451,13 @@ fn run_probe(vmm: &Path, device: &Path) -> anyhow::Result<ProbeReport> {
 
 pub fn run(args: &CheckArgs) -> anyhow::Result<u8> {
     let vmm = crate::backend::find_vmm(args.vmm.as_deref())?;
-    let verdict = assess(run_probe(&vmm, &args.device)?);
+    let config = Config::load()?;
+    // The state root (or where it will be made) holds the sandboxes' shares: the bind most
+    // likely to be on a file system without id-mapped mounts (tmpfs before Linux 6.3).
+    let idmap_path = (config.vm.jail && config.vm.user_namespace != UserNamespaceMode::Off)
+        .then(|| existing_ancestor(&config.runtime.root));
+    let report = run_probe(&vmm, &args.device, idmap_path.as_deref())?;
+    let verdict = assess_for(report, config.vm.user_namespace);
     if args.json {
         println!(
             "{}",
@@ -392,6 +467,14 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<u8> {
         print!("{}", render(&verdict));
     }
     Ok(if verdict.can_run { 0 } else { 1 })
+}
+
+/// `path`, or its nearest ancestor that exists.
+fn existing_ancestor(path: &Path) -> PathBuf {
+    path.ancestors()
+        .find(|p| p.exists())
+        .unwrap_or(Path::new("/"))
+        .to_owned()
 }
 
 #[cfg(test)]
@@ -420,6 +503,7 @@ mod tests {
             tsc_deadline_timer: Some(true),
             guest,
             guest_error: None,
+            user_namespace: None,
         }
     }
 
@@ -475,6 +559,36 @@ mod tests {
                 .iter()
                 .all(|f| f.status != Status::Warn && f.status != Status::Fail)
         );
+    }
+
+    #[test]
+    fn the_user_namespace_verdict_follows_the_configured_mode() {
+        let with = |error: Option<&str>| {
+            let mut r = report(Some(pvm_guest()), &["kvm_pvm"]);
+            r.user_namespace = Some(UserNamespaceProbe {
+                path: "/run/hako".into(),
+                error: error.map(str::to_owned),
+            });
+            r
+        };
+        let v = assess_for(with(None), UserNamespaceMode::Auto);
+        assert!(v.can_run);
+        assert_eq!(status_of(&v, "user_namespace"), Status::Ok);
+        assert!(render(&v).contains("unprivileged host uid"));
+        let why = Some("id-mapped mounts: Invalid argument");
+        let v = assess_for(with(why), UserNamespaceMode::Auto);
+        assert!(v.can_run);
+        assert_eq!(status_of(&v, "user_namespace"), Status::Warn);
+        assert!(render(&v).contains("runs as uid 0"));
+        let v = assess_for(with(why), UserNamespaceMode::Required);
+        assert!(!v.can_run);
+        assert_eq!(status_of(&v, "user_namespace"), Status::Fail);
+        let v = assess_for(with(why), UserNamespaceMode::Off);
+        assert!(v.can_run);
+        assert_eq!(status_of(&v, "user_namespace"), Status::Info);
+        // Not asked: no finding.
+        let v = assess(report(Some(pvm_guest()), &["kvm_pvm"]));
+        assert!(v.findings.iter().all(|f| f.check != "user_namespace"));
     }
 
     #[test]

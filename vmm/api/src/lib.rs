@@ -37,6 +37,18 @@ pub struct ProbeReport {
     pub guest: Option<GuestProbe>,
     /// Why the tiny guest could not run, when it could not.
     pub guest_error: Option<String>,
+    /// Whether a jailed hako-vmm can run as an unprivileged uid here, when asked.
+    #[serde(default)]
+    pub user_namespace: Option<UserNamespaceProbe>,
+}
+
+/// Whether hako-vmm could make a user namespace and an id-mapped bind of `path` (what its
+/// jail does with `security.jail.user`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserNamespaceProbe {
+    pub path: String,
+    /// Why it could not; None when it could.
+    pub error: Option<String>,
 }
 
 /// Whether the KVM device is usable by this process.
@@ -135,6 +147,10 @@ mod tests {
                 },
             }),
             guest_error: None,
+            user_namespace: Some(UserNamespaceProbe {
+                path: "/run/hako".into(),
+                error: None,
+            }),
         };
         let json = serde_json::to_string(&report).unwrap();
         let back: ProbeReport = serde_json::from_str(&json).unwrap();

@@ -284,6 +284,36 @@ pub fn enter(
     Ok(jailed)
 }
 
+/// Host ids the probe maps (outside the runtime's ranges, which start at 0x70000000).
+const PROBE_ID: u32 = 0x6ffd_0000;
+
+/// Whether this host lets the jail run as an unprivileged uid with `path` bound in: a user
+/// namespace made and mapped, and an id-mapped detached bind of `path` (never attached).
+/// Needs one thread.
+pub fn can_run_unprivileged(path: &Path) -> Result<(), JailError> {
+    let n = threads();
+    if n != 1 {
+        return Err(JailError::Threads(n));
+    }
+    let user = JailUser {
+        uid: PROBE_ID,
+        gid: PROBE_ID,
+        count: JailUser::DEFAULT_COUNT,
+        fallback_to_root: false,
+    };
+    let ns = user::create(&user)?;
+    let attrs = BindAttrs {
+        idmap: Some(ns.as_fd()),
+        ..Default::default()
+    };
+    hako_mount::detached_bind(path, &attrs)
+        .map(drop)
+        .map_err(|source| JailError::Bind {
+            path: path.to_owned(),
+            source,
+        })
+}
+
 /// A user-namespace step's result, or None (and a warning) where `user` lets the VMM stay
 /// root when the host cannot do it.
 fn fall_back_or_fail<T>(

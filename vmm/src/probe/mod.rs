@@ -10,7 +10,7 @@ mod tables;
 
 use std::path::Path;
 
-use hako_vmm_api::{CapabilityCheck, GuestProbe, KvmAccess, ProbeReport};
+use hako_vmm_api::{CapabilityCheck, GuestProbe, KvmAccess, ProbeReport, UserNamespaceProbe};
 use kvm_ioctls::{Cap, Kvm};
 
 pub use guest::GuestProbeError;
@@ -35,9 +35,18 @@ const CAPABILITIES: &[(&str, Cap, bool)] = &[
 /// Kernel modules that can serve /dev/kvm.
 const KVM_MODULES: &[&str] = &["kvm_intel", "kvm_amd", "kvm_pvm"];
 
-/// Probes the KVM device at `device` (normally /dev/kvm). Never fails: every problem is a
-/// finding in the report.
-pub fn probe(device: &Path) -> ProbeReport {
+/// Probes the KVM device at `device` (normally /dev/kvm) and, if `idmap_path` is given,
+/// whether a jailed hako-vmm could run as an unprivileged uid with that path bound in (call
+/// it while the process has one thread). Never fails: every problem is a finding in the
+/// report.
+pub fn probe(device: &Path, idmap_path: Option<&Path>) -> ProbeReport {
+    // First: it forks a helper, which wants one thread.
+    let user_namespace = idmap_path.map(|path| UserNamespaceProbe {
+        path: path.display().to_string(),
+        error: crate::jail::can_run_unprivileged(path)
+            .err()
+            .map(|e| crate::error_chain(&e)),
+    });
     let mut report = ProbeReport {
         kvm_device: device.display().to_string(),
         access: KvmAccess::Ok,
@@ -47,6 +56,7 @@ pub fn probe(device: &Path) -> ProbeReport {
         tsc_deadline_timer: None,
         guest: None,
         guest_error: None,
+        user_namespace,
     };
     let kvm = match open_kvm(device) {
         Ok(kvm) => kvm,
@@ -130,7 +140,7 @@ mod tests {
 
     #[test]
     fn missing_device_is_a_finding_not_an_error() {
-        let report = probe(Path::new("/nonexistent/kvm"));
+        let report = probe(Path::new("/nonexistent/kvm"), None);
         assert_eq!(report.access, KvmAccess::Missing);
         assert!(report.guest.is_none());
     }
