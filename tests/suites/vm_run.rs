@@ -70,7 +70,7 @@ fn hako_run_runs_a_container_in_a_vm() -> Result<(), Failed> {
     let user = cgroup
         .as_ref()
         .map_err(Clone::clone)
-        .and_then(|(_, pid)| vmm_user(pid));
+        .and_then(|(_, pid)| vmm_user(pid, &root.join("run-test/vm")));
     let out = child
         .wait_with_output()
         .map_err(|e| format!("waiting for hako run: {e}"))?;
@@ -147,8 +147,9 @@ fn hako_run_runs_a_container_in_a_vm() -> Result<(), Failed> {
 }
 
 /// The running VMM's host uid (and gid, the same) and its id range: the root of a user
-/// namespace mapping one of the runtime's ranges, whose lock is held.
-fn vmm_user(pid: &str) -> Result<(u32, u32), String> {
+/// namespace mapping one of the runtime's ranges, whose lock is held. Its jail shows its own
+/// directory of the sandbox (`vmm/`: its sockets) and the share, not the runtime's files.
+fn vmm_user(pid: &str, sandbox: &std::path::Path) -> Result<(u32, u32), String> {
     use hako_runtime::sandbox::id_range::{FIRST_ID, RANGE, SLOTS};
     // It enters its jail first thing; give it the moment after its start.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
@@ -188,6 +189,30 @@ fn vmm_user(pid: &str) -> Result<(u32, u32), String> {
     let map: Vec<&str> = map.split_whitespace().collect();
     if map != ["0", &uid.to_string(), &RANGE.to_string()] {
         return Err(format!("hako-vmm {pid}'s uid map is {map:?}"));
+    }
+    let seen = |p: &str| {
+        std::path::Path::new(&format!("/proc/{pid}/root"))
+            .join(sandbox.strip_prefix("/").unwrap_or(sandbox))
+            .join(p)
+            .exists()
+    };
+    // The control socket comes a moment after the jail.
+    while !seen("vmm/control.sock") && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    for (p, want) in [
+        ("vmm/control.sock", true),
+        ("shared", true),
+        ("state.json", false),
+        ("vm.json", false),
+        ("vmm.log", false),
+    ] {
+        if seen(p) != want {
+            return Err(format!(
+                "in hako-vmm {pid}'s jail, {p} is {}",
+                if want { "missing" } else { "visible" }
+            ));
+        }
     }
     Ok((uid, (uid - FIRST_ID) / RANGE))
 }
