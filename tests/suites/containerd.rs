@@ -130,6 +130,8 @@ fn run_exec_kill(ctd: &Containerd) -> Result<(), Failed> {
             return Err(format!("exec e1: {}", out(&o)).into());
         }
 
+        vmm_unprivileged_and_owners_kept(ctd, "c1")?;
+
         let mut exec = ctd
             .ctr_command(&["task", "exec", "--exec-id", "e2", "c1", "cat"])
             .stdin(Stdio::piped())
@@ -195,6 +197,68 @@ fn run_exec_kill(ctd: &Containerd) -> Result<(), Failed> {
         return Err("killing a deleted task succeeded".into());
     }
     nothing_left(ctd)
+}
+
+/// The sandbox `id`'s hako-vmm runs as an unprivileged host uid (one of the runtime's
+/// ranges), and what the container writes into its root file system (containerd's overlay
+/// snapshot, mounted over id-mapped layers) lands in the snapshot's upper directory with the
+/// owners it gave: root's as root's, uid 1000's as 1000's.
+fn vmm_unprivileged_and_owners_kept(ctd: &Containerd, id: &str) -> Result<(), Failed> {
+    use hako_runtime::sandbox::id_range::{FIRST_ID, RANGE, SLOTS};
+    use std::os::unix::fs::MetadataExt;
+    let state = ctd.hako_root.join(id).join("state.json");
+    let text = std::fs::read_to_string(&state).map_err(|e| format!("{}: {e}", state.display()))?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+    let pid = v["vmm_pid"].as_u64().ok_or("no vmm_pid in the state")?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let uid: u32 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    if uid < FIRST_ID
+        || !(uid - FIRST_ID).is_multiple_of(RANGE)
+        || (uid - FIRST_ID) / RANGE >= SLOTS
+    {
+        return Err(format!("sandbox {id}'s hako-vmm {pid} runs as uid {uid}").into());
+    }
+    let o = ctd.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "owners",
+        id,
+        "sh",
+        "-c",
+        "echo r > /by-root && echo u > /by-1000 && chown 1000:1000 /by-1000 && cat /etc/passwd > /dev/null",
+    ])?;
+    if !o.status.success() {
+        return Err(format!("writing files in the container: {}", out(&o)).into());
+    }
+    let snapshots = ctd
+        .dir
+        .path()
+        .join("root/io.containerd.snapshotter.v1.overlayfs/snapshots");
+    let find = |name: &str| -> Result<(u32, u32), String> {
+        for e in std::fs::read_dir(&snapshots)
+            .map_err(|e| format!("{}: {e}", snapshots.display()))?
+            .flatten()
+        {
+            if let Ok(m) = std::fs::metadata(e.path().join("fs").join(name)) {
+                return Ok((m.uid(), m.gid()));
+            }
+        }
+        Err(format!("{name} is in no snapshot's upper directory"))
+    };
+    for (name, want) in [("by-root", (0, 0)), ("by-1000", (1000, 1000))] {
+        let got = find(name)?;
+        if got != want {
+            return Err(format!("{name} is owned by {got:?} on the host, not {want:?}").into());
+        }
+    }
+    eprintln!("sandbox {id}: hako-vmm runs as uid {uid}; the container's files keep their owners");
+    Ok(())
 }
 
 fn wait_child(child: &mut Child, limit: Duration) -> Result<Option<i32>, Failed> {

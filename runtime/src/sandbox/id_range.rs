@@ -115,6 +115,25 @@ fn try_lock(file: &File) -> std::io::Result<bool> {
     }
 }
 
+/// A running hako-vmm's user namespace and the host ids its root is: what the runtime maps
+/// the files it shares with that VMM to.
+#[derive(Debug)]
+pub struct VmmUser {
+    ns: std::os::fd::OwnedFd,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl VmmUser {
+    pub fn new(ns: std::os::fd::OwnedFd, uid: u32, gid: u32) -> Self {
+        Self { ns, uid, gid }
+    }
+
+    pub fn ns(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&self.ns)
+    }
+}
+
 fn random_u32() -> u32 {
     let mut b = [0u8; 4];
     match File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b)) {

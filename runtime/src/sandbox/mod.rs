@@ -6,6 +6,7 @@ pub mod container;
 pub mod guest_spec;
 pub mod host_cgroup;
 pub mod id_range;
+pub mod idmapped_rootfs;
 pub mod rootfs;
 pub mod sizing;
 pub mod volumes;
@@ -28,7 +29,7 @@ use hako_agent_api::agent_ttrpc::AgentServiceClient;
 
 use self::container::{Container, Process, Status};
 use self::host_cgroup::{HostCgroup, Limits};
-use self::id_range::IdRange;
+use self::id_range::{IdRange, VmmUser};
 use self::sizing::VmSize;
 use self::watchers::EventSink;
 use crate::agent_client::{self, ctx};
@@ -109,6 +110,16 @@ impl Drop for StateDir {
     }
 }
 
+/// How a container's root file system came to `<bundle>/rootfs`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RootfsMount {
+    /// The runtime mounted it (containerd's snapshot) and unmounts it with the container.
+    pub mounted: bool,
+    /// Its files already show the VMM's ids (layers id-mapped): its bind into the share
+    /// must not map them again.
+    pub id_mapped: bool,
+}
+
 /// What the pod's sandbox spec says about the guest as a whole.
 #[derive(Debug, Clone, Default)]
 pub struct GuestSetup {
@@ -146,8 +157,9 @@ pub struct Sandbox {
     network: Option<crate::network::Wiring>,
     /// hako-vmm's host cgroup, if any.
     host_cgroup: Option<HostCgroup>,
-    /// hako-vmm's user namespace, when it runs in one: containers' binds are id-mapped to it.
-    userns: Option<std::os::fd::OwnedFd>,
+    /// hako-vmm's user namespace and host ids, when it runs in one: containers' binds are
+    /// id-mapped to it.
+    vmm_user: Option<VmmUser>,
     containers: Mutex<HashMap<String, Arc<Container>>>,
     stopping: AtomicBool,
 }
@@ -163,6 +175,7 @@ impl Sandbox {
         id: &str,
         size: VmSize,
         setup: &GuestSetup,
+        premounted_rootfs: Option<&Path>,
         events: Arc<dyn EventSink>,
     ) -> anyhow::Result<Arc<Self>> {
         let mut spec = vm_spec(config, size)?;
@@ -182,6 +195,25 @@ impl Sandbox {
                 UserNamespaceMode::Off => None,
                 UserNamespaceMode::Auto => Some(true),
                 UserNamespaceMode::Required => Some(false),
+            };
+            // A root file system mounted by the caller on a file system that cannot be
+            // id-mapped (podman's overlay driver) would not be readable by a VMM in a user
+            // namespace: such a sandbox's VMM stays root, or fails if required.
+            let unmappable = premounted_rootfs.and_then(rootfs::cannot_be_id_mapped);
+            let fallback = match (fallback, unmappable) {
+                (Some(true), Some(why)) => {
+                    tracing::warn!(
+                        sandbox_id = id,
+                        "hako-vmm runs as root: the container's root file system {why}"
+                    );
+                    None
+                }
+                (Some(false), Some(why)) => {
+                    bail!(
+                        "sandbox {id}: the container's root file system {why}, and [vm] user_namespace = \"required\""
+                    )
+                }
+                (fallback, _) => fallback,
             };
             if let Some(fallback) = fallback {
                 let range = IdRange::take(Path::new(id_range::LOCK_DIR))
@@ -293,15 +325,22 @@ impl Sandbox {
                 // it started the guest.
                 let connected = connected.and_then(|agent| {
                     let userns = vm.user_namespace()?;
-                    if let (Some((range, _)), None) = (&spec.jail_user, &userns) {
-                        tracing::warn!(
-                            sandbox_id = id,
-                            "hako-vmm runs as root, not as host uid {}: this host cannot give \
-                             its jail a user namespace (its log says why)",
-                            range.first()
-                        );
-                    }
-                    Ok((agent, userns))
+                    let user = match (&spec.jail_user, userns) {
+                        (Some((range, _)), Some(ns)) => {
+                            Some(VmmUser::new(ns, range.first(), range.first()))
+                        }
+                        (Some((range, _)), None) => {
+                            tracing::warn!(
+                                sandbox_id = id,
+                                "hako-vmm runs as root, not as host uid {}: this host cannot \
+                                 give its jail a user namespace (its log says why)",
+                                range.first()
+                            );
+                            None
+                        }
+                        (None, _) => None,
+                    };
+                    Ok((agent, user))
                 });
                 match connected {
                     Ok((agent, userns)) => Ok((vm, agent, userns)),
@@ -350,7 +389,7 @@ impl Sandbox {
             vm: Mutex::new(vm),
             network: state.network.clone(),
             host_cgroup: state.host_cgroup.clone(),
-            userns,
+            vmm_user: userns,
             containers: Mutex::new(HashMap::new()),
             stopping: AtomicBool::new(false),
         });
@@ -374,6 +413,11 @@ impl Sandbox {
         self.stopping.load(Ordering::SeqCst)
     }
 
+    /// hako-vmm's user namespace and host ids, when it runs in one.
+    pub fn vmm_user(&self) -> Option<&VmmUser> {
+        self.vmm_user.as_ref()
+    }
+
     pub fn vmm_exited(&self) -> Option<ExitStatus> {
         self.vm.lock().ok()?.exited().ok().flatten()
     }
@@ -384,15 +428,22 @@ impl Sandbox {
         id: &str,
         bundle: &Path,
         mut spec: serde_json::Value,
-        rootfs_mounted: bool,
+        rootfs: RootfsMount,
         stdio: crate::io::Stdio,
     ) -> anyhow::Result<Arc<Container>> {
         if self.container(id).is_some() {
             bail!("container {id:?} already exists in sandbox {}", self.id);
         }
         stdio.check()?;
-        let userns = self.userns.as_ref().map(std::os::fd::AsFd::as_fd);
-        let binds = volumes::share(&mut spec, bundle, &self.paths.shared, id, userns)?;
+        let userns = self.vmm_user.as_ref().map(VmmUser::ns);
+        let binds = volumes::share(
+            &mut spec,
+            bundle,
+            &self.paths.shared,
+            id,
+            userns,
+            rootfs.id_mapped,
+        )?;
         guest_spec::fit(&mut spec);
         let mut req = CreateContainerRequest::new();
         req.container_id = id.into();
@@ -404,7 +455,7 @@ impl Sandbox {
         let container = Arc::new(Container {
             id: id.into(),
             bundle: bundle.into(),
-            rootfs_mounted,
+            rootfs_mounted: rootfs.mounted,
             binds: Mutex::new(binds.keep()),
             init: Process::new(id, "", stdio, Vec::new()),
             execs: Mutex::new(HashMap::new()),

@@ -72,6 +72,32 @@ pub fn bind_at(
         .with_context(|| format!("binding {} at {}", source.display(), target.display()))
 }
 
+/// Why the files at `path` cannot be id-mapped, if this runtime knows they cannot: the file
+/// systems without id-mapped mounts that a caller's root file system is likely to be on
+/// (overlayfs, whose mounts take no id mapping, and network or FUSE file systems). None
+/// for the others (a file system that turns out unable fails the bind, naming it).
+pub fn cannot_be_id_mapped(path: &Path) -> Option<String> {
+    const OVERLAYFS: i64 = 0x794c_7630;
+    const NFS: i64 = 0x6969;
+    const FUSE: i64 = 0x6573_5546;
+    const CIFS: i64 = 0xff53_4d42;
+    const SMB2: i64 = 0xfe53_4d42;
+    const V9FS: i64 = 0x0102_1997;
+    let stat = nix::sys::statfs::statfs(path).ok()?;
+    let name = match stat.filesystem_type().0 {
+        OVERLAYFS => "overlayfs",
+        NFS => "NFS",
+        FUSE => "FUSE",
+        CIFS | SMB2 => "SMB",
+        V9FS => "9p",
+        _ => return None,
+    };
+    Some(format!(
+        "{} is on {name}, which cannot be id-mapped",
+        path.display()
+    ))
+}
+
 /// Makes `dir` a mount point of its own (a bind onto itself) with shared propagation: mounts
 /// made below it later reach the mount namespaces that copied it as slaves (a jailed
 /// hako-vmm's). Undo with [`unbind`].

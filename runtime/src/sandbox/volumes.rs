@@ -56,20 +56,22 @@ pub fn host_rootfs(spec: &Value, bundle: &Path) -> anyhow::Result<PathBuf> {
 }
 
 /// Binds `cid`'s root file system and bind mounts under `<shared>/<cid>/` (id-mapped to the
-/// sandbox VMM's user namespace `userns`, when it has one) and rewrites `spec` to the paths
-/// the guest sees.
+/// sandbox VMM's user namespace `userns`, when it has one, but for a root file system whose
+/// layers are id-mapped already) and rewrites `spec` to the paths the guest sees.
 pub fn share(
     spec: &mut Value,
     bundle: &Path,
     shared: &Path,
     cid: &str,
     userns: Option<BorrowedFd<'_>>,
+    rootfs_id_mapped: bool,
 ) -> anyhow::Result<Binds> {
     let mut binds = Binds::default();
     let rootfs = host_rootfs(spec, bundle)?;
+    let rootfs_userns = userns.filter(|_| !rootfs_id_mapped);
     binds
         .targets
-        .push(rootfs::bind(&rootfs, shared, cid, userns)?);
+        .push(rootfs::bind(&rootfs, shared, cid, rootfs_userns)?);
     if let Some(r) = spec.pointer_mut("/root/path") {
         *r = Value::String("rootfs".into());
     }

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
 use async_trait::async_trait;
 use containerd_shim::asynchronous::ExitSignal;
 use containerd_shim::protos::api::{
@@ -34,7 +35,8 @@ use crate::config::Config;
 use crate::error::ShimError;
 use crate::io::Stdio;
 use crate::sandbox::container::{Container, Process, Status};
-use crate::sandbox::{GuestSetup, Sandbox, StateDir, sizing};
+use crate::sandbox::idmapped_rootfs::{self, SnapshotMount};
+use crate::sandbox::{GuestSetup, RootfsMount, Sandbox, StateDir, sizing};
 
 const RPC: Duration = Duration::from_secs(120);
 
@@ -154,14 +156,7 @@ impl TaskService {
         stdio
             .check()
             .map_err(|e| ShimError::InvalidArgument(e.to_string()))?;
-        let mounted = mount_rootfs(&bundle, &req.rootfs).await?;
-        let result = self
-            .create_in_sandbox(req, &bundle, spec, mounted, stdio)
-            .await;
-        if result.is_err() && mounted {
-            crate::sandbox::rootfs::unbind(&bundle.join("rootfs"));
-        }
-        result
+        self.create_in_sandbox(req, &bundle, spec, stdio).await
     }
 
     async fn create_in_sandbox(
@@ -169,7 +164,6 @@ impl TaskService {
         req: &CreateTaskRequest,
         bundle: &Path,
         spec: serde_json::Value,
-        mounted: bool,
         stdio: Stdio,
     ) -> Result<u32> {
         let _lifecycle = self.lifecycle.lock().await;
@@ -179,12 +173,17 @@ impl TaskService {
                 let name = self.dir_name.as_deref().unwrap_or(&req.id);
                 let dir = StateDir::create(&self.config.runtime.root, name)
                     .map_err(|e| ShimError::AlreadyExists(format!("{e:#}")))?;
+                // A root file system the caller mounted already (podman's overlay, a
+                // directory) is bound as it is: the VMM's user namespace depends on whether
+                // it can be id-mapped. containerd's snapshot mounts are made to fit below.
+                let premounted = req.rootfs.is_empty().then(|| bundle.join("rootfs"));
                 let sandbox = Sandbox::boot(
                     &self.config,
                     dir,
                     &req.id,
                     size,
                     &GuestSetup::from_spec(&spec),
+                    premounted.as_deref(),
                     Arc::new(self.events.clone()),
                 )
                 .await?;
@@ -205,15 +204,25 @@ impl TaskService {
                 )));
             }
         };
-        let created = sandbox
-            .create_container(&req.id, bundle, spec, mounted, stdio)
-            .await;
+        let rootfs = mount_rootfs(&sandbox, &req.id, bundle, &req.rootfs).await;
+        let created = match rootfs {
+            Ok(rootfs) => {
+                let created = sandbox
+                    .create_container(&req.id, bundle, spec, rootfs, stdio)
+                    .await;
+                if created.is_err() && rootfs.mounted {
+                    crate::sandbox::rootfs::unbind(&bundle.join("rootfs"));
+                }
+                created.map_err(ShimError::from)
+            }
+            Err(e) => Err(e),
+        };
         if let Err(e) = created {
             if sandbox.id == req.id {
                 self.begin_stop(sandbox);
                 self.wait_stopped().await;
             }
-            return Err(e.into());
+            return Err(e);
         }
         Ok(self.pid(&sandbox))
     }
@@ -346,18 +355,43 @@ fn read_spec(bundle: &Path) -> Result<serde_json::Value> {
         .map_err(|e| ShimError::InvalidArgument(format!("{} is not JSON: {e}", path.display())))
 }
 
-/// Mounts containerd's rootfs mounts (the snapshot) on `<bundle>/rootfs`; false if there
-/// were none (the bundle's rootfs is already a directory).
+/// Mounts containerd's rootfs mounts (the snapshot) on `<bundle>/rootfs`, id-mapped to the
+/// sandbox VMM's user namespace when it runs in one; nothing if there were none (the
+/// bundle's rootfs is already there).
 async fn mount_rootfs(
+    sandbox: &Arc<Sandbox>,
+    id: &str,
     bundle: &Path,
     mounts: &[containerd_shim::protos::api::Mount],
-) -> Result<bool> {
+) -> Result<RootfsMount> {
     if mounts.is_empty() {
-        return Ok(false);
+        return Ok(RootfsMount::default());
     }
     let target = bundle.join("rootfs");
     std::fs::create_dir_all(&target)
         .map_err(|e| ShimError::Internal(anyhow::anyhow!("creating {}: {e}", target.display())))?;
+    if sandbox.vmm_user().is_some() {
+        let mounts: Vec<SnapshotMount> = mounts
+            .iter()
+            .map(|m| SnapshotMount {
+                kind: m.type_.clone(),
+                source: m.source.clone(),
+                options: m.options.clone(),
+            })
+            .collect();
+        let (sandbox, scratch) = (sandbox.clone(), sandbox.dir.join("layers").join(id));
+        let done = tokio::task::spawn_blocking(move || {
+            let user = sandbox.vmm_user().context("the VMM's user namespace")?;
+            idmapped_rootfs::mount(&mounts, &target, &scratch, user)
+        })
+        .await
+        .map_err(|e| ShimError::Internal(anyhow::anyhow!("mounting the rootfs: {e}")))?;
+        done.map_err(|e| ShimError::Internal(e.context("mounting the rootfs")))?;
+        return Ok(RootfsMount {
+            mounted: true,
+            id_mapped: true,
+        });
+    }
     for m in mounts {
         containerd_shim::util::mount_rootfs(m, &target)
             .await
@@ -369,7 +403,10 @@ async fn mount_rootfs(
                 ))
             })?;
     }
-    Ok(true)
+    Ok(RootfsMount {
+        mounted: true,
+        id_mapped: false,
+    })
 }
 
 fn status_of(s: Status) -> (TaskStatus, u32, Option<std::time::SystemTime>) {
