@@ -114,10 +114,11 @@ pub fn mount(
     let overlay = parse_overlay(&m.options)?;
     std::fs::create_dir_all(scratch).with_context(|| format!("creating {}", scratch.display()))?;
     let result = mount_overlay(&overlay, target, scratch, user);
-    // The overlay keeps private copies of its layers: the binds can go.
+    // The overlay keeps private copies of its layers: the binds can go (an entry that is no
+    // mount, left by a failed bind, answers EINVAL).
     if let Ok(entries) = std::fs::read_dir(scratch) {
         for e in entries.flatten() {
-            rootfs::unbind(&e.path());
+            let _ = nix::mount::umount2(&e.path(), nix::mount::MntFlags::MNT_DETACH);
         }
     }
     if let Err(e) = std::fs::remove_dir_all(scratch) {
