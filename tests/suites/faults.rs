@@ -11,7 +11,7 @@
 //! suite is quick even where guests take a minute to boot.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use hako_rootfs_builder::bundle;
@@ -65,6 +65,47 @@ impl Case {
         self.cmd(&["create", "--bundle", &bundle, "c"])
     }
 
+    /// Starts `hako create` with its stderr in a file, not a pipe: a created container's
+    /// monitor inherits it and would hold a pipe open after `create` ends.
+    fn spawn_create(&self) -> Result<Child, Failed> {
+        let err = std::fs::File::create(self.work.path().join("create.err"))
+            .map_err(|e| e.to_string())?;
+        self.create()
+            .stdout(Stdio::null())
+            .stderr(err)
+            .spawn()
+            .map_err(|e| e.to_string().into())
+    }
+
+    /// Waits (10 minutes at most) for a `create` from [`Self::spawn_create`] to end; its
+    /// status and stderr.
+    fn finish(&self, mut child: Child) -> Result<Output, Failed> {
+        let start = Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
+                break status;
+            }
+            if start.elapsed() > Duration::from_secs(600) {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err("hako create did not end within 10 minutes".into());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let stderr =
+            std::fs::read(self.work.path().join("create.err")).map_err(|e| e.to_string())?;
+        Ok(Output {
+            status,
+            stdout: Vec::new(),
+            stderr,
+        })
+    }
+
+    fn create_output(&self) -> Result<Output, Failed> {
+        let child = self.spawn_create()?;
+        self.finish(child)
+    }
+
     /// `hako create` must fail, its error containing each of `needles` (any case).
     fn expect_create_fails(&self, o: &Output, needles: &[&str]) -> Result<(), Failed> {
         let err = String::from_utf8_lossy(&o.stderr);
@@ -112,6 +153,16 @@ impl Case {
     }
 }
 
+/// A trial that failed early (a create that should have failed and did not) leaves no
+/// container running.
+impl Drop for Case {
+    fn drop(&mut self) {
+        if let Err(e) = self.delete_if_left() {
+            eprintln!("cleaning up {}: {e}", self.root().display());
+        }
+    }
+}
+
 fn cold_config(extra: &str) -> Result<String, Failed> {
     let kernel = fixtures::kernel().map_err(|s| s.to_string())?;
     let image = fixtures::agent_image()?;
@@ -125,7 +176,7 @@ fn missing_kernel() -> Result<(), Failed> {
     let c = Case::new(&format!(
         "[vm]\nkernel = \"/nonexistent/vmlinux\"\nimage = {image:?}\n"
     ))?;
-    let o = c.create().output().map_err(|e| e.to_string())?;
+    let o = c.create_output()?;
     c.expect_create_fails(&o, &["/nonexistent/vmlinux"])?;
     c.no_leaks()
 }
@@ -156,7 +207,7 @@ fn silent_guest() -> Result<(), Failed> {
         "[runtime]\nagent_timeout_secs = 3\n[vm]\nkernel = {kernel:?}\nimage = {image:?}\n"
     ))?;
     let started = Instant::now();
-    let o = c.create().output().map_err(|e| e.to_string())?;
+    let o = c.create_output()?;
     c.expect_create_fails(&o, &["no agent", "after 3s"])?;
     if started.elapsed() > Duration::from_secs(60) {
         return Err(format!(
@@ -186,7 +237,7 @@ fn full_disk() -> Result<(), Failed> {
     let result = (|| {
         // Fill it: the next file written under the root finds no space.
         let _ = std::fs::write(root.join("filler"), vec![0u8; 512 * 1024]);
-        let o = c.create().output().map_err(|e| e.to_string())?;
+        let o = c.create_output()?;
         c.expect_create_fails(&o, &["no space left"])?;
         std::fs::remove_file(root.join("filler")).map_err(|e| e.to_string())?;
         c.no_leaks()
@@ -197,13 +248,8 @@ fn full_disk() -> Result<(), Failed> {
 
 /// Starts `hako create` and waits for the sandbox's VMM to run; returns the create process
 /// and the VMM's and monitor's pids.
-fn create_until_vmm_runs(c: &Case) -> Result<(std::process::Child, u32, u32), Failed> {
-    let child = c
-        .create()
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| e.to_string())?;
+fn create_until_vmm_runs(c: &Case) -> Result<(Child, u32, u32), Failed> {
+    let child = c.spawn_create()?;
     let state = c.root().join("c").join("vm").join("state.json");
     let record = c.root().join("c").join("container.json");
     let start = Instant::now();
@@ -245,7 +291,7 @@ fn killed_while_booting(victim: fn(u32, u32) -> u32, needle: &str) -> Result<(),
     let c = Case::new(&cold_config("")?)?;
     let (child, vmm, monitor) = create_until_vmm_runs(&c)?;
     kill9(victim(vmm, monitor))?;
-    let o = child.wait_with_output().map_err(|e| e.to_string())?;
+    let o = c.finish(child)?;
     c.expect_create_fails(&o, &[needle])?;
     c.no_leaks()
 }
@@ -258,11 +304,43 @@ fn monitor_killed_while_booting() -> Result<(), Failed> {
     killed_while_booting(|_, monitor| monitor, "monitor")
 }
 
+/// Kills (-9) hako-vmm while it resumes the run's template: `create` fails saying so, nothing
+/// is left, and the template stays for the next sandbox (a kill says nothing against it; the
+/// runtime once removed it and booted cold, so every later sandbox booted cold too).
+fn vmm_killed_while_resuming() -> Result<(), Failed> {
+    let (config, template) = templated_config()?;
+    let c = Case::new(&config)?;
+    let (child, vmm, _) = create_until_vmm_runs(&c)?;
+    kill9(vmm)?;
+    let o = c.finish(child)?;
+    c.expect_create_fails(&o, &["hako-vmm ended: killed by signal 9 (SIGKILL)"])?;
+    c.no_leaks()?;
+    template_kept(&template)
+}
+
+/// A config whose sandboxes resume the run's template, and that template's directory.
+fn templated_config() -> Result<(String, PathBuf), Failed> {
+    let hako = fixtures::workspace_binary("hako-runtime", "hako")?;
+    let config = cold_config(&fixtures::template_config())?;
+    let probe = Case::new(&config)?;
+    let template = fixtures::ensure_template(&hako, &probe.work.path().join("hako.toml"))?;
+    Ok((config, template))
+}
+
+fn template_kept(template: &Path) -> Result<(), Failed> {
+    if template.join("manifest.json").is_file() {
+        Ok(())
+    } else {
+        Err(format!("the template {} was removed", template.display()).into())
+    }
+}
+
 /// A small xorshift generator: the soak's choices, reproducible from the printed seed.
 struct Rng(u64);
 
 impl Rng {
-    fn seeded() -> Self {
+    /// The seed: `HAKO_SOAK_SEED`, else the clock; printed so a run can be repeated.
+    fn seed() -> u64 {
         let seed = std::env::var("HAKO_SOAK_SEED")
             .ok()
             .and_then(|s| s.parse().ok())
@@ -273,7 +351,7 @@ impl Rng {
             })
             | 1;
         eprintln!("soak seed {seed} (HAKO_SOAK_SEED={seed} repeats these choices)");
-        Self(seed)
+        seed
     }
 
     fn below(&mut self, n: u64) -> u64 {
@@ -301,7 +379,7 @@ enum Victim {
 /// or after it) kill -9 the victim; `hako start` if the container was created; then
 /// `hako delete --force` (itself killed halfway for `Victim::Delete`, then run again), and the
 /// leak checker. Returns what was found left.
-fn soak_cycle(config: &str, rng: &mut Rng) -> Result<(Victim, u64, Leaks), Failed> {
+fn soak_cycle(config: &str, rng: &mut Rng) -> Result<Cycle, Failed> {
     let victim = match rng.below(5) {
         0 => Victim::Vmm,
         1 => Victim::Monitor,
@@ -311,6 +389,7 @@ fn soak_cycle(config: &str, rng: &mut Rng) -> Result<(Victim, u64, Leaks), Faile
     };
     let delay_ms = rng.below(12_000);
     let c = Case::new(config)?;
+    let began = Instant::now();
     let (mut child, vmm, monitor) = create_until_vmm_runs(&c)?;
     std::thread::sleep(Duration::from_millis(delay_ms));
     match victim {
@@ -320,9 +399,11 @@ fn soak_cycle(config: &str, rng: &mut Rng) -> Result<(Victim, u64, Leaks), Faile
         Victim::Delete | Victim::Nobody => {}
     }
     let created = child.wait().map_err(|e| e.to_string())?.success();
+    let create_s = began.elapsed().as_secs_f64();
     if created {
         let _ = c.cmd(&["start", "c"]).output();
     }
+    let deleting = Instant::now();
     if victim == Victim::Delete {
         let mut del = c
             .cmd(&["delete", "--force", "c"])
@@ -336,54 +417,119 @@ fn soak_cycle(config: &str, rng: &mut Rng) -> Result<(Victim, u64, Leaks), Faile
     }
     c.delete_if_left()
         .map_err(|e| format!("{victim:?} after {delay_ms} ms: {e}"))?;
-    Ok((
+    let delete_s = deleting.elapsed().as_secs_f64();
+    let settling = Instant::now();
+    let left = Leaks::settle(&c.root(), Duration::from_secs(30));
+    Ok(Cycle {
         victim,
         delay_ms,
-        Leaks::settle(&c.root(), Duration::from_secs(30)),
-    ))
+        left,
+        phases: format!(
+            "create {create_s:.1} s, start+delete {delete_s:.1} s, settle {:.1} s",
+            settling.elapsed().as_secs_f64()
+        ),
+    })
 }
 
-/// `HAKO_SOAK_CYCLES` (default 4) soak cycles with random kills; any leak fails the trial
-/// (after all cycles, so the report counts them).
+/// What one soak cycle did and found.
+struct Cycle {
+    victim: Victim,
+    delay_ms: u64,
+    left: Leaks,
+    /// How long its steps took (where a slow soak spends its time).
+    phases: String,
+}
+
+/// `HAKO_SOAK_CYCLES` (default 4) soak cycles with random kills, spread over
+/// `HAKO_SOAK_WORKERS` (default 1) threads that run their cycles side by side (each on its own
+/// state root, with its own generator); any leak fails the trial (after all cycles, so the
+/// report counts them).
 fn soak_random_kills() -> Result<(), Failed> {
-    let cycles: u32 = std::env::var("HAKO_SOAK_CYCLES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(4);
-    let hako = fixtures::workspace_binary("hako-runtime", "hako")?;
-    let config = cold_config(&fixtures::template_config())?;
-    let probe = Case::new(&config)?;
-    fixtures::ensure_template(&hako, &probe.work.path().join("hako.toml"))?;
-    drop(probe);
-    let mut rng = Rng::seeded();
+    let cycles = env_number("HAKO_SOAK_CYCLES", 4);
+    let workers = env_number("HAKO_SOAK_WORKERS", 1).clamp(1, 8);
+    let (config, template) = templated_config()?;
+    let seed = Rng::seed();
+    let started = Instant::now();
+    let results: Vec<Result<Vec<(u32, Cycle)>, String>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|w| {
+                let (config, template) = (&config, &template);
+                scope.spawn(move || {
+                    // Worker w runs cycles w, w + workers, w + 2 * workers, ...
+                    let mut rng =
+                        Rng((seed ^ u64::from(w).wrapping_mul(0x9e37_79b9_7f4a_7c15)) | 1);
+                    let mut done = Vec::new();
+                    for i in (w..cycles).step_by(workers as usize) {
+                        let cycle = soak_cycle(config, &mut rng).map_err(|e| {
+                            format!("cycle {i}: {}", e.message().unwrap_or("failed"))
+                        })?;
+                        eprintln!(
+                            "cycle {i}: {:?} after {} ms: {} ({})",
+                            cycle.victim,
+                            cycle.delay_ms,
+                            if cycle.left.is_empty() {
+                                "nothing left"
+                            } else {
+                                "LEAK"
+                            },
+                            cycle.phases
+                        );
+                        done.push((i, cycle));
+                        template_kept(template).map_err(|e| {
+                            format!("cycle {i}: {}", e.message().unwrap_or("failed"))
+                        })?;
+                    }
+                    Ok(done)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err("a soak worker panicked".into()))
+            })
+            .collect()
+    });
     let mut kills = std::collections::BTreeMap::<Victim, u32>::new();
     let mut leaks = Vec::new();
-    let started = Instant::now();
-    for i in 0..cycles {
-        let (victim, delay, left) = soak_cycle(&config, &mut rng)?;
-        *kills.entry(victim).or_default() += 1;
-        eprintln!(
-            "cycle {i}: {victim:?} after {delay} ms: {}",
-            if left.is_empty() {
-                "nothing left"
-            } else {
-                "LEAK"
+    let mut errors = Vec::new();
+    let mut ran = 0;
+    for result in results {
+        match result {
+            Ok(done) => {
+                for (i, cycle) in done {
+                    ran += 1;
+                    *kills.entry(cycle.victim).or_default() += 1;
+                    if !cycle.left.is_empty() {
+                        leaks.push(format!(
+                            "cycle {i} ({:?} after {} ms): {:?}",
+                            cycle.victim, cycle.delay_ms, cycle.left
+                        ));
+                    }
+                }
             }
-        );
-        if !left.is_empty() {
-            leaks.push(format!("cycle {i} ({victim:?} after {delay} ms): {left:?}"));
+            Err(e) => errors.push(e),
         }
     }
     eprintln!(
-        "soak: {cycles} cycles in {:.0} s, kills {kills:?}, leaks {}",
+        "soak: {ran} of {cycles} cycles ({workers} side by side) in {:.0} s, kills {kills:?}, leaks {}",
         started.elapsed().as_secs_f64(),
         leaks.len()
     );
-    if leaks.is_empty() {
+    errors.extend(leaks);
+    if errors.is_empty() {
         Ok(())
     } else {
-        Err(leaks.join("\n").into())
+        Err(errors.join("\n").into())
     }
+}
+
+fn env_number(name: &str, default: u32) -> u32 {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
 }
 
 fn prerequisites() -> Result<(), Skip> {
@@ -410,6 +556,11 @@ fn main() {
             "fault_monitor_killed_while_booting",
             prerequisites,
             monitor_killed_while_booting,
+        ),
+        require::trial(
+            "fault_vmm_killed_while_resuming",
+            prerequisites,
+            vmm_killed_while_resuming,
         ),
         require::trial("fault_soak_random_kills", prerequisites, soak_random_kills),
     ];

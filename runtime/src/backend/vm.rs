@@ -284,6 +284,21 @@ impl Vm {
         Ok(self.child.try_wait()?)
     }
 
+    /// The VMM's exit status if it ends within `grace` (a VMM killed while its guest was
+    /// being reached is found dead a moment after its sockets closed).
+    pub fn ended_within(&mut self, grace: Duration) -> Option<ExitStatus> {
+        let start = Instant::now();
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => return Some(status),
+                Ok(None) if start.elapsed() < grace => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                _ => return None,
+            }
+        }
+    }
+
     /// Waits up to `timeout` for the VMM to end by itself, then kills it.
     pub fn wait(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
         let start = Instant::now();
@@ -308,11 +323,15 @@ impl Vm {
             let all: Vec<&str> = text.lines().collect();
             all[all.len().saturating_sub(lines)..].join("\n")
         };
-        let mut out = format!(
-            "guest console {} ends with:\n{}",
-            self.paths.console.display(),
-            tail(&self.paths.console)
-        );
+        let console = tail(&self.paths.console);
+        let mut out = if console.trim().is_empty() {
+            format!("guest console {} is empty", self.paths.console.display())
+        } else {
+            format!(
+                "guest console {} ends with:\n{console}",
+                self.paths.console.display()
+            )
+        };
         let log = tail(&self.paths.vmm_log);
         if !log.trim().is_empty() {
             out.push_str(&format!(

@@ -13,6 +13,7 @@ pub mod volumes;
 pub mod watchers;
 
 use std::collections::HashMap;
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -346,8 +347,14 @@ impl Sandbox {
                     Ok((agent, userns)) => Ok((vm, agent, userns)),
                     Err(e) => {
                         let words = vm.last_words(15);
+                        let killed = vm
+                            .ended_within(Duration::from_millis(500))
+                            .and_then(|s| s.signal());
                         drop(vm);
-                        Err(e.context(format!("sandbox {id}: {words}")))
+                        Err(LaunchFailure {
+                            error: e.context(format!("sandbox {id}: {words}")),
+                            vmm_killed: killed.is_some(),
+                        })
                     }
                 }
             }
@@ -355,23 +362,28 @@ impl Sandbox {
         let (vm, agent, userns) = match template {
             Some(t) => match launch(Some(t.dir.clone())).await {
                 Ok(started) => started,
-                Err(e) => {
+                // A VMM killed by a signal (kill -9, the OOM killer, its seccomp filter) says
+                // nothing against the template, which other sandboxes go on resuming; this
+                // sandbox fails as a cold boot would.
+                Err(f) if f.vmm_killed => return Err(f.error),
+                Err(f) => {
                     // A template that cannot be resumed is never tried again: remove it,
                     // clear what the failed VMM left, and boot cold.
                     tracing::warn!(
                         sandbox_id = id,
                         template = %t.dir.display(),
-                        "resuming the template failed; removing it and booting cold: {e:#}"
+                        "resuming the template failed; removing it and booting cold: {:#}",
+                        f.error
                     );
                     template::remove_dir(&t.dir);
                     if config.template.auto_create {
                         template::create_in_background(config, size);
                     }
                     paths.remove_sockets();
-                    launch(None).await?
+                    launch(None).await.map_err(|f| f.error)?
                 }
             },
-            None => launch(None).await?,
+            None => launch(None).await.map_err(|f| f.error)?,
         };
         tracing::info!(
             sandbox_id = id,
@@ -613,6 +625,22 @@ impl Sandbox {
             .unwrap_or_default();
         if let Err(e) = state.save(&self.dir) {
             tracing::warn!(sandbox_id = %self.id, "{e:#}");
+        }
+    }
+}
+
+/// Why a sandbox's VM did not come up: the error, and whether its hako-vmm was killed by a
+/// signal (which a template is not to blame for).
+struct LaunchFailure {
+    error: anyhow::Error,
+    vmm_killed: bool,
+}
+
+impl From<anyhow::Error> for LaunchFailure {
+    fn from(error: anyhow::Error) -> Self {
+        Self {
+            error,
+            vmm_killed: false,
         }
     }
 }
