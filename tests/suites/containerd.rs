@@ -391,6 +391,77 @@ fn shim_killed(ctd: &Containerd) -> Result<(), Failed> {
     nothing_left(ctd)
 }
 
+/// SIGKILL of a sandbox's shim while its task is being created (its VM resumed, the guest
+/// making the container): `ctr run` fails, containerd cleans up through the shim binary's
+/// `delete`, no task is left RUNNING, and nothing else is left.
+fn shim_killed_while_creating(ctd: &Containerd) -> Result<(), Failed> {
+    let mut run = ctd
+        .ctr_command(&[
+            "run",
+            "-d",
+            "--runtime",
+            RUNTIME,
+            BUSYBOX,
+            "c5",
+            "sleep",
+            "100000",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("ctr run: {e}"))?;
+    let state = ctd.hako_root.join("c5").join("state.json");
+    let start = Instant::now();
+    // The VMM is running once the state names it (it is first written with 0).
+    while std::fs::read(&state)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| v["vmm_pid"].as_u64())
+        .is_none_or(|p| p == 0)
+    {
+        if start.elapsed() > Duration::from_secs(60) {
+            let _ = run.kill();
+            return Err("no sandbox VMM for c5 within 60 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Into the agent's connection and the container's creation in the guest.
+    std::thread::sleep(Duration::from_secs(2));
+    let shims: Vec<String> = ctd
+        .leftover_processes()
+        .into_iter()
+        .filter(|p| p.contains("containerd-shim-hako-v2") && p.contains("-id c5"))
+        .collect();
+    let [shim] = shims.as_slice() else {
+        let _ = run.kill();
+        return Err(format!("expected one shim for c5, found {shims:?}").into());
+    };
+    let pid = shim.split(':').next().unwrap_or_default().to_owned();
+    eprintln!("killing the shim {shim} while c5 is created");
+    Command::new("kill")
+        .args(["-9", &pid])
+        .status()
+        .map_err(|e| e.to_string())?;
+    match wait_child(&mut run, Duration::from_secs(120))? {
+        Some(0) => return Err("ctr run -d succeeded though its shim was killed".into()),
+        code => eprintln!("ctr run ended with {code:?}, as it should"),
+    }
+    let o = ctd.ctr(&["task", "ls"])?;
+    let tasks = String::from_utf8_lossy(&o.stdout).into_owned();
+    if tasks
+        .lines()
+        .any(|l| l.split_whitespace().next() == Some("c5") && l.contains("RUNNING"))
+    {
+        return Err(format!("c5 RUNNING after its shim died:\n{tasks}").into());
+    }
+    let _ = ctd.ctr(&["task", "rm", "c5"]);
+    let o = ctd.ctr(&["container", "rm", "c5"])?;
+    if !o.status.success() {
+        return Err(format!("ctr container rm: {}", out(&o)).into());
+    }
+    nothing_left(ctd)
+}
+
 fn prerequisites() -> Result<(), Skip> {
     require::kvm()?;
     require::root()?;
@@ -425,6 +496,7 @@ fn main() {
         trial("ctr_run_with_a_tty", run_with_tty),
         trial("vmm_killed_under_a_running_task", vmm_killed),
         trial("shim_killed_under_a_running_task", shim_killed),
+        trial("shim_killed_while_creating", shim_killed_while_creating),
         trial("cri_pod_with_two_containers", cri_pod),
     ];
     libtest_mimic::run(&args, trials).exit()
