@@ -348,20 +348,7 @@ fn vmm_killed(ctd: &Containerd) -> Result<(), Failed> {
 /// publishes the task's exit; nothing is left.
 fn shim_killed(ctd: &Containerd) -> Result<(), Failed> {
     run_sleeper(ctd, "c4")?;
-    let shims: Vec<String> = ctd
-        .leftover_processes()
-        .into_iter()
-        .filter(|p| p.contains("containerd-shim-hako-v2") && p.contains("-id c4"))
-        .collect();
-    let [shim] = shims.as_slice() else {
-        return Err(format!("expected one shim for c4, found {shims:?}").into());
-    };
-    let pid = shim.split(':').next().unwrap_or_default().to_owned();
-    eprintln!("killing the shim {shim}");
-    Command::new("kill")
-        .args(["-9", &pid])
-        .status()
-        .map_err(|e| e.to_string())?;
+    kill_shim(ctd, "c4")?;
     let start = Instant::now();
     while ctd.log_lines("topic=/tasks/exit").is_empty() {
         if start.elapsed() > Duration::from_secs(60) {
@@ -373,18 +360,43 @@ fn shim_killed(ctd: &Containerd) -> Result<(), Failed> {
         }
         std::thread::sleep(Duration::from_millis(500));
     }
+    gone_with_its_shim(ctd, "c4")
+}
+
+/// kill -9 of the shim of task `id`.
+fn kill_shim(ctd: &Containerd, id: &str) -> Result<(), Failed> {
+    let shims: Vec<String> = ctd
+        .leftover_processes()
+        .into_iter()
+        .filter(|p| p.contains("containerd-shim-hako-v2") && p.contains(&format!("-id {id} ")))
+        .collect();
+    let [shim] = shims.as_slice() else {
+        return Err(format!("expected one shim for {id}, found {shims:?}").into());
+    };
+    let pid = shim.split(':').next().unwrap_or_default().to_owned();
+    eprintln!("killing the shim {shim}");
+    Command::new("kill")
+        .args(["-9", &pid])
+        .status()
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// After its shim died, task `id` is not RUNNING, its container record can be removed, and
+/// nothing of its sandbox is left.
+fn gone_with_its_shim(ctd: &Containerd, id: &str) -> Result<(), Failed> {
     let o = ctd.ctr(&["task", "ls"])?;
     let tasks = String::from_utf8_lossy(&o.stdout).into_owned();
     if tasks
         .lines()
-        .any(|l| l.split_whitespace().next() == Some("c4") && l.contains("RUNNING"))
+        .any(|l| l.split_whitespace().next() == Some(id) && l.contains("RUNNING"))
     {
-        return Err(format!("c4 still RUNNING after its shim died:\n{tasks}").into());
+        return Err(format!("{id} still RUNNING after its shim died:\n{tasks}").into());
     }
     // The task may already be gone (containerd deletes a dead shim's task); the container
     // record is the user's to remove.
-    let _ = ctd.ctr(&["task", "rm", "c4"]);
-    let o = ctd.ctr(&["container", "rm", "c4"])?;
+    let _ = ctd.ctr(&["task", "rm", id]);
+    let o = ctd.ctr(&["container", "rm", id])?;
     if !o.status.success() {
         return Err(format!("ctr container rm: {}", out(&o)).into());
     }
@@ -427,39 +439,15 @@ fn shim_killed_while_creating(ctd: &Containerd) -> Result<(), Failed> {
     }
     // Into the agent's connection and the container's creation in the guest.
     std::thread::sleep(Duration::from_secs(2));
-    let shims: Vec<String> = ctd
-        .leftover_processes()
-        .into_iter()
-        .filter(|p| p.contains("containerd-shim-hako-v2") && p.contains("-id c5"))
-        .collect();
-    let [shim] = shims.as_slice() else {
+    if let Err(e) = kill_shim(ctd, "c5") {
         let _ = run.kill();
-        return Err(format!("expected one shim for c5, found {shims:?}").into());
-    };
-    let pid = shim.split(':').next().unwrap_or_default().to_owned();
-    eprintln!("killing the shim {shim} while c5 is created");
-    Command::new("kill")
-        .args(["-9", &pid])
-        .status()
-        .map_err(|e| e.to_string())?;
+        return Err(e);
+    }
     match wait_child(&mut run, Duration::from_secs(120))? {
         Some(0) => return Err("ctr run -d succeeded though its shim was killed".into()),
         code => eprintln!("ctr run ended with {code:?}, as it should"),
     }
-    let o = ctd.ctr(&["task", "ls"])?;
-    let tasks = String::from_utf8_lossy(&o.stdout).into_owned();
-    if tasks
-        .lines()
-        .any(|l| l.split_whitespace().next() == Some("c5") && l.contains("RUNNING"))
-    {
-        return Err(format!("c5 RUNNING after its shim died:\n{tasks}").into());
-    }
-    let _ = ctd.ctr(&["task", "rm", "c5"]);
-    let o = ctd.ctr(&["container", "rm", "c5"])?;
-    if !o.status.success() {
-        return Err(format!("ctr container rm: {}", out(&o)).into());
-    }
-    nothing_left(ctd)
+    gone_with_its_shim(ctd, "c5")
 }
 
 fn prerequisites() -> Result<(), Skip> {
