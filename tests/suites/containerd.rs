@@ -8,6 +8,7 @@ use std::io::Read;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use hako_runtime::state::SandboxState;
 use hako_tests::containerd::{BUSYBOX, Containerd};
 use hako_tests::cri::Cri;
 use hako_tests::fixtures;
@@ -206,10 +207,9 @@ fn run_exec_kill(ctd: &Containerd) -> Result<(), Failed> {
 fn vmm_unprivileged_and_owners_kept(ctd: &Containerd, id: &str) -> Result<(), Failed> {
     use hako_runtime::sandbox::id_range::{FIRST_ID, RANGE, SLOTS};
     use std::os::unix::fs::MetadataExt;
-    let state = ctd.hako_root.join(id).join("state.json");
-    let text = std::fs::read_to_string(&state).map_err(|e| format!("{}: {e}", state.display()))?;
-    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
-    let pid = v["vmm_pid"].as_u64().ok_or("no vmm_pid in the state")?;
+    let pid = SandboxState::load(&ctd.hako_root.join(id))
+        .map_err(|e| format!("{e:#}"))?
+        .vmm_pid;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let uid: u32 = status
         .lines()
@@ -320,10 +320,9 @@ fn run_sleeper(ctd: &Containerd, id: &str) -> Result<(), Failed> {
 /// cleans up everything.
 fn vmm_killed(ctd: &Containerd) -> Result<(), Failed> {
     run_sleeper(ctd, "c3")?;
-    let state = ctd.hako_root.join("c3").join("state.json");
-    let text = std::fs::read_to_string(&state).map_err(|e| format!("{}: {e}", state.display()))?;
-    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
-    let pid = v["vmm_pid"].as_u64().ok_or("no vmm_pid in the state")?;
+    let pid = SandboxState::load(&ctd.hako_root.join("c3"))
+        .map_err(|e| format!("{e:#}"))?
+        .vmm_pid;
     Command::new("kill")
         .args(["-9", &pid.to_string()])
         .status()
@@ -422,15 +421,10 @@ fn shim_killed_while_creating(ctd: &Containerd) -> Result<(), Failed> {
         .stderr(Stdio::null())
         .spawn()
         .map_err(|e| format!("ctr run: {e}"))?;
-    let state = ctd.hako_root.join("c5").join("state.json");
+    let sandbox = ctd.hako_root.join("c5");
     let start = Instant::now();
     // The VMM is running once the state names it (it is first written with 0).
-    while std::fs::read(&state)
-        .ok()
-        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        .and_then(|v| v["vmm_pid"].as_u64())
-        .is_none_or(|p| p == 0)
-    {
+    while SandboxState::load(&sandbox).map_or(true, |s| s.vmm_pid == 0) {
         if start.elapsed() > Duration::from_secs(60) {
             let _ = run.kill();
             return Err("no sandbox VMM for c5 within 60 s".into());

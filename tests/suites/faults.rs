@@ -15,6 +15,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use hako_rootfs_builder::bundle;
+use hako_runtime::state::{ContainerRecord, SandboxState};
 use hako_tests::leaks::Leaks;
 use hako_tests::require::{self, Skip};
 use hako_tests::{fixtures, netns};
@@ -250,23 +251,20 @@ fn full_disk() -> Result<(), Failed> {
 /// and the VMM's and monitor's pids.
 fn create_until_vmm_runs(c: &Case) -> Result<(Child, u32, u32), Failed> {
     let child = c.spawn_create()?;
-    let state = c.root().join("c").join("vm").join("state.json");
-    let record = c.root().join("c").join("container.json");
+    let dir = c.root().join("c");
     let start = Instant::now();
     loop {
-        let vmm = std::fs::read(&state)
-            .ok()
-            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-            .and_then(|v| v["vmm_pid"].as_u64())
+        let vmm = SandboxState::load(&dir.join("vm"))
+            .map(|s| s.vmm_pid)
             // The state is first written with 0, before the VMM starts.
-            .filter(|p| *p != 0);
-        let monitor = std::fs::read(&record)
             .ok()
-            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-            .and_then(|v| v["monitor_pid"].as_u64())
+            .filter(|p| *p != 0);
+        let monitor = ContainerRecord::load(&dir)
+            .map(|r| r.monitor_pid)
+            .ok()
             .filter(|p| *p != 0);
         if let (Some(vmm), Some(monitor)) = (vmm, monitor) {
-            return Ok((child, vmm as u32, monitor as u32));
+            return Ok((child, vmm, monitor));
         }
         if start.elapsed() > Duration::from_secs(60) {
             return Err("no VMM started within 60 s".into());

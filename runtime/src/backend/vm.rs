@@ -301,18 +301,12 @@ impl Vm {
 
     /// Waits up to `timeout` for the VMM to end by itself, then kills it.
     pub fn wait(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
-        let start = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                return Ok(status);
-            }
-            if start.elapsed() > timeout {
-                self.child.kill().context("killing hako-vmm")?;
-                let status = self.child.wait()?;
-                bail!("hako-vmm did not stop within {timeout:?}; killed ({status})");
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        if let Some(status) = self.ended_within(timeout) {
+            return Ok(status);
         }
+        self.child.kill().context("killing hako-vmm")?;
+        let status = self.child.wait()?;
+        bail!("hako-vmm did not stop within {timeout:?}; killed ({status})");
     }
 
     /// For error messages: the last lines of the guest console and, if hako-vmm logged
