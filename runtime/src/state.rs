@@ -1,6 +1,7 @@
 //! A sandbox's persisted state, `<root>/<sandbox-id>/state.json`: enough for a later process
 //! (the shim's `delete` action after a crash, or a restarted shim) to find and clean up what
-//! the sandbox left: its hako-vmm process and the mounts under its directory.
+//! the sandbox left: its hako-vmm process, network and cgroup (its mounts are found in
+//! mountinfo, checked by identity: `host::share`).
 
 use std::path::{Path, PathBuf};
 
@@ -130,42 +131,6 @@ pub fn process_start(pid: u32) -> Option<u64> {
     fields.nth(18)?.parse().ok()
 }
 
-/// Mount points at or below `dir` (from /proc/self/mountinfo), deepest first.
-pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mut found: Vec<PathBuf> = info
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(unescape)
-        .map(PathBuf::from)
-        .filter(|p| p.starts_with(dir))
-        .collect();
-    found.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));
-    found.dedup();
-    found
-}
-
-/// mountinfo escapes space, tab, newline and backslash as octal.
-fn unescape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c == '\\' {
-            let code: String = chars.by_ref().take(3).collect();
-            match u8::from_str_radix(&code, 8) {
-                Ok(b) => out.push(char::from(b)),
-                Err(_) => {
-                    out.push('\\');
-                    out.push_str(&code);
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 /// An exclusive flock on `path` (created if missing), held until the guard drops.
 pub fn lock_file(path: &Path) -> anyhow::Result<Flock<std::fs::File>> {
     let f = std::fs::OpenOptions::new()
@@ -254,17 +219,5 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         r.save(dir.path()).unwrap();
         assert_eq!(ContainerRecord::load(dir.path()).unwrap(), r);
-    }
-
-    #[test]
-    fn mountinfo_paths_are_unescaped() {
-        assert_eq!(unescape(r"/run/a\040b"), "/run/a b");
-        assert_eq!(unescape("/plain"), "/plain");
-    }
-
-    #[test]
-    fn proc_is_under_itself() {
-        let m = mounts_under(Path::new("/proc"));
-        assert!(m.contains(&PathBuf::from("/proc")), "{m:?}");
     }
 }

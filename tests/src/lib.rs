@@ -11,6 +11,7 @@ pub mod cri;
 pub mod fixtures;
 pub mod hako_vmm;
 pub mod leaks;
+pub mod mounts;
 pub mod netns;
 pub mod podman;
 pub mod qemu;

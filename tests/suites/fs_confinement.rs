@@ -1,8 +1,10 @@
 //! Tier 2 (root): a hostile guest against the virtio-fs share. The test plays a guest kernel
 //! that ignores the FUSE rules: it writes raw FUSE requests into guest memory and hands the
 //! descriptor chains to hako-vmm's virtio-fs device (`Fs::handle`, the worker's own path)
-//! over a shared directory laid out as the runtime lays it out (a container's root file
-//! system bound in by `hako_runtime::sandbox::rootfs`, a read-only volume beside it). Nothing
+//! over a share laid out by the runtime itself (`hako_runtime::host::share`: a container's
+//! root file system bound in, a read-only volume beside it). The share's skeleton is
+//! read-only to it: no rename of a container's directory, no symlink, file or FIFO planted
+//! where the runtime resolves paths. Nothing
 //! outside the shared directory may be read, written, linked or opened: `..` and names with
 //! `/`, absolute symlinks (to files and to directories), a file swapped for a symlink after
 //! its lookup, hard links to node IDs the guest never got, forged node IDs (the FUSE form of
@@ -14,13 +16,13 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use hako_runtime::sandbox::rootfs;
+use hako_runtime::host::share::{ContainerShare, Share};
+use hako_tests::mounts::in_private_mounts;
 use hako_tests::require;
 use hako_vmm::devices::virtio::fs::{COUNTERS, Fs};
 use hako_vmm::metrics::Counters;
 use libtest_mimic::Failed;
 use nix::mount::{MsFlags, mount};
-use nix::sched::{CloneFlags, unshare};
 use nix::sys::stat::{Mode, SFlag, makedev, mknod};
 use nix::sys::statvfs::{FsFlags, statvfs};
 use virtio_queue::desc::{RawDescriptor, split::Descriptor as SplitDescriptor};
@@ -33,6 +35,8 @@ const GETATTR: u32 = 3;
 const READLINK: u32 = 5;
 const SYMLINK: u32 = 6;
 const MKNOD: u32 = 8;
+const MKDIR: u32 = 9;
+const RENAME: u32 = 12;
 const LINK: u32 = 13;
 const OPEN: u32 = 14;
 const READ: u32 = 15;
@@ -158,6 +162,22 @@ impl Guest {
         self.call(LINK, new_parent, &args)
     }
 
+    fn rename(&mut self, parent: u64, name: &[u8], new_parent: u64, new_name: &[u8]) -> Reply {
+        let mut args = new_parent.to_le_bytes().to_vec();
+        args.extend_from_slice(&cstr(name));
+        args.extend_from_slice(&cstr(new_name));
+        self.call(RENAME, parent, &args)
+    }
+
+    fn mkdir(&mut self, parent: u64, name: &[u8]) -> Reply {
+        let mut args = Vec::new();
+        for v in [0o755u32, 0] {
+            args.extend_from_slice(&v.to_le_bytes());
+        }
+        args.extend_from_slice(&cstr(name));
+        self.call(MKDIR, parent, &args)
+    }
+
     /// CREATE `name` with `mode`, opened write-only.
     fn create(&mut self, parent: u64, name: &[u8], mode: u32) -> Reply {
         let mut args = Vec::new();
@@ -183,26 +203,6 @@ fn entry(out: &[u8]) -> (u64, u32) {
 }
 
 /// Runs `f` on a thread with a private mount namespace (nothing propagates to the host's).
-fn in_private_mounts(f: impl FnOnce() -> Result<(), String> + Send) -> Result<(), String> {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_FS)
-                .map_err(|e| format!("unshare(CLONE_NEWNS): {e}"))?;
-            mount(
-                None::<&str>,
-                "/",
-                None::<&str>,
-                MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-                None::<&str>,
-            )
-            .map_err(|e| format!("making / private: {e}"))?;
-            f()
-        })
-        .join()
-        .map_err(|_| "the namespaced thread panicked".to_string())?
-    })
-}
-
 fn expect_err(what: &str, got: Result<impl std::fmt::Debug, i32>) -> Result<i32, String> {
     match got {
         Err(errno) => Ok(errno),
@@ -225,9 +225,10 @@ impl Layout {
 }
 
 /// top/secret (outside), top/outside-dir/, top/image (an image: a file, a device node, a
-/// setuid file and a tmpfs submount), top/volume, and top/shared with the image bound at
-/// shared/c1/rootfs and the volume read-only at shared/c1/mounts/0.
-fn lay_out() -> Result<(Layout, Vec<PathBuf>), String> {
+/// setuid file and a tmpfs submount), top/volume, and a sandbox's share made by the runtime
+/// in top/sb (`hako_runtime::host::share`), with the image bound at sb/shared/c1/rootfs and
+/// the volume read-only at sb/shared/c1/mounts/0.
+fn lay_out() -> Result<(Layout, ContainerShare), String> {
     let top = tempfile::tempdir().map_err(io("a temporary directory"))?;
     let l = Layout { top };
     std::fs::write(l.path("secret"), "SECRET\n").map_err(io("secret"))?;
@@ -258,26 +259,29 @@ fn lay_out() -> Result<(Layout, Vec<PathBuf>), String> {
     )
     .map_err(|e| format!("a tmpfs submount in the image: {e}"))?;
     std::fs::create_dir_all(l.path("volume")).map_err(io("volume"))?;
-    std::fs::create_dir_all(l.path("shared")).map_err(io("shared"))?;
-    let rootfs = rootfs::bind(&l.path("image"), &l.path("shared"), "c1", None)
-        .map_err(|e| format!("rootfs::bind: {e:#}"))?;
-    let volume = l.path("shared/c1/mounts/0");
-    rootfs::bind_at(&l.path("volume"), &volume, true, None)
-        .map_err(|e| format!("rootfs::bind_at (ro): {e:#}"))?;
-    Ok((l, vec![volume, rootfs]))
+    std::fs::create_dir_all(l.path("sb")).map_err(io("sb"))?;
+    let share = Share::create(&l.path("sb")).map_err(|e| format!("Share::create: {e}"))?;
+    let mut part = share
+        .container("c1")
+        .map_err(|e| format!("Share::container: {e}"))?;
+    part.bind_rootfs(&l.path("image"), None)
+        .map_err(|e| format!("bind_rootfs: {e}"))?;
+    part.bind_mount(0, &l.path("volume"), true, None)
+        .map_err(|e| format!("bind_mount (ro): {e}"))?;
+    Ok((l, part))
 }
 
 /// The binds: nodev and nosuid (submount too), the volume read-only; a device node does not
 /// open through them although it opens where the image lies.
 fn host_side(l: &Layout) -> Result<(), String> {
     for (path, want) in [
-        ("shared/c1/rootfs", FsFlags::ST_NODEV | FsFlags::ST_NOSUID),
+        ("sb/shared/c1/rootfs", FsFlags::ST_NODEV | FsFlags::ST_NOSUID),
         (
-            "shared/c1/rootfs/sub",
+            "sb/shared/c1/rootfs/sub",
             FsFlags::ST_NODEV | FsFlags::ST_NOSUID,
         ),
         (
-            "shared/c1/mounts/0",
+            "sb/shared/c1/mounts/0",
             FsFlags::ST_NODEV | FsFlags::ST_NOSUID | FsFlags::ST_RDONLY,
         ),
     ] {
@@ -290,7 +294,7 @@ fn host_side(l: &Layout) -> Result<(), String> {
     }
     std::fs::File::open(l.path("image/zero"))
         .map_err(io("the device node where the image lies (sanity)"))?;
-    match std::fs::File::open(l.path("shared/c1/rootfs/zero")) {
+    match std::fs::File::open(l.path("sb/shared/c1/rootfs/zero")) {
         Err(e) if e.raw_os_error() == Some(libc::EACCES) => Ok(()),
         other => Err(format!(
             "the device node through the bind opened: {other:?} (expected EACCES, nodev)"
@@ -299,7 +303,7 @@ fn host_side(l: &Layout) -> Result<(), String> {
 }
 
 fn hostile_guest(l: &Layout) -> Result<(), String> {
-    let mut g = Guest::new(&l.path("shared"))?;
+    let mut g = Guest::new(&l.path("sb/shared"))?;
     let secret = l.path("secret");
     let (c1, _) = g
         .lookup(ROOT, b"c1")
@@ -453,15 +457,62 @@ fn hostile_guest(l: &Layout) -> Result<(), String> {
     Ok(())
 }
 
+/// The share's skeleton (its root, c1/, c1/mounts/) is read-only to the guest: no rename of
+/// a container's directory (which would move its binds), no symlink, file, directory or
+/// FIFO planted where the runtime resolves paths; the guest still writes inside the
+/// container's root file system.
+fn skeleton(l: &Layout) -> Result<(), String> {
+    let mut g = Guest::new(&l.path("sb/shared"))?;
+    let (c1, _) = g
+        .lookup(ROOT, b"c1")
+        .map_err(|e| format!("LOOKUP c1: {e}"))?;
+    let (mounts, _) = g
+        .lookup(c1, b"mounts")
+        .map_err(|e| format!("LOOKUP mounts: {e}"))?;
+    let (rootfs, _) = g
+        .lookup(c1, b"rootfs")
+        .map_err(|e| format!("LOOKUP rootfs: {e}"))?;
+    let target = l.path("outside-dir");
+    let target = target.as_os_str().as_bytes();
+    let attempts: [(&str, Reply); 7] = [
+        ("RENAME c1 -> aside", g.rename(ROOT, b"c1", ROOT, b"aside")),
+        ("RENAME c1/mounts -> c1/m2", g.rename(c1, b"mounts", c1, b"m2")),
+        ("SYMLINK at the share's root", g.symlink(ROOT, b"c2", target).map(|_| Vec::new())),
+        ("SYMLINK c1/mounts/1", g.symlink(mounts, b"1", target).map(|_| Vec::new())),
+        ("CREATE c1/x", g.create(c1, b"x", 0o100_644)),
+        ("MKDIR c2", g.mkdir(ROOT, b"c2")),
+        ("MKNOD of a FIFO in c1/mounts", g.mknod(mounts, b"2", libc::S_IFIFO | 0o600, 0)),
+    ];
+    for (what, got) in attempts {
+        let errno = expect_err(what, got)?;
+        if errno != libc::EROFS {
+            return Err(format!("{what}: errno {errno}, expected EROFS"));
+        }
+    }
+    for (path, what) in [("sb/staging/aside", "renamed c1"), ("sb/staging/c2", "c2")] {
+        if l.path(path).symlink_metadata().is_ok() {
+            return Err(format!("the guest made {what} in the share's skeleton"));
+        }
+    }
+    g.create(rootfs, b"written-by-the-guest", 0o100_644)
+        .map_err(|e| format!("CREATE in the rootfs: errno {e}"))?;
+    if !l.path("image/written-by-the-guest").exists() {
+        return Err("the guest's file is not in the image".into());
+    }
+    Ok(())
+}
+
 fn confinement() -> Result<(), Failed> {
     in_private_mounts(|| {
-        let (l, binds) = lay_out()?;
-        let result = host_side(&l).and_then(|()| hostile_guest(&l));
-        for b in binds {
-            rootfs::unbind(&b);
-        }
+        let (l, part) = lay_out()?;
+        let result = host_side(&l)
+            .and_then(|()| hostile_guest(&l))
+            .and_then(|()| skeleton(&l));
+        let removed = part.remove().map_err(|e| format!("removing c1's share: {e}"));
+        let sb = hako_runtime::host::share::remove_dir(&l.path("sb"))
+            .map_err(|e| format!("removing the sandbox directory: {e}"));
         let _ = nix::mount::umount2(&l.path("image/sub"), nix::mount::MntFlags::MNT_DETACH);
-        result?;
+        result.and(removed).and(sb)?;
         let mounts = std::fs::read_to_string("/proc/thread-self/mountinfo").unwrap_or_default();
         let top = l.top.path().display().to_string();
         if let Some(left) = mounts.lines().find(|m| m.contains(&top)) {

@@ -122,7 +122,8 @@ pub struct Container {
     /// containerd's rootfs mounts were mounted on `<bundle>/rootfs` by us.
     pub rootfs_mounted: bool,
     /// Binds under the sandbox's shared directory (undone at delete).
-    pub binds: Mutex<Vec<PathBuf>>,
+    /// Its part of the sandbox's share (root file system and volumes), undone at removal.
+    pub share: Mutex<Option<crate::host::share::ContainerShare>>,
     pub init: Arc<Process>,
     pub execs: Mutex<HashMap<String, Arc<Process>>>,
 }

@@ -39,7 +39,8 @@ use crate::backend::vm::{Vm, VmPaths, VmSpec, describe_exit, random_cid};
 use crate::config::{Config, UserNamespaceMode};
 use crate::io::Copies;
 use crate::network::PodNetwork;
-use crate::state::{SandboxState, mounts_under};
+use crate::host::share::Share;
+use crate::state::SandboxState;
 use crate::template;
 
 /// Deadline of the agent RPCs that make or remove containers and processes: generous, since
@@ -47,10 +48,9 @@ use crate::template;
 /// it further (milliseconds on real KVM).
 pub(crate) const RPC: Duration = Duration::from_secs(600);
 
-/// `<root>/<id>/` and what is in it; removed (after unmounting) when dropped.
+/// `<root>/<id>/` and what is in it; removed (after unmounting, by identity) when dropped.
 pub struct StateDir {
     pub dir: PathBuf,
-    mounts: Vec<PathBuf>,
     cgroup: Option<HostCgroup>,
     kept: bool,
 }
@@ -63,7 +63,6 @@ impl StateDir {
         match std::fs::create_dir(&dir) {
             Ok(()) => Ok(Self {
                 dir,
-                mounts: Vec::new(),
                 cgroup: None,
                 kept: false,
             }),
@@ -83,11 +82,6 @@ impl StateDir {
         self.dir.clone()
     }
 
-    /// Records a mount to undo at teardown.
-    pub fn mounted(&mut self, target: PathBuf) {
-        self.mounts.push(target);
-    }
-
     /// Records the sandbox's host cgroup, removed at teardown (after its VMM is gone).
     pub fn cgroup(&mut self, cgroup: HostCgroup) {
         self.cgroup = Some(cgroup);
@@ -99,15 +93,10 @@ impl Drop for StateDir {
         if self.kept {
             return;
         }
-        while let Some(m) = self.mounts.pop() {
-            rootfs::unbind(&m);
-        }
         if let Some(cg) = self.cgroup.take() {
             cg.remove();
         }
-        if let Err(e) = std::fs::remove_dir_all(&self.dir) {
-            eprintln!("hako: removing {}: {e}", self.dir.display());
-        }
+        remove_sandbox_dir(&self.dir);
     }
 }
 
@@ -150,6 +139,8 @@ pub struct Sandbox {
     pub id: String,
     pub dir: PathBuf,
     pub paths: VmPaths,
+    /// The tree hako-vmm exports to the guest; only `host::share` touches it.
+    share: Arc<Share>,
     pub vmm_pid: u32,
     pub agent: AgentServiceClient,
     pub events: Arc<dyn EventSink>,
@@ -181,14 +172,10 @@ impl Sandbox {
     ) -> anyhow::Result<Arc<Self>> {
         let mut spec = vm_spec(config, size)?;
         let mut dir = dir;
-        let paths = VmPaths::under(&dir.dir);
-        std::fs::create_dir(&paths.shared)
-            .with_context(|| format!("creating {}", paths.shared.display()))?;
+        // Its staging side is a shared mount, so the containers bound into it after hako-vmm
+        // started reach the jail (whose mounts are slaves) through the read-only side.
+        let share = Share::create(&dir.dir).with_context(|| format!("sandbox {id}: its share"))?;
         if config.vm.jail {
-            // The share is a shared mount, so the containers bound into it after hako-vmm
-            // started reach its jail (whose mounts are slaves).
-            rootfs::share_point(&paths.shared)?;
-            dir.mounted(paths.shared.clone());
             let root = dir.dir.join("jail");
             std::fs::create_dir(&root).with_context(|| format!("creating {}", root.display()))?;
             spec.jail = Some(root);
@@ -255,7 +242,7 @@ impl Sandbox {
             spec,
             network.as_ref(),
             state,
-            events,
+            (share, events),
         )
         .await;
         if booted.is_err()
@@ -276,7 +263,7 @@ impl Sandbox {
         spec: VmSpec,
         network: Option<&PodNetwork>,
         state: SandboxState,
-        events: Arc<dyn EventSink>,
+        (share, events): (Arc<Share>, Arc<dyn EventSink>),
     ) -> anyhow::Result<Arc<Self>> {
         let paths = VmPaths::under(&dir.dir);
         state.save(&dir.dir)?;
@@ -396,6 +383,7 @@ impl Sandbox {
             dir: dir_path,
             vmm_pid: vm.pid(),
             paths,
+            share,
             agent,
             events,
             vm: Mutex::new(vm),
@@ -448,14 +436,7 @@ impl Sandbox {
         }
         stdio.check()?;
         let userns = self.vmm_user.as_ref().map(VmmUser::ns);
-        let binds = volumes::share(
-            &mut spec,
-            bundle,
-            &self.paths.shared,
-            id,
-            userns,
-            rootfs.id_mapped,
-        )?;
+        let part = volumes::share(&mut spec, bundle, &self.share, id, userns, rootfs.id_mapped)?;
         guest_spec::fit(&mut spec);
         let mut req = CreateContainerRequest::new();
         req.container_id = id.into();
@@ -468,7 +449,7 @@ impl Sandbox {
             id: id.into(),
             bundle: bundle.into(),
             rootfs_mounted: rootfs.mounted,
-            binds: Mutex::new(binds.keep()),
+            share: Mutex::new(Some(part)),
             init: Process::new(id, "", stdio, Vec::new()),
             execs: Mutex::new(HashMap::new()),
         });
@@ -541,9 +522,7 @@ impl Sandbox {
                 tracing::warn!(container_id = %container.id, "removing in the guest: {e}");
             }
         }
-        if let Ok(mut binds) = container.binds.lock() {
-            volumes::undo(&mut binds);
-        }
+        unshare(container);
         if container.rootfs_mounted {
             rootfs::unbind(&container.bundle.join("rootfs"));
         }
@@ -596,9 +575,7 @@ impl Sandbox {
             vm.kill();
         }
         for c in self.containers() {
-            if let Ok(mut binds) = c.binds.lock() {
-                volumes::undo(&mut binds);
-            }
+            unshare(&c);
             if c.rootfs_mounted {
                 rootfs::unbind(&c.bundle.join("rootfs"));
             }
@@ -626,6 +603,16 @@ impl Sandbox {
         if let Err(e) = state.save(&self.dir) {
             tracing::warn!(sandbox_id = %self.id, "{e:#}");
         }
+    }
+}
+
+/// Undoes a container's part of the share (its binds, by identity, and its directory).
+fn unshare(container: &Container) {
+    let part = container.share.lock().ok().and_then(|mut p| p.take());
+    if let Some(part) = part
+        && let Err(e) = part.remove()
+    {
+        tracing::warn!(container_id = %container.id, "{e:#}");
     }
 }
 
@@ -740,15 +727,11 @@ fn existing(path: PathBuf, what: &str) -> anyhow::Result<PathBuf> {
     }
 }
 
-/// Unmounts everything under a sandbox directory and removes it.
+/// Unmounts everything under a sandbox directory (each mount checked by its id) and removes
+/// it, crossing no mount point that is left and following no symlink.
 pub fn remove_sandbox_dir(dir: &Path) {
-    for m in mounts_under(dir) {
-        rootfs::unbind(&m);
-    }
-    if let Err(e) = std::fs::remove_dir_all(dir)
-        && e.kind() != std::io::ErrorKind::NotFound
-    {
-        tracing::warn!("removing {}: {e}", dir.display());
+    if let Err(e) = crate::host::share::remove_dir(dir) {
+        tracing::warn!("{e:#}");
     }
 }
 

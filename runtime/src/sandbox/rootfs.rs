@@ -1,35 +1,20 @@
-//! Binds a bundle's root file system into the sandbox's shared directory, where the agent
-//! finds it as `<shared>/<container-id>/rootfs`.
+//! Binds on the runtime's own paths (a bundle's `rootfs`, the scratch directory of an
+//! id-mapped overlay's layers), never in a sandbox's share: binds there are made and undone
+//! by [`crate::host::share`] alone, relative to descriptors.
 //!
 //! Every bind is `nodev` and `nosuid`, submounts included: the guest reaches these files
 //! through hako-vmm's virtio-fs server, and an image (or a guest) may hold a device node or a
-//! setuid-root file. Through the bind a device node cannot be opened and a setuid bit gives
-//! nothing, whoever on the host looks. When the sandbox's hako-vmm runs in a user namespace,
-//! each bind is also id-mapped to it, as its jail's own binds are: through the bind the files
-//! keep their owners for the VMM (a host root file is its root's), and what the guest writes
-//! as uid n lands as uid n (the mount propagates into the jail as it is made).
+//! setuid-root file. When the sandbox's hako-vmm runs in a user namespace, each bind is also
+//! id-mapped to it, as its jail's own binds are.
 //!
 //! A bind is made detached (`hako_mount`): cloned, its attributes set while no one can see it
 //! (the only way to id-map), then attached: it never appears without them.
 
 use std::os::fd::BorrowedFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::Context;
-use nix::mount::{MntFlags, MsFlags, mount, umount2};
-
-/// Binds `rootfs` at `<shared>/<id>/rootfs` (recursively, private), id-mapped to `userns`
-/// if given; returns the target.
-pub fn bind(
-    rootfs: &Path,
-    shared: &Path,
-    id: &str,
-    userns: Option<BorrowedFd<'_>>,
-) -> anyhow::Result<PathBuf> {
-    let target = shared.join(id).join("rootfs");
-    bind_at(rootfs, &target, false, userns)?;
-    Ok(target)
-}
+use nix::mount::{MntFlags, umount2};
 
 /// Binds the directory or file `source` at `target` (created to match), recursively and
 /// private (mounts the container makes never go back to the host), `nodev` and `nosuid`,
@@ -52,7 +37,12 @@ pub fn bind_at(
             std::fs::create_dir_all(parent)
                 .with_context(|| format!("creating {}", parent.display()))?;
         }
-        std::fs::File::create(target).with_context(|| format!("creating {}", target.display()))?;
+        // Never truncating what is there.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(target)
+            .with_context(|| format!("creating {}", target.display()))?;
     }
     let attrs = hako_mount::BindAttrs {
         recursive: true,
@@ -98,28 +88,10 @@ pub fn cannot_be_id_mapped(path: &Path) -> Option<String> {
     ))
 }
 
-/// Makes `dir` a mount point of its own (a bind onto itself) with shared propagation: mounts
-/// made below it later reach the mount namespaces that copied it as slaves (a jailed
-/// hako-vmm's). Undo with [`unbind`].
-pub fn share_point(dir: &Path) -> anyhow::Result<()> {
-    mount(Some(dir), dir, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-        .with_context(|| format!("binding {} onto itself", dir.display()))?;
-    if let Err(e) = mount(
-        None::<&str>,
-        dir,
-        None::<&str>,
-        MsFlags::MS_SHARED,
-        None::<&str>,
-    ) {
-        unbind(dir);
-        return Err(e).with_context(|| format!("making {} a shared mount", dir.display()));
-    }
-    Ok(())
-}
-
-/// Detaches a bind made by [`bind`]; logs failures (teardown goes on).
+/// Detaches the mount at `target` (a runtime-owned path; a symlink there is not followed);
+/// logs failures (teardown goes on).
 pub fn unbind(target: &Path) {
-    if let Err(e) = umount2(target, MntFlags::MNT_DETACH) {
-        eprintln!("hako: unmounting {}: {e}", target.display());
+    if let Err(e) = umount2(target, MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW) {
+        tracing::warn!("unmounting {}: {e}", target.display());
     }
 }

@@ -5,38 +5,13 @@
 
 use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use hako_agent_api::SHARED_FS_MOUNT_POINT;
 use serde_json::{Value, json};
 
-use super::rootfs;
-
-/// The binds made for one container, undone in reverse order on drop unless kept.
-#[derive(Debug, Default)]
-pub struct Binds {
-    targets: Vec<PathBuf>,
-}
-
-impl Binds {
-    /// Hands the list over (the caller now undoes them).
-    pub fn keep(mut self) -> Vec<PathBuf> {
-        std::mem::take(&mut self.targets)
-    }
-}
-
-impl Drop for Binds {
-    fn drop(&mut self) {
-        undo(&mut self.targets);
-    }
-}
-
-/// Undoes binds, last first.
-pub fn undo(targets: &mut Vec<PathBuf>) {
-    while let Some(t) = targets.pop() {
-        rootfs::unbind(&t);
-    }
-}
+use crate::host::share::{ContainerShare, MOUNTS, Share};
 
 /// The host path of the bundle's root file system.
 pub fn host_rootfs(spec: &Value, bundle: &Path) -> anyhow::Result<PathBuf> {
@@ -55,30 +30,31 @@ pub fn host_rootfs(spec: &Value, bundle: &Path) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-/// Binds `cid`'s root file system and bind mounts under `<shared>/<cid>/` (id-mapped to the
-/// sandbox VMM's user namespace `userns`, when it has one, but for a root file system whose
-/// layers are id-mapped already) and rewrites `spec` to the paths the guest sees.
+/// Binds `cid`'s root file system and bind mounts into the sandbox's share (id-mapped to
+/// the sandbox VMM's user namespace `userns`, when it has one, but for a root file system
+/// whose layers are id-mapped already) and rewrites `spec` to the paths the guest sees. The
+/// binds are undone when the returned part of the share is dropped.
 pub fn share(
     spec: &mut Value,
     bundle: &Path,
-    shared: &Path,
+    share: &Arc<Share>,
     cid: &str,
     userns: Option<BorrowedFd<'_>>,
     rootfs_id_mapped: bool,
-) -> anyhow::Result<Binds> {
-    let mut binds = Binds::default();
+) -> anyhow::Result<ContainerShare> {
     let rootfs = host_rootfs(spec, bundle)?;
+    let mut part = share
+        .container(cid)
+        .with_context(|| format!("sharing container {cid}'s files"))?;
     let rootfs_userns = userns.filter(|_| !rootfs_id_mapped);
-    binds
-        .targets
-        .push(rootfs::bind(&rootfs, shared, cid, rootfs_userns)?);
+    part.bind_rootfs(&rootfs, rootfs_userns)
+        .with_context(|| format!("sharing the root file system {}", rootfs.display()))?;
     if let Some(r) = spec.pointer_mut("/root/path") {
         *r = Value::String("rootfs".into());
     }
-    let guest_dir = Path::new(SHARED_FS_MOUNT_POINT).join(cid).join("mounts");
-    let host_dir = shared.join(cid).join("mounts");
+    let guest_dir = Path::new(SHARED_FS_MOUNT_POINT).join(cid).join(MOUNTS);
     let Some(mounts) = spec.get_mut("mounts").and_then(Value::as_array_mut) else {
-        return Ok(binds);
+        return Ok(part);
     };
     for (n, m) in mounts.iter_mut().enumerate() {
         if !is_bind(m) {
@@ -92,14 +68,11 @@ pub fn share(
             .get("source")
             .and_then(Value::as_str)
             .with_context(|| format!("mount {n} is a bind without a source"))?;
-        let name = n.to_string();
-        let target = host_dir.join(&name);
-        rootfs::bind_at(Path::new(source), &target, is_read_only(m), userns)
+        part.bind_mount(n, Path::new(source), is_read_only(m), userns)
             .with_context(|| format!("sharing bind mount {source}"))?;
-        binds.targets.push(target);
-        m["source"] = Value::String(guest_dir.join(&name).display().to_string());
+        m["source"] = Value::String(guest_dir.join(n.to_string()).display().to_string());
     }
-    Ok(binds)
+    Ok(part)
 }
 
 fn is_bind(m: &Value) -> bool {

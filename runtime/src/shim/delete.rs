@@ -10,12 +10,13 @@ use containerd_shim::protos::api::DeleteResponse;
 use super::events::timestamp;
 use crate::config::Config;
 use crate::sandbox::watchers::SANDBOX_DIED;
-use crate::state::mounts_under;
 
 pub fn delete(id: &str, bundle: &Path) -> DeleteResponse {
     let rootfs = bundle.join("rootfs");
-    for m in mounts_under(&rootfs) {
-        crate::sandbox::rootfs::unbind(&m);
+    if rootfs.exists()
+        && let Err(e) = crate::host::share::unmount_tree(&rootfs, true)
+    {
+        tracing::warn!("{e:#}");
     }
     let config = Config::load().unwrap_or_else(|e| {
         tracing::warn!("{e}; cleaning up under the default root");

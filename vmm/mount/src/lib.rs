@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 const OPEN_TREE_CLONE: libc::c_uint = 1;
 const AT_RECURSIVE: libc::c_uint = 0x8000;
 const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+const MOVE_MOUNT_T_EMPTY_PATH: libc::c_uint = 0x40;
 const MOUNT_ATTR_RDONLY: u64 = 0x1;
 const MOUNT_ATTR_NOSUID: u64 = 0x2;
 const MOUNT_ATTR_NODEV: u64 = 0x4;
@@ -56,6 +57,12 @@ pub enum MountError {
     #[error("attaching the bind at {target} (move_mount)")]
     Attach {
         target: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("attaching the bind of {source_path} onto a mount point held open (move_mount)")]
+    AttachFd {
+        source_path: PathBuf,
         #[source]
         source: io::Error,
     },
@@ -100,6 +107,7 @@ impl BindAttrs<'_> {
 #[derive(Debug)]
 pub struct DetachedBind {
     tree: OwnedFd,
+    source: PathBuf,
 }
 
 fn cstring(path: &Path) -> Result<CString, MountError> {
@@ -169,7 +177,10 @@ pub fn detached_bind(source: &Path, attrs: &BindAttrs<'_>) -> Result<DetachedBin
             });
         }
     }
-    Ok(DetachedBind { tree })
+    Ok(DetachedBind {
+        tree,
+        source: source.to_owned(),
+    })
 }
 
 impl DetachedBind {
@@ -196,6 +207,35 @@ impl DetachedBind {
             });
         }
         Ok(())
+    }
+}
+
+impl DetachedBind {
+    /// Attaches the tree onto `target`, a descriptor (`O_PATH` will do) of the directory or
+    /// file to mount over: no path is resolved, so the bind lands on that very inode however
+    /// the tree around it was renamed since it was opened. Returns the tree's descriptor,
+    /// which now names the attached mount (its root), for the caller to learn its mount id.
+    pub fn attach_to(self, target: BorrowedFd<'_>) -> Result<OwnedFd, MountError> {
+        let empty = c"";
+        // SAFETY: both descriptors are open; the empty paths are NUL-terminated and
+        // outlive the call.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_move_mount,
+                self.tree.as_raw_fd(),
+                empty.as_ptr(),
+                target.as_raw_fd(),
+                empty.as_ptr(),
+                MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH,
+            )
+        };
+        if rc != 0 {
+            return Err(MountError::AttachFd {
+                source_path: self.source,
+                source: io::Error::last_os_error(),
+            });
+        }
+        Ok(self.tree)
     }
 }
 

@@ -1,0 +1,276 @@
+//! Tier 2 (root): the runtime's own share code against a share rewritten the way a guest
+//! (through a hole in the read-only skeleton) or a compromised hako-vmm could rewrite it.
+//! The guest's side of the skeleton is read-only (`fs_confinement` shows it through the real
+//! virtio-fs device); here the attacker writes through the runtime's staging side, the worst
+//! case, and the runtime's real lifecycle code then undoes binds (`ContainerShare::remove`,
+//! what container removal and sandbox stop call), removes the sandbox directory
+//! (`share::remove_dir`, behind `StateDir`'s drop and `hako delete`) and cleans up after a
+//! dead shim (`sandbox::clean_up_leftover`, the shim's `delete` action). Each case asserts
+//! that no host path outside the sandbox changed: sentinel mounts (checked by their mount
+//! ids), sentinel files and volume contents, and that no mount is left below the sandbox.
+//! Everything runs on a thread with a private mount namespace.
+
+use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use hako_runtime::host::mountinfo;
+use hako_runtime::host::share::{ContainerShare, Share, remove_dir};
+use hako_tests::mounts::in_private_mounts;
+use hako_tests::require;
+use libtest_mimic::{Arguments, Failed};
+use nix::mount::{MsFlags, mount};
+
+/// A scratch tree: a sentinel mount and file outside the sandbox, an image and volumes to
+/// share, and the sandbox directory `sb` with its share.
+struct Scene {
+    top: tempfile::TempDir,
+    share: Arc<Share>,
+    /// The sentinel mount's id.
+    sentinel: u64,
+}
+
+fn io(what: &str) -> impl Fn(std::io::Error) -> String + '_ {
+    move |e| format!("{what}: {e}")
+}
+
+impl Scene {
+    fn new() -> Result<Self, String> {
+        let top = tempfile::tempdir().map_err(io("a temporary directory"))?;
+        let p = |r: &str| top.path().join(r);
+        for d in ["sentinel-src", "sentinel", "image", "volume", "outside", "sb"] {
+            std::fs::create_dir(p(d)).map_err(io(d))?;
+        }
+        std::fs::write(p("sentinel-src/keep"), "sentinel\n").map_err(io("sentinel"))?;
+        std::fs::write(p("victim"), "victim\n").map_err(io("victim"))?;
+        std::fs::write(p("hosts"), "127.0.0.1 localhost\n").map_err(io("hosts"))?;
+        std::fs::write(p("image/hello"), "inside\n").map_err(io("image"))?;
+        std::fs::write(p("volume/precious"), "precious\n").map_err(io("volume"))?;
+        mount(
+            Some(&p("sentinel-src")),
+            &p("sentinel"),
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(|e| format!("the sentinel mount: {e}"))?;
+        let sentinel = mount_at(&p("sentinel"))?.ok_or("the sentinel is not mounted")?;
+        let share = Share::create(&p("sb")).map_err(|e| format!("Share::create: {e}"))?;
+        Ok(Self {
+            top,
+            share,
+            sentinel,
+        })
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.top.path().join(rel)
+    }
+
+    /// Container `cid` with the image as its root, the volume at mounts/0 and the hosts
+    /// file at mounts/1.
+    fn container(&self, cid: &str) -> Result<ContainerShare, String> {
+        let mut part = self
+            .share
+            .container(cid)
+            .map_err(|e| format!("Share::container: {e}"))?;
+        part.bind_rootfs(&self.path("image"), None)
+            .map_err(|e| format!("bind_rootfs: {e}"))?;
+        part.bind_mount(0, &self.path("volume"), false, None)
+            .map_err(|e| format!("bind_mount 0: {e}"))?;
+        part.bind_mount(1, &self.path("hosts"), false, None)
+            .map_err(|e| format!("bind_mount 1: {e}"))?;
+        Ok(part)
+    }
+
+    /// Nothing outside the sandbox changed, and no mount is left below it.
+    fn host_untouched(&self) -> Result<(), String> {
+        if mount_at(&self.path("sentinel"))? != Some(self.sentinel) {
+            return Err("the sentinel mount outside the sandbox was unmounted".into());
+        }
+        for (file, want) in [
+            ("sentinel/keep", "sentinel\n"),
+            ("victim", "victim\n"),
+            ("hosts", "127.0.0.1 localhost\n"),
+            ("volume/precious", "precious\n"),
+            ("image/hello", "inside\n"),
+        ] {
+            let got = std::fs::read_to_string(self.path(file)).unwrap_or_default();
+            if got != want {
+                return Err(format!("{file} outside the sandbox changed: {got:?}"));
+            }
+        }
+        let outside: Vec<_> = std::fs::read_dir(self.path("outside"))
+            .map_err(io("outside"))?
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        if !outside.is_empty() {
+            return Err(format!("entries appeared outside the sandbox: {outside:?}"));
+        }
+        Ok(())
+    }
+
+    fn nothing_mounted_below(&self, dir: &str) -> Result<(), String> {
+        let mounts = mountinfo::read().map_err(io("mountinfo"))?;
+        let left = mountinfo::under(&mounts, &self.path(dir));
+        if left.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("mounts left below {dir}: {left:?}"))
+        }
+    }
+}
+
+/// The id of the mount whose mount point is `path`, if one is.
+fn mount_at(path: &Path) -> Result<Option<u64>, String> {
+    let mounts = mountinfo::read().map_err(io("mountinfo"))?;
+    Ok(mounts
+        .iter()
+        .rev()
+        .find(|m| m.mount_point == path)
+        .map(|m| m.id))
+}
+
+fn run(case: fn() -> Result<(), String>) -> Result<(), Failed> {
+    in_private_mounts(case).map_err(Failed::from)
+}
+
+/// Finding 1: the attacker moves c1 aside (its binds move with it) and plants symlinks
+/// where the runtime recorded its binds: absolute to a host mount point, relative up and
+/// out, dangling, and a whole `c1` that is a symlink (a middle component). Undoing the binds
+/// must unmount the runtime's own binds (found by mount id) and nothing else.
+fn rewritten_share_does_not_steer_unmounting() -> Result<(), String> {
+    let s = Scene::new()?;
+    for variant in ["symlinks-inside", "c1-is-a-symlink"] {
+        let part = s.container("c1")?;
+        let staging = s.path("sb/staging");
+        std::fs::rename(staging.join("c1"), staging.join("aside")).map_err(io("rename"))?;
+        if variant == "symlinks-inside" {
+            std::fs::create_dir_all(staging.join("c1/mounts")).map_err(io("c1/mounts"))?;
+            symlink(s.path("sentinel"), staging.join("c1/rootfs")).map_err(io("symlink"))?;
+            symlink("../../../../sentinel", staging.join("c1/mounts/0"))
+                .map_err(io("symlink"))?;
+            symlink("/nonexistent/hako", staging.join("c1/mounts/1")).map_err(io("symlink"))?;
+        } else {
+            symlink(s.top.path(), staging.join("c1")).map_err(io("symlink"))?;
+            symlink(s.path("sentinel"), s.path("rootfs")).map_err(io("symlink"))?;
+        }
+        part.remove().ok();
+        let _ = std::fs::remove_file(s.path("rootfs"));
+        s.host_untouched()
+            .map_err(|e| format!("{variant}, after the binds were undone: {e}"))?;
+        s.nothing_mounted_below("sb/staging/aside")
+            .map_err(|e| format!("{variant}: the runtime's moved binds were not undone: {e}"))?;
+        let staging_fd = hako_runtime::host::fs::open_dir(&staging).map_err(io("staging"))?;
+        hako_runtime::host::fs::remove_tree_at(staging_fd.as_fd(), std::ffi::OsStr::new("aside"))
+            .map_err(io("removing aside"))?;
+        let _ = std::fs::remove_file(staging.join("c1"));
+        let _ = std::fs::remove_dir_all(staging.join("c1"));
+    }
+    // The whole sandbox directory, with a container whose directory was moved aside again.
+    let _part = s.container("c2").map(std::mem::forget)?;
+    let staging = s.path("sb/staging");
+    std::fs::rename(staging.join("c2"), staging.join("aside")).map_err(io("rename"))?;
+    symlink(s.path("sentinel"), staging.join("c2")).map_err(io("symlink"))?;
+    remove_dir(&s.path("sb")).map_err(|e| format!("remove_dir: {e}"))?;
+    s.host_untouched()
+        .map_err(|e| format!("after the sandbox directory was removed: {e}"))?;
+    s.nothing_mounted_below("sb")?;
+    if s.path("sb").exists() {
+        return Err("the sandbox directory is still there".into());
+    }
+    Ok(())
+}
+
+/// Finding 2: symlinks and FIFOs planted where the runtime makes mount points (absolute to
+/// a host file, to a host directory, dangling) and a container directory swapped for a
+/// symlink after it was made. Binding must fail or land inside the share, never truncate,
+/// create or mount over anything outside.
+fn planted_symlinks_are_not_followed_when_binding() -> Result<(), String> {
+    let s = Scene::new()?;
+    let mut part = s
+        .share
+        .container("c1")
+        .map_err(|e| format!("Share::container: {e}"))?;
+    let mounts = s.path("sb/staging/c1/mounts");
+    symlink(s.path("victim"), mounts.join("0")).map_err(io("symlink 0"))?;
+    symlink(s.path("outside"), mounts.join("1")).map_err(io("symlink 1"))?;
+    symlink(s.path("outside/new"), mounts.join("2")).map_err(io("symlink 2"))?;
+    nix::unistd::mkfifo(&mounts.join("3"), nix::sys::stat::Mode::from_bits_truncate(0o600))
+        .map_err(|e| format!("mkfifo: {e}"))?;
+    for (n, source) in [
+        (0, s.path("hosts")),
+        (1, s.path("volume")),
+        (2, s.path("hosts")),
+        (3, s.path("hosts")),
+    ] {
+        if part.bind_mount(n, &source, false, None).is_ok() {
+            return Err(format!("bind_mount {n} went through a planted entry"));
+        }
+    }
+    if mount_at(&s.path("outside"))?.is_some() || mount_at(&s.path("victim"))?.is_some() {
+        return Err("a bind was attached outside the share".into());
+    }
+    // c1 swapped for a symlink after it was made: the bind lands in the directory the
+    // runtime made (held open), wherever it is now.
+    let staging = s.path("sb/staging");
+    std::fs::rename(staging.join("c1"), staging.join("aside")).map_err(io("rename"))?;
+    symlink(s.path("outside"), staging.join("c1")).map_err(io("symlink c1"))?;
+    part.bind_rootfs(&s.path("image"), None)
+        .map_err(|e| format!("bind_rootfs: {e}"))?;
+    if mount_at(&staging.join("aside/rootfs"))?.is_none() {
+        return Err("the rootfs was not bound in the runtime's own directory".into());
+    }
+    s.host_untouched()?;
+    std::fs::remove_file(staging.join("c1")).map_err(io("unlink c1"))?;
+    drop(part);
+    remove_dir(&s.path("sb")).map_err(|e| format!("remove_dir: {e}"))?;
+    s.nothing_mounted_below("sb")?;
+    s.host_untouched()
+}
+
+/// Finding 4: a container directory renamed to a name that is not UTF-8 (with its binds in
+/// it) must not blind the cleanup after a dead shim: every bind is unmounted, and removing
+/// the directory never deletes a volume's contents through a bind still mounted.
+fn non_utf8_names_do_not_blind_cleanup() -> Result<(), String> {
+    let s = Scene::new()?;
+    let part = s.container("c1")?;
+    std::mem::forget(part); // the shim died: nothing undoes its binds in this process
+    let staging = s.path("sb/staging");
+    let odd = std::ffi::OsStr::from_bytes(b"c1\xff\xfe\x01 name");
+    std::fs::rename(staging.join("c1"), staging.join(odd)).map_err(io("rename"))?;
+    if !hako_runtime::sandbox::clean_up_leftover(s.top.path(), "sb") {
+        return Err("clean_up_leftover found no sandbox".into());
+    }
+    s.host_untouched()?;
+    s.nothing_mounted_below("sb")?;
+    if s.path("sb").exists() {
+        return Err("the sandbox directory is still there".into());
+    }
+    Ok(())
+}
+
+fn main() {
+    let args = Arguments::from_args();
+    let trials = vec![
+        require::trial(
+            "hostile_share_rewritten_share_does_not_steer_unmounting",
+            require::root,
+            || run(rewritten_share_does_not_steer_unmounting),
+        ),
+        require::trial(
+            "hostile_share_planted_symlinks_are_not_followed_when_binding",
+            require::root,
+            || run(planted_symlinks_are_not_followed_when_binding),
+        ),
+        require::trial(
+            "hostile_share_non_utf8_names_do_not_blind_cleanup",
+            require::root,
+            || run(non_utf8_names_do_not_blind_cleanup),
+        ),
+    ];
+    libtest_mimic::run(&args, trials).exit()
+}
