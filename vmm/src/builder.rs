@@ -15,6 +15,7 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::arch::x86_64::vcpu_state::{self, StateCaps, VcpuStateError};
 use crate::arch::x86_64::vm_state::VmStateError;
 use crate::arch::x86_64::{self as arch, cpuid, layout, loader, regs};
+use crate::capped_log::{self, CappedLog};
 use crate::devices::legacy::i8042::{I8042, ResetSignal};
 use crate::devices::legacy::serial::{self, SerialConsole};
 use crate::devices::manager::{DeviceManager, ManagerError};
@@ -129,16 +130,21 @@ fn console_output(config: &ConsoleConfig) -> Result<Option<Box<dyn Write + Send>
     Ok(match config {
         ConsoleConfig::Stdout => Some(Box::new(std::io::stdout())),
         ConsoleConfig::File(path) => {
+            let err = |source| BuildError::ConsoleLog {
+                path: path.clone(),
+                source,
+            };
+            // Appended to (the cap's truncation relies on it), never through a symlink.
             let file = OpenOptions::new()
                 .create(true)
                 .append(true)
                 .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
                 .open(path)
-                .map_err(|source| BuildError::ConsoleLog {
-                    path: path.clone(),
-                    source,
-                })?;
-            Some(Box::new(LineWriter::new(file)))
+                .map_err(err)?;
+            let log =
+                CappedLog::new(file, capped_log::CONSOLE_CAP, capped_log::KEPT).map_err(err)?;
+            Some(Box::new(LineWriter::new(log)))
         }
         ConsoleConfig::Off => None,
     })
@@ -464,5 +470,35 @@ mod tests {
         );
         assert!(c.contains("clearcpuid=cx16,xsave,smap"), "{c}");
         assert!(c.contains("console=none") && !c.contains("ttyS0"), "{c}");
+    }
+
+    #[test]
+    fn the_console_file_keeps_its_tail_under_its_cap_and_is_not_opened_through_a_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("console.log");
+        let mut out = console_output(&ConsoleConfig::File(path.clone()))
+            .unwrap()
+            .unwrap();
+        // Twice the cap, in console-sized lines.
+        let mut n = 0u64;
+        let mut written = 0;
+        while written < 2 * capped_log::CONSOLE_CAP {
+            let line = format!("guest line {n}\n");
+            out.write_all(line.as_bytes()).unwrap();
+            written += line.len() as u64;
+            n += 1;
+        }
+        out.flush().unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.len() as u64 <= capped_log::CONSOLE_CAP,
+            "{}",
+            text.len()
+        );
+        assert!(text.len() >= capped_log::KEPT);
+        assert!(text.ends_with(&format!("guest line {}\n", n - 1)));
+        let link = dir.path().join("link.log");
+        std::os::unix::fs::symlink(&path, &link).unwrap();
+        assert!(console_output(&ConsoleConfig::File(link)).is_err());
     }
 }

@@ -5,6 +5,7 @@
 pub mod api;
 pub mod arch;
 pub mod builder;
+pub mod capped_log;
 pub mod config;
 pub mod devices;
 #[cfg(feature = "fuzzing")]
@@ -14,6 +15,7 @@ pub mod jail;
 pub mod memory;
 pub mod metrics;
 pub mod probe;
+pub mod process;
 pub mod seccomp;
 pub mod signals;
 pub mod snapshot;
@@ -43,6 +45,8 @@ pub enum VmmError {
     Jail(#[from] jail::JailError),
     #[error(transparent)]
     Seccomp(#[from] seccomp::SeccompError),
+    #[error(transparent)]
+    Process(#[from] process::ProcessError),
     #[error("starting the device worker spawner")]
     Threads(#[source] std::io::Error),
     #[error("handling termination signals")]
@@ -79,6 +83,9 @@ pub fn run_from(
     snapshot_dir: Option<&Path>,
     started: Instant,
 ) -> Result<ExitReason, VmmError> {
+    // Before anything holds descriptors a guest drives.
+    let open_files = process::limit_open_files()?;
+    tracing::debug!(open_files, "open-file limit set");
     // First, while still root in the host's namespaces: the devices the jail leaves out.
     let host = host_devices::HostDevices::open(config)?;
     // Then the jail, which needs a process with one thread.
@@ -92,6 +99,9 @@ pub fn run_from(
             }
         }
     }
+    // After the jail's user namespace is mapped (its helper, a fork, would inherit it) and
+    // before the guest runs.
+    process::forbid_dumping()?;
     // Before any thread starts, so every thread inherits the mask (only the signal thread
     // takes stop signals).
     signals::block_stop_signals().map_err(VmmError::Signals)?;

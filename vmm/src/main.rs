@@ -4,11 +4,14 @@
 //! error, 2 for a bad command line or config.
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Mutex;
 use std::time::Instant;
 
 use clap::{Parser, Subcommand};
+use hako_vmm::capped_log::{self, CappedLog};
 use hako_vmm_api::control::{EXIT_BAD_CONFIG, EXIT_VMM_ERROR};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
 
 #[derive(Parser)]
 #[command(name = "hako-vmm", version, about = "Hako's virtual machine monitor")]
@@ -53,7 +56,7 @@ fn main() -> ExitCode {
         .with_env_filter(
             EnvFilter::try_from_env("HAKO_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(log_writer())
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match (cli.command, cli.config) {
@@ -63,6 +66,19 @@ fn main() -> ExitCode {
         (None, None) => {
             eprintln!("hako-vmm: give --config FILE (or a subcommand; see --help)");
             ExitCode::from(EXIT_BAD_CONFIG)
+        }
+    }
+}
+
+/// Where tracing writes: stderr, capped to keep its tail when it is a file (the runtime's
+/// vmm.log on the host's /run).
+fn log_writer() -> BoxMakeWriter {
+    match CappedLog::stderr(capped_log::VMM_LOG_CAP, capped_log::KEPT) {
+        Ok(Some(log)) => BoxMakeWriter::new(Mutex::new(log)),
+        Ok(None) => BoxMakeWriter::new(std::io::stderr),
+        Err(e) => {
+            eprintln!("hako-vmm: stderr cannot be capped, so it is not: {e}");
+            BoxMakeWriter::new(std::io::stderr)
         }
     }
 }

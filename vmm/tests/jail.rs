@@ -1,18 +1,26 @@
-//! hako-vmm's jail in real processes (root; no KVM). This binary runs itself as a child per
-//! case with `HAKO_JAIL_CASE` set; the child enters the jail exactly as hako-vmm does (for a
-//! config with a 0600 root-owned "kernel", a share and a sandbox directory) and reports what
-//! it can do there:
+//! hako-vmm's jail and process set-up in real processes (root; the last case also /dev/kvm).
+//! This binary runs itself as a child per case with `HAKO_JAIL_CASE` set; the child enters
+//! the jail exactly as hako-vmm does (for a config with a 0600 root-owned "kernel", a share
+//! and a sandbox directory) and reports what it can do there:
 //! - as a user namespace's root: its host uid is the configured one, it reads the root-only
 //!   kernel and writes the share through the id-mapped binds (its /proc shows ids 0 mapped
 //!   to the configured range), what it writes as its uid 0 or
 //!   (switched like the passthrough file system) as uid 1000 lands on the host as uid 0 and
 //!   1000, it cannot mount, and its capabilities are the passthrough's seven;
 //! - where a bind cannot be id-mapped (a procfs file here), it stays root when the config
-//!   allows the fallback, and otherwise fails naming the bind.
+//!   allows the fallback, and otherwise fails naming the bind;
+//! - either way its /proc shows its own process and no host process (pid 1 here);
+//! - the real hako-vmm binary (it opens KVM and makes a VM, but runs no vCPU), stopped while
+//!   it opens its console (a FIFO nobody reads) after its set-up: its open-file limit is
+//!   bounded (soft = hard), its log (stderr, a file) stays under its cap, and it is not
+//!   dumpable, so a process of the same uid and capabilities but without CAP_SYS_PTRACE can
+//!   neither open its /proc/<pid>/mem nor read its /proc/<pid>/cwd.
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use hako_vmm::jail::{self, JailedAs};
 use hako_vmm_api::{ConsoleConfig, FsConfig, JailConfig, JailUser, KernelConfig, VmConfig};
@@ -150,6 +158,15 @@ fn child(case: &str) -> ! {
         "proc_self_fd={}",
         outcome(std::fs::read_link("/proc/self/fd/1"))
     );
+    let shown = |p: &str| {
+        if Path::new(p).exists() {
+            "shown"
+        } else {
+            "hidden"
+        }
+    };
+    println!("proc_self={}", shown("/proc/self/status"));
+    println!("proc_pid1={}", shown("/proc/1"));
     std::process::exit(0)
 }
 
@@ -223,6 +240,8 @@ fn as_a_user_namespace_root() -> Result<(), Failed> {
             "write_as_1000=true".into(),
             "mount=refused".into(),
             "proc_self_fd=ok".into(),
+            "proc_self=shown".into(),
+            "proc_pid1=hidden".into(),
         ],
     )?;
     let d = dir.path();
@@ -252,6 +271,8 @@ fn stays_root_where_allowed_when_a_bind_cannot_be_id_mapped() -> Result<(), Fail
             "uid_map=0 0 4294967295".into(),
             "write_share=ok".into(),
             "mount=refused".into(),
+            "proc_self=shown".into(),
+            "proc_pid1=hidden".into(),
         ],
     )
 }
@@ -268,8 +289,178 @@ fn fails_naming_the_bind_otherwise() -> Result<(), Failed> {
     Ok(())
 }
 
+/// The smallest ELF "kernel" the loader takes: a header with its entry at 1 MiB and no
+/// segments (no vCPU ever runs it here).
+fn empty_elf() -> Vec<u8> {
+    let mut e = vec![0x7f, b'E', b'L', b'F', 2, 1, 1];
+    e.resize(16, 0);
+    e.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    e.extend_from_slice(&62u16.to_le_bytes()); // x86-64
+    e.extend_from_slice(&1u32.to_le_bytes());
+    e.extend_from_slice(&0x10_0000u64.to_le_bytes()); // entry
+    e.extend_from_slice(&64u64.to_le_bytes()); // program headers: right after
+    e.extend_from_slice(&0u64.to_le_bytes());
+    e.extend_from_slice(&0u32.to_le_bytes());
+    for half in [64u16, 56, 0, 0, 0, 0] {
+        e.extend_from_slice(&half.to_le_bytes());
+    }
+    e
+}
+
+const CAP_SYS_PTRACE: libc::c_ulong = 19;
+
+/// Drops CAP_SYS_PTRACE from the bounding set of the process about to exec, so the program
+/// runs without it (the test's root keeps its other capabilities).
+fn without_ptrace(cmd: &mut Command) -> &mut Command {
+    // SAFETY: the closure runs in the forked child before exec and makes one prctl call
+    // with integer arguments (async-signal-safe).
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_CAPBSET_DROP, CAP_SYS_PTRACE, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    }
+}
+
+/// (soft, hard) of the "Max open files" line of a /proc/<pid>/limits.
+fn open_files(limits: &str) -> Option<(String, String)> {
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    let mut f = line["Max open files".len()..].split_whitespace();
+    Some((f.next()?.to_owned(), f.next()?.to_owned()))
+}
+
+/// Kills and reaps the VMM however the check ends.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn the_vmm_process_is_not_dumpable_and_bounds_its_open_files() -> Result<(), Failed> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let d = dir.path();
+    std::fs::write(d.join("vmlinux"), empty_elf()).map_err(|e| e.to_string())?;
+    let fifo = std::ffi::CString::new(d.join("console.fifo").as_os_str().as_encoded_bytes())
+        .map_err(|e| e.to_string())?;
+    // SAFETY: a NUL-terminated path that outlives the call.
+    if unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) } != 0 {
+        return Err(format!("mkfifo: {}", std::io::Error::last_os_error()).into());
+    }
+    let config = VmConfig {
+        machine: Default::default(),
+        kernel: KernelConfig {
+            path: d.join("vmlinux"),
+            initrd: None,
+            cmdline: String::new(),
+            boot_protocol: Default::default(),
+        },
+        console: ConsoleConfig::File(d.join("console.fifo")),
+        control_socket: None,
+        devices: Default::default(),
+        security: Default::default(),
+    };
+    let json = serde_json::to_vec(&config).map_err(|e| e.to_string())?;
+    std::fs::write(d.join("config.json"), json).map_err(|e| e.to_string())?;
+    // Its log (stderr) starts just under its cap: the first lines take it past.
+    let cap = hako_vmm::capped_log::VMM_LOG_CAP;
+    let mut log = std::fs::File::create(d.join("vmm.log")).map_err(|e| e.to_string())?;
+    std::io::Write::write_all(&mut log, &vec![b'x'; cap as usize - 100])
+        .map_err(|e| e.to_string())?;
+    let mut hard = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit we own.
+    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut hard) };
+    let hard = hard.rlim_max;
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hako-vmm"));
+    cmd.arg("--config")
+        .arg(d.join("config.json"))
+        .env("HAKO_LOG", "debug")
+        .stdout(std::process::Stdio::null())
+        .stderr(log);
+    // SAFETY: in the forked child before exec: one setrlimit with a struct on its stack.
+    unsafe {
+        cmd.pre_exec(move || {
+            // A soft limit below the hard one, as a shell gives; the VMM must bound both.
+            let low = libc::rlimit {
+                rlim_cur: 256,
+                rlim_max: hard,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &low) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let vmm = Reaped(
+        without_ptrace(&mut cmd)
+            .spawn()
+            .map_err(|e| e.to_string())?,
+    );
+    let pid = vmm.0.id();
+    let log = || std::fs::read_to_string(d.join("vmm.log")).unwrap_or_default();
+    // Blocked in openat (257) on the FIFO: seen three times in a row.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = 0;
+    while seen < 3 {
+        let call = std::fs::read_to_string(format!("/proc/{pid}/syscall")).unwrap_or_default();
+        seen = if call.starts_with("257 ") {
+            seen + 1
+        } else {
+            0
+        };
+        if Instant::now() > deadline || !Path::new(&format!("/proc/{pid}/status")).exists() {
+            return Err(format!("hako-vmm never reached its console:\n{}", log()).into());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap_or_default();
+    let bounded = hard.min(hako_vmm::process::MAX_OPEN_FILES).to_string();
+    let got = open_files(&limits);
+    println!("open files {got:?}, expected {bounded} for both");
+    if got != Some((bounded.clone(), bounded)) {
+        return Err(format!("hako-vmm's open-file limit: {limits}\n{}", log()).into());
+    }
+    let text = log();
+    println!("vmm.log: {} bytes", text.len());
+    if text.len() as u64 > cap
+        || !text.contains("reached its cap")
+        || !text.contains("open-file limit set")
+    {
+        return Err(format!("hako-vmm's log was not capped: {} bytes", text.len()).into());
+    }
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    let o = without_ptrace(
+        Command::new(me)
+            .env(CASE, "read-vmm")
+            .env(DIR, pid.to_string()),
+    )
+    .output()
+    .map_err(|e| e.to_string())?;
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    println!("a reader of the same uid without CAP_SYS_PTRACE: {out}");
+    if !(out.starts_with("cwd=error") && out.contains(" mem=error")) {
+        return Err(format!("hako-vmm is dumpable: {out}\n{}", log()).into());
+    }
+    drop(vmm);
+    Ok(())
+}
+
 fn main() {
     if let Ok(case) = std::env::var(CASE) {
+        if case == "read-vmm" {
+            let pid = std::env::var(DIR).unwrap_or_default();
+            let cwd = std::fs::read_link(format!("/proc/{pid}/cwd"));
+            let mem = std::fs::File::open(format!("/proc/{pid}/mem"));
+            println!("cwd={} mem={}", outcome(cwd), outcome(mem));
+            std::process::exit(0);
+        }
         child(&case);
     }
     let args = Arguments::from_args();
@@ -283,7 +474,24 @@ fn main() {
             Trial::test(name, || Err("skipped: needs root".into())).with_ignored_flag(true)
         }
     };
+    let kvm = Path::new("/dev/kvm").exists();
+    let vmm_trial = if root && kvm {
+        Trial::test(
+            "vmm_process_is_not_dumpable_and_bounds_its_open_files",
+            the_vmm_process_is_not_dumpable_and_bounds_its_open_files,
+        )
+    } else {
+        eprintln!(
+            "SKIP vmm_process_is_not_dumpable_and_bounds_its_open_files: needs root and /dev/kvm"
+        );
+        Trial::test(
+            "vmm_process_is_not_dumpable_and_bounds_its_open_files",
+            || Err("skipped: needs root and /dev/kvm".into()),
+        )
+        .with_ignored_flag(true)
+    };
     let trials = vec![
+        vmm_trial,
         trial("jail_as_a_user_namespace_root", as_a_user_namespace_root),
         trial(
             "jail_stays_root_where_allowed_when_a_bind_cannot_be_id_mapped",

@@ -3,7 +3,8 @@
 //! thread inherits them), after it opened /dev/kvm and its taps (`crate::host_devices`). A
 //! private mount namespace with a tmpfs root holding only what the config names, bound at
 //! its own paths so the config stays valid; pivot_root into it; a /proc that shows processes
-//! only (the passthrough file system reopens files through /proc/self/fd); with
+//! only, and of those only the ones the VMM could ptrace (`hidepid=ptraceable`: its own; the
+//! passthrough file system reopens files through /proc/self/fd); with
 //! `security.jail.user`, a user namespace whose root is an unprivileged host uid, every bind
 //! id-mapped to it (`user.rs`); the bounding, permitted and effective capability sets cut to
 //! what the devices need; and no_new_privs.
@@ -132,6 +133,14 @@ pub fn binds(config: &VmConfig, snapshot_dir: Option<&Path>) -> Result<Vec<Bind>
     Ok(out)
 }
 
+/// The jail's /proc: process directories only (`subset=pid`: no /proc/sys, /proc/kcore,
+/// ...), and only those of processes the VMM may ptrace (`hidepid=ptraceable`, Linux 5.8):
+/// its own, whether it is an unprivileged uid or a root without CAP_SYS_PTRACE (the host's
+/// other root processes hold capabilities it lacks, and other VMMs are non-dumpable), so it
+/// sees no host process. Not `hidepid=invisible`: that one shows every process to the
+/// members of the mount's `gid=` group, 0 by default, which a VMM that stays root is.
+pub const PROC_OPTIONS: &str = "hidepid=ptraceable,subset=pid";
+
 const CAP_CHOWN: u32 = 0;
 const CAP_DAC_OVERRIDE: u32 = 1;
 const CAP_DAC_READ_SEARCH: u32 = 2;
@@ -250,8 +259,8 @@ pub fn enter(
         &proc_dir,
         Some("proc"),
         libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-        Some("subset=pid"),
-        "mounting /proc (processes only)",
+        Some(PROC_OPTIONS),
+        "mounting /proc (its own processes only)",
     )?;
     let old = root.join(".old");
     std::fs::create_dir_all(&old).map_err(step("creating the old root's mount point"))?;

@@ -8,6 +8,9 @@ use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, SeccompRule};
 
 use super::{ARCH, SeccompError, arg_is, arg_masked, build_err};
 
+/// open_tree_attr (Linux 6.15, x86-64), which libc 0.2.191 does not name yet.
+const SYS_OPEN_TREE_ATTR: libc::c_long = 467;
+
 /// Refused unconditionally: (number, name).
 pub(super) const REFUSED: &[(libc::c_long, &str)] = &[
     (libc::SYS_execve, "execve"),
@@ -20,6 +23,16 @@ pub(super) const REFUSED: &[(libc::c_long, &str)] = &[
     (libc::SYS_mount, "mount"),
     (libc::SYS_umount2, "umount2"),
     (libc::SYS_pivot_root, "pivot_root"),
+    // The new mount API: the jail made its binds with these before this layer went on;
+    // after it nothing mounts.
+    (libc::SYS_fsopen, "fsopen"),
+    (libc::SYS_fsconfig, "fsconfig"),
+    (libc::SYS_fsmount, "fsmount"),
+    (libc::SYS_fspick, "fspick"),
+    (libc::SYS_open_tree, "open_tree"),
+    (SYS_OPEN_TREE_ATTR, "open_tree_attr"),
+    (libc::SYS_move_mount, "move_mount"),
+    (libc::SYS_mount_setattr, "mount_setattr"),
     (libc::SYS_chroot, "chroot"),
     (libc::SYS_setns, "setns"),
     (libc::SYS_unshare, "unshare"),

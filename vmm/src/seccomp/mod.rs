@@ -2,9 +2,10 @@
 //!
 //! 1. The base (`deny`): what a VMM never does, refused for the whole process, installed
 //!    first while hako-vmm has one thread: start programs or processes (execve, fork, clone
-//!    without CLONE_THREAD), debug or read other processes, change mounts, namespaces, root or
-//!    the host's clock, load kernel code (modules, BPF, kexec), reboot, open files by handle,
-//!    use keyrings, perf or userfaultfd, and make sockets other than Unix ones.
+//!    without CLONE_THREAD), debug or read other processes, change mounts (mount and the new
+//!    mount API: fsopen, fsmount, open_tree, move_mount, mount_setattr, ...), namespaces, root
+//!    or the host's clock, load kernel code (modules, BPF, kexec), reboot, open files by
+//!    handle, use keyrings, perf or userfaultfd, and make sockets other than Unix ones.
 //! 2. Per thread (`allow`): each thread, as it starts and before it touches anything the guest
 //!    drives, narrows itself to its kind's allow list ([`Profile`]): a vCPU cannot open a
 //!    file, the virtio-fs worker cannot make a socket, the vsock worker cannot open a file.
@@ -13,7 +14,10 @@
 //!    the vCPU that activates the device.
 //!
 //! A call either layer refuses sends SIGSYS; the handler writes the call and the thread's
-//! kind to stderr (hako-vmm's log) and exits with `EXIT_SECCOMP_VIOLATION`.
+//! kind to stderr (hako-vmm's log) and exits with `EXIT_SECCOMP_VIOLATION`. The exception is
+//! a call a guest asks a worker for at will whose refusal the kernel would give anyway
+//! ([`refused_with_errno`]: the virtio-fs worker making a device node): it answers an error,
+//! so the guest gets EPERM and the VMM goes on.
 #![allow(unsafe_code)]
 
 mod allow;
@@ -163,8 +167,13 @@ fn narrowed(profile: Profile) -> Result<Vec<(libc::c_long, Vec<SeccompRule>)>, S
                     .map_err(build_err)?,
             ],
         )],
-        // KVM's vCPU requests (and the tap's offloads at a net device's activation).
-        Profile::Vcpu => vec![ioctls(ioctls::VCPU)?, own_tgkill()?],
+        // KVM's vCPU requests (and the tap's offloads at a net device's activation); the
+        // console log's truncation.
+        Profile::Vcpu => vec![
+            ioctls(ioctls::VCPU)?,
+            own_tgkill()?,
+            (libc::SYS_ftruncate, vec![truncating_to_empty()?]),
+        ],
         // KVM's VM requests a snapshot makes; kicks of its own vCPUs.
         Profile::Vmm => vec![ioctls(ioctls::VMM)?, own_tgkill()?],
         Profile::Spawner => {
@@ -178,6 +187,83 @@ fn narrowed(profile: Profile) -> Result<Vec<(libc::c_long, Vec<SeccompRule>)>, S
     })
 }
 
+/// ftruncate to length 0 of stderr, on every thread: hako-vmm's log keeps its tail when it
+/// passes its cap (`crate::capped_log`), on whichever thread logs.
+fn truncating_the_log() -> Result<SeccompRule, SeccompError> {
+    SeccompRule::new(vec![
+        SeccompCondition::new(
+            0,
+            SeccompCmpArgLen::Dword,
+            SeccompCmpOp::Eq,
+            libc::STDERR_FILENO as u64,
+        )
+        .map_err(build_err)?,
+        arg_is(1, SeccompCmpOp::Eq, 0)?,
+    ])
+    .map_err(build_err)
+}
+
+/// ftruncate to length 0 of any descriptor the thread holds: a vCPU's console write keeps
+/// the console log's tail when it passes its cap (`crate::capped_log`). Its file's number
+/// is not known when the filter is built; the vCPU holds no other file a truncation could
+/// harm more than the writes it may already make.
+fn truncating_to_empty() -> Result<SeccompRule, SeccompError> {
+    SeccompRule::new(vec![arg_is(1, SeccompCmpOp::Eq, 0)?]).map_err(build_err)
+}
+
+/// Calls `profile` may make that answer `errno` with certain arguments instead of running:
+/// (number, errno, the rules, one of which must match). A guest asks the worker for them at
+/// will, and the kernel would refuse most of them anyway, so they must not stop the VMM.
+fn refused_with_errno(
+    profile: Profile,
+) -> Result<Vec<(libc::c_long, u32, Vec<SeccompRule>)>, SeccompError> {
+    Ok(match profile {
+        // mknodat of a character or block device (overlayfs whiteouts, char 0:0, too): the
+        // share's binds are nodev, the jail holds no CAP_MKNOD, and without a jail a node
+        // made in a container's root would open through the host's own mounts of it.
+        Profile::Fs => {
+            let node = |kind: libc::mode_t| -> Result<SeccompRule, SeccompError> {
+                SeccompRule::new(vec![
+                    SeccompCondition::new(
+                        2,
+                        SeccompCmpArgLen::Dword,
+                        SeccompCmpOp::MaskedEq(u64::from(libc::S_IFMT)),
+                        u64::from(kind),
+                    )
+                    .map_err(build_err)?,
+                ])
+                .map_err(build_err)
+            };
+            vec![(
+                libc::SYS_mknodat,
+                libc::EPERM as u32,
+                vec![node(libc::S_IFCHR)?, node(libc::S_IFBLK)?],
+            )]
+        }
+        _ => Vec::new(),
+    })
+}
+
+/// The programs that make [`refused_with_errno`]'s calls answer their errno (anything else
+/// passes to the allow list). Stacked filters give the strictest action, and an error is
+/// stricter than allowing, so the allow list may allow the call outright.
+fn errno_programs(profile: Profile) -> Result<Vec<BpfProgram>, SeccompError> {
+    refused_with_errno(profile)?
+        .into_iter()
+        .map(|(nr, errno, rules)| {
+            SeccompFilter::new(
+                BTreeMap::from([(nr, rules)]),
+                SeccompAction::Allow,
+                SeccompAction::Errno(errno),
+                ARCH,
+            )
+            .map_err(build_err)?
+            .try_into()
+            .map_err(SeccompError::Compile)
+        })
+        .collect()
+}
+
 /// The allow-list program of `profile`: its calls allowed (some only with the arguments
 /// [`narrowed`] gives), anything else trapped.
 fn allow_program(profile: Profile) -> Result<BpfProgram, SeccompError> {
@@ -185,7 +271,8 @@ fn allow_program(profile: Profile) -> Result<BpfProgram, SeccompError> {
         .into_iter()
         .map(|(nr, _)| (nr, Vec::new()))
         .collect::<BTreeMap<_, _>>();
-    for (nr, more) in narrowed(profile)? {
+    let everywhere = (libc::SYS_ftruncate, vec![truncating_the_log()?]);
+    for (nr, more) in narrowed(profile)?.into_iter().chain([everywhere]) {
         match rules.get_mut(&nr) {
             // Allowed outright already.
             Some(existing) if existing.is_empty() => {}
@@ -223,8 +310,12 @@ pub fn confine(profile: Profile) {
     if !ENABLED.load(Ordering::SeqCst) {
         return;
     }
-    let installed = allow_program(profile)
-        .and_then(|p| seccompiler::apply_filter(&p).map_err(SeccompError::Install));
+    let installed = errno_programs(profile).and_then(|mut programs| {
+        programs.push(allow_program(profile)?);
+        programs
+            .iter()
+            .try_for_each(|p| seccompiler::apply_filter(p).map_err(SeccompError::Install))
+    });
     match installed {
         Ok(()) => CONFINED_AS.with(|c| c.set(profile.name())),
         Err(e) => {
@@ -367,13 +458,24 @@ mod tests {
         assert!(!allows(Profile::Vsock, libc::SYS_ioctl));
         assert_eq!(narrowed(Profile::Vsock).unwrap().len(), 1);
         assert_eq!(narrowed(Profile::Spawner).unwrap().len(), 1);
+        // Truncating stderr (the capped log) is the one ftruncate most threads may make.
+        for p in [
+            Profile::Control,
+            Profile::Signals,
+            Profile::Vsock,
+            Profile::Net,
+        ] {
+            assert!(!allows(p, libc::SYS_ftruncate), "{p:?}");
+        }
         // The vCPU's and main thread's ioctls are KVM's, by request; their tgkill is to
         // their own process.
         for p in [Profile::Vcpu, Profile::Vmm] {
             assert!(!allows(p, libc::SYS_ioctl), "{p:?}");
             assert!(!allows(p, libc::SYS_tgkill), "{p:?}");
             let narrow: Vec<_> = narrowed(p).unwrap().into_iter().map(|(nr, _)| nr).collect();
-            assert_eq!(narrow, [libc::SYS_ioctl, libc::SYS_tgkill], "{p:?}");
+            let vcpu: &[libc::c_long] = &[libc::SYS_ioctl, libc::SYS_tgkill, libc::SYS_ftruncate];
+            let expected = if p == Profile::Vcpu { vcpu } else { &vcpu[..2] };
+            assert_eq!(narrow, expected, "{p:?}");
         }
         assert_eq!(name_of(libc::SYS_ioctl), "ioctl");
         // A guest's device reset at power-off runs the vsock muxer's reset on the vCPU.
@@ -388,5 +490,82 @@ mod tests {
             }
         }
         assert!(allows(Profile::Spawner, libc::SYS_clone));
+    }
+
+    #[test]
+    fn the_virtio_fs_list_lacks_what_the_passthrough_does_not_call_here() {
+        // Its xattr support and inode file handles are off (devices/virtio/fs/device.rs).
+        for nr in [
+            libc::SYS_setxattr,
+            libc::SYS_lsetxattr,
+            libc::SYS_fsetxattr,
+            libc::SYS_getxattr,
+            libc::SYS_lgetxattr,
+            libc::SYS_fgetxattr,
+            libc::SYS_listxattr,
+            libc::SYS_llistxattr,
+            libc::SYS_flistxattr,
+            libc::SYS_removexattr,
+            libc::SYS_lremovexattr,
+            libc::SYS_fremovexattr,
+            libc::SYS_name_to_handle_at,
+        ] {
+            assert!(!allows(Profile::Fs, nr), "{}", name_of(nr));
+            assert!(!allows(Profile::Spawner, nr), "{}", name_of(nr));
+            assert_ne!(name_of(nr), "?");
+        }
+        // What file work needs stays.
+        for nr in [
+            libc::SYS_openat,
+            libc::SYS_mkdirat,
+            libc::SYS_mknodat,
+            libc::SYS_symlinkat,
+            libc::SYS_linkat,
+            libc::SYS_renameat2,
+            libc::SYS_unlinkat,
+            libc::SYS_fchmodat,
+            libc::SYS_ftruncate,
+            libc::SYS_pwrite64,
+        ] {
+            assert!(allows(Profile::Fs, nr), "{}", name_of(nr));
+        }
+        // Device nodes answer EPERM on the worker only.
+        let refused = refused_with_errno(Profile::Fs).unwrap();
+        assert_eq!(refused.len(), 1);
+        let (nr, errno, rules) = &refused[0];
+        assert_eq!(
+            (*nr, *errno, rules.len()),
+            (libc::SYS_mknodat, libc::EPERM as u32, 2)
+        );
+        assert_eq!(errno_programs(Profile::Fs).unwrap().len(), 1);
+        for p in [
+            Profile::Vmm,
+            Profile::Vcpu,
+            Profile::Spawner,
+            Profile::Vsock,
+        ] {
+            assert!(errno_programs(p).unwrap().is_empty(), "{p:?}");
+        }
+    }
+
+    #[test]
+    fn the_base_refuses_the_new_mount_api() {
+        for nr in [
+            libc::SYS_fsopen,
+            libc::SYS_fsconfig,
+            libc::SYS_fsmount,
+            libc::SYS_fspick,
+            libc::SYS_open_tree,
+            libc::SYS_move_mount,
+            libc::SYS_mount_setattr,
+            467,
+        ] {
+            assert!(
+                deny::REFUSED.iter().any(|(n, _)| *n == nr),
+                "{}",
+                name_of(nr)
+            );
+        }
+        assert_eq!(name_of(467), "open_tree_attr");
     }
 }

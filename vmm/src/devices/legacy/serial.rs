@@ -1,5 +1,6 @@
 //! The 16550 UART at 0x3f8 (vm-superio) whose output is the guest console: written to the
-//! VMM's stdout or a log file. Its interrupt goes to the guest through an irqfd.
+//! VMM's stdout or a log file, which keeps its tail under a cap (`crate::capped_log`; the
+//! builder opens it). Its interrupt goes to the guest through an irqfd.
 
 use std::io::{self, Write};
 use std::sync::Arc;
