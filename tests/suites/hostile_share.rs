@@ -40,7 +40,14 @@ impl Scene {
     fn new() -> Result<Self, String> {
         let top = tempfile::tempdir().map_err(io("a temporary directory"))?;
         let p = |r: &str| top.path().join(r);
-        for d in ["sentinel-src", "sentinel", "image", "volume", "outside", "sb"] {
+        for d in [
+            "sentinel-src",
+            "sentinel",
+            "image",
+            "volume",
+            "outside",
+            "sb",
+        ] {
             std::fs::create_dir(p(d)).map_err(io(d))?;
         }
         std::fs::write(p("sentinel-src/keep"), "sentinel\n").map_err(io("sentinel"))?;
@@ -151,8 +158,7 @@ fn rewritten_share_does_not_steer_unmounting() -> Result<(), String> {
         if variant == "symlinks-inside" {
             std::fs::create_dir_all(staging.join("c1/mounts")).map_err(io("c1/mounts"))?;
             symlink(s.path("sentinel"), staging.join("c1/rootfs")).map_err(io("symlink"))?;
-            symlink("../../../../sentinel", staging.join("c1/mounts/0"))
-                .map_err(io("symlink"))?;
+            symlink("../../../../sentinel", staging.join("c1/mounts/0")).map_err(io("symlink"))?;
             symlink("/nonexistent/hako", staging.join("c1/mounts/1")).map_err(io("symlink"))?;
         } else {
             symlink(s.top.path(), staging.join("c1")).map_err(io("symlink"))?;
@@ -171,7 +177,7 @@ fn rewritten_share_does_not_steer_unmounting() -> Result<(), String> {
         let _ = std::fs::remove_dir_all(staging.join("c1"));
     }
     // The whole sandbox directory, with a container whose directory was moved aside again.
-    let _part = s.container("c2").map(std::mem::forget)?;
+    s.container("c2").map(std::mem::forget)?;
     let staging = s.path("sb/staging");
     std::fs::rename(staging.join("c2"), staging.join("aside")).map_err(io("rename"))?;
     symlink(s.path("sentinel"), staging.join("c2")).map_err(io("symlink"))?;
@@ -199,8 +205,11 @@ fn planted_symlinks_are_not_followed_when_binding() -> Result<(), String> {
     symlink(s.path("victim"), mounts.join("0")).map_err(io("symlink 0"))?;
     symlink(s.path("outside"), mounts.join("1")).map_err(io("symlink 1"))?;
     symlink(s.path("outside/new"), mounts.join("2")).map_err(io("symlink 2"))?;
-    nix::unistd::mkfifo(&mounts.join("3"), nix::sys::stat::Mode::from_bits_truncate(0o600))
-        .map_err(|e| format!("mkfifo: {e}"))?;
+    nix::unistd::mkfifo(
+        &mounts.join("3"),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .map_err(|e| format!("mkfifo: {e}"))?;
     for (n, source) in [
         (0, s.path("hosts")),
         (1, s.path("volume")),
@@ -253,6 +262,109 @@ fn non_utf8_names_do_not_blind_cleanup() -> Result<(), String> {
     Ok(())
 }
 
+/// Reviewer's finding: mount ids are reused (lowest free first). A bind detached behind the
+/// runtime's back must not let a later container's bind take its id, or undoing the first
+/// would unmount the second. The record pins its mount.
+fn a_vanished_binds_id_is_not_reused() -> Result<(), String> {
+    let s = Scene::new()?;
+    let c1 = s.container("c1")?;
+    let rootfs = s.path("sb/staging/c1/rootfs");
+    let c1_id = mount_at(&rootfs)?.ok_or("c1's rootfs is not mounted")?;
+    nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH)
+        .map_err(|e| format!("detaching c1's rootfs: {e}"))?;
+    let c2 = s.container("c2")?;
+    let c2_rootfs = s.path("sb/staging/c2/rootfs");
+    // c2's rootfs twice: the runtime's and the guest's (its read-only view's) copy.
+    let guest_rootfs = s.path("sb/shared/c2/rootfs");
+    let before = (mount_at(&c2_rootfs)?, mount_at(&guest_rootfs)?);
+    drop(c1);
+    let after = (mount_at(&c2_rootfs)?, mount_at(&guest_rootfs)?);
+    drop(c2);
+    remove_dir(&s.path("sb")).map_err(|e| format!("remove_dir: {e}"))?;
+    if before.0.is_none() || before.1.is_none() || after != before {
+        return Err(format!(
+            "removing c1 (its rootfs was mount {c1_id}) unmounted c2's rootfs: \
+             (staging, shared) mounts {before:?} before, {after:?} after"
+        ));
+    }
+    s.host_untouched()
+}
+
+/// Reviewer's finding: the state root usually sits on a shared mount (/run), so without the
+/// sandbox directory made private first, the share's mounts (the skeleton's read-only view
+/// as a writable copy, every container's bind) are copied into every namespace that was a
+/// peer or slave of it before the sandbox started. Such a namespace must see none of them.
+fn share_mounts_stay_out_of_other_namespaces() -> Result<(), String> {
+    let top = tempfile::tempdir().map_err(io("a temporary directory"))?;
+    let t = top.path();
+    mount(Some(t), t, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+        .map_err(|e| format!("binding the scratch root onto itself: {e}"))?;
+    mount(
+        None::<&str>,
+        t,
+        None::<&str>,
+        MsFlags::MS_SHARED,
+        None::<&str>,
+    )
+    .map_err(|e| format!("making it shared: {e}"))?;
+    for d in ["sb", "image"] {
+        std::fs::create_dir(t.join(d)).map_err(io(d))?;
+    }
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let sb = t.join("sb");
+    let sb_other = sb.clone();
+    std::thread::scope(|scope| {
+        // A namespace made before the sandbox, a slave of the scratch root (as a service's
+        // private /run is of the host's).
+        let other = scope.spawn(move || -> Result<Vec<mountinfo::Mount>, String> {
+            nix::sched::unshare(
+                nix::sched::CloneFlags::CLONE_NEWNS | nix::sched::CloneFlags::CLONE_FS,
+            )
+            .map_err(|e| format!("unshare: {e}"))?;
+            mount(
+                None::<&str>,
+                t,
+                None::<&str>,
+                MsFlags::MS_SLAVE,
+                None::<&str>,
+            )
+            .map_err(|e| format!("making the copy a slave: {e}"))?;
+            let _ = ready_tx.send(());
+            let _ = go_rx.recv();
+            let mounts = mountinfo::read().map_err(io("mountinfo"))?;
+            Ok(mountinfo::under(&mounts, &sb_other.join("staging"))
+                .into_iter()
+                .chain(mountinfo::under(&mounts, &sb_other.join("shared")))
+                .collect())
+        });
+        let made = ready_rx
+            .recv()
+            .map_err(|_| "the other namespace did not start".to_string())
+            .and_then(|()| Share::create(&sb).map_err(|e| format!("Share::create: {e}")))
+            .and_then(|share| {
+                let mut part = share.container("c1").map_err(|e| format!("{e}"))?;
+                part.bind_rootfs(&t.join("image"), None)
+                    .map_err(|e| format!("bind_rootfs: {e}"))?;
+                Ok((share, part))
+            });
+        let _ = go_tx.send(());
+        let seen = other
+            .join()
+            .map_err(|_| "the other namespace's thread panicked".to_string())?;
+        let (_share, part) = made?;
+        drop(part);
+        remove_dir(&sb).map_err(|e| format!("remove_dir: {e}"))?;
+        let seen = seen?;
+        if !seen.is_empty() {
+            return Err(format!(
+                "another namespace got copies of the share's mounts: {seen:?}"
+            ));
+        }
+        Ok(())
+    })
+}
+
 fn main() {
     let args = Arguments::from_args();
     let trials = vec![
@@ -270,6 +382,16 @@ fn main() {
             "hostile_share_non_utf8_names_do_not_blind_cleanup",
             require::root,
             || run(non_utf8_names_do_not_blind_cleanup),
+        ),
+        require::trial(
+            "hostile_share_a_vanished_binds_id_is_not_reused",
+            require::root,
+            || run(a_vanished_binds_id_is_not_reused),
+        ),
+        require::trial(
+            "hostile_share_mounts_stay_out_of_other_namespaces",
+            require::root,
+            || run(share_mounts_stay_out_of_other_namespaces),
         ),
     ];
     libtest_mimic::run(&args, trials).exit()

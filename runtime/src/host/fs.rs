@@ -17,7 +17,8 @@ use std::path::Path;
 pub const MAX_TREE_DEPTH: usize = 32;
 
 /// Never above the directory, never through a symlink (nor a `/proc` magic link).
-const BENEATH: u64 = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
+const BENEATH: u64 =
+    libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
 
 fn cstring(path: &Path) -> io::Result<CString> {
     CString::new(path.as_os_str().as_bytes()).map_err(|_| {
@@ -151,13 +152,38 @@ pub fn mount_of(fd: BorrowedFd<'_>) -> io::Result<MountIdentity> {
 
 /// Detaches the mount whose root `fd` names (lazily, like `umount -l`). The path handed to
 /// umount2 is `/proc/self/fd/<fd>`, a magic link the kernel resolves to the descriptor's own
-/// mount and dentry, not by name: whatever was renamed or stacked since the descriptor was
-/// opened and checked, this unmounts that mount and nothing else.
+/// place, not by name: whatever was renamed since the descriptor was opened and checked, no
+/// other place is unmounted. At that place the kernel takes the top of the mount stack, so
+/// a mount stacked there after the check would be taken instead: callers check afterwards
+/// that the mount they meant is gone.
 pub fn unmount(fd: OwnedFd) -> io::Result<()> {
     let path = CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd()))
         .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     // SAFETY: a NUL-terminated path that outlives the call; flags only.
     check(unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) })
+}
+
+/// `name` in `dir` is the file `fd` holds (same device and inode; a symlink there is not
+/// followed and never is).
+pub fn same_file_at(fd: BorrowedFd<'_>, dir: BorrowedFd<'_>, name: &OsStr) -> bool {
+    let Ok(c) = cstring(Path::new(name)) else {
+        return false;
+    };
+    // SAFETY: stat is plain data; all-zero is a valid value to be overwritten.
+    let (mut a, mut b): (libc::stat, libc::stat) =
+        unsafe { (std::mem::zeroed(), std::mem::zeroed()) };
+    // SAFETY: open descriptors, a NUL-terminated name that outlives the calls, and stat
+    // buffers that outlive the calls that fill them.
+    let ok = unsafe {
+        libc::fstat(fd.as_raw_fd(), &mut a) == 0
+            && libc::fstatat(
+                dir.as_raw_fd(),
+                c.as_ptr(),
+                &mut b,
+                libc::AT_SYMLINK_NOFOLLOW,
+            ) == 0
+    };
+    ok && a.st_dev == b.st_dev && a.st_ino == b.st_ino
 }
 
 /// A path (of the runtime's own) as `/proc/self/fd/<fd>`, for calls that take only paths

@@ -40,7 +40,8 @@ use std::sync::Arc;
 use nix::mount::{MsFlags, mount};
 
 use super::fs::{
-    create_file_at, fd_path, mkdir_at, mount_of, open_beneath, open_dir, remove_tree_at, unmount,
+    create_file_at, fd_path, mkdir_at, mount_of, open_beneath, open_dir, remove_tree_at,
+    same_file_at, unmount,
 };
 use super::mountinfo;
 
@@ -83,11 +84,15 @@ fn io_error(action: impl Into<String>) -> impl FnOnce(io::Error) -> ShareError {
     move |source| ShareError::Io { action, source }
 }
 
-/// A bind into the share: where (below `staging`) and which mount it is.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A bind into the share: where (below `staging`) and which mount it is. It holds the
+/// attached tree's descriptor, which keeps the mount (and so its id) alive: the id cannot be
+/// given to another mount while the record exists, even if the bind was detached behind the
+/// runtime's back.
+#[derive(Debug)]
 pub struct ShareBind {
     pub rel: PathBuf,
     pub mount_id: u64,
+    _pinned: OwnedFd,
 }
 
 /// A sandbox's share (see the module's documentation for its layout).
@@ -100,10 +105,26 @@ pub struct Share {
 }
 
 impl Share {
-    /// Makes `<dir>/staging` (a bind onto itself in a peer group of its own) and
-    /// `<dir>/shared` (a read-only, nodev, nosuid peer of it). On failure nothing is left.
+    /// Makes `<dir>` a private mount (a bind onto itself), then `<dir>/staging` (a bind onto
+    /// itself in a peer group of its own) and `<dir>/shared` (a read-only, nodev, nosuid peer
+    /// of it). On failure nothing is left.
+    ///
+    /// `<dir>` goes private first because the file system holding it (`/run`) is usually a
+    /// shared mount: a mount made below it would be copied, writable, into every namespace
+    /// that is its peer or slave (a service's private /run, a pod's hostPath), where the
+    /// read-only skeleton would not hold and mounts could be pushed back into the share.
     pub fn create(dir: &Path) -> Result<Arc<Self>, ShareError> {
-        let dir_fd = open_dir(dir).map_err(io_error(format!("opening {}", dir.display())))?;
+        let under = open_dir(dir).map_err(io_error(format!("opening {}", dir.display())))?;
+        private_self_bind(dir, under.as_fd())?;
+        let dir_fd = match open_dir(dir) {
+            Ok(fd) => fd,
+            Err(e) => {
+                if let Err(left) = unmount_tree(dir, true) {
+                    tracing::warn!("{left}");
+                }
+                return Err(io_error(format!("opening {}", dir.display()))(e));
+            }
+        };
         for name in [STAGING, SHARED] {
             mkdir_at(dir_fd.as_fd(), OsStr::new(name), 0o755)
                 .map_err(io_error(format!("creating {}/{name}", dir.display())))?;
@@ -119,6 +140,9 @@ impl Share {
                 }
                 for name in [SHARED, STAGING] {
                     let _ = remove_tree_at(dir_fd.as_fd(), OsStr::new(name));
+                }
+                if let Err(left) = unmount_tree(dir, true) {
+                    tracing::warn!("{left}");
                 }
                 Err(e)
             }
@@ -151,7 +175,10 @@ impl Share {
         let p = fd_path(staging.as_fd());
         // A peer group of its own, not the one of the file system holding it (/run is
         // often shared with every namespace on the host).
-        for (flag, what) in [(MsFlags::MS_PRIVATE, "private"), (MsFlags::MS_SHARED, "shared")] {
+        for (flag, what) in [
+            (MsFlags::MS_PRIVATE, "private"),
+            (MsFlags::MS_SHARED, "shared"),
+        ] {
             mount(none, &p, none, flag, none).map_err(sys(&format!("making staging {what}")))?;
         }
         let shared_dir = open(SHARED)?;
@@ -185,13 +212,8 @@ impl Share {
             "creating the share's directory of container {cid}"
         )))?;
         let open = |dir: BorrowedFd<'_>, name: &str| {
-            open_beneath(
-                dir,
-                Path::new(name),
-                libc::O_PATH | libc::O_DIRECTORY,
-                true,
-            )
-            .map_err(io_error(format!("opening {name} in the share")))
+            open_beneath(dir, Path::new(name), libc::O_PATH | libc::O_DIRECTORY, true)
+                .map_err(io_error(format!("opening {name} in the share")))
         };
         let dir = open(staging, cid)?;
         let mut c = ContainerShare {
@@ -213,10 +235,7 @@ impl Share {
         if let Ok(fd) = open_mount_point(self.staging.as_fd(), &bind.rel, true)
             && is_mount(&fd, bind.mount_id)
         {
-            return unmount(fd).map_err(io_error(format!(
-                "unmounting {} from the share",
-                bind.rel.display()
-            )));
+            return unmount_verified(fd, bind.mount_id, &bind.rel);
         }
         tracing::warn!(
             dir = %self.dir.display(),
@@ -328,11 +347,14 @@ impl ContainerShare {
         )
         .map_err(io_error(format!("opening {} in the share", rel.display())))?;
         let attached = tree.attach_to(target.as_fd()).map_err(bind_error)?;
-        let id = mount_of(attached.as_fd())
-            .map_err(io_error(format!("reading the mount id of {}", rel.display())))?;
+        let id = mount_of(attached.as_fd()).map_err(io_error(format!(
+            "reading the mount id of {}",
+            rel.display()
+        )))?;
         self.binds.push(ShareBind {
             rel,
             mount_id: id.id,
+            _pinned: attached,
         });
         Ok(())
     }
@@ -350,8 +372,10 @@ impl ContainerShare {
             }
         }
         self.mounts = None;
+        let staging = self.share.staging.as_fd();
         if let Ok(name) = component(&self.cid)
-            && let Err(e) = remove_tree_at(self.share.staging.as_fd(), name)
+            && same_file_at(self.dir.as_fd(), staging, name)
+            && let Err(e) = remove_tree_at(staging, name)
         {
             first.get_or_insert(ShareError::Io {
                 action: format!("removing container {}'s directory in the share", self.cid),
@@ -368,6 +392,29 @@ impl Drop for ContainerShare {
             tracing::warn!(container_id = %self.cid, "{e}");
         }
     }
+}
+
+/// Binds the directory `dir` (open as `fd`) onto itself and makes the new mount private.
+fn private_self_bind(dir: &Path, fd: BorrowedFd<'_>) -> Result<(), ShareError> {
+    let none = None::<&str>;
+    let p = fd_path(fd);
+    let sys = |what: &str| {
+        let action = format!("{what} {}", dir.display());
+        move |e: nix::Error| ShareError::Io {
+            action,
+            source: e.into(),
+        }
+    };
+    mount(Some(&p), &p, none, MsFlags::MS_BIND, none).map_err(sys("binding onto itself"))?;
+    let top = open_dir(dir).map_err(io_error(format!("opening {}", dir.display())))?;
+    let made_private = mount(none, &fd_path(top.as_fd()), none, MsFlags::MS_PRIVATE, none)
+        .map_err(sys("making private"));
+    if made_private.is_err()
+        && let Err(left) = unmount_tree(dir, true)
+    {
+        tracing::warn!("{left}");
+    }
+    made_private
 }
 
 /// `name` as one path component (a container id names a directory of the share).
@@ -428,7 +475,25 @@ fn unmount_checked(base_dir: &Path, m: &mountinfo::Mount) -> Result<(), ShareErr
             source: io::Error::from_raw_os_error(libc::ESTALE),
         });
     }
-    unmount(fd).map_err(io_error(format!("unmounting {}", m.mount_point.display())))
+    unmount_verified(fd, m.id, &m.mount_point)
+}
+
+/// Unmounts through `fd` (checked to name mount `id`) and checks that `id` is gone: a mount
+/// stacked on the same place after the check would be taken instead (the kernel resolves
+/// the descriptor's place to the top of its stack), which is then an error.
+fn unmount_verified(fd: OwnedFd, id: u64, what: &Path) -> Result<(), ShareError> {
+    unmount(fd).map_err(io_error(format!("unmounting {}", what.display())))?;
+    let mounts = mountinfo::read().map_err(io_error("reading this thread's mountinfo"))?;
+    if mounts.iter().any(|m| m.id == id) {
+        return Err(ShareError::Io {
+            action: format!(
+                "unmounting {} (mount {id}): a mount stacked on it was taken instead",
+                what.display()
+            ),
+            source: io::Error::from_raw_os_error(libc::EBUSY),
+        });
+    }
+    Ok(())
 }
 
 /// Unmounts every mount below `dir` (and `dir` itself if `with_dir`), deepest first, each
@@ -466,10 +531,10 @@ pub fn unmount_tree(dir: &Path, with_dir: bool) -> Result<(), ShareError> {
     })
 }
 
-/// Unmounts everything below a sandbox (or bundle) directory by identity and removes it,
+/// Unmounts everything at and below a sandbox directory by identity and removes it,
 /// crossing no mount point that could not be undone and following no symlink.
 pub fn remove_dir(dir: &Path) -> Result<(), ShareError> {
-    let unmounted = unmount_tree(dir, false);
+    let unmounted = unmount_tree(dir, true);
     let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) else {
         return Err(ShareError::BadName(dir.display().to_string()));
     };
@@ -481,4 +546,56 @@ pub fn remove_dir(dir: &Path) -> Result<(), ShareError> {
     let removed = remove_tree_at(parent_fd.as_fd(), name)
         .map_err(io_error(format!("removing {}", dir.display())));
     unmounted.and(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_must_be_one_component() {
+        assert!(component("c1").is_ok());
+        for bad in ["", ".", "..", "a/b", "a/", "/a"] {
+            assert!(component(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn an_unmount_that_took_a_stacked_mount_is_an_error() {
+        let root = std::fs::read_to_string("/proc/self/status")
+            .is_ok_and(|s| s.lines().any(|l| l.starts_with("Uid:\t0\t")));
+        if !root {
+            eprintln!("skipped: needs root (mounts, in a private mount namespace)");
+            return;
+        }
+        let got = std::thread::spawn(|| -> Result<String, String> {
+            nix::sched::unshare(
+                nix::sched::CloneFlags::CLONE_NEWNS | nix::sched::CloneFlags::CLONE_FS,
+            )
+            .map_err(|e| e.to_string())?;
+            let none = None::<&str>;
+            mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none)
+                .map_err(|e| e.to_string())?;
+            let t = tempfile::tempdir().map_err(|e| e.to_string())?;
+            let m = t.path().join("m");
+            std::fs::create_dir(&m).map_err(|e| e.to_string())?;
+            mount(Some("tmpfs"), &m, Some("tmpfs"), MsFlags::empty(), none)
+                .map_err(|e| e.to_string())?;
+            let fd = open_dir(&m).map_err(|e| e.to_string())?;
+            let id = mount_of(fd.as_fd()).map_err(|e| e.to_string())?.id;
+            // Stacked after the check: the unmount takes it, not mount `id`.
+            mount(Some("tmpfs"), &m, Some("tmpfs"), MsFlags::empty(), none)
+                .map_err(|e| e.to_string())?;
+            let result = unmount_verified(fd, id, &m);
+            let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
+            Ok(match result {
+                Ok(()) => "no error".into(),
+                Err(e) => e.to_string(),
+            })
+        })
+        .join()
+        .expect("the test thread ran");
+        let got = got.expect("the scene was set up");
+        assert!(got.contains("stacked"), "{got}");
+    }
 }
