@@ -1,6 +1,9 @@
 //! ttrpc clients of the agent: over hako-vmm's hybrid vsock socket (`CONNECT <port>\n`, then
-//! `OK <port>\n`) or over a plain Unix socket (an agent run as a host process).
+//! `OK <port>\n`) or over a plain Unix socket (an agent run as a host process). hako-vmm's
+//! socket is in the directory it may rewrite: it is reached through
+//! [`VmmDir`](crate::host::vmm_dir::VmmDir), never through a symlink planted there.
 
+use std::ffi::OsStr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -8,6 +11,12 @@ use hako_agent_api::agent_ttrpc::AgentServiceClient;
 use hako_agent_api::health_ttrpc::HealthClient;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
+
+use crate::host::vmm_dir::{VmmDir, printable};
+
+/// How long one hybrid-vsock handshake may take (the VMM answers once the guest's agent
+/// accepted or refused the connection).
+const HANDSHAKE: Duration = Duration::from_secs(30);
 
 /// Both services on one connection.
 pub struct AgentClient {
@@ -36,9 +45,27 @@ pub fn no_deadline() -> ttrpc::context::Context {
     ttrpc::context::Context::default()
 }
 
-/// One hybrid-vsock handshake.
+/// One hybrid-vsock handshake on the VMM's socket `uds` (not reached through a symlink).
 pub async fn hybrid_connect(uds: &Path, port: u32) -> std::io::Result<UnixStream> {
-    let mut s = UnixStream::connect(uds).await?;
+    let (dir, name) = VmmDir::open_parent(uds)?;
+    hybrid_connect_in(&dir, &name, port).await
+}
+
+/// One hybrid-vsock handshake on the socket `name` in the VMM directory `dir`.
+async fn hybrid_connect_in(dir: &VmmDir, name: &OsStr, port: u32) -> std::io::Result<UnixStream> {
+    let mut s = dir.connect_async(name).await?;
+    tokio::time::timeout(HANDSHAKE, handshake(&mut s, port))
+        .await
+        .map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no hybrid-vsock handshake answer within {HANDSHAKE:?}"),
+            )
+        })??;
+    Ok(s)
+}
+
+async fn handshake(s: &mut UnixStream, port: u32) -> std::io::Result<()> {
     s.write_all(format!("CONNECT {port}\n").as_bytes()).await?;
     // Byte by byte up to the newline, so no ttrpc bytes are read with the handshake.
     let mut line = Vec::new();
@@ -53,11 +80,11 @@ pub async fn hybrid_connect(uds: &Path, port: u32) -> std::io::Result<UnixStream
         line.push(b[0]);
     }
     if line.starts_with(b"OK ") {
-        Ok(s)
+        Ok(())
     } else {
         Err(std::io::Error::other(format!(
             "unexpected handshake answer {:?}",
-            String::from_utf8_lossy(&line)
+            printable(&String::from_utf8_lossy(&line), 64)
         )))
     }
 }
@@ -71,8 +98,21 @@ pub async fn connect_hybrid(
     mut alive: impl FnMut() -> bool,
 ) -> Result<AgentClient, String> {
     let start = Instant::now();
+    // The VMM directory, opened once (it exists before hako-vmm starts).
+    let mut dir: Option<(VmmDir, std::ffi::OsString)> = None;
     loop {
-        match hybrid_connect(uds, port).await {
+        let tried = match &dir {
+            Some((dir, name)) => hybrid_connect_in(dir, name, port).await,
+            None => match VmmDir::open_parent(uds) {
+                Ok(opened) => {
+                    let tried = hybrid_connect_in(&opened.0, &opened.1, port).await;
+                    dir = Some(opened);
+                    tried
+                }
+                Err(e) => Err(e.into()),
+            },
+        };
+        match tried {
             Ok(s) => return Ok(AgentClient::new(s)),
             Err(e) if start.elapsed() > deadline => {
                 return Err(format!(
@@ -128,5 +168,56 @@ pub async fn copy_stream(
         }
         to.write_all(&chunk.data)?;
         to.flush()?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A hako-vmm's hybrid vsock socket at `path` that accepts one connection and answers
+    /// its handshake; returns whether it was connected.
+    async fn fake_vmm(listener: tokio::net::UnixListener) -> bool {
+        let Ok(Ok((mut s, _))) =
+            tokio::time::timeout(Duration::from_millis(500), listener.accept()).await
+        else {
+            return false;
+        };
+        let mut buf = [0u8; 16];
+        let n = s.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"CONNECT 1024\n");
+        s.write_all(b"OK 1024\n").await.unwrap();
+        true
+    }
+
+    #[tokio::test]
+    async fn the_hybrid_vsock_handshake_is_made_on_the_vmms_socket() {
+        let root = tempfile::tempdir().unwrap();
+        let vsock = root.path().join("vsock");
+        let vmm = tokio::spawn(fake_vmm(tokio::net::UnixListener::bind(&vsock).unwrap()));
+        hybrid_connect(&vsock, 1024).await.unwrap();
+        assert!(vmm.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_symlinked_vsock_socket_is_not_connected() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir(root.path().join("vmm")).unwrap();
+        // A compromised VMM points its socket at another listener (containerd's, say).
+        let target = root.path().join("containerd.sock");
+        let other = tokio::spawn(fake_vmm(tokio::net::UnixListener::bind(&target).unwrap()));
+        let vsock = root.path().join("vmm/vsock");
+        std::os::unix::fs::symlink(&target, &vsock).unwrap();
+        let e = hybrid_connect(&vsock, 1024).await.unwrap_err();
+        assert!(e.to_string().contains("vsock"), "{e}");
+        let e = connect_hybrid(&vsock, 1024, Duration::ZERO, || true)
+            .await
+            .err()
+            .unwrap();
+        assert!(e.contains("no agent on vsock port 1024"), "{e}");
+        assert!(
+            !other.await.unwrap(),
+            "the socket a symlink points to was connected"
+        );
     }
 }

@@ -1,8 +1,10 @@
 //! A sandbox VM: hako-vmm spawned with a JSON config in the sandbox's state directory (the
 //! shared directory beside it, and `vmm/` for the console log, control socket and hybrid vsock
 //! sockets: the one directory hako-vmm may write), and stopped (killed if need be) when the
-//! handle goes.
+//! handle goes. hako-vmm can rewrite `vmm/`: the runtime acts on it only through
+//! [`VmmDir`](crate::host::vmm_dir::VmmDir), and reads logs by bounded tails.
 
+use std::ffi::OsStr;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -14,6 +16,11 @@ use hako_vmm_api::{
     ConsoleConfig, ControlReply, ControlRequest, CpuProfile, FsConfig, KernelConfig, MachineConfig,
     NetConfig, VmConfig, VsockConfig,
 };
+
+use crate::host::vmm_dir::{self, VmmDir};
+
+/// The most bytes of a control reply read (replies are a line of JSON).
+const CONTROL_REPLY_BYTES: u64 = 64 * 1024;
 
 /// The vsock context id of a VM booted cold (one VM per hako-vmm, so any id ≥ 3 serves).
 pub const DEFAULT_GUEST_CID: u32 = 3;
@@ -115,11 +122,27 @@ impl VmPaths {
 
 impl VmPaths {
     /// Removes the sockets a VMM that died left behind (its vsock and control sockets), so
-    /// another VMM can take the paths.
+    /// another VMM can take the paths: by name in the VMM directory, never through a symlink.
     pub fn remove_sockets(&self) {
-        let _ = std::fs::remove_file(&self.vsock);
-        let _ = std::fs::remove_file(&self.control);
+        let dir = match VmmDir::open(&self.vmm_dir) {
+            Ok(dir) => dir,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(e) => {
+                tracing::warn!("{e}");
+                return;
+            }
+        };
+        for socket in [&self.vsock, &self.control] {
+            if let Err(e) = dir.remove(entry_name(socket)) {
+                tracing::warn!("{e}");
+            }
+        }
     }
+}
+
+/// The name in the VMM directory of one of [`VmPaths`]' entries.
+fn entry_name(path: &Path) -> &OsStr {
+    path.file_name().unwrap_or_default()
 }
 
 /// The VMM's config for `spec` with everything in `paths`.
@@ -165,22 +188,45 @@ pub fn vm_config(spec: &VmSpec, paths: &VmPaths) -> VmConfig {
 }
 
 /// One request on the hako-vmm control socket at `path` (a fresh connection), and its reply.
+/// The socket is not reached through a symlink (see [`VmmDir`]).
 pub fn control(path: &Path, request: &ControlRequest) -> anyhow::Result<ControlReply> {
-    let mut s = std::os::unix::net::UnixStream::connect(path)
-        .with_context(|| format!("connecting to hako-vmm's control socket {}", path.display()))?;
+    let (dir, name) = VmmDir::open_parent(path)?;
+    control_in(&dir, &name, request)
+}
+
+fn control_in(
+    dir: &VmmDir,
+    name: &OsStr,
+    request: &ControlRequest,
+) -> anyhow::Result<ControlReply> {
+    use std::io::Read;
+    let mut s = dir
+        .connect(name)
+        .context("connecting to hako-vmm's control socket")?;
     let mut line = serde_json::to_vec(request)?;
     line.push(b'\n');
     std::io::Write::write_all(&mut s, &line).context("sending a control request")?;
-    let mut reply = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(s), &mut reply)
-        .context("reading hako-vmm's control reply")?;
-    serde_json::from_str(&reply).with_context(|| format!("hako-vmm replied {reply:?}"))
+    let mut reply = Vec::new();
+    std::io::BufRead::read_until(
+        &mut std::io::BufReader::new(s.take(CONTROL_REPLY_BYTES)),
+        b'\n',
+        &mut reply,
+    )
+    .context("reading hako-vmm's control reply")?;
+    serde_json::from_slice(&reply).with_context(|| {
+        format!(
+            "hako-vmm replied {:?}",
+            vmm_dir::printable(&String::from_utf8_lossy(&reply), 200)
+        )
+    })
 }
 
 /// A running hako-vmm.
 pub struct Vm {
     child: Child,
     pub paths: VmPaths,
+    /// `paths.vmm_dir`, opened once before hako-vmm started.
+    vmm_dir: VmmDir,
 }
 
 impl Vm {
@@ -198,6 +244,7 @@ impl Vm {
     fn spawn(spec: &VmSpec, paths: VmPaths, snapshot: Option<&Path>) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&paths.vmm_dir)
             .with_context(|| format!("creating {}", paths.vmm_dir.display()))?;
+        let vmm_dir = VmmDir::open(&paths.vmm_dir)?;
         let json = serde_json::to_vec_pretty(&vm_config(spec, &paths))?;
         std::fs::write(&paths.config, json)
             .with_context(|| format!("writing {}", paths.config.display()))?;
@@ -240,7 +287,11 @@ impl Vm {
             Some(netns) => crate::network::run_in_netns(netns, start)?,
             None => start()?,
         };
-        Ok(Self { child, paths })
+        Ok(Self {
+            child,
+            paths,
+            vmm_dir,
+        })
     }
 
     pub fn pid(&self) -> u32 {
@@ -268,7 +319,7 @@ impl Vm {
 
     /// One request on hako-vmm's control socket.
     pub fn control(&self, request: &ControlRequest) -> anyhow::Result<ControlReply> {
-        control(&self.paths.control, request)
+        control_in(&self.vmm_dir, entry_name(&self.paths.control), request)
     }
 
     /// Kills the VMM if it still runs, and reaps it.
@@ -312,29 +363,38 @@ impl Vm {
     /// For error messages: the last lines of the guest console and, if hako-vmm logged
     /// anything (a VMM that failed to start says why there), of its log.
     pub fn last_words(&self, lines: usize) -> String {
-        let tail = |path: &Path| {
-            let text = std::fs::read_to_string(path).unwrap_or_default();
-            let all: Vec<&str> = text.lines().collect();
-            all[all.len().saturating_sub(lines)..].join("\n")
-        };
-        let console = tail(&self.paths.console);
-        let mut out = if console.trim().is_empty() {
-            format!("guest console {} is empty", self.paths.console.display())
-        } else {
-            format!(
-                "guest console {} ends with:\n{console}",
-                self.paths.console.display()
-            )
-        };
-        let log = tail(&self.paths.vmm_log);
-        if !log.trim().is_empty() {
-            out.push_str(&format!(
-                "\nhako-vmm's log {} ends with:\n{log}",
-                self.paths.vmm_log.display()
-            ));
-        }
-        out
+        last_words(&self.vmm_dir, &self.paths, lines)
     }
+}
+
+/// [`Vm::last_words`]: bounded tails (see [`vmm_dir::read_tail`]), the console's read in the
+/// VMM directory without following a symlink, neither waiting on a FIFO.
+fn last_words(dir: &VmmDir, paths: &VmPaths, lines: usize) -> String {
+    let console = match dir.tail(entry_name(&paths.console), lines) {
+        Ok(text) if !text.trim().is_empty() => format!(
+            "guest console {} ends with:\n{text}",
+            paths.console.display()
+        ),
+        Ok(_) => format!("guest console {} is empty", paths.console.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            format!("guest console {} is empty", paths.console.display())
+        }
+        Err(e) => format!("guest console unreadable: {:#}", anyhow::Error::new(e)),
+    };
+    let mut out = console;
+    match vmm_dir::tail_of_path(&paths.vmm_log, lines) {
+        Ok(log) if !log.trim().is_empty() => out.push_str(&format!(
+            "\nhako-vmm's log {} ends with:\n{log}",
+            paths.vmm_log.display()
+        )),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => out.push_str(&format!(
+            "\nhako-vmm's log {} unreadable: {e}",
+            paths.vmm_log.display()
+        )),
+    }
+    out
 }
 
 impl Drop for Vm {
@@ -363,6 +423,98 @@ mod tests {
             describe_exit(ExitStatus::from_raw(0)),
             "exit status 0: the guest powered off"
         );
+    }
+
+    /// A sandbox state directory with its VMM directory, as [`Vm::start`] makes them.
+    fn state_dir() -> (tempfile::TempDir, VmPaths, VmmDir) {
+        let root = tempfile::tempdir().unwrap();
+        let paths = VmPaths::under(root.path());
+        std::fs::create_dir(&paths.vmm_dir).unwrap();
+        let dir = VmmDir::open(&paths.vmm_dir).unwrap();
+        (root, paths, dir)
+    }
+
+    #[test]
+    fn last_words_refuse_a_symlinked_console() {
+        let (root, paths, dir) = state_dir();
+        let secret = root.path().join("shadow");
+        std::fs::write(&secret, "root:$6$secret-hash:19000::\n").unwrap();
+        std::os::unix::fs::symlink(&secret, &paths.console).unwrap();
+        let words = last_words(&dir, &paths, 5);
+        assert!(!words.contains("secret-hash"), "{words}");
+        assert!(words.contains("guest console unreadable"), "{words}");
+    }
+
+    #[test]
+    fn last_words_do_not_wait_on_a_fifo_console() {
+        let (_root, paths, dir) = state_dir();
+        nix::unistd::mkfifo(&paths.console, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(last_words(&dir, &paths, 5));
+        });
+        let words = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("last_words hung on a FIFO console");
+        assert!(words.contains("not a regular file"), "{words}");
+    }
+
+    #[test]
+    fn last_words_of_a_huge_console_are_a_bounded_tail() {
+        let (_root, paths, dir) = state_dir();
+        let mut console = std::fs::File::create(&paths.console).unwrap();
+        let newlines = vec![b'\n'; 1 << 20];
+        for _ in 0..20 {
+            std::io::Write::write_all(&mut console, &newlines).unwrap();
+        }
+        // One line of 8 MiB, then the guest's last words.
+        std::io::Write::write_all(&mut console, &vec![b'x'; 8 << 20]).unwrap();
+        std::io::Write::write_all(&mut console, b"\nKernel panic - not syncing\n").unwrap();
+        std::fs::write(&paths.vmm_log, vec![b'y'; 4 << 20]).unwrap();
+        let words = last_words(&dir, &paths, 5);
+        assert!(words.len() < 4096, "{} bytes of last words", words.len());
+        assert!(words.ends_with("…"), "{words}");
+        assert!(
+            words.contains("ends with:\nKernel panic - not syncing\nhako-vmm's log"),
+            "{words}"
+        );
+    }
+
+    #[test]
+    fn control_does_not_follow_a_symlinked_socket() {
+        let (root, paths, _dir) = state_dir();
+        // What a compromised VMM points its control socket at (containerd's, say).
+        let target = root.path().join("containerd.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&target).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        std::os::unix::fs::symlink(&target, &paths.control).unwrap();
+        // In a thread: connected to the wrong socket, control would wait for a reply.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let control_path = paths.control.clone();
+        std::thread::spawn(move || {
+            let _ =
+                tx.send(control(&control_path, &ControlRequest::Shutdown { grace_ms: 0 }).is_err());
+        });
+        let refused = rx.recv_timeout(Duration::from_secs(10));
+        assert_eq!(refused, Ok(true), "control went through the symlink");
+        assert_eq!(
+            listener.accept().unwrap_err().kind(),
+            std::io::ErrorKind::WouldBlock,
+            "the socket a symlink points to was connected"
+        );
+    }
+
+    #[test]
+    fn removing_sockets_removes_links_not_their_targets() {
+        let (root, paths, _dir) = state_dir();
+        let target = root.path().join("containerd.sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&target).unwrap();
+        std::os::unix::fs::symlink(&target, &paths.vsock).unwrap();
+        let _control = std::os::unix::net::UnixListener::bind(&paths.control).unwrap();
+        paths.remove_sockets();
+        assert!(std::fs::symlink_metadata(&paths.vsock).is_err());
+        assert!(std::fs::symlink_metadata(&paths.control).is_err());
+        assert!(target.exists());
     }
 
     #[test]

@@ -33,24 +33,37 @@ pub fn resolv_conf(spec: &Value) -> Vec<String> {
         .map(|text| {
             text.lines()
                 .map(str::trim)
-                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                // A line that was not UTF-8 (now with U+FFFD in it) would mean nothing to
+                // the guest's resolver.
+                .filter(|l| !l.is_empty() && !l.starts_with('#') && !l.contains('\u{fffd}'))
                 .map(String::from)
                 .collect()
         })
         .unwrap_or_default()
 }
 
-/// The first 64 KiB of a regular file (a spec may name a FIFO or a device: never wait on one
-/// or read without end).
+/// The most of a resolv.conf that is read.
+const RESOLV_CONF_BYTES: u64 = 64 * 1024;
+
+/// The first [`RESOLV_CONF_BYTES`] of a regular file, bytes that are not UTF-8 replaced. A
+/// spec may name a FIFO or a device: the file is opened `O_NONBLOCK` (opening a FIFO
+/// otherwise waits for a writer) and what was opened must be a regular file, so the runtime
+/// never waits on one nor reads without end. Symlinks are followed: the source is the
+/// caller's (systemd-resolved's resolv.conf is one), not a path a guest can write.
 fn read_small_file(path: &str) -> Option<String> {
     use std::io::Read;
-    let file = std::fs::File::open(path).ok()?;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .ok()?;
     if !file.metadata().ok()?.is_file() {
         return None;
     }
-    let mut text = String::new();
-    file.take(64 * 1024).read_to_string(&mut text).ok()?;
-    Some(text)
+    let mut bytes = Vec::new();
+    file.take(RESOLV_CONF_BYTES).read_to_end(&mut bytes).ok()?;
+    Some(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 #[cfg(test)]
@@ -65,6 +78,45 @@ mod tests {
             ]});
             assert!(resolv_conf(&spec).is_empty(), "{source}");
         }
+    }
+
+    #[test]
+    fn a_resolv_conf_that_is_a_fifo_is_not_waited_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("resolv.conf");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        // Through a symlink too (the caller's resolv.conf may be one).
+        let link = dir.path().join("link.conf");
+        std::os::unix::fs::symlink(&fifo, &link).unwrap();
+        for source in [fifo, link] {
+            let spec = serde_json::json!({"mounts": [
+                {"destination": "/etc/resolv.conf", "source": source}
+            ]});
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let _ = tx.send(resolv_conf(&spec));
+            });
+            let lines = rx
+                .recv_timeout(std::time::Duration::from_secs(10))
+                .expect("reading a FIFO resolv.conf hung");
+            assert!(lines.is_empty(), "{lines:?}");
+        }
+    }
+
+    #[test]
+    fn a_resolv_conf_is_read_up_to_its_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("resolv.conf");
+        let mut text = b"nameserver 10.0.0.1\n\xff\n".to_vec();
+        text.extend(std::iter::repeat_n(b'#', 1 << 20));
+        text.extend_from_slice(b"\nnameserver 10.0.0.2\n");
+        std::fs::write(&file, text).unwrap();
+        let link = dir.path().join("link.conf");
+        std::os::unix::fs::symlink(&file, &link).unwrap();
+        let spec = serde_json::json!({"mounts": [
+            {"destination": "/etc/resolv.conf", "source": link}
+        ]});
+        assert_eq!(resolv_conf(&spec), ["nameserver 10.0.0.1"]);
     }
 
     #[test]
