@@ -20,13 +20,15 @@ impl Leaks {
     /// Everything left under (or naming) `root`, except this process and its ancestors.
     pub fn under(root: &Path) -> Self {
         let root_text = root.display().to_string();
-        let mounts = std::fs::read_to_string("/proc/self/mountinfo")
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.split_whitespace().nth(4))
-            .filter(|m| m.starts_with(&format!("{root_text}/")))
-            .map(str::to_owned)
-            .collect();
+        // As bytes: a mount point the guest renamed to a name that is not UTF-8 still counts.
+        let mounts = match hako_runtime::host::mountinfo::read() {
+            Ok(all) => hako_runtime::host::mountinfo::under(&all, root)
+                .into_iter()
+                .filter(|m| m.mount_point != root)
+                .map(|m| m.mount_point.display().to_string())
+                .collect(),
+            Err(e) => vec![format!("mountinfo unreadable: {e}")],
+        };
         let me = std::process::id();
         let mut processes = Vec::new();
         for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {

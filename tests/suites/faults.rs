@@ -8,7 +8,9 @@
 //! cycles, each killing (-9) at a random moment one of hako-vmm, the monitor, the `hako create`
 //! client or a `hako delete --force` (or nobody), with the leak checker after each cycle; its
 //! sandboxes resume the test run's template. None waits for a cold boot to finish, so the
-//! suite is quick even where guests take a minute to boot.
+//! suite is quick even where guests take a minute to boot. And a hostile rewrite of a live
+//! sandbox's share before `hako delete --force` (moved container directory, symlinks to a
+//! host mount point and a host directory): the host mount and files stay, nothing is left.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -316,6 +318,69 @@ fn vmm_killed_while_resuming() -> Result<(), Failed> {
     template_kept(&template)
 }
 
+/// A hostile rewrite of a live sandbox's share (as a compromised hako-vmm could make it; the
+/// guest's view is read-only), then `hako delete --force`: the container's directory moved
+/// aside with its binds, a symlink to a host mount point where its root's bind was, and its
+/// `mounts` a symlink to a host directory. The CLI's real teardown unmounts its own binds
+/// (by identity), leaves the host mount and file alone, and leaves nothing behind.
+fn share_rewritten_before_delete() -> Result<(), Failed> {
+    let (config, template) = templated_config()?;
+    let c = Case::new(&config)?;
+    let sentinel = c.work.path().join("sentinel");
+    std::fs::create_dir(&sentinel).map_err(|e| e.to_string())?;
+    std::fs::write(c.work.path().join("victim"), "victim\n").map_err(|e| e.to_string())?;
+    netns::run(
+        "mount",
+        &[
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=64k",
+            "sentinel",
+            &sentinel.display().to_string(),
+        ],
+    )?;
+    std::fs::write(sentinel.join("keep"), "keep\n").map_err(|e| e.to_string())?;
+    let result = (|| -> Result<(), Failed> {
+        let o = c.create_output()?;
+        if !o.status.success() {
+            return Err(format!("create: {}", String::from_utf8_lossy(&o.stderr)).into());
+        }
+        let staging = c.root().join("c/vm/staging");
+        let moved = std::fs::rename(staging.join("c"), staging.join("aside"));
+        moved.map_err(|e| format!("moving the container's directory aside: {e}"))?;
+        std::fs::create_dir(staging.join("c")).map_err(|e| e.to_string())?;
+        std::os::unix::fs::symlink(&sentinel, staging.join("c/rootfs"))
+            .map_err(|e| e.to_string())?;
+        std::os::unix::fs::symlink(c.work.path(), staging.join("c/mounts"))
+            .map_err(|e| e.to_string())?;
+        let o = c
+            .cmd(&["delete", "--force", "c"])
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !o.status.success() {
+            return Err(format!("delete --force: {}", String::from_utf8_lossy(&o.stderr)).into());
+        }
+        let info = std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| e.to_string())?;
+        let sentinel_text = format!(" {} ", sentinel.display());
+        if !info.lines().any(|l| l.contains(&sentinel_text)) {
+            return Err("the host mount the share's symlink pointed at was unmounted".into());
+        }
+        for (file, want) in [
+            (sentinel.join("keep"), "keep\n"),
+            (c.work.path().join("victim"), "victim\n"),
+        ] {
+            if std::fs::read_to_string(&file).unwrap_or_default() != want {
+                return Err(format!("{} changed", file.display()).into());
+            }
+        }
+        c.no_leaks()?;
+        template_kept(&template)
+    })();
+    let _ = netns::run("umount", &["-l", &sentinel.display().to_string()]);
+    result
+}
+
 /// A config whose sandboxes resume the run's template, and that template's directory.
 fn templated_config() -> Result<(String, PathBuf), Failed> {
     let hako = fixtures::workspace_binary("hako-runtime", "hako")?;
@@ -559,6 +624,11 @@ fn main() {
             "fault_vmm_killed_while_resuming",
             prerequisites,
             vmm_killed_while_resuming,
+        ),
+        require::trial(
+            "fault_share_rewritten_before_delete",
+            prerequisites,
+            share_rewritten_before_delete,
         ),
         require::trial("fault_soak_random_kills", prerequisites, soak_random_kills),
     ];
