@@ -33,6 +33,50 @@ def vsock(op, src_port, dst_port, payload=b"", src_cid=3, dst_cid=2):
                        1, op, 0, 65536, 0) + payload
 
 
+def table(descs):
+    """descs: (address, length, writable?) each alone in its chain."""
+    return b"".join(struct.pack("<QIHH", a, n, WRITE if w else 0, 0) for a, n, w in descs).ljust(256, b"\0")
+
+
+def vsock_queue(tx_packets, script, rx_len=64):
+    """vsock_queue input: TX descriptor i holds tx_packets[i % len] (laid out at DATA), RX
+    descriptor i a writable buffer of rx_len bytes after them; then the script of rounds."""
+    data, tx = b"", []
+    for i in range(16):
+        p = tx_packets[i % len(tx_packets)]
+        tx.append((DATA + len(data), len(p), False))
+        data += p
+    rx_at = DATA + len(data)
+    rx = [(rx_at + i * rx_len, rx_len, True) for i in range(16)]
+    return table(tx) + table(rx) + bytes([len(script)]) + bytes(script) + data
+
+
+def mmio(records):
+    """mmio_transport input: (write?, offset, value) 32-bit accesses."""
+    return b"".join(struct.pack("<BHI", 5 if w else 4, off, v) for w, off, v in records)
+
+
+def mmio_probe(accepted_low=0, features_ok=True):
+    """What Linux's virtio-mmio driver does: identify, reset, ACKNOWLEDGE, DRIVER, features,
+    FEATURES_OK (read back), two queues of 16 at 0x1000 and 0x2000, DRIVER_OK, an interrupt
+    acknowledged, the configuration space read, and a reset."""
+    r = [(False, 0x0, 0), (False, 0x4, 0), (False, 0x8, 0), (False, 0xc, 0),
+         (True, 0x70, 0), (True, 0x70, 1), (True, 0x70, 3),
+         (True, 0x14, 1), (False, 0x10, 0), (True, 0x14, 0), (False, 0x10, 0),
+         (True, 0x24, 1), (True, 0x20, 1), (True, 0x24, 0), (True, 0x20, accepted_low)]
+    status = 3
+    if features_ok:
+        status |= 8
+        r += [(True, 0x70, status), (False, 0x70, 0)]
+    for q, base in ((0, 0x1000), (1, 0x2000)):
+        r += [(True, 0x30, q), (False, 0x44, 0), (False, 0x34, 0), (True, 0x38, 16),
+              (True, 0x80, base), (True, 0x84, 0), (True, 0x90, base + 0x100), (True, 0x94, 0),
+              (True, 0xa0, base + 0x200), (True, 0xa4, 0), (True, 0x44, 1)]
+    r += [(True, 0x70, status | 4), (False, 0x60, 0), (True, 0x64, 1), (False, 0x100, 0),
+          (False, 0x104, 0), (True, 0x70, 0)]
+    return mmio(r)
+
+
 def write(target, name, data):
     d = os.path.join(HERE, "corpus", target)
     os.makedirs(d, exist_ok=True)
@@ -71,6 +115,18 @@ def main():
     write("vsock_packet", "shutdown", chain([(vsock(4, 5000, 1024), False)]))
     write("vsock_packet", "rst", chain([(vsock(3, 5000, 1024), False)]))
     write("vsock_packet", "credit", chain([(vsock(7, 5000, 1024), False)]))
+
+    unknown_port = vsock(5, 5000, 9, b"x")
+    write("vsock_queue", "flood", vsock_queue([unknown_port], [0x0f] * 40 + [0xf0] * 40))
+    write("vsock_queue", "mixed", vsock_queue(
+        [vsock(1, 5000, 1024), vsock(5, 5000, 1024, b"hello"), vsock(7, 5000, 1024),
+         vsock(4, 5000, 1024, b""), vsock(3, 5000, 1024), vsock(6, 6000, 9, src_cid=9)],
+        [0x44, 0x1f, 0xf1, 0x88, 0x0f, 0xff, 0x30]))
+    write("vsock_queue", "small_rx", vsock_queue([unknown_port], [0x3f] * 20, rx_len=40))
+
+    write("mmio_transport", "probe", mmio_probe())
+    write("mmio_transport", "no_features_ok", mmio_probe(features_ok=False))
+    write("mmio_transport", "unoffered_feature", mmio_probe(accepted_low=1 << 3))
 
     write("vsock_host_line", "connect", b"CONNECT 1024\n")
     write("vsock_host_line", "partial", b"CONN")

@@ -2,6 +2,11 @@
 //! negotiation, queue setup, status, interrupt acknowledgement and the configuration space.
 //! Queue notifications normally bypass it (KVM signals an ioeventfd per queue); a notify that
 //! does reach it is forwarded to the same eventfd.
+//!
+//! The driver must follow virtio 1.x's status sequence (3.1.1): ACKNOWLEDGE, DRIVER,
+//! FEATURES_OK (kept only if it accepted nothing the device did not offer, and VERSION_1),
+//! DRIVER_OK. A write that skips a step or clears a bit is ignored, so the device is activated
+//! only with features it validated.
 
 use std::sync::Arc;
 
@@ -12,6 +17,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::{Activation, Interrupt, VirtioDevice};
 use crate::devices::BusDevice;
+use crate::devices::log_limit::LogLimit;
 
 const MAGIC: u32 = 0x7472_6976; // "virt"
 const VERSION: u32 = 2;
@@ -51,6 +57,13 @@ pub const STATUS_DRIVER_OK: u32 = 4;
 pub const STATUS_FEATURES_OK: u32 = 8;
 pub const STATUS_NEEDS_RESET: u32 = 0x40;
 pub const STATUS_FAILED: u32 = 0x80;
+/// The bits the driver sets one after another, in order.
+const STATUS_SEQUENCE: [u32; 4] = [
+    STATUS_ACKNOWLEDGE,
+    STATUS_DRIVER,
+    STATUS_FEATURES_OK,
+    STATUS_DRIVER_OK,
+];
 
 /// A virtio device behind the MMIO registers.
 pub struct MmioTransport {
@@ -68,6 +81,8 @@ pub struct MmioTransport {
     /// The queues as handed to the device at activation (addresses and sizes), kept for
     /// snapshots: the device worker owns the live ones.
     active_queues: Vec<QueueState>,
+    /// For the warnings a driver's mistakes (or a hostile guest) cause.
+    warnings: LogLimit,
 }
 
 /// One queue in a snapshot.
@@ -198,6 +213,7 @@ impl MmioTransport {
             queue_sel: 0,
             activated: false,
             active_queues: Vec::new(),
+            warnings: LogLimit::new(),
         })
     }
 
@@ -419,26 +435,62 @@ impl MmioTransport {
             self.reset();
             return;
         }
-        let newly = value & !self.status;
-        if newly & STATUS_FEATURES_OK != 0 {
-            let offered = self.device.features();
-            if self.driver_features & !offered != 0
-                || self.driver_features & super::VIRTIO_F_VERSION_1 == 0
-            {
+        if (value | self.status) & STATUS_FAILED != 0 {
+            // The driver gave up: nothing more until it resets the device.
+            self.status |= STATUS_FAILED;
+            return;
+        }
+        let sequence = STATUS_SEQUENCE.iter().fold(0, |all, bit| all | bit);
+        let current = self.status & sequence;
+        let mut wanted = value & sequence;
+        // A prefix of the sequence (ACKNOWLEDGE, then DRIVER...) keeping every bit already set.
+        let mut prefixes = STATUS_SEQUENCE.iter().scan(0, |prefix, bit| {
+            *prefix |= bit;
+            Some(*prefix)
+        });
+        let in_order =
+            (wanted == 0 || prefixes.any(|p| p == wanted)) && wanted & current == current;
+        if !in_order {
+            if let Some(suppressed) = self.warnings.allow() {
                 tracing::warn!(
                     device = self.device.name(),
-                    accepted = self.driver_features,
-                    offered,
-                    "the driver accepted features the device did not offer, or not VERSION_1"
+                    status = self.status,
+                    value,
+                    suppressed,
+                    "ignoring a device status write out of the virtio sequence"
                 );
-                self.status = value & !STATUS_FEATURES_OK;
-                return;
             }
+            return;
         }
-        self.status = value;
-        if newly & STATUS_DRIVER_OK != 0 && !self.activated {
+        let newly = wanted & !current;
+        if newly & STATUS_FEATURES_OK != 0 && !self.features_acceptable() {
+            // FEATURES_OK stays clear (the driver reads it back and gives up), and DRIVER_OK
+            // cannot follow.
+            wanted &= !(STATUS_FEATURES_OK | STATUS_DRIVER_OK);
+        }
+        self.status = (self.status & !sequence) | wanted;
+        if wanted & newly & STATUS_DRIVER_OK != 0 && !self.activated {
             self.activate();
         }
+    }
+
+    /// Whether the features the driver accepted were all offered, VERSION_1 among them.
+    fn features_acceptable(&mut self) -> bool {
+        let offered = self.device.features();
+        let accepted = self.driver_features;
+        if accepted & !offered == 0 && accepted & super::VIRTIO_F_VERSION_1 != 0 {
+            return true;
+        }
+        if let Some(suppressed) = self.warnings.allow() {
+            tracing::warn!(
+                device = self.device.name(),
+                accepted,
+                offered,
+                suppressed,
+                "the driver accepted features the device did not offer, or not VERSION_1"
+            );
+        }
+        false
     }
 
     fn activate(&mut self) {
@@ -448,7 +500,14 @@ impl MmioTransport {
             .iter()
             .position(|q| q.ready() && !q.is_valid(&self.memory))
         {
-            tracing::warn!(device = %name, queue = i, "the driver set up an invalid queue");
+            if let Some(suppressed) = self.warnings.allow() {
+                tracing::warn!(
+                    device = %name,
+                    queue = i,
+                    suppressed,
+                    "the driver set up an invalid queue"
+                );
+            }
             self.fail();
             return;
         }
@@ -490,10 +549,13 @@ impl MmioTransport {
     fn reset(&mut self) {
         if self.activated {
             if !self.device.reset() {
-                tracing::warn!(
-                    device = self.device.name(),
-                    "the device cannot be reset while active"
-                );
+                if let Some(suppressed) = self.warnings.allow() {
+                    tracing::warn!(
+                        device = self.device.name(),
+                        suppressed,
+                        "the device cannot be reset while active"
+                    );
+                }
                 self.status |= STATUS_NEEDS_RESET;
                 return;
             }
@@ -727,5 +789,75 @@ mod tests {
         let mut b = [0u8; 2];
         t.read(REG_MAGIC + 1, &mut b);
         assert_eq!(b, [0, 0]);
+    }
+
+    /// ACKNOWLEDGE, DRIVER, VERSION_1 accepted (plus `extra` feature bits in the low word),
+    /// both queues ready: everything but FEATURES_OK and DRIVER_OK.
+    fn up_to_features(t: &mut MmioTransport, extra: u32) {
+        w(t, REG_STATUS, STATUS_ACKNOWLEDGE);
+        w(t, REG_STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
+        w(t, REG_DRIVER_FEATURES_SEL, 0);
+        w(t, REG_DRIVER_FEATURES, extra);
+        w(t, REG_DRIVER_FEATURES_SEL, 1);
+        w(t, REG_DRIVER_FEATURES, 1);
+        setup_queue(t, 0, 0x10000);
+        setup_queue(t, 1, 0x20000);
+    }
+
+    #[test]
+    fn driver_ok_without_features_ok_does_not_activate() {
+        let (mut t, activated) = transport();
+        up_to_features(&mut t, 1 << 3);
+        w(
+            &mut t,
+            REG_STATUS,
+            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_DRIVER_OK,
+        );
+        assert!(activated.lock().unwrap().is_none(), "unchecked features");
+        assert_eq!(r(&mut t, REG_STATUS), STATUS_ACKNOWLEDGE | STATUS_DRIVER);
+    }
+
+    #[test]
+    fn driver_ok_after_refused_features_does_not_activate() {
+        let (mut t, activated) = transport();
+        up_to_features(&mut t, 1 << 3);
+        let driver = STATUS_ACKNOWLEDGE | STATUS_DRIVER;
+        w(&mut t, REG_STATUS, driver | STATUS_FEATURES_OK);
+        assert_eq!(r(&mut t, REG_STATUS), driver, "bit 3 was not offered");
+        w(
+            &mut t,
+            REG_STATUS,
+            driver | STATUS_FEATURES_OK | STATUS_DRIVER_OK,
+        );
+        w(&mut t, REG_STATUS, driver | STATUS_DRIVER_OK);
+        assert!(activated.lock().unwrap().is_none());
+        assert_eq!(r(&mut t, REG_STATUS), driver);
+    }
+
+    #[test]
+    fn status_steps_out_of_order_are_ignored() {
+        let (mut t, activated) = transport();
+        w(&mut t, REG_STATUS, STATUS_DRIVER);
+        assert_eq!(r(&mut t, REG_STATUS), 0, "DRIVER before ACKNOWLEDGE");
+        up_to_features(&mut t, 1 << 9);
+        let features_ok = STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK;
+        w(&mut t, REG_STATUS, features_ok);
+        w(&mut t, REG_STATUS, STATUS_ACKNOWLEDGE);
+        assert_eq!(r(&mut t, REG_STATUS), features_ok, "bits are not cleared");
+        w(&mut t, REG_STATUS, features_ok | STATUS_FAILED);
+        w(
+            &mut t,
+            REG_STATUS,
+            features_ok | STATUS_FAILED | STATUS_DRIVER_OK,
+        );
+        assert!(activated.lock().unwrap().is_none(), "the driver gave up");
+        w(&mut t, REG_STATUS, 0);
+        up_to_features(&mut t, 1 << 9);
+        w(&mut t, REG_STATUS, features_ok);
+        w(&mut t, REG_STATUS, features_ok | STATUS_DRIVER_OK);
+        assert_eq!(
+            *activated.lock().unwrap(),
+            Some((2, VIRTIO_F_VERSION_1 | 1 << 9))
+        );
     }
 }

@@ -1,20 +1,23 @@
 //! The virtio-fs device: configuration space (tag, one request queue), and the worker that
-//! hands each request to the guard and then to the fuse-backend-rs server.
+//! copies each request out of guest memory, hands the copy to the guard and then to the
+//! fuse-backend-rs server.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::passthrough::{CachePolicy, Config, PassthroughFs};
-use fuse_backend_rs::transport::{Reader, VirtioFsWriter, Writer};
+use fuse_backend_rs::transport::{VirtioFsWriter, Writer};
 use virtio_queue::{DescriptorChain, Queue};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::guard::{self, Decision, IN_HEADER_SIZE};
+use super::request::RequestCopy;
+use crate::devices::log_limit::LogLimit;
 use crate::devices::virtio::worker::Worker as WorkerThread;
 use crate::devices::virtio::{
     ActivateError, Activation, Interrupt, TYPE_FS, VIRTIO_F_VERSION_1, VirtioDevice, queue,
@@ -101,7 +104,13 @@ impl Fs {
     /// Serves one request chain now, on this thread (what the worker does for each chain it
     /// pops); returns the used length. For tests that play a hostile guest.
     pub fn handle(&self, mem: &GuestMemoryMmap, chain: DescriptorChain<&GuestMemoryMmap>) -> u32 {
-        serve(&self.server, chain, mem, self.read_only, &self.counters)
+        match Service::new(self.server.clone(), self.read_only, self.counters.clone()) {
+            Ok(mut service) => service.serve(chain, mem),
+            Err(e) => {
+                tracing::error!(error = %e, "virtio-fs: no buffer for a request");
+                0
+            }
+        }
     }
 }
 
@@ -134,14 +143,14 @@ impl VirtioDevice for Fs {
                 want: QUEUE_SIZES.len(),
             });
         }
+        let service = Service::new(self.server.clone(), self.read_only, self.counters.clone())
+            .map_err(|e| ActivateError::Worker(std::io::Error::other(e)))?;
         let worker = Worker {
             queues: a.queues,
             events: a.queue_events,
             memory: a.memory,
             interrupt: a.interrupt,
-            server: self.server.clone(),
-            read_only: self.read_only,
-            counters: self.counters.clone(),
+            service,
         };
         self.worker = Some(WorkerThread::spawn(&self.name, Profile::Fs, move |kill| {
             worker.run(kill)
@@ -161,9 +170,7 @@ struct Worker {
     events: Vec<EventFd>,
     memory: GuestMemoryMmap,
     interrupt: Arc<Interrupt>,
-    server: Arc<FsServer>,
-    read_only: bool,
-    counters: Arc<Counters>,
+    service: Service,
 }
 
 impl Worker {
@@ -223,13 +230,7 @@ impl Worker {
         let mut used = false;
         while let Some(chain) = queue::pop(q, &self.memory) {
             let head = chain.head_index();
-            let len = serve(
-                &self.server,
-                chain,
-                &self.memory,
-                self.read_only,
-                &self.counters,
-            );
+            let len = self.service.serve(chain, &self.memory);
             queue::complete(q, &self.memory, head, len);
             used = true;
         }
@@ -239,48 +240,162 @@ impl Worker {
     }
 }
 
-/// Serves one request chain; returns the used length (0 for a chain with no answer).
-fn serve(
-    server: &FsServer,
-    chain: DescriptorChain<&GuestMemoryMmap>,
-    mem: &GuestMemoryMmap,
+/// What serving requests takes: the server, the share's mode, the counters, the host copy of
+/// the request at hand, and the budget of warnings the guest's requests may cause.
+struct Service {
+    server: Arc<FsServer>,
     read_only: bool,
-    counters: &Counters,
-) -> u32 {
-    counters.add(REQUESTS, 1);
-    let (reader, writer) = match (
-        Reader::from_descriptor_chain(mem, chain.clone()),
-        VirtioFsWriter::new(mem, chain),
-    ) {
-        (Ok(r), Ok(w)) => (r, w),
-        _ => {
-            counters.add(MALFORMED, 1);
-            tracing::warn!("rejecting a virtio-fs request whose buffers lie outside guest memory");
-            return 0;
-        }
-    };
-    let mut peek = vec![0u8; GUARD_PEEK.min(reader.available_bytes())];
-    if reader.clone().read_exact(&mut peek).is_err() {
-        counters.add(MALFORMED, 1);
-        return 0;
+    counters: Arc<Counters>,
+    copy: RequestCopy,
+    warnings: LogLimit,
+}
+
+impl Service {
+    fn new(
+        server: Arc<FsServer>,
+        read_only: bool,
+        counters: Arc<Counters>,
+    ) -> Result<Self, super::request::RequestError> {
+        Ok(Self {
+            server,
+            read_only,
+            counters,
+            copy: RequestCopy::new()?,
+            warnings: LogLimit::new(),
+        })
     }
-    let mut writer: Writer<'_, ()> = writer.into();
-    if let Decision::Refuse(errno) = guard::decide(&peek, read_only) {
-        counters.add(REFUSED, 1);
-        let unique = peek.get(8..16).map_or(0, |b| {
-            u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
-        });
-        return match writer.write_all(&guard::error_reply(unique, errno)) {
-            Ok(()) => 16,
-            Err(_) => 0,
+
+    /// Serves one request chain; returns the used length (0 for a chain with no answer).
+    fn serve(&mut self, chain: DescriptorChain<&GuestMemoryMmap>, mem: &GuestMemoryMmap) -> u32 {
+        self.serve_checked(chain, mem, || {})
+    }
+
+    /// [`Self::serve`], running `checked` once the guard let the request through and before
+    /// the server reads it: when a second vCPU would rewrite it (tests do so there).
+    fn serve_checked(
+        &mut self,
+        chain: DescriptorChain<&GuestMemoryMmap>,
+        mem: &GuestMemoryMmap,
+        checked: impl FnOnce(),
+    ) -> u32 {
+        self.counters.add(REQUESTS, 1);
+        let writer = match (self.copy.fill(mem, &chain), VirtioFsWriter::new(mem, chain)) {
+            (Ok(_), Ok(w)) => w,
+            _ => {
+                self.counters.add(MALFORMED, 1);
+                if let Some(suppressed) = self.warnings.allow() {
+                    tracing::warn!(
+                        suppressed,
+                        "rejecting a virtio-fs request whose buffers lie outside guest memory"
+                    );
+                }
+                return 0;
+            }
         };
-    }
-    match server.handle_message(reader, writer, None, None) {
-        Ok(len) => len as u32,
-        Err(e) => {
-            counters.add(MALFORMED, 1);
-            tracing::warn!(error = ?e, "virtio-fs request failed");
-            0
+        let mut writer: Writer<'_, ()> = writer.into();
+        let mut peek = [0u8; GUARD_PEEK];
+        let peek = self.copy.peek(&mut peek);
+        if let Decision::Refuse(errno) = guard::decide(peek, self.read_only) {
+            self.counters.add(REFUSED, 1);
+            let unique = peek.get(8..16).map_or(0, |b| {
+                u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
+            });
+            return match writer.write_all(&guard::error_reply(unique, errno)) {
+                Ok(()) => 16,
+                Err(_) => 0,
+            };
         }
+        checked();
+        let reader = match self.copy.reader() {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "virtio-fs: reading a request copy");
+                return 0;
+            }
+        };
+        match self.server.handle_message(reader, writer, None, None) {
+            Ok(len) => len as u32,
+            Err(e) => {
+                self.counters.add(MALFORMED, 1);
+                if let Some(suppressed) = self.warnings.allow() {
+                    tracing::warn!(error = ?e, suppressed, "virtio-fs request failed");
+                }
+                0
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::virtio::test_utils::{chain, desc, mem};
+    use std::os::unix::fs::MetadataExt;
+    use virtio_bindings::bindings::virtio_ring::VRING_DESC_F_WRITE;
+    use vm_memory::{Bytes, GuestAddress};
+
+    const REQUEST: u64 = 0x1_0000;
+    const REPLY: u64 = 0x2_0000;
+    const FUSE_INIT: u32 = 26;
+    const ROOT: u64 = 1;
+
+    fn request(opcode: u32, unique: u64, nodeid: u64, args: &[u8]) -> Vec<u8> {
+        let mut r = vec![0u8; IN_HEADER_SIZE];
+        r[..4].copy_from_slice(&((IN_HEADER_SIZE + args.len()) as u32).to_le_bytes());
+        r[4..8].copy_from_slice(&opcode.to_le_bytes());
+        r[8..16].copy_from_slice(&unique.to_le_bytes());
+        r[16..24].copy_from_slice(&nodeid.to_le_bytes());
+        r.extend_from_slice(args);
+        r
+    }
+
+    /// Serves `req` from guest memory, running `checked` between guard and server; returns
+    /// the reply's errno and payload.
+    fn call(
+        s: &mut Service,
+        m: &GuestMemoryMmap,
+        req: &[u8],
+        checked: impl FnOnce(),
+    ) -> (i32, Vec<u8>) {
+        m.write_slice(req, GuestAddress(REQUEST)).unwrap();
+        let c = chain(
+            m,
+            &[
+                desc(REQUEST, req.len() as u32, 0),
+                desc(REPLY, 4096, VRING_DESC_F_WRITE),
+            ],
+        );
+        let n = s.serve_checked(c, m, checked) as usize;
+        let mut reply = vec![0u8; n];
+        m.read_slice(&mut reply, GuestAddress(REPLY)).unwrap();
+        let errno = i32::from_le_bytes(reply[4..8].try_into().unwrap());
+        (errno, reply[16..].to_vec())
+    }
+
+    #[test]
+    fn a_request_rewritten_after_the_guard_passed_it_is_served_as_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ab"), b"").unwrap();
+        let fs = Fs::new("t", dir.path(), false, Counters::new(COUNTERS)).unwrap();
+        let mut service = Service::new(fs.server.clone(), false, fs.counters.clone()).unwrap();
+        let m = mem();
+        let init: Vec<u8> = [7u32, 31, 0, 0]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let (errno, _) = call(&mut service, &m, &request(FUSE_INIT, 1, 0, &init), || {});
+        assert_eq!(errno, 0, "FUSE_INIT");
+        // The guard passes a lookup of "ab"; a second vCPU then makes it one of "..".
+        let lookup = request(guard::FUSE_LOOKUP, 2, ROOT, b"ab\0");
+        let name_at = GuestAddress(REQUEST + IN_HEADER_SIZE as u64);
+        let (errno, entry) = call(&mut service, &m, &lookup, || {
+            m.write_slice(b"..\0", name_at).unwrap();
+        });
+        assert_eq!(errno, 0);
+        // fuse_entry_out: nodeid, generation, two valid times and their nanoseconds (40
+        // bytes), then fuse_attr, which starts with the inode number.
+        let ino = u64::from_le_bytes(entry[40..48].try_into().unwrap());
+        let ab = std::fs::metadata(dir.path().join("ab")).unwrap().ino();
+        assert_eq!(ino, ab, "the server looked up the name the guard checked");
     }
 }

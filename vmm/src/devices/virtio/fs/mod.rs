@@ -5,9 +5,11 @@
 //! share, every request that would change it. The passthrough itself opens each name with
 //! O_NOFOLLOW relative to its parent's descriptor and opens only regular files and directories
 //! (never a symlink or a device node); `tests/suites/fs_confinement.rs` plays a hostile guest
-//! against all of it.
+//! against all of it. The guard and the server read the same host copy of each request
+//! (`request.rs`), never guest memory the guest could rewrite between the two.
 
 mod device;
 mod guard;
+mod request;
 
 pub use device::{COUNTERS, Fs, FsError};

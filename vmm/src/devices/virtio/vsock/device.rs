@@ -13,6 +13,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::muxer::{self, Muxer};
 use super::packet::{self, MAX_PAYLOAD};
+use crate::devices::log_limit::LogLimit;
 use crate::devices::virtio::worker::{self, Worker as WorkerThread};
 use crate::devices::virtio::{
     ActivateError, Activation, Interrupt, TYPE_VSOCK, VIRTIO_F_VERSION_1, VirtioDevice, queue,
@@ -30,7 +31,7 @@ const TOKEN_KILL: u64 = 3;
 /// CID from the configuration space.
 const EVENT_TRANSPORT_RESET: u32 = 0;
 
-/// Counters (indices shared with the muxer for the first two and the last).
+/// Counters (indices shared with the muxer for the first two and the last two).
 pub const COUNTERS: &[&str] = &[
     "connections",
     "resets",
@@ -39,6 +40,7 @@ pub const COUNTERS: &[&str] = &[
     "tx_bytes",
     "rx_bytes",
     "malformed",
+    "dropped_control",
 ];
 const TX_PACKETS: usize = 2;
 const RX_PACKETS: usize = 3;
@@ -151,19 +153,17 @@ impl VirtioDevice for Vsock {
             .muxer
             .take()
             .ok_or(ActivateError::QueueCount { got, want: 3 })?;
-        let worker = Worker {
+        let mut worker = Worker::new(
             muxer,
-            memory: a.memory,
-            rx,
-            tx,
-            ev,
-            announce_reset: std::mem::take(&mut self.announce_reset),
-            events: [rx_evt, tx_evt, ev_evt],
-            interrupt: a.interrupt,
-            counters: self.counters.clone(),
-        };
+            a.memory,
+            [rx, tx, ev],
+            a.interrupt,
+            self.counters.clone(),
+        );
+        worker.announce_reset = std::mem::take(&mut self.announce_reset);
+        let events = [rx_evt, tx_evt, ev_evt];
         self.worker = Some(WorkerThread::spawn("vsock", Profile::Vsock, move |kill| {
-            worker.run(kill)
+            worker.run(&events, kill)
         })?);
         tracing::debug!(cid = self.guest_cid, "vsock active");
         Ok(())
@@ -182,22 +182,49 @@ impl VirtioDevice for Vsock {
     }
 }
 
-struct Worker {
+/// The device's queue processing: guest TX packets to the muxer, the muxer's packets into
+/// guest RX buffers.
+pub(crate) struct Worker {
     muxer: Muxer,
     memory: GuestMemoryMmap,
     rx: Queue,
     tx: Queue,
     ev: Queue,
     announce_reset: bool,
-    events: [EventFd; 3],
+    /// TX chains were left in the queue because the muxer paused TX (back-pressure); taken
+    /// once it has room again, without waiting for another kick.
+    tx_pending: bool,
     interrupt: Arc<Interrupt>,
     counters: Arc<Counters>,
+    warnings: LogLimit,
 }
 
 impl Worker {
-    fn run(mut self, kill: EventFd) -> Muxer {
-        let epoll_ok = self
-            .events
+    /// `queues` are RX, TX and event, as the driver set them up.
+    pub(crate) fn new(
+        muxer: Muxer,
+        memory: GuestMemoryMmap,
+        queues: [Queue; 3],
+        interrupt: Arc<Interrupt>,
+        counters: Arc<Counters>,
+    ) -> Self {
+        let [rx, tx, ev] = queues;
+        Self {
+            muxer,
+            memory,
+            rx,
+            tx,
+            ev,
+            announce_reset: false,
+            tx_pending: false,
+            interrupt,
+            counters,
+            warnings: LogLimit::new(),
+        }
+    }
+
+    fn run(mut self, queue_events: &[EventFd; 3], kill: EventFd) -> Muxer {
+        let epoll_ok = queue_events
             .iter()
             .enumerate()
             .map(|(i, e)| (i as u64, e.as_raw_fd()))
@@ -218,6 +245,7 @@ impl Worker {
         }
         let mut events = vec![EpollEvent::default(); 32];
         let mut buf = vec![0u8; MAX_PAYLOAD];
+        let mut tx_kicked = false;
         if self.announce_reset {
             self.announce_reset = !self.send_transport_reset();
         }
@@ -238,24 +266,46 @@ impl Worker {
                 match e.data() {
                     TOKEN_KILL => return self.muxer,
                     t if t == RX as u64 => {
-                        let _ = self.events[RX].read();
+                        let _ = queue_events[RX].read();
                     }
                     t if t == EVENT as u64 => {
-                        let _ = self.events[EVENT].read();
+                        let _ = queue_events[EVENT].read();
                         if self.announce_reset {
                             self.announce_reset = !self.send_transport_reset();
                         }
                     }
                     t if t == TX as u64 => {
-                        let _ = self.events[TX].read();
-                        self.process_tx();
+                        let _ = queue_events[TX].read();
+                        tx_kicked = true;
                     }
                     t => self.muxer.handle_event(t, e.event_set()),
                 }
             }
             self.muxer.expire();
-            self.process_rx(&mut buf);
+            self.process_queues(std::mem::take(&mut tx_kicked), &mut buf);
         }
+    }
+
+    /// After a wakeup: takes the guest's TX chains if it kicked (or some were left for want of
+    /// room), then fills RX buffers; TX left waiting resumes as RX frees room. `buf` holds
+    /// [`MAX_PAYLOAD`] bytes.
+    pub(crate) fn process_queues(&mut self, tx_kicked: bool, buf: &mut [u8]) {
+        if tx_kicked || self.tx_pending {
+            self.process_tx();
+        }
+        self.process_rx(buf);
+        // Each round takes at least one TX chain, and the muxer has room again only if the
+        // guest took RX packets, so this ends when the guest stops supplying either.
+        while self.tx_pending && !self.muxer.tx_paused() {
+            self.process_tx();
+            self.process_rx(buf);
+        }
+    }
+
+    /// The muxer (tests and fuzz targets look at what it holds).
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(crate) fn muxer(&self) -> &Muxer {
+        &self.muxer
     }
 
     /// Puts a transport-reset event in the guest's event queue (after a restore: the guest's
@@ -276,7 +326,12 @@ impl Worker {
             })
             .map_or(0, |()| 4);
         if written == 0 {
-            tracing::warn!("the guest's vsock event buffer is unusable; no transport reset sent");
+            if let Some(suppressed) = self.warnings.allow() {
+                tracing::warn!(
+                    suppressed,
+                    "the guest's vsock event buffer is unusable; no transport reset sent"
+                );
+            }
             self.counters.add(muxer::MALFORMED, 1);
         } else {
             tracing::debug!("vsock transport reset sent to the guest");
@@ -286,9 +341,19 @@ impl Worker {
         true
     }
 
+    /// Hands the guest's TX packets to the muxer until the queue is empty or the muxer pauses
+    /// TX; the chains left then wait in the guest's queue, which holds no more than its size.
     fn process_tx(&mut self) {
         let mut used = false;
-        while let Some(chain) = queue::pop(&mut self.tx, &self.memory) {
+        loop {
+            if self.muxer.tx_paused() {
+                self.tx_pending = queue::has_available(&self.tx, &self.memory);
+                break;
+            }
+            let Some(chain) = queue::pop(&mut self.tx, &self.memory) else {
+                self.tx_pending = false;
+                break;
+            };
             let head = chain.head_index();
             match packet::read_tx(chain, &self.memory) {
                 Ok(p) => {
@@ -297,7 +362,13 @@ impl Worker {
                     self.muxer.on_guest_packet(p);
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "dropping a malformed vsock packet from the guest");
+                    if let Some(suppressed) = self.warnings.allow() {
+                        tracing::warn!(
+                            error = %e,
+                            suppressed,
+                            "dropping a malformed vsock packet from the guest"
+                        );
+                    }
                     self.counters.add(muxer::MALFORMED, 1);
                 }
             }
@@ -319,7 +390,13 @@ impl Worker {
             let room = match packet::rx_room(&chain, &self.memory) {
                 Ok(room) => room,
                 Err(e) => {
-                    tracing::warn!(error = %e, "the guest gave an unusable vsock RX buffer");
+                    if let Some(suppressed) = self.warnings.allow() {
+                        tracing::warn!(
+                            error = %e,
+                            suppressed,
+                            "the guest gave an unusable vsock RX buffer"
+                        );
+                    }
                     self.counters.add(muxer::MALFORMED, 1);
                     queue::complete(&mut self.rx, &self.memory, head, 0);
                     used = true;
@@ -332,7 +409,13 @@ impl Worker {
             };
             let written = packet::write_rx(chain, &self.memory, header, &buf[..len])
                 .unwrap_or_else(|e| {
-                    tracing::warn!(error = %e, "writing a vsock packet to the guest");
+                    if let Some(suppressed) = self.warnings.allow() {
+                        tracing::warn!(
+                            error = %e,
+                            suppressed,
+                            "writing a vsock packet to the guest"
+                        );
+                    }
                     0
                 });
             self.counters.add(RX_PACKETS, 1);
@@ -343,5 +426,81 @@ impl Worker {
         if used {
             queue::notify(&mut self.rx, &self.memory, &self.interrupt);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::virtio::test_utils::{Ring, desc, mem};
+    use crate::devices::virtio::vsock::HOST_CID;
+    use crate::devices::virtio::vsock::muxer::TX_PAUSE_AT;
+    use crate::devices::virtio::vsock::packet::{Header, OP_RW, TYPE_STREAM};
+    use virtio_bindings::bindings::virtio_ring::VRING_DESC_F_WRITE;
+    use vm_memory::GuestAddress;
+
+    const CID: u64 = 3;
+    const SIZE: u16 = 256;
+    const PACKET: u64 = 0x1_0000;
+    const RX_BUFFERS: u64 = 0x2_0000;
+
+    #[test]
+    fn tx_waits_in_the_guests_queue_while_resets_wait_for_rx_buffers() {
+        let m = mem();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v.sock");
+        let counters = Counters::new(COUNTERS);
+        let listener = UnixListener::bind(&path).unwrap();
+        let muxer = Muxer::new(CID, &path, listener, counters.clone()).unwrap();
+        let rx = Ring::new(GuestAddress(0x4000), SIZE);
+        let tx = Ring::new(GuestAddress(0x8000), SIZE);
+        let ev = Ring::new(GuestAddress(0xc000), 16);
+        // Every TX descriptor holds the same packet: data for a connection that does not
+        // exist, which the muxer answers with an RST. Every RX descriptor has room for one.
+        let header = Header {
+            src_cid: CID,
+            dst_cid: HOST_CID,
+            src_port: 5000,
+            dst_port: 9,
+            len: 0,
+            kind: TYPE_STREAM,
+            op: OP_RW,
+            flags: 0,
+            buf_alloc: 65536,
+            fwd_cnt: 0,
+        };
+        m.write_obj(header, GuestAddress(PACKET)).unwrap();
+        for i in 0..SIZE {
+            tx.set_desc(&m, i, desc(PACKET, packet::HEADER_SIZE as u32, 0));
+            let buf = RX_BUFFERS + u64::from(i) * 64;
+            rx.set_desc(&m, i, desc(buf, 64, VRING_DESC_F_WRITE));
+        }
+        let irq = Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
+        let queues = [rx.queue(), tx.queue(), ev.queue()];
+        let mut worker = Worker::new(muxer, m.clone(), queues, irq, counters.clone());
+        let mut buf = vec![0u8; MAX_PAYLOAD];
+        // The guest fills its TX queue three times over and gives no RX buffer.
+        for _ in 0..3 {
+            for head in 0..SIZE {
+                tx.offer(&m, head);
+            }
+            worker.process_queues(true, &mut buf);
+        }
+        assert_eq!(worker.muxer().pending_control(), TX_PAUSE_AT);
+        assert_eq!(
+            tx.used_idx(&m) as usize,
+            TX_PAUSE_AT,
+            "TX stops at the pause mark; the rest waits in the guest's queue"
+        );
+        // 16 RX buffers take 16 resets; as many TX chains go through, with no kick.
+        for head in 0..16 {
+            rx.offer(&m, head);
+        }
+        worker.process_queues(false, &mut buf);
+        assert_eq!(rx.used_idx(&m), 16);
+        assert_eq!(tx.used_idx(&m) as usize, TX_PAUSE_AT + 16);
+        assert_eq!(worker.muxer().pending_control(), TX_PAUSE_AT);
+        let seen = counters.snapshot();
+        assert_eq!((seen["malformed"], seen["dropped_control"]), (0, 0));
     }
 }

@@ -4,7 +4,7 @@
 //! socket `<uds_path>_P`. Stream sockets only, with credit-based flow control.
 
 mod connection;
-mod device;
+pub(crate) mod device;
 pub(crate) mod hybrid;
 pub(crate) mod muxer;
 pub(crate) mod packet;

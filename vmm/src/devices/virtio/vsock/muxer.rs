@@ -3,6 +3,12 @@
 //! to connections, picks the next packet for the guest, and keeps epoll interest in each
 //! host socket in line with what the connection can do (read only with guest credit, write
 //! only with buffered bytes).
+//!
+//! The control packets (RSTs) waiting for guest RX buffers are bounded: at most
+//! [`MAX_PENDING_CONTROL`], and the device stops taking the guest's TX chains once
+//! [`TX_PAUSE_AT`] wait ([`Muxer::tx_paused`]), as Firecracker does: a guest that floods
+//! unknown ports without reading its RX queue only stalls its own TX queue. (Connections
+//! need a host socket each; a connection's buffer is bounded by the credit it advertises.)
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::io::{ErrorKind, Read};
@@ -31,11 +37,18 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// First host port handed to host-initiated connections (as Firecracker does).
 const FIRST_LOCAL_PORT: u32 = 1 << 30;
+/// Control packets waiting for guest RX buffers; past it more are dropped (and counted).
+pub const MAX_PENDING_CONTROL: usize = 1024;
+/// The device takes no TX chain while this many control packets wait. A guest packet queues
+/// at most one reply, so replies to the guest's own packets leave the other half of the room
+/// to the resets of connections that the host side ends.
+pub const TX_PAUSE_AT: usize = MAX_PENDING_CONTROL / 2;
 
 /// Counter indices (see `device::COUNTERS`).
 pub const CONNECTIONS: usize = 0;
 pub const RESETS: usize = 1;
 pub const MALFORMED: usize = 6;
+pub const DROPPED_CONTROL: usize = 7;
 
 type Key = (u32, u32);
 
@@ -276,9 +289,32 @@ impl Muxer {
         self.by_fd.remove(&fd);
         self.readable.remove(&key);
         if send_rst {
-            self.control.push_back(conn.header(OP_RST, 0));
+            self.queue_control(conn.header(OP_RST, 0));
             self.counters.add(RESETS, 1);
         }
+    }
+
+    /// Queues a control packet for the guest, unless [`MAX_PENDING_CONTROL`] already wait
+    /// (only when the guest gives no RX buffers while the host ends many connections, or
+    /// when a caller ignores [`Self::tx_paused`]).
+    fn queue_control(&mut self, h: Header) {
+        if self.control.len() >= MAX_PENDING_CONTROL {
+            self.counters.add(DROPPED_CONTROL, 1);
+            return;
+        }
+        self.control.push_back(h);
+    }
+
+    /// Control packets waiting for guest RX buffers.
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub fn pending_control(&self) -> usize {
+        self.control.len()
+    }
+
+    /// Whether the device should stop taking the guest's TX chains until the guest takes
+    /// the control packets that wait (back-pressure).
+    pub fn tx_paused(&self) -> bool {
+        self.control.len() >= TX_PAUSE_AT
     }
 
     /// Registers exactly the events the connection can act on.
@@ -328,7 +364,7 @@ impl Muxer {
         if h.kind != TYPE_STREAM || h.src_cid != self.guest_cid || h.dst_cid != HOST_CID {
             self.counters.add(MALFORMED, 1);
             if h.op != OP_RST {
-                self.control.push_back(rst_for(&h));
+                self.queue_control(rst_for(&h));
             }
             return;
         }
@@ -343,7 +379,7 @@ impl Muxer {
         match h.op {
             OP_REQUEST => self.guest_connect(&h),
             OP_RST => {}
-            _ => self.control.push_back(rst_for(&h)),
+            _ => self.queue_control(rst_for(&h)),
         }
     }
 
@@ -357,7 +393,7 @@ impl Muxer {
             }
             Err(e) => {
                 tracing::debug!(path = %path.display(), error = %e, "guest connection refused");
-                self.control.push_back(rst_for(h));
+                self.queue_control(rst_for(h));
             }
         }
     }
@@ -563,5 +599,25 @@ mod tests {
         );
         m.on_guest_packet(guest_packet(OP_RST, 7, 8, b""));
         assert!(!m.has_rx_work(), "no RST in answer to an RST");
+    }
+
+    #[test]
+    fn a_flood_of_packets_to_unknown_ports_leaves_at_most_the_cap_pending() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = muxer(dir.path());
+        for i in 0..100_000u32 {
+            m.on_guest_packet(guest_packet(OP_RW, 5000 + i % 50_000, 9, b"x"));
+            assert!(m.pending_control() <= MAX_PENDING_CONTROL);
+        }
+        assert_eq!(m.pending_control(), MAX_PENDING_CONTROL);
+        assert!(m.tx_paused());
+        let dropped = m.counters.snapshot()["dropped_control"];
+        assert_eq!(dropped, 100_000 - MAX_PENDING_CONTROL as u64);
+        let mut buf = vec![0u8; 64];
+        for _ in 0..MAX_PENDING_CONTROL {
+            assert_eq!({ m.next_rx(4096, &mut buf).unwrap().0.op }, OP_RST);
+        }
+        assert!(!m.has_rx_work());
+        assert!(!m.tx_paused(), "the guest took the resets: TX resumes");
     }
 }
