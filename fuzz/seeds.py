@@ -157,6 +157,16 @@ def main():
     write("oci_config", "pod", json.dumps(spec).encode())
     write("oci_config", "minimal", b'{"ociVersion":"1.0.2","root":{"path":"rootfs"}}')
 
+    # snapshot_state: corpus/snapshot_state/template is a real template's state.json (one
+    # vCPU, vsock and fs active), checked in as it is; here only the odd ones.
+    write("snapshot_state", "old_version", b'{"format_version":0,"vmm_version":"0.0.1"}')
+    write("snapshot_state", "not_json", b"{\"format_version\":1,")
+
+    write("mountinfo", "host", b"22 1 0:21 / /run rw,nosuid shared:5 - tmpfs tmpfs rw\n"
+          b"40 22 0:5 / /run/hako/sb/staging rw - tmpfs t rw\n"
+          b"41 40 0:5 /sb/staging /run/hako/sb/shared ro,nodev,nosuid - tmpfs t rw\n")
+    write("mountinfo", "escapes", b"50 41 0:9 / /run/hako/sb/shared/c\\0401\xff/rootfs rw - ext4 /dev/x rw\n")
+
 
 if __name__ == "__main__":
     main()

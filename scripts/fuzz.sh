@@ -13,7 +13,8 @@ seconds="${1:-20}"
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-    targets=(virtio_fs virtio_block virtio_net vsock_packet vsock_host_line agent_api oci_config)
+    targets=(virtio_fs virtio_block virtio_net vsock_packet vsock_queue mmio_transport vsock_host_line
+        agent_api oci_config snapshot_state mountinfo)
 fi
 host="$(rustc -vV | sed -n 's/^host: //p')"
 work_dir="$repo/target/fuzz"

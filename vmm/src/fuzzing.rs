@@ -135,7 +135,7 @@ struct Recorder {
 
 impl VirtioDevice for Recorder {
     fn device_type(&self) -> u32 {
-        2
+        MmioDevice::DEVICE_TYPE
     }
     fn name(&self) -> &str {
         "fuzz"
@@ -208,4 +208,13 @@ impl MmioDevice {
     pub fn save(&self) {
         let _ = self.transport.save();
     }
+
+    /// Restores the transport from a snapshot's state, as a resumed VM's transports are;
+    /// whether it was taken.
+    pub fn restore(&mut self, state: &crate::devices::virtio::mmio::TransportState) -> bool {
+        self.transport.restore(state).is_ok()
+    }
+
+    /// The device's type, which a state must name to be restored onto it.
+    pub const DEVICE_TYPE: u32 = 2;
 }

@@ -206,6 +206,11 @@ pub fn write_state(dir: &Path, snapshot: &Snapshot) -> Result<(), SnapshotError>
 pub fn read_state(dir: &Path) -> Result<Snapshot, SnapshotError> {
     let path = dir.join(STATE_FILE);
     let bytes = fs::read(&path).map_err(io("reading the snapshot state", &path))?;
+    parse_state(&bytes, path)
+}
+
+/// Parses and checks the bytes of a `state.json` (read from `path`, for messages).
+pub fn parse_state(bytes: &[u8], path: std::path::PathBuf) -> Result<Snapshot, SnapshotError> {
     // The version first, so an old or newer file says so instead of a field error.
     #[derive(Deserialize)]
     struct Head {
@@ -213,7 +218,7 @@ pub fn read_state(dir: &Path) -> Result<Snapshot, SnapshotError> {
         #[serde(default)]
         vmm_version: String,
     }
-    let head: Head = serde_json::from_slice(&bytes).map_err(|source| SnapshotError::Parse {
+    let head: Head = serde_json::from_slice(bytes).map_err(|source| SnapshotError::Parse {
         path: path.clone(),
         source,
     })?;
@@ -225,7 +230,7 @@ pub fn read_state(dir: &Path) -> Result<Snapshot, SnapshotError> {
         });
     }
     let snapshot: Snapshot =
-        serde_json::from_slice(&bytes).map_err(|source| SnapshotError::Parse {
+        serde_json::from_slice(bytes).map_err(|source| SnapshotError::Parse {
             path: path.clone(),
             source,
         })?;

@@ -160,6 +160,11 @@ pub enum RestoreError {
     Features { name: String, features: u64 },
     #[error("device {name}: activating it from the snapshot failed")]
     Activate { name: String },
+    #[error(
+        "device {name}: the snapshot holds an active device whose status {status:#x} did not \
+         go through the virtio status sequence (or accepted no VERSION_1)"
+    )]
+    Status { name: String, status: u32 },
 }
 
 /// Errors creating the transport.
@@ -281,6 +286,19 @@ impl MmioTransport {
             return Err(RestoreError::Features {
                 name,
                 features: state.driver_features,
+            });
+        }
+        // A state file is input like a driver's writes: an active device must have come
+        // through the whole status sequence with VERSION_1 accepted.
+        let negotiated = STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK;
+        if state.activated
+            && (state.status & negotiated != negotiated
+                || state.status & STATUS_FAILED != 0
+                || state.driver_features & super::VIRTIO_F_VERSION_1 == 0)
+        {
+            return Err(RestoreError::Status {
+                name,
+                status: state.status,
             });
         }
         let mut queues = Vec::new();
@@ -859,5 +877,30 @@ mod tests {
             *activated.lock().unwrap(),
             Some((2, VIRTIO_F_VERSION_1 | 1 << 9))
         );
+    }
+
+    #[test]
+    fn a_state_that_skipped_the_status_sequence_is_not_restored_active() {
+        let (t, _) = transport();
+        let mut state = t.save();
+        state.activated = true;
+        state.driver_features = VIRTIO_F_VERSION_1;
+        // DRIVER_OK without FEATURES_OK, and without VERSION_1: what a forged or tampered
+        // state file could hold.
+        for (status, features) in [
+            (
+                STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_DRIVER_OK,
+                VIRTIO_F_VERSION_1,
+            ),
+            (0xf | STATUS_FAILED, VIRTIO_F_VERSION_1),
+            (0xf, 1 << 9),
+        ] {
+            let (mut t, seen) = transport();
+            state.status = status;
+            state.driver_features = features;
+            let e = t.restore(&state).unwrap_err();
+            assert!(matches!(e, RestoreError::Status { .. }), "{e}");
+            assert!(seen.lock().unwrap().is_none(), "activated from {status:#x}");
+        }
     }
 }
