@@ -266,7 +266,7 @@ fn lay_out() -> Result<(Layout, ContainerShare), String> {
         .map_err(|e| format!("Share::container: {e}"))?;
     part.bind_rootfs(&l.path("image"), None)
         .map_err(|e| format!("bind_rootfs: {e}"))?;
-    part.bind_mount(0, &l.path("volume"), true, None)
+    part.bind_mount(0, &l.path("volume"), (true, false), None)
         .map_err(|e| format!("bind_mount (ro): {e}"))?;
     Ok((l, part))
 }
@@ -275,7 +275,10 @@ fn lay_out() -> Result<(Layout, ContainerShare), String> {
 /// open through them although it opens where the image lies.
 fn host_side(l: &Layout) -> Result<(), String> {
     for (path, want) in [
-        ("sb/shared/c1/rootfs", FsFlags::ST_NODEV | FsFlags::ST_NOSUID),
+        (
+            "sb/shared/c1/rootfs",
+            FsFlags::ST_NODEV | FsFlags::ST_NOSUID,
+        ),
         (
             "sb/shared/c1/rootfs/sub",
             FsFlags::ST_NODEV | FsFlags::ST_NOSUID,
@@ -476,12 +479,24 @@ fn skeleton(l: &Layout) -> Result<(), String> {
     let target = target.as_os_str().as_bytes();
     let attempts: [(&str, Reply); 7] = [
         ("RENAME c1 -> aside", g.rename(ROOT, b"c1", ROOT, b"aside")),
-        ("RENAME c1/mounts -> c1/m2", g.rename(c1, b"mounts", c1, b"m2")),
-        ("SYMLINK at the share's root", g.symlink(ROOT, b"c2", target).map(|_| Vec::new())),
-        ("SYMLINK c1/mounts/1", g.symlink(mounts, b"1", target).map(|_| Vec::new())),
+        (
+            "RENAME c1/mounts -> c1/m2",
+            g.rename(c1, b"mounts", c1, b"m2"),
+        ),
+        (
+            "SYMLINK at the share's root",
+            g.symlink(ROOT, b"c2", target).map(|_| Vec::new()),
+        ),
+        (
+            "SYMLINK c1/mounts/1",
+            g.symlink(mounts, b"1", target).map(|_| Vec::new()),
+        ),
         ("CREATE c1/x", g.create(c1, b"x", 0o100_644)),
         ("MKDIR c2", g.mkdir(ROOT, b"c2")),
-        ("MKNOD of a FIFO in c1/mounts", g.mknod(mounts, b"2", libc::S_IFIFO | 0o600, 0)),
+        (
+            "MKNOD of a FIFO in c1/mounts",
+            g.mknod(mounts, b"2", libc::S_IFIFO | 0o600, 0),
+        ),
     ];
     for (what, got) in attempts {
         let errno = expect_err(what, got)?;
@@ -508,7 +523,9 @@ fn confinement() -> Result<(), Failed> {
         let result = host_side(&l)
             .and_then(|()| hostile_guest(&l))
             .and_then(|()| skeleton(&l));
-        let removed = part.remove().map_err(|e| format!("removing c1's share: {e}"));
+        let removed = part
+            .remove()
+            .map_err(|e| format!("removing c1's share: {e}"));
         let sb = hako_runtime::host::share::remove_dir(&l.path("sb"))
             .map_err(|e| format!("removing the sandbox directory: {e}"));
         let _ = nix::mount::umount2(&l.path("image/sub"), nix::mount::MntFlags::MNT_DETACH);

@@ -85,9 +85,9 @@ impl Scene {
             .map_err(|e| format!("Share::container: {e}"))?;
         part.bind_rootfs(&self.path("image"), None)
             .map_err(|e| format!("bind_rootfs: {e}"))?;
-        part.bind_mount(0, &self.path("volume"), false, None)
+        part.bind_mount(0, &self.path("volume"), (false, false), None)
             .map_err(|e| format!("bind_mount 0: {e}"))?;
-        part.bind_mount(1, &self.path("hosts"), false, None)
+        part.bind_mount(1, &self.path("hosts"), (false, false), None)
             .map_err(|e| format!("bind_mount 1: {e}"))?;
         Ok(part)
     }
@@ -216,7 +216,7 @@ fn planted_symlinks_are_not_followed_when_binding() -> Result<(), String> {
         (2, s.path("hosts")),
         (3, s.path("hosts")),
     ] {
-        if part.bind_mount(n, &source, false, None).is_ok() {
+        if part.bind_mount(n, &source, (false, false), None).is_ok() {
             return Err(format!("bind_mount {n} went through a planted entry"));
         }
     }
@@ -260,6 +260,62 @@ fn non_utf8_names_do_not_blind_cleanup() -> Result<(), String> {
         return Err("the sandbox directory is still there".into());
     }
     Ok(())
+}
+
+/// Reviewer's finding: a volume the spec mounts `rslave` (Kubernetes' HostToContainer) must
+/// get the mounts the host makes below its source later, in the guest's view too, where
+/// they are mount points (a guest's rmdir of a directory that is a mount point only on the
+/// host would detach the host's mount); a default (private) volume does not.
+fn a_slave_volume_gets_the_hosts_later_mounts() -> Result<(), String> {
+    let s = Scene::new()?;
+    let vol = s.path("volume");
+    std::fs::create_dir(vol.join("sub")).map_err(io("volume/sub"))?;
+    // The volume's source on a shared mount, as kubelet's pod directories are.
+    mount(
+        Some(&vol),
+        &vol,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(|e| format!("binding the volume onto itself: {e}"))?;
+    mount(
+        None::<&str>,
+        &vol,
+        None::<&str>,
+        MsFlags::MS_SHARED,
+        None::<&str>,
+    )
+    .map_err(|e| format!("making it shared: {e}"))?;
+    let mut part = s
+        .share
+        .container("c1")
+        .map_err(|e| format!("Share::container: {e}"))?;
+    part.bind_mount(0, &vol, (false, true), None)
+        .map_err(|e| format!("bind_mount rslave: {e}"))?;
+    part.bind_mount(1, &vol, (false, false), None)
+        .map_err(|e| format!("bind_mount rprivate: {e}"))?;
+    mount(
+        Some("later"),
+        &vol.join("sub"),
+        Some("tmpfs"),
+        MsFlags::empty(),
+        Some("size=64k"),
+    )
+    .map_err(|e| format!("the host's later mount: {e}"))?;
+    let slave = mount_at(&s.path("sb/shared/c1/mounts/0/sub"))?;
+    let private = mount_at(&s.path("sb/shared/c1/mounts/1/sub"))?;
+    drop(part);
+    let _ = nix::mount::umount2(&vol.join("sub"), nix::mount::MntFlags::MNT_DETACH);
+    let _ = nix::mount::umount2(&vol, nix::mount::MntFlags::MNT_DETACH);
+    remove_dir(&s.path("sb")).map_err(|e| format!("remove_dir: {e}"))?;
+    if slave.is_none() {
+        return Err("the rslave volume's guest view did not get the host's later mount".into());
+    }
+    if private.is_some() {
+        return Err("a private volume got the host's later mount".into());
+    }
+    s.nothing_mounted_below("sb")
 }
 
 /// Reviewer's finding: mount ids are reused (lowest free first). A bind detached behind the
@@ -382,6 +438,11 @@ fn main() {
             "hostile_share_non_utf8_names_do_not_blind_cleanup",
             require::root,
             || run(non_utf8_names_do_not_blind_cleanup),
+        ),
+        require::trial(
+            "hostile_share_a_slave_volume_gets_the_hosts_later_mounts",
+            require::root,
+            || run(a_slave_volume_gets_the_hosts_later_mounts),
         ),
         require::trial(
             "hostile_share_a_vanished_binds_id_is_not_reused",

@@ -88,6 +88,9 @@ pub struct VmSpec {
     pub host_cgroup: Option<crate::sandbox::host_cgroup::HostCgroup>,
 }
 
+/// hako-vmm's writable directory, in the sandbox directory.
+pub const VMM_DIR: &str = "vmm";
+
 /// Paths of one sandbox's VM, all under its state directory.
 #[derive(Debug, Clone)]
 pub struct VmPaths {
@@ -105,7 +108,7 @@ pub struct VmPaths {
 
 impl VmPaths {
     pub fn under(dir: &Path) -> Self {
-        let vmm_dir = dir.join("vmm");
+        let vmm_dir = dir.join(VMM_DIR);
         Self {
             config: dir.join("vm.json"),
             console: vmm_dir.join("console.log"),
@@ -114,7 +117,7 @@ impl VmPaths {
             // under 108 bytes with 64-character container ids.
             vsock: vmm_dir.join("vsock"),
             vmm_dir,
-            shared: dir.join("shared"),
+            shared: dir.join(crate::host::share::SHARED),
             vmm_log: dir.join("vmm.log"),
         }
     }

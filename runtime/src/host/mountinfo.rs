@@ -20,7 +20,10 @@ pub struct Mount {
 /// Parses a mountinfo listing; lines without an id, a parent id and a mount point are
 /// skipped.
 pub fn parse(listing: &[u8]) -> Vec<Mount> {
-    listing.split(|&b| b == b'\n').filter_map(parse_line).collect()
+    listing
+        .split(|&b| b == b'\n')
+        .filter_map(parse_line)
+        .collect()
 }
 
 fn parse_line(line: &[u8]) -> Option<Mount> {
@@ -138,6 +141,9 @@ mod tests {
     #[test]
     fn this_process_has_its_root_and_proc() {
         let m = read().unwrap();
-        assert!(m.iter().any(|m| m.mount_point == Path::new("/proc")), "{m:?}");
+        assert!(
+            m.iter().any(|m| m.mount_point == Path::new("/proc")),
+            "{m:?}"
+        );
     }
 }

@@ -275,20 +275,25 @@ impl ContainerShare {
         source: &Path,
         userns: Option<BorrowedFd<'_>>,
     ) -> Result<(), ShareError> {
-        self.bind(None, ROOTFS, source, false, userns)
+        self.bind(None, ROOTFS, source, (false, false), userns)
     }
 
     /// Binds `source` (a directory or file) at `<cid>/mounts/<n>`, like the root file system,
     /// read-only if asked (then not even a guest kernel that ignores the container's own
-    /// `ro` can write through it).
+    /// `ro` can write through it), and a slave of the source if `from_host` (OCI `rslave`,
+    /// Kubernetes' HostToContainer): mounts the host makes below the source later reach the
+    /// guest, and there they are mount points the guest cannot remove (a private bind would
+    /// not have them, and a guest's rmdir of the directory under one would detach it on the
+    /// host).
     pub fn bind_mount(
         &mut self,
         n: usize,
         source: &Path,
-        read_only: bool,
+        (read_only, from_host): (bool, bool),
         userns: Option<BorrowedFd<'_>>,
     ) -> Result<(), ShareError> {
-        self.bind(Some(MOUNTS), &n.to_string(), source, read_only, userns)
+        let name = n.to_string();
+        self.bind(Some(MOUNTS), &name, source, (read_only, from_host), userns)
     }
 
     /// The binds made so far, in order.
@@ -301,7 +306,7 @@ impl ContainerShare {
         sub: Option<&str>,
         name: &str,
         source: &Path,
-        read_only: bool,
+        (read_only, from_host): (bool, bool),
         userns: Option<BorrowedFd<'_>>,
     ) -> Result<(), ShareError> {
         let rel: PathBuf = [Some(self.cid.as_str()), sub, Some(name)]
@@ -322,6 +327,7 @@ impl ContainerShare {
             nodev: true,
             nosuid: true,
             private: true,
+            slave: from_host,
             idmap: userns,
         };
         let bind_error = |source_err| ShareError::Bind {

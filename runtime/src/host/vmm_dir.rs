@@ -104,6 +104,37 @@ impl From<VmmDirError> for io::Error {
     }
 }
 
+/// The size of the file system [`make`] mounts for hako-vmm's directory: its console log is
+/// capped at 1 MiB (plus its kept tail), its sockets take no room, so 8 MiB is plenty, and
+/// no more of the host's memory goes there whatever a compromised VMM writes.
+pub const TMPFS_SIZE: &str = "8m";
+
+/// Makes `<sandbox>/<name>`, hako-vmm's writable directory, as a tmpfs of its own (nodev,
+/// nosuid, noexec, [`TMPFS_SIZE`], 1024 inodes): whatever a compromised VMM writes there is
+/// bounded, never lands on the file system holding the state root, and goes at teardown
+/// with one unmount (no tree to walk). The sandbox directory is the runtime's own.
+pub fn make(sandbox: &Path, name: &str) -> io::Result<PathBuf> {
+    let dir = sandbox.join(name);
+    std::fs::create_dir(&dir)?;
+    let data = format!("size={TMPFS_SIZE},nr_inodes=1024,mode=0755");
+    nix::mount::mount(
+        Some("hako-vmm"),
+        &dir,
+        Some("tmpfs"),
+        nix::mount::MsFlags::MS_NODEV
+            | nix::mount::MsFlags::MS_NOSUID
+            | nix::mount::MsFlags::MS_NOEXEC,
+        Some(data.as_str()),
+    )
+    .map_err(|e| {
+        io::Error::new(
+            io::Error::from(e).kind(),
+            format!("mounting a tmpfs on {}: {e}", dir.display()),
+        )
+    })?;
+    Ok(dir)
+}
+
 /// An open VMM-writable directory.
 #[derive(Debug)]
 pub struct VmmDir {

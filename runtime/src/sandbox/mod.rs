@@ -37,9 +37,9 @@ use crate::agent_client::{self, ctx};
 use crate::backend::find_vmm;
 use crate::backend::vm::{Vm, VmPaths, VmSpec, describe_exit, random_cid};
 use crate::config::{Config, UserNamespaceMode};
+use crate::host::share::Share;
 use crate::io::Copies;
 use crate::network::PodNetwork;
-use crate::host::share::Share;
 use crate::state::SandboxState;
 use crate::template;
 
@@ -175,6 +175,8 @@ impl Sandbox {
         // Its staging side is a shared mount, so the containers bound into it after hako-vmm
         // started reach the jail (whose mounts are slaves) through the read-only side.
         let share = Share::create(&dir.dir).with_context(|| format!("sandbox {id}: its share"))?;
+        crate::host::vmm_dir::make(&dir.dir, crate::backend::vm::VMM_DIR)
+            .with_context(|| format!("sandbox {id}: hako-vmm's directory"))?;
         if config.vm.jail {
             let root = dir.dir.join("jail");
             std::fs::create_dir(&root).with_context(|| format!("creating {}", root.display()))?;

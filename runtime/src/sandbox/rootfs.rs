@@ -50,6 +50,7 @@ pub fn bind_at(
         nodev: true,
         nosuid: true,
         private: true,
+        slave: false,
         idmap: userns,
     };
     let tree = hako_mount::detached_bind(source, &attrs).with_context(|| match userns {

@@ -68,8 +68,13 @@ pub fn share(
             .get("source")
             .and_then(Value::as_str)
             .with_context(|| format!("mount {n} is a bind without a source"))?;
-        part.bind_mount(n, Path::new(source), is_read_only(m), userns)
-            .with_context(|| format!("sharing bind mount {source}"))?;
+        part.bind_mount(
+            n,
+            Path::new(source),
+            (is_read_only(m), from_host(m)),
+            userns,
+        )
+        .with_context(|| format!("sharing bind mount {source}"))?;
         m["source"] = Value::String(guest_dir.join(n.to_string()).display().to_string());
     }
     Ok(part)
@@ -80,6 +85,15 @@ fn is_bind(m: &Value) -> bool {
         || m.get("options")
             .and_then(Value::as_array)
             .is_some_and(|o| o.iter().any(|x| x == "bind" || x == "rbind"))
+}
+
+/// A mount whose options ask for the host's later mounts below it (`rslave`, `slave`, and
+/// `rshared`/`shared`, which a VM can honour only from host to guest).
+fn from_host(m: &Value) -> bool {
+    m.get("options").and_then(Value::as_array).is_some_and(|o| {
+        o.iter()
+            .any(|x| matches!(x.as_str(), Some("rslave" | "slave" | "rshared" | "shared")))
+    })
 }
 
 /// A mount whose options say `ro`.
@@ -109,6 +123,14 @@ mod tests {
         let e = host_rootfs(&spec, dir.path()).unwrap_err().to_string();
         assert!(e.contains("not a directory"), "{e}");
         assert!(host_rootfs(&json!({}), dir.path()).is_err());
+    }
+
+    #[test]
+    fn propagation_from_the_host_is_recognised() {
+        assert!(from_host(&json!({"options": ["rbind", "rslave"]})));
+        assert!(from_host(&json!({"options": ["rbind", "rshared"]})));
+        assert!(!from_host(&json!({"options": ["rbind", "rprivate"]})));
+        assert!(!from_host(&json!({"type": "bind"})));
     }
 
     #[test]

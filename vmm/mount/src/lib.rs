@@ -79,6 +79,9 @@ pub struct BindAttrs<'a> {
     /// Private propagation: no mount made later on either side reaches the other. Otherwise
     /// the clone keeps its source's (a slave stays a slave and receives its master's mounts).
     pub private: bool,
+    /// Slave propagation (wins over `private`): mounts made later below the source (on a
+    /// shared mount) reach the bind, nothing made below the bind goes back.
+    pub slave: bool,
     /// Id-mapped like this user namespace (its ids as the files' owners are seen and
     /// written through the bind).
     pub idmap: Option<BorrowedFd<'a>>,
@@ -91,7 +94,8 @@ impl BindAttrs<'_> {
             (self.read_only, "ro"),
             (self.nodev, "nodev"),
             (self.nosuid, "nosuid"),
-            (self.private, "private"),
+            (self.private && !self.slave, "private"),
+            (self.slave, "slave"),
             (self.idmap.is_some(), "an id mapping"),
         ];
         let set: Vec<&str> = words
@@ -147,7 +151,9 @@ pub fn detached_bind(source: &Path, attrs: &BindAttrs<'_>) -> Result<DetachedBin
             attr.attr_set |= bit;
         }
     }
-    if attrs.private {
+    if attrs.slave {
+        attr.propagation = libc::MS_SLAVE;
+    } else if attrs.private {
         attr.propagation = libc::MS_PRIVATE;
     }
     if let Some(ns) = attrs.idmap {
