@@ -19,6 +19,7 @@ use vmm_sys_util::signal::{Killable, SIGRTMIN, register_signal_handler};
 
 use crate::arch::x86_64::vcpu_state::{StateCaps, VcpuState, VcpuStateError};
 use crate::devices::Bus;
+use crate::devices::log_limit::LogLimit;
 use crate::metrics::Counters;
 use crate::vmm::VmmEvent;
 
@@ -293,6 +294,8 @@ impl Vcpu {
         let span = tracing::info_span!("vcpu", index = self.index);
         let _enter = span.enter();
         let mut first = true;
+        // For the exits a guest can cause over and over.
+        let mut warnings = LogLimit::new();
         loop {
             match self.control.wanted() {
                 Wanted::Run => {}
@@ -315,7 +318,7 @@ impl Vcpu {
                 first = false;
             }
             let next = match self.fd.run() {
-                Ok(exit) => handle_exit(exit, &self.pio, &self.mmio, &self.exits),
+                Ok(exit) => handle_exit(exit, &self.pio, &self.mmio, &self.exits, &mut warnings),
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                     self.exits.add(INTR, 1);
                     Next::Continue
@@ -357,7 +360,13 @@ impl Vcpu {
     }
 }
 
-fn handle_exit(exit: VcpuExit<'_>, pio: &Bus, mmio: &Bus, exits: &Counters) -> Next {
+fn handle_exit(
+    exit: VcpuExit<'_>,
+    pio: &Bus,
+    mmio: &Bus,
+    exits: &Counters,
+    warnings: &mut LogLimit,
+) -> Next {
     match exit {
         VcpuExit::IoIn(port, data) => {
             exits.add(IO_IN, 1);
@@ -413,7 +422,13 @@ fn handle_exit(exit: VcpuExit<'_>, pio: &Bus, mmio: &Bus, exits: &Counters) -> N
                     Next::Exit(ExitReason::GuestCrash, "system event: crash".into())
                 }
                 other => {
-                    tracing::warn!(kind = other, "ignoring an unknown KVM system event");
+                    if let Some(suppressed) = warnings.allow() {
+                        tracing::warn!(
+                            kind = other,
+                            suppressed,
+                            "ignoring an unknown KVM system event"
+                        );
+                    }
                     Next::Continue
                 }
             }
@@ -438,7 +453,13 @@ fn handle_exit(exit: VcpuExit<'_>, pio: &Bus, mmio: &Bus, exits: &Counters) -> N
         }
         other => {
             exits.add(OTHER, 1);
-            tracing::warn!(exit = ?other, "unexpected vCPU exit; resuming the guest");
+            if let Some(suppressed) = warnings.allow() {
+                tracing::warn!(
+                    exit = ?other,
+                    suppressed,
+                    "unexpected vCPU exit; resuming the guest"
+                );
+            }
             Next::Continue
         }
     }

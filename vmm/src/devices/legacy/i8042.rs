@@ -8,6 +8,7 @@ use std::collections::VecDeque;
 use vm_superio::Trigger;
 
 use super::super::{BusDevice, IrqTrigger};
+use crate::devices::log_limit::LogLimit;
 
 /// Offsets from port 0x60.
 const DATA: u64 = 0;
@@ -60,6 +61,8 @@ pub struct I8042 {
     output: VecDeque<u8>,
     irq: IrqTrigger,
     on_reset: ResetSignal,
+    /// For failures to raise the interrupt, which the guest raises as often as it likes.
+    warnings: LogLimit,
 }
 
 /// The controller in a snapshot.
@@ -97,6 +100,7 @@ impl I8042 {
             output: VecDeque::new(),
             irq,
             on_reset,
+            warnings: LogLimit::new(),
         }
     }
 
@@ -119,12 +123,13 @@ impl I8042 {
         self.interrupt();
     }
 
-    fn interrupt(&self) {
+    fn interrupt(&mut self) {
         if !self.output.is_empty()
             && self.ctr & CTR_KBD_INTERRUPT != 0
             && let Err(e) = self.irq.trigger()
+            && let Some(suppressed) = self.warnings.allow()
         {
-            tracing::warn!(error = %e, "raising the keyboard interrupt");
+            tracing::warn!(error = %e, suppressed, "raising the keyboard interrupt");
         }
     }
 

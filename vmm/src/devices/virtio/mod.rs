@@ -11,12 +11,14 @@ pub mod test_utils;
 pub mod vsock;
 pub mod worker;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
+
+use crate::devices::log_limit::LogLimit;
 
 /// Device IDs (virtio 1.2, section 5).
 pub const TYPE_NET: u32 = 1;
@@ -46,6 +48,8 @@ pub enum ActivateError {
 pub struct Interrupt {
     status: AtomicU32,
     evt: EventFd,
+    /// For failures to raise it: the guest decides how often it is raised.
+    warnings: Mutex<LogLimit>,
 }
 
 impl Interrupt {
@@ -53,6 +57,7 @@ impl Interrupt {
         Arc::new(Self {
             status: AtomicU32::new(0),
             evt,
+            warnings: Mutex::new(LogLimit::new()),
         })
     }
 
@@ -69,7 +74,14 @@ impl Interrupt {
     fn raise(&self, bit: u32) {
         self.status.fetch_or(bit, Ordering::AcqRel);
         if let Err(e) = self.evt.write(1) {
-            tracing::warn!(error = %e, "raising a virtio interrupt");
+            let allowed = self
+                .warnings
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .allow();
+            if let Some(suppressed) = allowed {
+                tracing::warn!(error = %e, suppressed, "raising a virtio interrupt");
+            }
         }
     }
 
@@ -135,6 +147,27 @@ pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
         let n = src.len().min(data.len());
         data[..n].copy_from_slice(&src[..n]);
     }
+}
+
+/// How many warnings (and errors) `f` logs on this thread: for tests that a guest's flood
+/// is rate-limited.
+#[cfg(test)]
+pub(crate) fn warnings_logged(f: impl FnOnce()) -> usize {
+    use std::sync::atomic::AtomicUsize;
+    use tracing_subscriber::layer::{Context, SubscriberExt};
+
+    struct Count(Arc<AtomicUsize>);
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Count {
+        fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
+            if *event.metadata().level() <= tracing::Level::WARN {
+                self.0.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+    let n = Arc::new(AtomicUsize::new(0));
+    let subscriber = tracing_subscriber::registry().with(Count(n.clone()));
+    tracing::subscriber::with_default(subscriber, f);
+    n.load(Ordering::Relaxed)
 }
 
 #[cfg(test)]

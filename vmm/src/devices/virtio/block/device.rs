@@ -13,6 +13,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::request::{self, Disk};
 use super::{SECTOR_SIZE, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO};
+use crate::devices::log_limit::LogLimit;
 use crate::devices::virtio::worker::{self, Worker as WorkerThread};
 use crate::devices::virtio::{
     ActivateError, Activation, Interrupt, TYPE_BLOCK, VIRTIO_F_VERSION_1, VirtioDevice, queue,
@@ -49,7 +50,10 @@ pub struct Block {
     read_only: bool,
     config: [u8; 8],
     counters: Arc<Counters>,
-    worker: Option<WorkerThread<File>>,
+    /// For the warnings the guest causes; it goes to each activation's worker and comes back,
+    /// so resetting the device does not renew the budget.
+    warnings: LogLimit,
+    worker: Option<WorkerThread<(File, LogLimit)>>,
 }
 
 impl Block {
@@ -87,6 +91,7 @@ impl Block {
             read_only,
             config: (capacity / SECTOR_SIZE).to_le_bytes(),
             counters,
+            warnings: LogLimit::new(),
             worker: None,
         })
     }
@@ -135,6 +140,7 @@ impl VirtioDevice for Block {
             event,
             interrupt: a.interrupt,
             counters: self.counters.clone(),
+            warnings: std::mem::take(&mut self.warnings),
         };
         self.worker = Some(WorkerThread::spawn(
             &self.name,
@@ -145,7 +151,13 @@ impl VirtioDevice for Block {
     }
 
     fn reset(&mut self) -> bool {
-        worker::stop_into(&mut self.worker, &mut self.file)
+        let mut back = None;
+        let stopped = worker::stop_into(&mut self.worker, &mut back);
+        if let Some((file, warnings)) = back {
+            self.file = Some(file);
+            self.warnings = warnings;
+        }
+        stopped
     }
 }
 
@@ -159,26 +171,34 @@ struct Worker {
     event: EventFd,
     interrupt: Arc<Interrupt>,
     counters: Arc<Counters>,
+    /// For the warnings the guest's requests and ring cause.
+    warnings: LogLimit,
 }
 
 impl Worker {
-    /// Serves the queue until killed; hands the file back for a later activation.
-    fn run(mut self, kill: EventFd) -> File {
+    /// Serves the queue until killed; hands the file and the warning budget back for a later
+    /// activation.
+    fn run(mut self, kill: EventFd) -> (File, LogLimit) {
+        self.serve(&kill);
+        (self.file, self.warnings)
+    }
+
+    fn serve(&mut self, kill: &EventFd) {
         let name = String::from_utf8_lossy(&self.id).into_owned();
-        let waiter = match Waiter::new(&self.event, &kill) {
+        let waiter = match Waiter::new(&self.event, kill) {
             Ok(w) => w,
             Err(e) => {
                 tracing::error!(device = %name, error = %e, "cannot wait for the queue; the device stops");
-                return self.file;
+                return;
             }
         };
         loop {
             match waiter.wait() {
-                Ok(true) => return self.file,
+                Ok(true) => return,
                 Ok(false) => {}
                 Err(e) => {
                     tracing::error!(device = %name, error = %e, "waiting for the queue; the device stops");
-                    return self.file;
+                    return;
                 }
             }
             let _ = self.event.read();
@@ -194,22 +214,35 @@ impl Worker {
             id: &self.id,
         };
         let mut used_any = false;
-        while let Some(chain) = queue::pop(&mut self.queue, &self.memory) {
+        while let Some(chain) =
+            queue::pop_limited(&mut self.queue, &self.memory, &mut self.warnings)
+        {
             let head = chain.head_index();
             let len = match request::serve(chain, &self.memory, &disk) {
                 Ok(len) => len,
                 Err(e) => {
-                    tracing::warn!(error = %e, "rejecting a malformed virtio-blk request");
+                    if let Some(suppressed) = self.warnings.allow() {
+                        tracing::warn!(
+                            error = %e,
+                            suppressed,
+                            "rejecting a malformed virtio-blk request"
+                        );
+                    }
                     self.counters.add(MALFORMED, 1);
                     0
                 }
             };
             self.counters.add(REQUESTS, 1);
-            queue::complete(&mut self.queue, &self.memory, head, len);
+            queue::complete_limited(&mut self.queue, &self.memory, head, len, &mut self.warnings);
             used_any = true;
         }
         if used_any {
-            queue::notify(&mut self.queue, &self.memory, &self.interrupt);
+            queue::notify_limited(
+                &mut self.queue,
+                &self.memory,
+                &self.interrupt,
+                &mut self.warnings,
+            );
         }
     }
 }
@@ -240,5 +273,77 @@ impl Waiter {
                 Err(e) => return Err(e),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::virtio::test_utils::{Ring, desc, mem};
+    use crate::devices::virtio::warnings_logged;
+    use vm_memory::{Address, Bytes, GuestAddress};
+
+    const SIZE: u16 = 256;
+
+    fn worker(m: &GuestMemoryMmap, ring: &Ring) -> Worker {
+        Worker {
+            id: b"d".to_vec(),
+            file: tempfile::tempfile().unwrap(),
+            capacity: 0,
+            read_only: false,
+            memory: m.clone(),
+            queue: ring.queue(),
+            event: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+            interrupt: Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()),
+            counters: Counters::new(COUNTERS),
+            warnings: LogLimit::new(),
+        }
+    }
+
+    #[test]
+    fn a_flood_of_malformed_requests_logs_a_bounded_number_of_lines() {
+        let m = mem();
+        let ring = Ring::new(GuestAddress(0x8000), SIZE);
+        // Every descriptor is a chain on its own with no writable status byte: malformed.
+        for i in 0..SIZE {
+            ring.set_desc(&m, i, desc(0x1000, 16, 0));
+        }
+        let mut w = worker(&m, &ring);
+        let rounds = 40u16;
+        let logged = warnings_logged(|| {
+            for _ in 0..rounds {
+                for head in 0..SIZE {
+                    ring.offer(&m, head);
+                }
+                w.process_queue();
+            }
+        });
+        let flood = u64::from(rounds) * u64::from(SIZE);
+        assert_eq!(w.counters.snapshot()["malformed"], flood);
+        assert_eq!(
+            ring.used_idx(&m),
+            (flood % 65536) as u16,
+            "every chain was returned"
+        );
+        assert!(
+            (1..=10).contains(&logged),
+            "{logged} lines for {flood} malformed requests"
+        );
+    }
+
+    #[test]
+    fn kicks_on_a_broken_ring_log_a_bounded_number_of_lines() {
+        let m = mem();
+        let ring = Ring::new(GuestAddress(0x8000), SIZE);
+        let mut w = worker(&m, &ring);
+        // An available index more than a ring ahead of the device.
+        m.write_obj(SIZE + 1, ring.avail.unchecked_add(2)).unwrap();
+        let logged = warnings_logged(|| {
+            for _ in 0..10_000 {
+                w.process_queue();
+            }
+        });
+        assert_eq!(ring.used_idx(&m), 0);
+        assert!((1..=10).contains(&logged), "{logged} lines for 10000 kicks");
     }
 }

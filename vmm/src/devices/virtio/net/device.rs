@@ -20,6 +20,7 @@ use super::{
     VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_MAC,
     VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS,
 };
+use crate::devices::log_limit::LogLimit;
 use crate::devices::virtio::worker::{self, Worker as WorkerThread};
 use crate::devices::virtio::{
     ActivateError, Activation, Interrupt, TYPE_NET, VIRTIO_F_VERSION_1, VirtioDevice, queue,
@@ -59,7 +60,10 @@ pub struct Net {
     config: [u8; 12],
     counters: Arc<Counters>,
     rate_limit: NetRateLimit,
-    worker: Option<WorkerThread<Box<dyn FrameIo>>>,
+    /// For the warnings the guest causes; it goes to each activation's worker and comes back,
+    /// so resetting the device does not renew the budget.
+    warnings: LogLimit,
+    worker: Option<WorkerThread<(Box<dyn FrameIo>, LogLimit)>>,
 }
 
 impl Net {
@@ -95,6 +99,7 @@ impl Net {
             config,
             counters,
             rate_limit: NetRateLimit::default(),
+            warnings: LogLimit::new(),
             worker: None,
         }
     }
@@ -155,8 +160,15 @@ impl VirtioDevice for Net {
             .io
             .take()
             .ok_or(ActivateError::QueueCount { got, want: 2 })?;
-        if let Err(e) = io.set_offload(tap_offloads(a.features)) {
-            tracing::warn!(device = %self.name, error = %e, "the guest gets no receive offloads");
+        if let Err(e) = io.set_offload(tap_offloads(a.features))
+            && let Some(suppressed) = self.warnings.allow()
+        {
+            tracing::warn!(
+                device = %self.name,
+                error = %e,
+                suppressed,
+                "the guest gets no receive offloads"
+            );
         }
         let worker = Worker {
             io,
@@ -171,6 +183,7 @@ impl VirtioDevice for Net {
             rx_buf: vec![0u8; MAX_FRAME],
             tx_buf: vec![0u8; MAX_FRAME],
             limits: Limits::new(self.rate_limit),
+            warnings: std::mem::take(&mut self.warnings),
         };
         self.worker = Some(WorkerThread::spawn(
             &self.name,
@@ -181,7 +194,13 @@ impl VirtioDevice for Net {
     }
 
     fn reset(&mut self) -> bool {
-        worker::stop_into(&mut self.worker, &mut self.io)
+        let mut back = None;
+        let stopped = worker::stop_into(&mut self.worker, &mut back);
+        if let Some((io, warnings)) = back {
+            self.io = Some(io);
+            self.warnings = warnings;
+        }
+        stopped
     }
 }
 
@@ -199,6 +218,8 @@ struct Worker {
     rx_buf: Vec<u8>,
     tx_buf: Vec<u8>,
     limits: Limits,
+    /// For the warnings the guest's frames and rings cause.
+    warnings: LogLimit,
 }
 
 /// The bandwidth limits' state in a worker.
@@ -253,12 +274,19 @@ impl Limits {
 }
 
 impl Worker {
-    fn run(mut self, kill: EventFd) -> Box<dyn FrameIo> {
-        let epoll = match self.epoll(&kill) {
+    /// Moves frames until killed; hands the tap and the warning budget back for a later
+    /// activation.
+    fn run(mut self, kill: EventFd) -> (Box<dyn FrameIo>, LogLimit) {
+        self.serve(&kill);
+        (self.io, self.warnings)
+    }
+
+    fn serve(&mut self, kill: &EventFd) {
+        let epoll = match self.epoll(kill) {
             Ok(e) => e,
             Err(e) => {
                 tracing::error!(error = %e, "net: cannot wait for the tap and queues; the device stops");
-                return self.io;
+                return;
             }
         };
         let mut events = [EpollEvent::default(); 8];
@@ -270,13 +298,13 @@ impl Worker {
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) => {
                     tracing::error!(error = %e, "net: epoll failed; the device stops");
-                    return self.io;
+                    return;
                 }
             };
             let (mut rx, mut tx) = (false, false);
             for e in &events[..n] {
                 match e.data() {
-                    TOKEN_KILL => return self.io,
+                    TOKEN_KILL => return,
                     RX => {
                         let _ = self.rx_evt.read();
                         rx = true;
@@ -332,7 +360,9 @@ impl Worker {
                     Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                     Err(e) => {
-                        tracing::warn!(error = %e, "net: reading the tap");
+                        if let Some(suppressed) = self.warnings.allow() {
+                            tracing::warn!(error = %e, suppressed, "net: reading the tap");
+                        }
                         break;
                     }
                 },
@@ -347,7 +377,8 @@ impl Worker {
                 self.limits.rx_at = Some(at);
                 break;
             }
-            let Some(chain) = queue::pop(&mut self.rx, &self.memory) else {
+            let Some(chain) = queue::pop_limited(&mut self.rx, &self.memory, &mut self.warnings)
+            else {
                 self.pending = Some(len);
                 break;
             };
@@ -365,11 +396,22 @@ impl Worker {
                     0
                 }
             };
-            queue::complete(&mut self.rx, &self.memory, head, written);
+            queue::complete_limited(
+                &mut self.rx,
+                &self.memory,
+                head,
+                written,
+                &mut self.warnings,
+            );
             used = true;
         }
         if used {
-            queue::notify(&mut self.rx, &self.memory, &self.interrupt);
+            queue::notify_limited(
+                &mut self.rx,
+                &self.memory,
+                &self.interrupt,
+                &mut self.warnings,
+            );
         }
     }
 
@@ -381,16 +423,30 @@ impl Worker {
             let (head, len) = match self.limits.tx_held.take() {
                 Some(held) => held,
                 None => {
-                    let Some(chain) = queue::pop(&mut self.tx, &self.memory) else {
+                    let Some(chain) =
+                        queue::pop_limited(&mut self.tx, &self.memory, &mut self.warnings)
+                    else {
                         break;
                     };
                     let head = chain.head_index();
                     match frame::read_tx(chain, &self.memory, &mut self.tx_buf) {
                         Ok(len) => (head, len),
                         Err(e) => {
-                            tracing::warn!(error = %e, "net: dropping a malformed frame from the guest");
+                            if let Some(suppressed) = self.warnings.allow() {
+                                tracing::warn!(
+                                    error = %e,
+                                    suppressed,
+                                    "net: dropping a malformed frame from the guest"
+                                );
+                            }
                             self.counters.add(MALFORMED, 1);
-                            queue::complete(&mut self.tx, &self.memory, head, 0);
+                            queue::complete_limited(
+                                &mut self.tx,
+                                &self.memory,
+                                head,
+                                0,
+                                &mut self.warnings,
+                            );
                             used = true;
                             continue;
                         }
@@ -413,11 +469,16 @@ impl Worker {
                     self.counters.add(TX_DROPPED, 1);
                 }
             }
-            queue::complete(&mut self.tx, &self.memory, head, 0);
+            queue::complete_limited(&mut self.tx, &self.memory, head, 0, &mut self.warnings);
             used = true;
         }
         if used {
-            queue::notify(&mut self.tx, &self.memory, &self.interrupt);
+            queue::notify_limited(
+                &mut self.tx,
+                &self.memory,
+                &self.interrupt,
+                &mut self.warnings,
+            );
         }
     }
 }
@@ -496,6 +557,7 @@ mod tests {
             rx_buf: vec![0u8; MAX_FRAME],
             tx_buf: vec![0u8; MAX_FRAME],
             limits,
+            warnings: LogLimit::new(),
         }
     }
 
@@ -632,5 +694,39 @@ mod tests {
         assert_eq!(got, b"abc", "every frame, in order");
         assert_eq!(w.counters.snapshot()["tx_packets"], 3);
         assert_eq!(w.counters.snapshot()["tx_dropped"], 0);
+    }
+
+    #[test]
+    fn a_flood_of_malformed_frames_logs_a_bounded_number_of_lines() {
+        use crate::devices::virtio::test_utils::{Ring, desc, mem};
+        use crate::devices::virtio::warnings_logged;
+        use vm_memory::GuestAddress;
+
+        const SIZE: u16 = 256;
+        let m = mem();
+        let (ours, _peer) = std::os::unix::net::UnixDatagram::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let tx = Ring::new(GuestAddress(0x8000), SIZE);
+        // Frames shorter than the virtio-net header: malformed.
+        for i in 0..SIZE {
+            tx.set_desc(&m, i, desc(0x40000, 4, 0));
+        }
+        let rx = Ring::new(GuestAddress(0x20000), SIZE);
+        let mut w = worker(&m, ours, rx.queue(), tx.queue(), Limits::default());
+        let rounds = 40u64;
+        let logged = warnings_logged(|| {
+            for _ in 0..rounds {
+                for head in 0..SIZE {
+                    tx.offer(&m, head);
+                }
+                w.process_tx();
+            }
+        });
+        let flood = rounds * u64::from(SIZE);
+        assert_eq!(w.counters.snapshot()["malformed"], flood);
+        assert!(
+            (1..=10).contains(&logged),
+            "{logged} lines for {flood} malformed frames"
+        );
     }
 }

@@ -9,6 +9,12 @@
 //! [`TX_PAUSE_AT`] wait ([`Muxer::tx_paused`]), as Firecracker does: a guest that floods
 //! unknown ports without reading its RX queue only stalls its own TX queue. (Connections
 //! need a host socket each; a connection's buffer is bounded by the credit it advertises.)
+//!
+//! When accepting a host client fails for want of descriptors or memory (a guest can pin
+//! descriptors through virtio-fs up to the VMM's `RLIMIT_NOFILE`), the client stays in the
+//! backlog and the level-triggered listener stays readable: the muxer takes the listener out
+//! of its epoll set for [`ACCEPT_BACKOFF`], or until one of its sockets closes, instead of
+//! spinning. (Only `epoll_ctl`, which the vsock worker's seccomp profile allows.)
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::io::{ErrorKind, Read};
@@ -24,6 +30,7 @@ use super::HOST_CID;
 use super::connection::{Connection, State, Verdict, rst_for};
 use super::hybrid::{self, Handshake};
 use super::packet::{Header, OP_REQUEST, OP_RST, Packet, TYPE_STREAM};
+use crate::devices::log_limit::LogLimit;
 use crate::metrics::Counters;
 
 /// epoll tokens below this are the worker's own (queues, kill); host sockets are fd + this.
@@ -35,6 +42,8 @@ pub const TOKEN_LISTENER: u64 = 8;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the listener is left out of epoll after accepting failed.
+pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// First host port handed to host-initiated connections (as Firecracker does).
 const FIRST_LOCAL_PORT: u32 = 1 << 30;
 /// Control packets waiting for guest RX buffers; past it more are dropped (and counted).
@@ -74,6 +83,12 @@ pub struct Muxer {
     control: VecDeque<Header>,
     next_port: u32,
     counters: Arc<Counters>,
+    /// Set while the listener is out of the epoll set after accepting failed: when it goes
+    /// back in (sooner if one of our sockets closes).
+    accept_paused_until: Option<Instant>,
+    /// For the warnings the guest can cause (credit violations, epoll failures on the
+    /// sockets it makes us open, accepting without descriptors).
+    warnings: LogLimit,
 }
 
 fn token(fd: RawFd) -> u64 {
@@ -107,6 +122,8 @@ impl Muxer {
             control: VecDeque::new(),
             next_port: FIRST_LOCAL_PORT,
             counters,
+            accept_paused_until: None,
+            warnings: LogLimit::new(),
         })
     }
 
@@ -114,11 +131,20 @@ impl Muxer {
         &self.epoll
     }
 
-    /// Milliseconds epoll may sleep: forever unless a timeout is running.
+    /// Milliseconds epoll may sleep: forever unless a timeout is running or the listener
+    /// waits to go back into the epoll set.
     pub fn timeout_ms(&self) -> i32 {
         let waiting = !self.unclaimed.is_empty()
             || self.conns.values().any(|c| c.state() != State::Established);
-        if waiting { 500 } else { -1 }
+        let timeout = if waiting { 500 } else { -1 };
+        match self.accept_paused_until {
+            None => timeout,
+            Some(at) => {
+                let us = at.saturating_duration_since(Instant::now()).as_micros();
+                let ms = i32::try_from(us.div_ceil(1000)).unwrap_or(i32::MAX);
+                if timeout < 0 { ms } else { ms.min(timeout) }
+            }
+        }
     }
 
     /// Drops every connection (device reset): host sockets see EOF.
@@ -193,12 +219,69 @@ impl Muxer {
                     }
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                // The client left before we took it, or a signal: try the next one.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        ErrorKind::Interrupted | ErrorKind::ConnectionAborted
+                    ) => {}
+                // Out of descriptors (EMFILE, ENFILE) or memory (ENOMEM, ENOBUFS), or
+                // anything else that will not pass by itself: the client stays in the
+                // backlog and the listener readable, so stop polling it for a while.
                 Err(e) => {
-                    tracing::warn!(error = %e, "accepting a host vsock client");
+                    if let Some(suppressed) = self.warnings.allow() {
+                        tracing::warn!(
+                            error = %e,
+                            suppressed,
+                            backoff_ms = ACCEPT_BACKOFF.as_millis() as u64,
+                            "accepting a host vsock client; the listener pauses"
+                        );
+                    }
+                    self.pause_accept(Instant::now());
                     return;
                 }
             }
         }
+    }
+
+    /// Takes the listener out of the epoll set until `now + ACCEPT_BACKOFF`.
+    fn pause_accept(&mut self, now: Instant) {
+        if self.accept_paused_until.is_none() {
+            let _ = self.epoll.ctl(
+                ControlOperation::Delete,
+                self.listener.as_raw_fd(),
+                EpollEvent::default(),
+            );
+        }
+        self.accept_paused_until = Some(now + ACCEPT_BACKOFF);
+    }
+
+    /// Puts a paused listener back into the epoll set.
+    fn resume_accept(&mut self) {
+        if self.accept_paused_until.is_none() {
+            return;
+        }
+        let added = self.epoll.ctl(
+            ControlOperation::Add,
+            self.listener.as_raw_fd(),
+            EpollEvent::new(EventSet::IN, TOKEN_LISTENER),
+        );
+        match added {
+            Ok(()) => self.accept_paused_until = None,
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => self.accept_paused_until = None,
+            Err(e) => {
+                if let Some(suppressed) = self.warnings.allow() {
+                    tracing::warn!(error = %e, suppressed, "epoll on the host vsock listener");
+                }
+                self.accept_paused_until = Some(Instant::now() + ACCEPT_BACKOFF);
+            }
+        }
+    }
+
+    /// Whether the listener is out of the epoll set (accepting failed).
+    #[cfg(test)]
+    fn accept_paused(&self) -> bool {
+        self.accept_paused_until.is_some()
     }
 
     fn read_handshake(&mut self, fd: RawFd) {
@@ -250,11 +333,15 @@ impl Muxer {
         }
     }
 
+    /// Stops a host client's handshake; its socket closes unless the caller keeps it.
     fn drop_unclaimed(&mut self, fd: RawFd) -> Option<Unclaimed> {
         let _ = self
             .epoll
             .ctl(ControlOperation::Delete, fd, EpollEvent::default());
-        self.unclaimed.remove(&fd)
+        let u = self.unclaimed.remove(&fd);
+        // A descriptor may come free: the next client may be accepted.
+        self.resume_accept();
+        u
     }
 
     fn allocate_port(&mut self) -> u32 {
@@ -292,6 +379,9 @@ impl Muxer {
             self.queue_control(conn.header(OP_RST, 0));
             self.counters.add(RESETS, 1);
         }
+        drop(conn);
+        // Its descriptor is free: a paused listener may accept again.
+        self.resume_accept();
     }
 
     /// Queues a control packet for the guest, unless [`MAX_PENDING_CONTROL`] already wait
@@ -353,8 +443,10 @@ impl Muxer {
                 )
             }
         };
-        if let Err(e) = result {
-            tracing::warn!(error = %e, "epoll on a host vsock socket");
+        if let Err(e) = result
+            && let Some(suppressed) = self.warnings.allow()
+        {
+            tracing::warn!(error = %e, suppressed, "epoll on a host vsock socket");
         }
     }
 
@@ -373,6 +465,16 @@ impl Muxer {
             match conn.on_packet(&p) {
                 Verdict::Keep => self.sync_interest(key),
                 Verdict::Close { send_rst } => self.remove(key, send_rst),
+                Verdict::OverCredit => {
+                    if let Some(suppressed) = self.warnings.allow() {
+                        tracing::warn!(
+                            port = key.0,
+                            suppressed,
+                            "the guest sent more than its credit allows"
+                        );
+                    }
+                    self.remove(key, true);
+                }
             }
             return;
         }
@@ -449,9 +551,16 @@ impl Muxer {
         None
     }
 
-    /// Ends handshakes and closes that took too long.
+    /// Ends handshakes and closes that took too long; puts a paused listener back once its
+    /// back-off is over.
     pub fn expire(&mut self) {
-        let now = Instant::now();
+        self.expire_at(Instant::now());
+    }
+
+    fn expire_at(&mut self, now: Instant) {
+        if self.accept_paused_until.is_some_and(|at| at <= now) {
+            self.resume_accept();
+        }
         let stale: Vec<RawFd> = self
             .unclaimed
             .iter()
@@ -482,8 +591,10 @@ impl Muxer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::devices::virtio::vsock::connection::TX_BUF_SIZE;
     use crate::devices::virtio::vsock::device::COUNTERS;
     use crate::devices::virtio::vsock::packet::{OP_RESPONSE, OP_RW};
+    use crate::devices::virtio::warnings_logged;
     use std::io::{BufRead, BufReader, Write};
 
     const CID: u64 = 3;
@@ -619,5 +730,114 @@ mod tests {
         }
         assert!(!m.has_rx_work());
         assert!(!m.tx_paused(), "the guest took the resets: TX resumes");
+    }
+
+    /// A listener whose accept always fails (EINVAL: it is a connected socket) and that epoll
+    /// always finds readable (a byte waits on it), as a listener is while EMFILE lasts.
+    fn failing_listener() -> (UnixListener, UnixStream) {
+        let (ours, mut peer) = UnixStream::pair().unwrap();
+        peer.write_all(b"x").unwrap();
+        (UnixListener::from(std::os::fd::OwnedFd::from(ours)), peer)
+    }
+
+    fn listener_events(m: &Muxer, timeout_ms: i32) -> usize {
+        let mut events = vec![EpollEvent::default(); 16];
+        let n = m.epoll().wait(timeout_ms, &mut events).unwrap();
+        events[..n]
+            .iter()
+            .filter(|e| e.data() == TOKEN_LISTENER)
+            .count()
+    }
+
+    #[test]
+    fn a_listener_whose_accept_fails_is_not_polled_until_its_backoff_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let (listener, _peer) = failing_listener();
+        let path = dir.path().join("v.sock");
+        let mut m = Muxer::new(CID, &path, listener, Counters::new(COUNTERS)).unwrap();
+        assert_eq!(listener_events(&m, 0), 1);
+        m.handle_event(TOKEN_LISTENER, EventSet::IN);
+        assert!(m.accept_paused());
+        assert_eq!(listener_events(&m, 0), 0, "not polled again at once");
+        let timeout = m.timeout_ms();
+        assert!(
+            (1..=ACCEPT_BACKOFF.as_millis() as i32).contains(&timeout),
+            "the worker wakes to resume it: {timeout}"
+        );
+        m.expire();
+        assert_eq!(listener_events(&m, 0), 0, "still backing off");
+        m.expire_at(Instant::now() + ACCEPT_BACKOFF);
+        assert!(!m.accept_paused());
+        assert_eq!(m.timeout_ms(), -1);
+        assert_eq!(listener_events(&m, 0), 1, "polled again after the back-off");
+    }
+
+    #[test]
+    fn a_failing_listener_does_not_spin_the_worker_or_flood_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let (listener, _peer) = failing_listener();
+        let path = dir.path().join("v.sock");
+        let mut m = Muxer::new(CID, &path, listener, Counters::new(COUNTERS)).unwrap();
+        let run_for = ACCEPT_BACKOFF * 3;
+        let mut wakeups = 0;
+        let logged = warnings_logged(|| {
+            // The worker's loop: wait, handle, expire.
+            let start = Instant::now();
+            while start.elapsed() < run_for {
+                let cap = run_for.as_millis() as i32;
+                let timeout = match m.timeout_ms() {
+                    t if t < 0 => cap,
+                    t => t.min(cap),
+                };
+                if listener_events(&m, timeout) > 0 {
+                    wakeups += 1;
+                    m.handle_event(TOKEN_LISTENER, EventSet::IN);
+                }
+                m.expire();
+            }
+        });
+        assert!(
+            (1..=5).contains(&wakeups),
+            "{wakeups} accept attempts in {run_for:?}"
+        );
+        assert!((1..=5).contains(&logged), "{logged} lines");
+    }
+
+    #[test]
+    fn a_closing_connection_resumes_a_paused_listener() {
+        let dir = tempfile::tempdir().unwrap();
+        let (listener, _peer) = failing_listener();
+        let path = dir.path().join("v.sock");
+        let _port_sock = UnixListener::bind(dir.path().join("v.sock_52")).unwrap();
+        let mut m = Muxer::new(CID, &path, listener, Counters::new(COUNTERS)).unwrap();
+        m.on_guest_packet(guest_packet(OP_REQUEST, 5001, 52, b""));
+        m.handle_event(TOKEN_LISTENER, EventSet::IN);
+        assert!(m.accept_paused());
+        m.on_guest_packet(guest_packet(OP_RST, 5001, 52, b""));
+        assert!(!m.accept_paused(), "a descriptor came free");
+        assert_eq!(listener_events(&m, 0), 1);
+    }
+
+    #[test]
+    fn credit_violations_on_many_connections_log_a_bounded_number_of_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = muxer(dir.path());
+        let port_sock = UnixListener::bind(dir.path().join("v.sock_52")).unwrap();
+        let big = vec![0u8; TX_BUF_SIZE as usize + 1];
+        let mut buf = vec![0u8; 64];
+        let logged = warnings_logged(|| {
+            for i in 0..50u32 {
+                m.on_guest_packet(guest_packet(OP_REQUEST, 6000 + i, 52, b""));
+                let _accepted = port_sock.accept().unwrap();
+                assert_eq!({ m.next_rx(4096, &mut buf).unwrap().0.op }, OP_RESPONSE);
+                m.on_guest_packet(guest_packet(OP_RW, 6000 + i, 52, &big));
+                assert_eq!({ m.next_rx(4096, &mut buf).unwrap().0.op }, OP_RST);
+            }
+        });
+        assert!(m.conns.is_empty(), "every violator was reset");
+        assert!(
+            (1..=10).contains(&logged),
+            "{logged} lines for 50 violations"
+        );
     }
 }
