@@ -17,8 +17,6 @@ use hako_runtime::sandbox::id_range::VmmUser;
 use hako_runtime::sandbox::idmapped_rootfs::{self, SnapshotMount};
 use hako_runtime::sandbox::rootfs;
 use hako_tests::require;
-use nix::mount::{MsFlags, mount};
-use nix::sched::{CloneFlags, unshare};
 
 /// The test's host ids (outside the runtime's ranges, which start at 0x70000000).
 const FIRST: u32 = 0x6ffc_0000;
@@ -164,23 +162,8 @@ fn overlay_over_id_mapped_layers(dir: &Path) -> Result<(), String> {
 
 fn in_private_mounts() -> Result<(), libtest_mimic::Failed> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let path = dir.path().to_owned();
-    std::thread::spawn(move || {
-        unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_FS)
-            .map_err(|e| format!("unshare(CLONE_NEWNS): {e}"))?;
-        mount(
-            None::<&str>,
-            "/",
-            None::<&str>,
-            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-            None::<&str>,
-        )
-        .map_err(|e| format!("making / private: {e}"))?;
-        overlay_over_id_mapped_layers(&path)
-    })
-    .join()
-    .map_err(|_| "the test thread panicked")?
-    .map_err(Into::into)
+    hako_tests::mounts::in_private_mounts(|| overlay_over_id_mapped_layers(dir.path()))
+        .map_err(Into::into)
 }
 
 fn main() {

@@ -193,53 +193,50 @@ impl DetachedBind {
     /// Attaches the tree at `target` (an existing directory or file to mount over).
     pub fn attach(self, target: &Path) -> Result<(), MountError> {
         let c = cstring(target)?;
-        let empty = c"";
-        // SAFETY: `tree` is an open mount descriptor; both paths are NUL-terminated and
-        // outlive the call.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_move_mount,
-                self.tree.as_raw_fd(),
-                empty.as_ptr(),
-                libc::AT_FDCWD,
-                c.as_ptr(),
-                MOVE_MOUNT_F_EMPTY_PATH,
-            )
-        };
-        if rc != 0 {
-            return Err(MountError::Attach {
+        self.move_to(libc::AT_FDCWD, &c, 0)
+            .map(drop)
+            .map_err(|source| MountError::Attach {
                 target: target.to_owned(),
-                source: io::Error::last_os_error(),
-            });
-        }
-        Ok(())
+                source,
+            })
     }
-}
 
-impl DetachedBind {
     /// Attaches the tree onto `target`, a descriptor (`O_PATH` will do) of the directory or
     /// file to mount over: no path is resolved, so the bind lands on that very inode however
     /// the tree around it was renamed since it was opened. Returns the tree's descriptor,
     /// which now names the attached mount (its root), for the caller to learn its mount id.
     pub fn attach_to(self, target: BorrowedFd<'_>) -> Result<OwnedFd, MountError> {
+        let source_path = self.source.clone();
+        self.move_to(target.as_raw_fd(), c"", MOVE_MOUNT_T_EMPTY_PATH)
+            .map_err(|source| MountError::AttachFd {
+                source_path,
+                source,
+            })
+    }
+
+    /// move_mount(2) of the tree to `(to_dir, to_path)` with `flags` added; the tree's
+    /// descriptor, which then names the attached mount.
+    fn move_to(
+        self,
+        to_dir: libc::c_int,
+        to_path: &std::ffi::CStr,
+        flags: libc::c_uint,
+    ) -> io::Result<OwnedFd> {
         let empty = c"";
-        // SAFETY: both descriptors are open; the empty paths are NUL-terminated and
-        // outlive the call.
+        // SAFETY: `tree` is an open mount descriptor, `to_dir` an open descriptor or
+        // AT_FDCWD, and both paths are NUL-terminated and outlive the call.
         let rc = unsafe {
             libc::syscall(
                 libc::SYS_move_mount,
                 self.tree.as_raw_fd(),
                 empty.as_ptr(),
-                target.as_raw_fd(),
-                empty.as_ptr(),
-                MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH,
+                to_dir,
+                to_path.as_ptr(),
+                MOVE_MOUNT_F_EMPTY_PATH | flags,
             )
         };
         if rc != 0 {
-            return Err(MountError::AttachFd {
-                source_path: self.source,
-                source: io::Error::last_os_error(),
-            });
+            return Err(io::Error::last_os_error());
         }
         Ok(self.tree)
     }

@@ -228,14 +228,14 @@ impl Worker {
             return;
         };
         let mut used = false;
-        while let Some(chain) = queue::pop(q, &self.memory) {
+        while let Some(chain) = queue::pop_limited(q, &self.memory, &mut self.service.warnings) {
             let head = chain.head_index();
             let len = self.service.serve(chain, &self.memory);
-            queue::complete(q, &self.memory, head, len);
+            queue::complete_limited(q, &self.memory, head, len, &mut self.service.warnings);
             used = true;
         }
         if used {
-            queue::notify(q, &self.memory, &self.interrupt);
+            queue::notify_limited(q, &self.memory, &self.interrupt, &mut self.service.warnings);
         }
     }
 }

@@ -312,7 +312,7 @@ impl Worker {
     /// connections belonged to another VMM and its CID may have changed). False when the
     /// guest has no event buffer posted yet; the next event-queue kick retries.
     fn send_transport_reset(&mut self) -> bool {
-        let Some(chain) = queue::pop(&mut self.ev, &self.memory) else {
+        let Some(chain) = queue::pop_limited(&mut self.ev, &self.memory, &mut self.warnings) else {
             return false;
         };
         let head = chain.head_index();
@@ -336,8 +336,19 @@ impl Worker {
         } else {
             tracing::debug!("vsock transport reset sent to the guest");
         }
-        queue::complete(&mut self.ev, &self.memory, head, written);
-        queue::notify(&mut self.ev, &self.memory, &self.interrupt);
+        queue::complete_limited(
+            &mut self.ev,
+            &self.memory,
+            head,
+            written,
+            &mut self.warnings,
+        );
+        queue::notify_limited(
+            &mut self.ev,
+            &self.memory,
+            &self.interrupt,
+            &mut self.warnings,
+        );
         true
     }
 
@@ -350,7 +361,8 @@ impl Worker {
                 self.tx_pending = queue::has_available(&self.tx, &self.memory);
                 break;
             }
-            let Some(chain) = queue::pop(&mut self.tx, &self.memory) else {
+            let Some(chain) = queue::pop_limited(&mut self.tx, &self.memory, &mut self.warnings)
+            else {
                 self.tx_pending = false;
                 break;
             };
@@ -372,18 +384,24 @@ impl Worker {
                     self.counters.add(muxer::MALFORMED, 1);
                 }
             }
-            queue::complete(&mut self.tx, &self.memory, head, 0);
+            queue::complete_limited(&mut self.tx, &self.memory, head, 0, &mut self.warnings);
             used = true;
         }
         if used {
-            queue::notify(&mut self.tx, &self.memory, &self.interrupt);
+            queue::notify_limited(
+                &mut self.tx,
+                &self.memory,
+                &self.interrupt,
+                &mut self.warnings,
+            );
         }
     }
 
     fn process_rx(&mut self, buf: &mut [u8]) {
         let mut used = false;
         while self.muxer.has_rx_work() {
-            let Some(chain) = queue::pop(&mut self.rx, &self.memory) else {
+            let Some(chain) = queue::pop_limited(&mut self.rx, &self.memory, &mut self.warnings)
+            else {
                 break;
             };
             let head = chain.head_index();
@@ -398,7 +416,13 @@ impl Worker {
                         );
                     }
                     self.counters.add(muxer::MALFORMED, 1);
-                    queue::complete(&mut self.rx, &self.memory, head, 0);
+                    queue::complete_limited(
+                        &mut self.rx,
+                        &self.memory,
+                        head,
+                        0,
+                        &mut self.warnings,
+                    );
                     used = true;
                     continue;
                 }
@@ -420,11 +444,22 @@ impl Worker {
                 });
             self.counters.add(RX_PACKETS, 1);
             self.counters.add(RX_BYTES, len as u64);
-            queue::complete(&mut self.rx, &self.memory, head, written);
+            queue::complete_limited(
+                &mut self.rx,
+                &self.memory,
+                head,
+                written,
+                &mut self.warnings,
+            );
             used = true;
         }
         if used {
-            queue::notify(&mut self.rx, &self.memory, &self.interrupt);
+            queue::notify_limited(
+                &mut self.rx,
+                &self.memory,
+                &self.interrupt,
+                &mut self.warnings,
+            );
         }
     }
 }
