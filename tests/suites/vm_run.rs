@@ -67,6 +67,8 @@ fn hako_run_runs_a_container_in_a_vm() -> Result<(), Failed> {
         .output()
         .map_err(|e| format!("second hako run: {e}"))?;
     let cgroup = vmm_in_its_cgroup(&root.join("run-test/vm"), (256 + 128) << 20);
+    let vmm_dir = is_bounded_tmpfs(&root.join("run-test/vm/vmm"), 8 << 20)
+        .and_then(|()| is_bounded_tmpfs(&root.join("run-test/vm"), 16 << 20));
     let user = cgroup
         .as_ref()
         .map_err(Clone::clone)
@@ -98,6 +100,7 @@ fn hako_run_runs_a_container_in_a_vm() -> Result<(), Failed> {
         )
         .into());
     }
+    vmm_dir.map_err(|e| format!("hako-vmm's directory: {e}"))?;
     let (cgroup, _) = cgroup.map_err(|e| format!("the VMM's host cgroup: {e}"))?;
     eprintln!("hako-vmm ran in {cgroup}");
     let (uid, slot) = user.map_err(|e| format!("the VMM's user: {e}"))?;
@@ -289,4 +292,35 @@ fn main() {
         prerequisites,
         hako_run_runs_a_container_in_a_vm,
     );
+}
+
+/// The sandbox directory and hako-vmm's writable directory in it are each a tmpfs of their
+/// own, no larger than the runtime's caps: whatever a compromised VMM writes there (its
+/// files, its log) stays off the state root's file system.
+fn is_bounded_tmpfs(dir: &std::path::Path, max: u64) -> Result<(), String> {
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+    let start = std::time::Instant::now();
+    let st = loop {
+        match nix::sys::statfs::statfs(dir) {
+            Ok(st) => break st,
+            Err(e) if start.elapsed() > std::time::Duration::from_secs(30) => {
+                return Err(format!("statfs {}: {e}", dir.display()));
+            }
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(100)),
+        }
+    };
+    let parent = nix::sys::statfs::statfs(dir.parent().unwrap_or(dir))
+        .map_err(|e| format!("statfs of its parent: {e}"))?;
+    let size = st.blocks() * st.block_size() as u64;
+    if st.filesystem_type().0 != TMPFS_MAGIC || size > max || st.files() > 4096 {
+        return Err(format!(
+            "{} is a file system of type {:#x}, {size} bytes, {} inodes (parent's type {:#x}); \
+             expected a tmpfs of at most {max} bytes and 4096 inodes",
+            dir.display(),
+            st.filesystem_type().0,
+            st.files(),
+            parent.filesystem_type().0
+        ));
+    }
+    Ok(())
 }

@@ -197,15 +197,24 @@ pub fn control(path: &Path, request: &ControlRequest) -> anyhow::Result<ControlR
     control_in(&dir, &name, request)
 }
 
+/// How long a control request and its reply may take.
+const CONTROL_TIMEOUT: Duration = Duration::from_secs(300);
+
 fn control_in(
     dir: &VmmDir,
     name: &OsStr,
     request: &ControlRequest,
 ) -> anyhow::Result<ControlReply> {
     use std::io::Read;
-    let mut s = dir
+    let s = dir
         .connect(name)
         .context("connecting to hako-vmm's control socket")?;
+    // A VMM that never answers must not hold the caller forever (a snapshot, the slowest
+    // request, writes the guest's memory: minutes at most).
+    s.set_read_timeout(Some(CONTROL_TIMEOUT))
+        .and_then(|()| s.set_write_timeout(Some(CONTROL_TIMEOUT)))
+        .context("setting the control socket's timeouts")?;
+    let mut s = s;
     let mut line = serde_json::to_vec(request)?;
     line.push(b'\n');
     std::io::Write::write_all(&mut s, &line).context("sending a control request")?;

@@ -54,6 +54,11 @@ pub const ROOTFS: &str = "rootfs";
 /// A container's bind mounts, in its directory.
 pub const MOUNTS: &str = "mounts";
 
+/// The size of the sandbox directory's own file system (state, configs, hako-vmm's log
+/// (capped at 1 MiB by hako-vmm), the share's skeleton): whatever a compromised hako-vmm
+/// writes to its log stays within it, off the host's `/run`.
+pub const SANDBOX_TMPFS_SIZE: &str = "16m";
+
 /// How many times [`unmount_tree`] re-reads the mount table (stacked mounts come off one
 /// layer a pass).
 const UNMOUNT_PASSES: usize = 8;
@@ -105,17 +110,19 @@ pub struct Share {
 }
 
 impl Share {
-    /// Makes `<dir>` a private mount (a bind onto itself), then `<dir>/staging` (a bind onto
-    /// itself in a peer group of its own) and `<dir>/shared` (a read-only, nodev, nosuid peer
-    /// of it). On failure nothing is left.
+    /// Makes `<dir>` a private tmpfs of its own ([`SANDBOX_TMPFS_SIZE`]), then
+    /// `<dir>/staging` (a bind onto itself in a peer group of its own) and `<dir>/shared` (a
+    /// read-only, nodev, nosuid peer of it). On failure nothing is left.
     ///
-    /// `<dir>` goes private first because the file system holding it (`/run`) is usually a
+    /// `<dir>` is a file system of its own so that what is written there (hako-vmm's log
+    /// above all, which a compromised VMM could grow) is bounded and never lands on the host's
+    /// `/run`; and it is private because the file system holding it (`/run`) is usually a
     /// shared mount: a mount made below it would be copied, writable, into every namespace
     /// that is its peer or slave (a service's private /run, a pod's hostPath), where the
     /// read-only skeleton would not hold and mounts could be pushed back into the share.
     pub fn create(dir: &Path) -> Result<Arc<Self>, ShareError> {
         let under = open_dir(dir).map_err(io_error(format!("opening {}", dir.display())))?;
-        private_self_bind(dir, under.as_fd())?;
+        private_tmpfs(dir, under.as_fd())?;
         let dir_fd = match open_dir(dir) {
             Ok(fd) => fd,
             Err(e) => {
@@ -400,8 +407,8 @@ impl Drop for ContainerShare {
     }
 }
 
-/// Binds the directory `dir` (open as `fd`) onto itself and makes the new mount private.
-fn private_self_bind(dir: &Path, fd: BorrowedFd<'_>) -> Result<(), ShareError> {
+/// Mounts a tmpfs of its own on the directory `dir` (open as `fd`) and makes it private.
+fn private_tmpfs(dir: &Path, fd: BorrowedFd<'_>) -> Result<(), ShareError> {
     let none = None::<&str>;
     let p = fd_path(fd);
     let sys = |what: &str| {
@@ -411,7 +418,10 @@ fn private_self_bind(dir: &Path, fd: BorrowedFd<'_>) -> Result<(), ShareError> {
             source: e.into(),
         }
     };
-    mount(Some(&p), &p, none, MsFlags::MS_BIND, none).map_err(sys("binding onto itself"))?;
+    let data = format!("size={SANDBOX_TMPFS_SIZE},nr_inodes=4096,mode=0755");
+    let flags = MsFlags::MS_NODEV | MsFlags::MS_NOSUID;
+    mount(Some("hako"), &p, Some("tmpfs"), flags, Some(data.as_str()))
+        .map_err(sys("mounting a tmpfs on"))?;
     let top = open_dir(dir).map_err(io_error(format!("opening {}", dir.display())))?;
     let made_private = mount(none, &fd_path(top.as_fd()), none, MsFlags::MS_PRIVATE, none)
         .map_err(sys("making private"));

@@ -86,6 +86,17 @@ fn accept_loop(listener: UnixListener, events: Sender<VmmEvent>) {
                     tracing::warn!(error = %e, "no thread for a control connection");
                 }
             }
+            // Out of descriptors or memory (a guest can pin descriptors through virtio-fs up
+            // to the VMM's limit): wait and try again rather than lose the control socket.
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::ENOBUFS)
+                ) =>
+            {
+                tracing::debug!(error = %e, "control socket: accept failed; retrying");
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
             Err(e) => {
                 tracing::debug!(error = %e, "control socket closed");
                 return;

@@ -291,6 +291,13 @@ impl MmioTransport {
         // A state file is input like a driver's writes: an active device must have come
         // through the whole status sequence with VERSION_1 accepted.
         let negotiated = STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK;
+        let features_accepted = state.activated || state.status & STATUS_FEATURES_OK != 0;
+        if features_accepted && state.driver_features & super::VIRTIO_F_VERSION_1 == 0 {
+            return Err(RestoreError::Status {
+                name,
+                status: state.status,
+            });
+        }
         if state.activated
             && (state.status & negotiated != negotiated
                 || state.status & STATUS_FAILED != 0
@@ -902,5 +909,13 @@ mod tests {
             assert!(matches!(e, RestoreError::Status { .. }), "{e}");
             assert!(seen.lock().unwrap().is_none(), "activated from {status:#x}");
         }
+        // Not active, but past FEATURES_OK without VERSION_1: DRIVER_OK would activate it
+        // with features nobody checked.
+        let (mut t, _) = transport();
+        state.activated = false;
+        state.status = STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK;
+        state.driver_features = 1 << 9;
+        let e = t.restore(&state).unwrap_err();
+        assert!(matches!(e, RestoreError::Status { .. }), "{e}");
     }
 }

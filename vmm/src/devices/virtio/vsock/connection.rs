@@ -312,6 +312,11 @@ impl Connection {
             return None;
         }
         let want = room.min(self.peer_credit() as usize).min(buf.len());
+        if want == 0 {
+            // No room for a byte (an RX buffer of just a header): a read of nothing would
+            // look like the host's end of stream.
+            return None;
+        }
         match self.stream.read(&mut buf[..want]) {
             Ok(0) => {
                 // The host will send no more (it may still read): a half close.
@@ -398,6 +403,22 @@ mod tests {
         let mut line = [0u8; 14];
         theirs.read_exact(&mut line).unwrap();
         assert_eq!(&line, b"OK 1073741824\n");
+    }
+
+    #[test]
+    fn an_rx_buffer_with_no_room_for_data_is_not_the_hosts_end() {
+        let (ours, mut theirs) = pair();
+        let req = guest(OP_REQUEST, 4096, 0, b"").header;
+        let mut c = Connection::guest_initiated(ours, &req, 3);
+        let mut buf = [0u8; 64];
+        let op = { c.next_for_guest(4096, &mut buf).unwrap().0.op };
+        assert_eq!(op, OP_RESPONSE);
+        theirs.write_all(b"data").unwrap();
+        // A buffer of just a header: nothing to send, and no shutdown owed.
+        assert!(c.next_for_guest(0, &mut buf).is_none());
+        let (h, n) = c.next_for_guest(4096, &mut buf).unwrap();
+        let op = { h.op };
+        assert_eq!((op, &buf[..n]), (OP_RW, &b"data"[..]));
     }
 
     #[test]
