@@ -362,6 +362,66 @@ fn shim_killed(ctd: &Containerd) -> Result<(), Failed> {
     gone_with_its_shim(ctd, "c4")
 }
 
+/// A running sandbox's share rewritten as a compromised hako-vmm could (the guest's view is
+/// read-only): the container's directory moved aside with its binds, a symlink to a host
+/// mount point where its root file system's bind was, and `mounts` a symlink to a host
+/// directory. Killing and removing the task through containerd runs the shim's removal and
+/// stop, which undo the shim's own binds (by mount id) and nothing else: the host mount
+/// and file stay, and nothing is left.
+fn share_rewritten_under_the_shim(ctd: &Containerd) -> Result<(), Failed> {
+    let sentinel = ctd.dir.path().join("sentinel");
+    let victim = ctd.dir.path().join("victim");
+    std::fs::create_dir(&sentinel).map_err(|e| e.to_string())?;
+    std::fs::write(&victim, "victim\n").map_err(|e| e.to_string())?;
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64k", "sentinel"])
+        .arg(&sentinel)
+        .status()
+        .map_err(|e| e.to_string())?;
+    if !mounted.success() {
+        return Err("mounting the sentinel tmpfs failed".into());
+    }
+    let result = (|| -> Result<(), Failed> {
+        std::fs::write(sentinel.join("keep"), "keep\n").map_err(|e| e.to_string())?;
+        run_sleeper(ctd, "c5")?;
+        let staging = ctd.hako_root.join("c5").join("staging");
+        std::fs::rename(staging.join("c5"), staging.join("aside"))
+            .map_err(|e| format!("moving the container's directory aside: {e}"))?;
+        std::fs::create_dir(staging.join("c5")).map_err(|e| e.to_string())?;
+        std::os::unix::fs::symlink(&sentinel, staging.join("c5/rootfs"))
+            .map_err(|e| e.to_string())?;
+        std::os::unix::fs::symlink(ctd.dir.path(), staging.join("c5/mounts"))
+            .map_err(|e| e.to_string())?;
+        let o = ctd.ctr(&["task", "kill", "-s", "SIGKILL", "c5"])?;
+        if !o.status.success() {
+            return Err(format!("ctr task kill: {}", out(&o)).into());
+        }
+        wait_status(ctd, "c5", "STOPPED", Duration::from_secs(120))?;
+        for args in [["task", "rm", "c5"], ["container", "rm", "c5"]] {
+            let o = ctd.ctr(&args)?;
+            if !o.status.success() {
+                return Err(format!("ctr {}: {}", args.join(" "), out(&o)).into());
+            }
+        }
+        let info = std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| e.to_string())?;
+        let point = format!(" {} ", sentinel.display());
+        if !info.lines().any(|l| l.contains(&point)) {
+            return Err("the host mount the share's symlink pointed at was unmounted".into());
+        }
+        for (file, want) in [
+            (sentinel.join("keep"), "keep\n"),
+            (victim.clone(), "victim\n"),
+        ] {
+            if std::fs::read_to_string(&file).unwrap_or_default() != want {
+                return Err(format!("{} changed", file.display()).into());
+            }
+        }
+        nothing_left(ctd)
+    })();
+    let _ = Command::new("umount").arg("-l").arg(&sentinel).status();
+    result
+}
+
 /// kill -9 of the shim of task `id`.
 fn kill_shim(ctd: &Containerd, id: &str) -> Result<(), Failed> {
     let shims: Vec<String> = ctd
@@ -479,6 +539,10 @@ fn main() {
         trial("vmm_killed_under_a_running_task", vmm_killed),
         trial("shim_killed_under_a_running_task", shim_killed),
         trial("shim_killed_while_creating", shim_killed_while_creating),
+        trial(
+            "share_rewritten_under_the_shim",
+            share_rewritten_under_the_shim,
+        ),
         trial("cri_pod_with_two_containers", cri_pod),
     ];
     libtest_mimic::run(&args, trials).exit()
