@@ -83,6 +83,8 @@ pub fn run_from(
     snapshot_dir: Option<&Path>,
     started: Instant,
 ) -> Result<ExitReason, VmmError> {
+    // Before any thread exists: no thread arena, whose first heap shrink would open a file.
+    process::one_malloc_arena();
     // Before anything holds descriptors a guest drives.
     let open_files = process::limit_open_files()?;
     tracing::debug!(open_files, "open-file limit set");

@@ -79,6 +79,16 @@ pub fn forbid_dumping() -> Result<(), ProcessError> {
     Ok(())
 }
 
+/// Keeps every thread's allocations in glibc's main arena. A thread arena (an mmap'd heap)
+/// reads /proc/sys/vm/overcommit_memory the first time one of its heaps shrinks, and a
+/// confined thread may not open files: a vsock worker freeing a large buffer at the guest's
+/// power-off was stopped by its seccomp filter for exactly that openat. Call it before any
+/// thread exists.
+pub fn one_malloc_arena() {
+    // SAFETY: mallopt with integer arguments; it only sets a malloc parameter.
+    let _ = unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
+}
+
 /// Whether the process is dumpable (`PR_GET_DUMPABLE`).
 pub fn dumpable() -> bool {
     // SAFETY: prctl with integer arguments; PR_GET_DUMPABLE returns the flag.
