@@ -329,13 +329,8 @@ impl ContainerShare {
             .map_err(io_error(format!("bind source {}", source.display())))?
             .is_dir();
         let attrs = hako_mount::BindAttrs {
-            recursive: true,
-            read_only,
-            nodev: true,
-            nosuid: true,
-            private: true,
             slave: from_host,
-            idmap: userns,
+            ..hako_mount::BindAttrs::guest_facing(read_only, userns)
         };
         let bind_error = |source_err| ShareError::Bind {
             source_path: source.to_owned(),

@@ -44,15 +44,7 @@ pub fn bind_at(
             .open(target)
             .with_context(|| format!("creating {}", target.display()))?;
     }
-    let attrs = hako_mount::BindAttrs {
-        recursive: true,
-        read_only,
-        nodev: true,
-        nosuid: true,
-        private: true,
-        slave: false,
-        idmap: userns,
-    };
+    let attrs = hako_mount::BindAttrs::guest_facing(read_only, userns);
     let tree = hako_mount::detached_bind(source, &attrs).with_context(|| match userns {
         Some(_) => "id-mapping it to the sandbox VMM's user namespace (where a file system \
                     cannot be, set [vm] user_namespace = \"off\")"

@@ -87,7 +87,22 @@ pub struct BindAttrs<'a> {
     pub idmap: Option<BorrowedFd<'a>>,
 }
 
-impl BindAttrs<'_> {
+impl<'a> BindAttrs<'a> {
+    /// A bind whose files a guest reaches (a container's root or volume): recursive,
+    /// private, nodev and nosuid (submounts included), read-only if asked, id-mapped like
+    /// `idmap` if given.
+    pub fn guest_facing(read_only: bool, idmap: Option<BorrowedFd<'a>>) -> Self {
+        Self {
+            recursive: true,
+            read_only,
+            nodev: true,
+            nosuid: true,
+            private: true,
+            slave: false,
+            idmap,
+        }
+    }
+
     /// The attributes in words, for messages.
     fn describe(&self) -> String {
         let words = [
