@@ -9,7 +9,9 @@
 //!   1000, it cannot mount, and its capabilities are the passthrough's seven;
 //! - where a bind cannot be id-mapped (a procfs file here), it stays root when the config
 //!   allows the fallback, and otherwise fails naming the bind;
-//! - either way its /proc shows its own process and no host process (pid 1 here);
+//! - either way its /proc shows its own process and no host process (pid 1 here), and it is
+//!   in network and IPC namespaces of its own: it cannot reach an abstract Unix socket the
+//!   test bound on the host (a host daemon that trusts uid-0 peers, for a VMM that stays root);
 //! - the real hako-vmm binary (it opens KVM and makes a VM, but runs no vCPU), stopped while
 //!   it opens its console (a FIFO nobody reads) after its set-up: its open-file limit is
 //!   bounded (soft = hard), its log (stderr, a file) stays under its cap, and it is not
@@ -29,7 +31,17 @@ use libtest_mimic::{Arguments, Failed, Trial};
 const CASE: &str = "HAKO_JAIL_CASE";
 const DIR: &str = "HAKO_JAIL_DIR";
 /// Host ids of the test's user namespace (the runtime's ranges start at 0x7000_0000).
+const ABSTRACT: &str = "HAKO_JAIL_ABSTRACT";
 const UID: u32 = 0x6fff_0000;
+
+/// Connects to the abstract Unix socket `name`: "ok" or the error.
+fn abstract_connect(name: &[u8]) -> String {
+    use std::os::linux::net::SocketAddrExt;
+    match std::os::unix::net::SocketAddr::from_abstract_name(name) {
+        Ok(addr) => outcome(std::os::unix::net::UnixStream::connect_addr(&addr)),
+        Err(e) => format!("bad name: {e}"),
+    }
+}
 const GID: u32 = 0x6fff_0000;
 
 fn config(dir: &Path, kernel: &Path, fallback_to_root: bool) -> VmConfig {
@@ -165,6 +177,14 @@ fn child(case: &str) -> ! {
             "hidden"
         }
     };
+    // The host's abstract socket (bound by the test before this child started) and the
+    // namespaces this process is in now.
+    let name = std::env::var(ABSTRACT).unwrap_or_default();
+    println!("abstract_socket={}", abstract_connect(name.as_bytes()));
+    for ns in ["net", "ipc"] {
+        let link = std::fs::read_link(format!("/proc/self/ns/{ns}")).unwrap_or_default();
+        println!("ns_{ns}={}", link.display());
+    }
     println!("proc_self={}", shown("/proc/self/status"));
     println!("proc_pid1={}", shown("/proc/1"));
     std::process::exit(0)
@@ -188,10 +208,21 @@ fn run(case: &str) -> Result<(tempfile::TempDir, String), Failed> {
     }
     std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700))
         .map_err(|e| e.to_string())?;
+    // A host daemon's abstract socket: the jail must not reach it.
+    use std::os::linux::net::SocketAddrExt;
+    let name = format!("hako-jail-test-{}-{case}", std::process::id());
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
+        .map_err(|e| e.to_string())?;
+    let _listener =
+        std::os::unix::net::UnixListener::bind_addr(&addr).map_err(|e| e.to_string())?;
+    if abstract_connect(name.as_bytes()) != "ok" {
+        return Err("the test cannot reach its own abstract socket".into());
+    }
     let me = std::env::current_exe().map_err(|e| e.to_string())?;
     let o = Command::new(me)
         .env(CASE, case)
         .env(DIR, d)
+        .env(ABSTRACT, &name)
         .output()
         .map_err(|e| e.to_string())?;
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
@@ -211,6 +242,29 @@ fn expect_lines(out: &str, lines: &[String]) -> Result<(), Failed> {
     for l in lines {
         if !out.lines().any(|x| x == l) {
             return Err(format!("expected {l:?} in:\n{out}").into());
+        }
+    }
+    Ok(())
+}
+
+/// The child reached no host abstract socket and was in network and IPC namespaces other
+/// than the test's.
+fn apart_from_the_host(out: &str) -> Result<(), Failed> {
+    let line = |key: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .map(str::to_owned)
+            .ok_or_else(|| format!("no {key} in:\n{out}"))
+    };
+    let reached = line("abstract_socket=")?;
+    if !reached.starts_with("error") {
+        return Err(format!("the jail reached the host's abstract socket: {reached}").into());
+    }
+    for ns in ["net", "ipc"] {
+        let host = std::fs::read_link(format!("/proc/self/ns/{ns}")).map_err(|e| e.to_string())?;
+        let jailed = line(&format!("ns_{ns}="))?;
+        if jailed.is_empty() || Path::new(&jailed) == host {
+            return Err(format!("the jail is in the host's {ns} namespace ({jailed:?})").into());
         }
     }
     Ok(())
@@ -244,6 +298,7 @@ fn as_a_user_namespace_root() -> Result<(), Failed> {
             "proc_pid1=hidden".into(),
         ],
     )?;
+    apart_from_the_host(&out)?;
     let d = dir.path();
     for (file, ids) in [
         ("share/by-root", (0, 0)),
@@ -274,7 +329,8 @@ fn stays_root_where_allowed_when_a_bind_cannot_be_id_mapped() -> Result<(), Fail
             "proc_self=shown".into(),
             "proc_pid1=hidden".into(),
         ],
-    )
+    )?;
+    apart_from_the_host(&out)
 }
 
 fn fails_naming_the_bind_otherwise() -> Result<(), Failed> {

@@ -4,19 +4,29 @@
 //! private mount namespace with a tmpfs root holding only what the config names, bound at
 //! its own paths so the config stays valid; pivot_root into it; a /proc that shows processes
 //! only, and of those only the ones the VMM could ptrace (`hidepid=ptraceable`: its own; the
-//! passthrough file system reopens files through /proc/self/fd); with
-//! `security.jail.user`, a user namespace whose root is an unprivileged host uid, every bind
-//! id-mapped to it (`user.rs`); the bounding, permitted and effective capability sets cut to
-//! what the devices need; and no_new_privs.
+//! passthrough file system reopens files through /proc/self/fd); network and IPC namespaces
+//! of its own; with `security.jail.user`, a user namespace whose root is an unprivileged host
+//! uid, every bind id-mapped to it (`user.rs`); the bounding, permitted and effective
+//! capability sets cut to what the devices need; and no_new_privs.
 //!
 //! As the user namespace's root the VMM keeps its seven file capabilities (fuse-backend-rs's
 //! passthrough switches each request to the guest's uid and back to 0 on the thread), but
 //! they hold over the id-mapped binds only; to everything else on the host it is an
 //! unprivileged uid, and its mount namespace belongs to the host's user namespace, so it
-//! cannot mount or unmount there at all. Without a user namespace it stays uid 0, and
-//! without CAP_SYS_ADMIN, CAP_SYS_PTRACE and the others it still cannot mount, leave the
-//! namespace, or reach other processes' files through /proc; seccomp forbids those calls
-//! anyway.
+//! cannot mount or unmount there at all.
+//!
+//! Without a user namespace (`[vm] user_namespace = "off"`, a host that cannot make one, a
+//! root file system that cannot be id-mapped) it stays uid 0, as every such VMM does. A
+//! distinct host uid per VMM would not part them: the passthrough returns each thread to
+//! uid 0 after every request (`setresuid(-1, 0, -1)`), which needs a real or saved uid 0 or
+//! CAP_SETUID, and either lets a compromised VMM take any uid, another VMM's included. What
+//! keeps such VMMs from each other and from the host instead, each shown by a test: seccomp
+//! (no kill, tkill, ptrace, process_vm_*, pidfd_getfd, keyctl, and tgkill to its own
+//! threads only: vmm/tests/seccomp.rs), PR_SET_DUMPABLE(0) (a process of the same uid and
+//! capabilities cannot ptrace it or read its /proc files: jail.rs), a /proc that shows it
+//! only itself, a mount namespace holding only its own files, and network and IPC
+//! namespaces of its own (no host abstract socket or System V IPC object: jail.rs); with
+//! CAP_SYS_ADMIN, CAP_SYS_PTRACE and the others gone it could not undo any of them.
 #![allow(unsafe_code)]
 
 mod mounts;
@@ -210,9 +220,18 @@ pub fn enter(
         None => None,
     };
 
+    // A mount namespace of its own; a network namespace with no interface (its taps were
+    // opened before, and a tap's descriptor keeps working from any namespace), which also
+    // cuts it off from the host's abstract Unix sockets (they belong to a network namespace;
+    // its own sockets are path sockets, reached through the jail's binds); and an IPC
+    // namespace of its own (no host System V IPC or POSIX message queue). A VMM that stays
+    // root reaches no host daemon that trusts peers of uid 0 that way.
     // SAFETY: unshare takes flags only.
-    let rc = unsafe { libc::unshare(libc::CLONE_NEWNS) };
-    check(rc.into(), "unshare(CLONE_NEWNS)")?;
+    let rc = unsafe { libc::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWNET | libc::CLONE_NEWIPC) };
+    check(
+        rc.into(),
+        "unshare(CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC)",
+    )?;
     // Slaves, not private: mounts the host makes later below a share that is a shared mount
     // (the runtime binds each new container's root there) reach the jail, and their
     // unmounts too; nothing the jail mounts goes back.
