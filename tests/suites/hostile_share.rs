@@ -8,16 +8,20 @@
 //! dead shim (`sandbox::clean_up_leftover`, the shim's `delete` action). Each case asserts
 //! that no host path outside the sandbox changed: sentinel mounts (checked by their mount
 //! ids), sentinel files and volume contents, and that no mount is left below the sandbox.
-//! Everything runs on a thread with a private mount namespace.
+//! Then the floor they stand on (`host::fs`, `share::unmount_verified`): removal never
+//! crosses a mount point, an unmount by descriptor takes that mount only, and an unmount that
+//! took a mount stacked since its check is an error. Everything runs on a thread with a
+//! private mount namespace.
 
+use std::ffi::OsStr;
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use hako_runtime::host::mountinfo;
-use hako_runtime::host::share::{ContainerShare, Share, remove_dir};
+use hako_runtime::host::share::{ContainerShare, Share, remove_dir, unmount_verified};
+use hako_runtime::host::{fs, mountinfo};
 use hako_tests::mounts::in_private_mounts;
 use hako_tests::require;
 use libtest_mimic::{Arguments, Failed};
@@ -421,6 +425,96 @@ fn share_mounts_stay_out_of_other_namespaces() -> Result<(), String> {
     })
 }
 
+/// The floor under every case above (`host::fs`): removing a tree refuses to enter a mount
+/// point (the bound volume's contents stay; the rest of the tree goes), and goes on once the
+/// mount is gone.
+fn removal_never_crosses_a_mount_point() -> Result<(), String> {
+    let t = tempfile::tempdir().map_err(io("a temporary directory"))?;
+    let volume = t.path().join("volume");
+    let tree = t.path().join("tree");
+    std::fs::create_dir(&volume).map_err(io("volume"))?;
+    std::fs::write(volume.join("data"), "precious").map_err(io("data"))?;
+    std::fs::create_dir_all(tree.join("m")).map_err(io("tree"))?;
+    std::fs::write(tree.join("other"), "x").map_err(io("other"))?;
+    let none = None::<&str>;
+    mount(Some(&volume), &tree.join("m"), none, MsFlags::MS_BIND, none)
+        .map_err(|e| format!("bind: {e}"))?;
+    let dir = fs::open_dir(t.path()).map_err(io("open"))?;
+    match fs::remove_tree_at(dir.as_fd(), OsStr::new("tree")) {
+        Err(e) if e.to_string().contains("mount point") => {}
+        other => return Err(format!("removal across a mount point gave {other:?}")),
+    }
+    if std::fs::read_to_string(volume.join("data")).unwrap_or_default() != "precious" {
+        return Err("the removal deleted a file through the bind".into());
+    }
+    if tree.join("other").exists() {
+        return Err("the removal stopped before the rest of the tree".into());
+    }
+    nix::mount::umount2(&tree.join("m"), nix::mount::MntFlags::MNT_DETACH)
+        .map_err(|e| format!("umount: {e}"))?;
+    fs::remove_tree_at(dir.as_fd(), OsStr::new("tree")).map_err(io("removal after the unmount"))
+}
+
+/// `host::fs::unmount` through a descriptor takes that mount only (a second bind of the
+/// same source stays), and a path ending on a mount point is refused when no mount may be
+/// crossed.
+fn unmounting_by_descriptor_takes_that_mount_only() -> Result<(), String> {
+    let t = tempfile::tempdir().map_err(io("a temporary directory"))?;
+    let (src, a, b) = (t.path().join("src"), t.path().join("a"), t.path().join("b"));
+    let none = None::<&str>;
+    for d in [&src, &a, &b] {
+        std::fs::create_dir(d).map_err(io("mkdir"))?;
+    }
+    for to in [&a, &b] {
+        mount(Some(&src), to, none, MsFlags::MS_BIND, none).map_err(|e| format!("bind: {e}"))?;
+    }
+    let dir = fs::open_dir(t.path()).map_err(io("open"))?;
+    let beneath = |name: &str, no_xdev: bool| {
+        fs::open_beneath(dir.as_fd(), Path::new(name), libc::O_PATH, no_xdev)
+    };
+    if beneath("a", true).is_ok() {
+        return Err("a path ending on a mount point was opened with no crossing allowed".into());
+    }
+    let fd = beneath("a", false).map_err(io("a"))?;
+    let id = fs::mount_of(fd.as_fd()).map_err(io("statx a"))?;
+    let parent = fs::mount_of(dir.as_fd()).map_err(io("statx parent"))?;
+    if !id.root || id.id == parent.id {
+        return Err(format!("a is not seen as a mount root: {id:?} under {parent:?}"));
+    }
+    fs::unmount(fd).map_err(io("unmount a"))?;
+    let after = beneath("a", false).map_err(io("a again"))?;
+    if fs::mount_of(after.as_fd()).map_err(io("statx"))?.id != parent.id {
+        return Err("a is still a mount point after its unmount".into());
+    }
+    let other = beneath("b", false).map_err(io("b"))?;
+    if !fs::mount_of(other.as_fd()).map_err(io("statx b"))?.root {
+        return Err("unmounting a took b too".into());
+    }
+    fs::unmount(other).map_err(io("unmount b"))
+}
+
+/// A mount stacked at a bind's place after its identity was checked is what an unmount
+/// through the descriptor takes (the kernel resolves the place to the top of its stack):
+/// `share::unmount_verified` sees the recorded mount still there and says so.
+fn an_unmount_that_took_a_stacked_mount_is_an_error() -> Result<(), String> {
+    let t = tempfile::tempdir().map_err(io("a temporary directory"))?;
+    let m = t.path().join("m");
+    std::fs::create_dir(&m).map_err(io("m"))?;
+    let none = None::<&str>;
+    mount(Some("tmpfs"), &m, Some("tmpfs"), MsFlags::empty(), none)
+        .map_err(|e| format!("tmpfs: {e}"))?;
+    let fd = fs::open_dir(&m).map_err(io("open m"))?;
+    let id = fs::mount_of(fd.as_fd()).map_err(io("statx"))?.id;
+    mount(Some("tmpfs"), &m, Some("tmpfs"), MsFlags::empty(), none)
+        .map_err(|e| format!("stacked tmpfs: {e}"))?;
+    let result = unmount_verified(fd, id, &m);
+    let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
+    match result {
+        Err(e) if e.to_string().contains("stacked") => Ok(()),
+        other => Err(format!("an unmount that took the stacked mount gave {other:?}")),
+    }
+}
+
 fn main() {
     let args = Arguments::from_args();
     let trials = vec![
@@ -453,6 +547,21 @@ fn main() {
             "hostile_share_mounts_stay_out_of_other_namespaces",
             require::root,
             || run(share_mounts_stay_out_of_other_namespaces),
+        ),
+        require::trial(
+            "hostile_share_removal_never_crosses_a_mount_point",
+            require::root,
+            || run(removal_never_crosses_a_mount_point),
+        ),
+        require::trial(
+            "hostile_share_unmounting_by_descriptor_takes_that_mount_only",
+            require::root,
+            || run(unmounting_by_descriptor_takes_that_mount_only),
+        ),
+        require::trial(
+            "hostile_share_an_unmount_that_took_a_stacked_mount_is_an_error",
+            require::root,
+            || run(an_unmount_that_took_a_stacked_mount_is_an_error),
         ),
     ];
     libtest_mimic::run(&args, trials).exit()
