@@ -355,19 +355,15 @@ pub fn read_tail(mut log: impl Read + Seek, lines: usize) -> io::Result<String> 
 }
 
 /// `text` (guest-made: a console line, an agent's error) fit for one log line: control
-/// characters shown as `�`, a trailing `\r` dropped, at most `max_chars` characters (then `…`).
+/// characters, Unicode's bidirectional controls (which reorder what a reader sees around
+/// them: "Trojan Source") and line and paragraph separators shown as `�`, a trailing `\r`
+/// dropped, at most `max_chars` characters (then `…`).
 pub fn printable(text: &str, max_chars: usize) -> String {
     let text = text.strip_suffix('\r').unwrap_or(text);
     let mut out: String = text
         .chars()
         .take(max_chars)
-        .map(|c| {
-            if c.is_control() && c != '\t' {
-                '\u{fffd}'
-            } else {
-                c
-            }
-        })
+        .map(|c| if shown_as_is(c) { c } else { '\u{fffd}' })
         .collect();
     if text.chars().nth(max_chars).is_some() {
         out.push('…');
@@ -375,9 +371,29 @@ pub fn printable(text: &str, max_chars: usize) -> String {
     out
 }
 
+/// Whether a guest-made character may reach a log as it is.
+fn shown_as_is(c: char) -> bool {
+    let bidi = matches!(
+        c,
+        '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
+    );
+    let separator = matches!(c, '\u{2028}' | '\u{2029}');
+    c == '\t' || !(c.is_control() || bidi || separator)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn guest_text_cannot_reorder_or_break_a_log_line() {
+        let text = "ok\u{202e}evil\u{2066}x\u{2069}\u{200f}\u{2028}\u{1b}[2J\tend\r";
+        assert_eq!(
+            printable(text, 100),
+            "ok\u{fffd}evil\u{fffd}x\u{fffd}\u{fffd}\u{fffd}\u{fffd}[2J\tend"
+        );
+        assert_eq!(printable("héllo wörld", 5), "héllo…");
+    }
     use std::io::Write;
     use std::os::unix::net::UnixListener;
 

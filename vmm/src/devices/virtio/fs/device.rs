@@ -398,4 +398,68 @@ mod tests {
         let ab = std::fs::metadata(dir.path().join("ab")).unwrap().ino();
         assert_eq!(ino, ab, "the server looked up the name the guard checked");
     }
+
+    /// A FIFO the guest made (MKNOD passes the guard: pipes are fine) is never opened by the
+    /// server: OPEN of it, and CREATE without O_EXCL of its name (which opens an existing
+    /// file), answer an error at once instead of blocking the worker until a writer comes.
+    #[test]
+    fn a_fifo_the_guest_made_never_blocks_the_server() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_owned();
+        let (done, wait) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let fs = Fs::new("t", &path, false, Counters::new(COUNTERS)).unwrap();
+            let mut service = Service::new(fs.server.clone(), false, fs.counters.clone()).unwrap();
+            let m = mem();
+            let init: Vec<u8> = [7u32, 31, 0, 0]
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect();
+            let (errno, _) = call(&mut service, &m, &request(FUSE_INIT, 1, 0, &init), || {});
+            assert_eq!(errno, 0, "FUSE_INIT");
+            // fuse_mknod_in: mode, rdev, umask, padding; then the name.
+            let mut mknod: Vec<u8> = [libc::S_IFIFO | 0o666, 0, 0, 0]
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect();
+            mknod.extend_from_slice(b"p\0");
+            let (errno, entry) = call(
+                &mut service,
+                &m,
+                &request(guard::FUSE_MKNOD, 2, ROOT, &mknod),
+                || {},
+            );
+            assert_eq!(errno, 0, "MKNOD of a FIFO");
+            let node = u64::from_le_bytes(entry[..8].try_into().unwrap());
+            // fuse_open_in: flags, open_flags.
+            let open: Vec<u8> = [libc::O_RDONLY as u32, 0]
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect();
+            let (open_errno, _) = call(
+                &mut service,
+                &m,
+                &request(guard::FUSE_OPEN, 3, node, &open),
+                || {},
+            );
+            // fuse_create_in: flags, mode, umask, open_flags; then the name.
+            let mut create: Vec<u8> = [(libc::O_WRONLY | libc::O_CREAT) as u32, 0o644, 0, 0]
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect();
+            create.extend_from_slice(b"p\0");
+            let (create_errno, _) = call(
+                &mut service,
+                &m,
+                &request(guard::FUSE_CREATE, 4, ROOT, &create),
+                || {},
+            );
+            let _ = done.send((open_errno, create_errno));
+        });
+        let (open_errno, create_errno) = wait
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the server answered within 10 s (it blocked opening the FIFO)");
+        assert!(open_errno < 0, "OPEN of a FIFO: {open_errno}");
+        assert!(create_errno < 0, "CREATE over a FIFO: {create_errno}");
+    }
 }
