@@ -73,13 +73,16 @@ fn run(config: &AgentConfig) -> anyhow::Result<Shutdown> {
         // Held while libcontainer forks and waits, so the orphan reaper never takes its
         // intermediate processes' statuses.
         let fork_lock = Arc::new(Mutex::new(()));
-        let containers = Arc::new(Containers::new(
-            Layout {
-                state_dir: config.state_dir.clone(),
-                shared_dir: config.shared_dir.clone(),
-            },
-            fork_lock.clone(),
-        ));
+        let containers = Arc::new(
+            Containers::new(
+                Layout {
+                    state_dir: config.state_dir.clone(),
+                    shared_dir: config.shared_dir.clone(),
+                },
+                fork_lock.clone(),
+            )
+            .context("starting the container worker")?,
+        );
         spawn_signal_watchers(sandbox.clone(), config.init, fork_lock)?;
         server::serve(&config.listen, &config.deny, sandbox, containers)
             .await

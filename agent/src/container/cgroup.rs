@@ -1,8 +1,10 @@
 //! A container's cgroup as the agent reads and changes it (v2 in the VM, v1 when the agent
 //! runs on this kind of host in tests): processes, statistics in the API's terms, resource
-//! updates.
+//! updates, and removal once the container has ended. Where the hierarchies are mounted is
+//! read once when the agent starts (it does not change inside a guest).
 
-use std::path::Path;
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
 
 use hako_agent_api::agent::{CpuStats, IoStats, MemoryStats, PidsStats, StatsContainerResponse};
 use libcgroups::common::{AnyCgroupManager, CgroupConfig, CgroupManager, ControllerOpt};
@@ -57,6 +59,163 @@ pub fn pids(path: &Path, id: &str) -> Result<Vec<i32>, CgroupError> {
 
 /// The unified (v2) hierarchy's mount point.
 const CGROUP2_ROOT: &str = "/sys/fs/cgroup";
+
+/// The v1 controllers libcgroups manages (it makes a container's directory in each of
+/// these hierarchies, and only these).
+const V1_CONTROLLERS: &[&str] = &[
+    "cpu",
+    "cpuacct",
+    "cpuset",
+    "devices",
+    "hugetlb",
+    "memory",
+    "pids",
+    "perf_event",
+    "blkio",
+    "net_prio",
+    "net_cls",
+    "freezer",
+];
+
+/// Where the cgroup hierarchies are mounted, found once when the agent starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hierarchies {
+    /// cgroup v2 (the guest): one hierarchy at this mount point.
+    V2(PathBuf),
+    /// cgroup v1 (hosts like this one): the mount point of each hierarchy holding a
+    /// controller libcgroups manages.
+    V1(Vec<PathBuf>),
+}
+
+impl Hierarchies {
+    /// Finds the hierarchies under `root` (v2 when `root` is a cgroup2 mount, else the v1
+    /// mounts in `mountinfo`, the text of /proc/self/mountinfo).
+    pub fn detect(root: &Path, mountinfo: impl FnOnce() -> std::io::Result<Vec<u8>>) -> Self {
+        let v2 = nix::sys::statfs::statfs(root)
+            .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC);
+        if v2 {
+            return Self::V2(root.to_owned());
+        }
+        Self::V1(mountinfo().map(|m| v1_mounts(&m)).unwrap_or_default())
+    }
+
+    /// The directories of cgroup `path` (absolute, as in linux.cgroupsPath), or None when the
+    /// path has anything but plain names (`..`, `.`): such a path is left to libcgroups.
+    pub fn dirs(&self, path: &Path) -> Option<Vec<PathBuf>> {
+        let mut rel = PathBuf::new();
+        for c in path.components() {
+            match c {
+                Component::RootDir => {}
+                Component::Normal(n) => rel.push(n),
+                _ => return None,
+            }
+        }
+        if rel.as_os_str().is_empty() {
+            return None;
+        }
+        Some(match self {
+            Self::V2(root) => vec![root.join(&rel)],
+            Self::V1(mounts) => mounts.iter().map(|m| m.join(&rel)).collect(),
+        })
+    }
+
+    /// The file holding the OOM-kill counter of cgroup `path` (memory.events on v2, the
+    /// memory hierarchy's memory.oom_control on v1).
+    pub fn oom_counter(&self, path: &Path) -> Option<PathBuf> {
+        let dirs = self.dirs(path)?;
+        match self {
+            Self::V2(_) => dirs.into_iter().next().map(|d| d.join("memory.events")),
+            Self::V1(mounts) => mounts
+                .iter()
+                .zip(dirs)
+                .find(|(m, _)| m.file_name().is_some_and(|n| n == "memory"))
+                .map(|(_, d)| d.join("memory.oom_control")),
+        }
+    }
+}
+
+/// The mount points of v1 hierarchies holding a controller libcgroups manages, from
+/// mountinfo's bytes (`... mount_point ... - cgroup source super_options`).
+fn v1_mounts(mountinfo: &[u8]) -> Vec<PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut out = Vec::new();
+    for line in mountinfo.split(|&b| b == b'\n') {
+        let fields: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
+        let Some(sep) = fields.iter().position(|f| *f == b"-") else {
+            continue;
+        };
+        let (Some(point), Some(fstype), Some(options)) =
+            (fields.get(4), fields.get(sep + 1), fields.get(sep + 3))
+        else {
+            continue;
+        };
+        let managed = options
+            .split(|&b| b == b',')
+            .any(|o| V1_CONTROLLERS.iter().any(|c| c.as_bytes() == o));
+        // Mount points with spaces are escaped (\040): such a hierarchy is not one of the
+        // standard ones, and libcgroups would not find it either.
+        if *fstype == b"cgroup" && managed && !point.contains(&b'\\') {
+            out.push(PathBuf::from(std::ffi::OsStr::from_bytes(point)));
+        }
+    }
+    out
+}
+
+/// How long removal waits for a cgroup's last processes to leave, in all.
+const REMOVE_RETRIES: u32 = 4;
+const REMOVE_BACKOFF_LIMIT: Duration = Duration::from_millis(100);
+
+/// Removes a container's cgroup directories (what libcgroups' remove does: every process
+/// still in one is killed, then the directory is removed, retrying while they go). `dirs`
+/// come from [`Hierarchies::dirs`]; a missing directory is already removed.
+pub fn remove(dirs: &[PathBuf]) -> Result<(), CgroupError> {
+    for dir in dirs {
+        // Opened without O_CREAT: a cgroup file system has no files to create.
+        let killed = std::fs::OpenOptions::new()
+            .write(true)
+            .open(dir.join("cgroup.kill"))
+            .and_then(|mut f| std::io::Write::write_all(&mut f, b"1"));
+        match killed {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // No cgroup.kill (v1, or a v2 kernel before 5.14), or no directory.
+                let procs = match std::fs::read_to_string(dir.join("cgroup.procs")) {
+                    Ok(p) => p,
+                    // No directory (rmdir below says so too).
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+                    Err(e) => return Err(op("listing the processes", dir)(e)),
+                };
+                for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+            }
+            Err(e) => return Err(op("killing the processes", dir)(e)),
+        }
+        remove_dir_with_retry(dir)?;
+    }
+    Ok(())
+}
+
+/// rmdir, retrying with libcgroups' back-off while the last processes leave.
+fn remove_dir_with_retry(dir: &Path) -> Result<(), CgroupError> {
+    let mut delay = Duration::from_millis(10);
+    let mut last = None;
+    for attempt in 1..=REMOVE_RETRIES {
+        match std::fs::remove_dir(dir) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => last = Some(e),
+        }
+        std::thread::sleep(delay);
+        delay = (delay * attempt).min(REMOVE_BACKOFF_LIMIT);
+    }
+    Err(op("removing the directory", dir)(last.unwrap_or_else(
+        || std::io::Error::other("could not remove"),
+    )))
+}
 
 /// The container's statistics in the API's terms. On cgroup v2 the agent reads the interface
 /// files itself: libcgroups insists on pressure (PSI) files, which kernels without CONFIG_PSI
@@ -274,6 +433,67 @@ mod tests {
             (101, 200, 2, 2)
         );
         assert_eq!(keyed("anon_thp 5\nanon 7\n", "anon"), 7, "whole keys only");
+    }
+
+    const MOUNTINFO: &[u8] = b"31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu,cpuacct rw,relatime - cgroup cgroup rw,cpu,cpuacct
+35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,xattr,name=systemd
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+42 31 0:39 / /sys/fs/cgroup/odd\\040name rw - cgroup cgroup rw,pids
+";
+
+    #[test]
+    fn v1_hierarchies_are_the_managed_controllers_mounts() {
+        assert_eq!(
+            v1_mounts(MOUNTINFO),
+            [
+                PathBuf::from("/sys/fs/cgroup/cpu,cpuacct"),
+                PathBuf::from("/sys/fs/cgroup/memory")
+            ]
+        );
+        let not_cgroup2 = tempfile::tempdir().unwrap();
+        let h = Hierarchies::detect(not_cgroup2.path(), || Ok(MOUNTINFO.to_vec()));
+        assert_eq!(h, Hierarchies::V1(v1_mounts(MOUNTINFO)));
+    }
+
+    #[test]
+    fn cgroup_dirs_are_plain_paths_under_each_hierarchy() {
+        let v1 = Hierarchies::V1(v1_mounts(MOUNTINFO));
+        assert_eq!(
+            v1.dirs(Path::new("/hako/c1")).unwrap(),
+            [
+                PathBuf::from("/sys/fs/cgroup/cpu,cpuacct/hako/c1"),
+                PathBuf::from("/sys/fs/cgroup/memory/hako/c1")
+            ]
+        );
+        assert_eq!(
+            v1.oom_counter(Path::new("/hako/c1")),
+            Some(PathBuf::from("/sys/fs/cgroup/memory/hako/c1/memory.oom_control"))
+        );
+        let v2 = Hierarchies::V2(PathBuf::from("/sys/fs/cgroup"));
+        assert_eq!(
+            v2.oom_counter(Path::new("hako/c1")),
+            Some(PathBuf::from("/sys/fs/cgroup/hako/c1/memory.events"))
+        );
+        for odd in ["/hako/../etc", "/", "", "../x"] {
+            assert_eq!(v2.dirs(Path::new(odd)), None, "{odd:?} is left to libcgroups");
+        }
+    }
+
+    #[test]
+    fn removal_takes_empty_directories_and_skips_missing_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let gone = dir.path().join("gone");
+        let empty = dir.path().join("empty");
+        std::fs::create_dir(&empty).unwrap();
+        remove(&[gone, empty.clone()]).unwrap();
+        assert!(!empty.exists());
+        // A directory that cannot be removed is an error, after the retries.
+        let busy = dir.path().join("busy");
+        std::fs::create_dir(&busy).unwrap();
+        std::fs::write(busy.join("cgroup.procs"), "").unwrap();
+        assert!(matches!(remove(&[busy]), Err(CgroupError::Op { .. })));
     }
 
     #[test]

@@ -1,16 +1,21 @@
 //! The containers of the sandbox: created with libcontainer from the OCI spec the runtime
 //! sends, their init and exec processes, and their teardown. One lock per container;
-//! libcontainer's blocking calls run off the async runtime, under the fork lock the orphan
-//! reaper also takes (it must not reap libcontainer's intermediate processes).
+//! libcontainer's blocking calls run on the agent's container worker thread, under the fork
+//! lock the orphan reaper also takes (it must not reap libcontainer's intermediate processes).
+//! A container whose init has ended is removed by the agent itself (its cgroup directories
+//! and libcontainer's state directory) unless it has poststop hooks: libcontainer's delete
+//! would build a whole cgroup manager (on v1, two hardened procfs reads per controller) to
+//! remove one directory per hierarchy.
 
 pub mod cgroup;
 pub mod oom;
 pub mod spec;
+pub mod worker;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use libcontainer::container::Container;
 use libcontainer::container::builder::ContainerBuilder;
@@ -84,6 +89,8 @@ pub struct Entry {
     bundle: PathBuf,
     /// linux.cgroupsPath as libcontainer applied it.
     cgroup: PathBuf,
+    /// The spec has poststop hooks (or Intel RDT): only libcontainer's delete runs those.
+    libcontainer_delete: bool,
     inner: Arc<Mutex<Container>>,
     init: Arc<Process>,
     execs: Mutex<HashMap<String, Arc<Process>>>,
@@ -102,6 +109,8 @@ pub struct Containers {
     pub oom: oom::OomEvents,
     layout: Layout,
     fork_lock: Arc<Mutex<()>>,
+    worker: worker::Worker,
+    hierarchies: cgroup::Hierarchies,
     map: tokio::sync::Mutex<HashMap<String, Arc<Entry>>>,
 }
 
@@ -165,20 +174,25 @@ fn prepare_stdio(terminal: bool, socket: PathBuf) -> std::io::Result<(AgentSide,
     Ok((AgentSide::Terminal(receiver), ChildSide::Console(socket)))
 }
 
-/// The process's streams once it exists.
-fn finish_stdio(side: AgentSide) -> std::io::Result<Arc<ProcessIo>> {
+/// The process's streams once it exists (a terminal's master is waited for off the async
+/// runtime; pipes are ready).
+async fn finish_stdio(side: AgentSide) -> Result<std::io::Result<Arc<ProcessIo>>, ContainerError> {
     match side {
-        AgentSide::Pipes(io) => Ok(io),
+        AgentSide::Pipes(io) => Ok(Ok(io)),
         AgentSide::Terminal(receiver) => {
-            let master = receiver
-                .join()
-                .map_err(|_| std::io::Error::other("the console socket thread panicked"))??;
-            ProcessIo::terminal(master)
+            blocking(move || {
+                let master = receiver
+                    .join()
+                    .map_err(|_| std::io::Error::other("the console socket thread panicked"))??;
+                ProcessIo::terminal(master)
+            })
+            .await
         }
     }
 }
 
-/// Runs a blocking libcontainer call off the async runtime.
+/// Waits for a terminal's master off the async runtime (it may take up to TERMINAL_TIMEOUT,
+/// so not on the container worker).
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, ContainerError> {
@@ -191,14 +205,44 @@ async fn blocking<T: Send + 'static>(
         })
 }
 
+/// Milliseconds since `t`, for the phase timings logged at debug level.
+fn ms(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e3
+}
+
 impl Containers {
-    pub fn new(layout: Layout, fork_lock: Arc<Mutex<()>>) -> Self {
-        Self {
+    /// Starts the container worker and reads, once, what does not change in a sandbox: where
+    /// the cgroup hierarchies are, and libcontainer's hardened procfs handle (pathrs caches
+    /// one per process; opened here, every later container process inherits it instead of
+    /// mounting and checking a procfs of its own).
+    pub fn new(layout: Layout, fork_lock: Arc<Mutex<()>>) -> std::io::Result<Self> {
+        if let Err(e) = pathrs::procfs::ProcfsHandle::new() {
+            tracing::warn!(error = %e, "opening a procfs handle for libcontainer");
+        }
+        let hierarchies = cgroup::Hierarchies::detect(Path::new(CGROUP_ROOT), || {
+            std::fs::read("/proc/self/mountinfo")
+        });
+        tracing::debug!(?hierarchies, "cgroup hierarchies");
+        Ok(Self {
             oom: oom::OomEvents::default(),
             layout,
             fork_lock,
+            worker: worker::Worker::start()?,
+            hierarchies,
             map: tokio::sync::Mutex::new(HashMap::new()),
-        }
+        })
+    }
+
+    /// Runs a blocking libcontainer call on the container worker.
+    async fn on_worker<T: Send + 'static>(
+        &self,
+        id: &str,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, ContainerError> {
+        self.worker
+            .run(f)
+            .await
+            .map_err(|e| runtime(id, "handing a call to the container worker")(Box::new(e)))
     }
 
     fn youki_root(&self) -> PathBuf {
@@ -222,6 +266,7 @@ impl Containers {
         storages: &[Storage],
     ) -> Result<(), ContainerError> {
         spec::check_id(id)?;
+        let t0 = Instant::now();
         let mut map = self.map.lock().await;
         if map.contains_key(id) {
             return Err(ContainerError::Exists(id.to_owned()));
@@ -235,6 +280,8 @@ impl Containers {
             })?;
             mounts.0.push(target);
         }
+        let storage_ms = ms(t0);
+        let t = Instant::now();
         let mut spec = spec::parse(spec_json)?;
         spec::resolve_root(&mut spec, &self.layout.shared_dir.join(id))?;
         let cgroup = spec::cgroups_path(&mut spec, id);
@@ -250,6 +297,16 @@ impl Containers {
         };
         spec::fit_namespaces(&mut spec, sandbox_init);
         let terminal = spec.process().as_ref().and_then(|p| p.terminal()) == Some(true);
+        let libcontainer_delete = spec
+            .hooks()
+            .as_ref()
+            .and_then(|h| h.poststop().as_ref())
+            .is_some_and(|p| !p.is_empty())
+            || spec
+                .linux()
+                .as_ref()
+                .and_then(|l| l.intel_rdt().as_ref())
+                .is_some();
         let bundle = self.layout.state_dir.join("bundles").join(id);
         std::fs::create_dir_all(&bundle)
             .map_err(|e| runtime(id, "creating its bundle")(Box::new(e)))?;
@@ -259,37 +316,44 @@ impl Containers {
             .map_err(|e| runtime(id, "writing config.json")(Box::new(e)))?;
         let (agent_side, child) = prepare_stdio(terminal, bundle.join("console.sock"))
             .map_err(|e| runtime(id, "setting up its stdio")(Box::new(e)))?;
+        let spec_ms = ms(t);
+        let t = Instant::now();
         let (cid, root, lock, b) = (
             id.to_owned(),
             self.youki_root(),
             self.fork_lock.clone(),
             bundle.clone(),
         );
-        let container = blocking(move || {
-            let _forking = lock.lock().unwrap_or_else(|p| p.into_inner());
-            builder(cid, root, child).and_then(|builder| {
-                builder
-                    .as_init(b)
-                    .with_systemd(false)
-                    .with_detach(true)
-                    .build()
+        let container = self
+            .on_worker(id, move || {
+                let _forking = lock.lock().unwrap_or_else(|p| p.into_inner());
+                builder(cid, root, child).and_then(|builder| {
+                    builder
+                        .as_init(b)
+                        .with_systemd(false)
+                        .with_detach(true)
+                        .build()
+                })
             })
-        })
-        .await?
-        .map_err(|e| runtime(id, "creating it with libcontainer")(Box::new(e)))?;
+            .await?
+            .map_err(|e| runtime(id, "creating it with libcontainer")(Box::new(e)))?;
+        // libcontainer's part: clone, cgroup, namespaces, root file system, up to the init
+        // waiting for StartContainer.
+        let libcontainer_ms = ms(t);
         let pid = container.pid().ok_or_else(|| {
             runtime(id, "reading its init pid")("libcontainer reported no pid".into())
         })?;
-        let io = blocking(move || finish_stdio(agent_side))
+        let io = finish_stdio(agent_side)
             .await?
             .map_err(|e| runtime(id, "receiving its terminal")(Box::new(e)))?;
         let init = Process::watch(pid, io)
             .map_err(|e| runtime(id, "watching its init process")(Box::new(e)))?;
         let mounts = std::mem::take(&mut mounts.0);
-        let oom_watch = self.oom.watch(
-            id.to_owned(),
-            oom::counter_file(Path::new(CGROUP_ROOT), &cgroup),
-        );
+        let counter = self
+            .hierarchies
+            .oom_counter(&cgroup)
+            .unwrap_or_else(|| oom::counter_file(Path::new(CGROUP_ROOT), &cgroup));
+        let oom_watch = self.oom.watch(id.to_owned(), counter);
         map.insert(
             id.to_owned(),
             Arc::new(Entry {
@@ -299,10 +363,19 @@ impl Containers {
                 mounts: Mutex::new(mounts),
                 bundle,
                 cgroup,
+                libcontainer_delete,
                 inner: Arc::new(Mutex::new(container)),
                 init: Arc::new(init),
                 execs: Mutex::new(HashMap::new()),
             }),
+        );
+        tracing::debug!(
+            container_id = id,
+            storage_ms,
+            spec_ms,
+            libcontainer_ms,
+            total_ms = ms(t0),
+            "create phases"
         );
         tracing::info!(container_id = id, pid = pid.as_raw(), "container created");
         Ok(())
@@ -312,9 +385,13 @@ impl Containers {
     pub async fn start(&self, id: &str) -> Result<(), ContainerError> {
         let e = self.get(id).await?;
         let inner = e.inner.clone();
-        blocking(move || inner.lock().unwrap_or_else(|p| p.into_inner()).start())
-            .await?
-            .map_err(|err| runtime(id, "starting it")(Box::new(err)))?;
+        let t = Instant::now();
+        self.on_worker(id, move || {
+            inner.lock().unwrap_or_else(|p| p.into_inner()).start()
+        })
+        .await?
+        .map_err(|err| runtime(id, "starting it")(Box::new(err)))?;
+        tracing::debug!(container_id = id, exec_ms = ms(t), "start phases");
         tracing::info!(container_id = id, "container started");
         Ok(())
     }
@@ -354,7 +431,7 @@ impl Containers {
                 return Ok(());
             }
             let inner = e.inner.clone();
-            blocking(move || {
+            self.on_worker(id, move || {
                 inner
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
@@ -402,19 +479,20 @@ impl Containers {
         let (agent_side, child) = prepare_stdio(terminal, socket)
             .map_err(|err| runtime(id, "setting up the exec's stdio")(Box::new(err)))?;
         let (cid, root, lock) = (id.to_owned(), self.youki_root(), self.fork_lock.clone());
-        let pid = blocking(move || {
-            let _forking = lock.lock().unwrap_or_else(|p| p.into_inner());
-            builder(cid, root, child).and_then(|builder| {
-                builder
-                    .as_tenant()
-                    .with_process(Some(path))
-                    .with_detach(true)
-                    .build()
+        let pid = self
+            .on_worker(id, move || {
+                let _forking = lock.lock().unwrap_or_else(|p| p.into_inner());
+                builder(cid, root, child).and_then(|builder| {
+                    builder
+                        .as_tenant()
+                        .with_process(Some(path))
+                        .with_detach(true)
+                        .build()
+                })
             })
-        })
-        .await?
-        .map_err(|err| runtime(id, "executing a process")(Box::new(err)))?;
-        let io = blocking(move || finish_stdio(agent_side))
+            .await?
+            .map_err(|err| runtime(id, "executing a process")(Box::new(err)))?;
+        let io = finish_stdio(agent_side)
             .await?
             .map_err(|err| runtime(id, "receiving the exec's terminal")(Box::new(err)))?;
         let p = Process::watch(pid, io)
@@ -459,7 +537,7 @@ impl Containers {
     pub async fn freeze(&self, id: &str, frozen: bool) -> Result<(), ContainerError> {
         let e = self.get(id).await?;
         let inner = e.inner.clone();
-        blocking(move || {
+        self.on_worker(id, move || {
             let mut c = inner.lock().unwrap_or_else(|p| p.into_inner());
             if frozen { c.pause() } else { c.resume() }
         })
@@ -473,7 +551,7 @@ impl Containers {
     pub async fn pids(&self, id: &str) -> Result<Vec<i32>, ContainerError> {
         let e = self.get(id).await?;
         let (path, cid) = (e.cgroup.clone(), id.to_owned());
-        blocking(move || cgroup::pids(&path, &cid))
+        self.on_worker(id, move || cgroup::pids(&path, &cid))
             .await?
             .map_err(|source| ContainerError::Cgroup {
                 id: id.to_owned(),
@@ -487,7 +565,7 @@ impl Containers {
     ) -> Result<hako_agent_api::agent::StatsContainerResponse, ContainerError> {
         let e = self.get(id).await?;
         let (path, cid) = (e.cgroup.clone(), id.to_owned());
-        blocking(move || cgroup::stats(&path, &cid))
+        self.on_worker(id, move || cgroup::stats(&path, &cid))
             .await?
             .map_err(|source| ContainerError::Cgroup {
                 id: id.to_owned(),
@@ -498,7 +576,7 @@ impl Containers {
     pub async fn update(&self, id: &str, resources_json: Vec<u8>) -> Result<(), ContainerError> {
         let e = self.get(id).await?;
         let (path, cid) = (e.cgroup.clone(), id.to_owned());
-        blocking(move || cgroup::update(&path, &cid, &resources_json))
+        self.on_worker(id, move || cgroup::update(&path, &cid, &resources_json))
             .await?
             .map_err(|source| ContainerError::Cgroup {
                 id: id.to_owned(),
@@ -509,27 +587,50 @@ impl Containers {
     /// Kills whatever still runs, waits up to `timeout` for the init, deletes the container.
     pub async fn remove(&self, id: &str, timeout: Duration) -> Result<(), ContainerError> {
         let e = self.get(id).await?;
+        let t = Instant::now();
         if e.init.exited().is_none() {
             let inner = e.inner.clone();
-            let _ = blocking(move || {
-                inner
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .kill(Signal::SIGKILL, true)
-            })
-            .await?;
+            let _ = self
+                .on_worker(id, move || {
+                    inner
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .kill(Signal::SIGKILL, true)
+                })
+                .await?;
             if tokio::time::timeout(timeout, e.init.wait()).await.is_err() {
                 tracing::warn!(container_id = id, "init did not exit after SIGKILL");
             }
         }
-        let inner = e.inner.clone();
-        blocking(move || inner.lock().unwrap_or_else(|p| p.into_inner()).delete(true))
-            .await?
-            .map_err(|err| runtime(id, "deleting it")(Box::new(err)))?;
+        let dirs = self.hierarchies.dirs(&e.cgroup);
+        match dirs {
+            Some(dirs) if e.init.exited().is_some() && !e.libcontainer_delete => {
+                let state = self.youki_root().join(id);
+                self.on_worker(id, move || {
+                    cgroup::remove(&dirs)?;
+                    remove_state_dir(&state).map_err(|err| cgroup::CgroupError::Op {
+                        what: "removing libcontainer's state directory",
+                        path: state.display().to_string(),
+                        source: Box::new(err),
+                    })
+                })
+                .await?
+                .map_err(|err| runtime(id, "deleting it")(Box::new(err)))?;
+            }
+            _ => {
+                let inner = e.inner.clone();
+                self.on_worker(id, move || {
+                    inner.lock().unwrap_or_else(|p| p.into_inner()).delete(true)
+                })
+                .await?
+                .map_err(|err| runtime(id, "deleting it")(Box::new(err)))?;
+            }
+        }
         e.oom_watch.abort();
         storage::unmount_all(&mut e.mounts.lock().unwrap_or_else(|p| p.into_inner()));
         let _ = std::fs::remove_dir_all(&e.bundle);
         self.map.lock().await.remove(id);
+        tracing::debug!(container_id = id, remove_ms = ms(t), "remove phases");
         tracing::info!(container_id = %e.id, "container removed");
         Ok(())
     }
@@ -542,5 +643,14 @@ impl Containers {
                 tracing::warn!(container_id = %id, error = %e, "removing at teardown");
             }
         }
+    }
+}
+
+/// Removes libcontainer's state directory of a container (state.json, its config, the notify
+/// socket); one that is already gone is removed.
+fn remove_state_dir(dir: &Path) -> std::io::Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        r => r,
     }
 }
