@@ -10,7 +10,8 @@
 //! sandboxes resume the test run's template. None waits for a cold boot to finish, so the
 //! suite is quick even where guests take a minute to boot. And a hostile rewrite of a live
 //! sandbox's share before `hako delete --force` (moved container directory, symlinks to a
-//! host mount point and a host directory): the host mount and files stay, nothing is left.
+//! host mount point and a host directory), and the same rewrite while the guest creates a
+//! container that then fails there: the host mount and files stay, nothing is left.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -31,9 +32,14 @@ struct Case {
 
 impl Case {
     fn new(config: &str) -> Result<Self, Failed> {
-        let hako = fixtures::workspace_binary("hako-runtime", "hako")?;
+        Self::with_args(config, &["sleep", "1000"])
+    }
+
+    /// A case whose container runs `args`.
+    fn with_args(config: &str, args: &[&str]) -> Result<Self, Failed> {
+        let hako = fixtures::workspace_binary("hako")?;
         // The VMM hako finds next to itself: built now, never a stale one.
-        fixtures::workspace_binary("hako-vmm", "hako-vmm")?;
+        fixtures::workspace_binary("hako-vmm")?;
         // Short: the VMM's socket paths live under the root (108-byte limit).
         let work = tempfile::Builder::new()
             .prefix("hf")
@@ -43,7 +49,7 @@ impl Case {
         bundle::write_busybox_bundle(
             Path::new("/bin/busybox"),
             &work.path().join("b"),
-            &["sleep", "1000"],
+            args,
             "/hako-fault-test",
         )?;
         Ok(Self { hako, work })
@@ -318,72 +324,150 @@ fn vmm_killed_while_resuming() -> Result<(), Failed> {
     template_kept(&template)
 }
 
-/// A hostile rewrite of a live sandbox's share (as a compromised hako-vmm could make it; the
-/// guest's view is read-only), then `hako delete --force`: the container's directory moved
-/// aside with its binds, a symlink to a host mount point where its root's bind was, and its
-/// `mounts` a symlink to a host directory. The CLI's real teardown unmounts its own binds
-/// (by identity), leaves the host mount and file alone, and leaves nothing behind.
-fn share_rewritten_before_delete() -> Result<(), Failed> {
-    let (config, template) = templated_config()?;
-    let c = Case::new(&config)?;
-    let sentinel = c.work.path().join("sentinel");
-    std::fs::create_dir(&sentinel).map_err(|e| e.to_string())?;
-    std::fs::write(c.work.path().join("victim"), "victim\n").map_err(|e| e.to_string())?;
-    netns::run(
-        "mount",
-        &[
-            "-t",
-            "tmpfs",
-            "-o",
-            "size=64k",
-            "sentinel",
-            &sentinel.display().to_string(),
-        ],
-    )?;
-    std::fs::write(sentinel.join("keep"), "keep\n").map_err(|e| e.to_string())?;
-    let result = (|| -> Result<(), Failed> {
-        let o = c.create_output()?;
-        if !o.status.success() {
-            return Err(format!("create: {}", String::from_utf8_lossy(&o.stderr)).into());
-        }
-        let staging = c.root().join("c/vm/staging");
-        let moved = std::fs::rename(staging.join("c"), staging.join("aside"));
-        moved.map_err(|e| format!("moving the container's directory aside: {e}"))?;
-        std::fs::create_dir(staging.join("c")).map_err(|e| e.to_string())?;
-        std::os::unix::fs::symlink(&sentinel, staging.join("c/rootfs"))
-            .map_err(|e| e.to_string())?;
-        std::os::unix::fs::symlink(c.work.path(), staging.join("c/mounts"))
-            .map_err(|e| e.to_string())?;
-        let o = c
-            .cmd(&["delete", "--force", "c"])
-            .output()
-            .map_err(|e| e.to_string())?;
-        if !o.status.success() {
-            return Err(format!("delete --force: {}", String::from_utf8_lossy(&o.stderr)).into());
-        }
-        let info = std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| e.to_string())?;
-        let sentinel_text = format!(" {} ", sentinel.display());
-        if !info.lines().any(|l| l.contains(&sentinel_text)) {
+/// A host mount (a small tmpfs holding `keep`) and a host file (`victim`) in the trial's
+/// directory: what a rewritten share points the runtime at. Unmounted when dropped.
+struct Sentinel {
+    mount: PathBuf,
+    victim: PathBuf,
+}
+
+impl Sentinel {
+    fn new(c: &Case) -> Result<Self, Failed> {
+        let mount = c.work.path().join("sentinel");
+        let victim = c.work.path().join("victim");
+        std::fs::create_dir(&mount).map_err(|e| e.to_string())?;
+        std::fs::write(&victim, "victim\n").map_err(|e| e.to_string())?;
+        let target = mount.display().to_string();
+        netns::run(
+            "mount",
+            &["-t", "tmpfs", "-o", "size=64k", "sentinel", &target],
+        )?;
+        let s = Self { mount, victim };
+        std::fs::write(s.mount.join("keep"), "keep\n").map_err(|e| e.to_string())?;
+        Ok(s)
+    }
+
+    /// The host mount is still there, and both files unchanged.
+    fn untouched(&self) -> Result<(), Failed> {
+        let info = std::fs::read("/proc/self/mountinfo").map_err(|e| e.to_string())?;
+        let needle = format!(" {} ", self.mount.display());
+        if !String::from_utf8_lossy(&info)
+            .lines()
+            .any(|l| l.contains(&needle))
+        {
             return Err("the host mount the share's symlink pointed at was unmounted".into());
         }
         for (file, want) in [
-            (sentinel.join("keep"), "keep\n"),
-            (c.work.path().join("victim"), "victim\n"),
+            (self.mount.join("keep"), "keep\n"),
+            (self.victim.clone(), "victim\n"),
         ] {
             if std::fs::read_to_string(&file).unwrap_or_default() != want {
                 return Err(format!("{} changed", file.display()).into());
             }
         }
-        c.no_leaks()?;
-        template_kept(&template)
-    })();
-    let _ = netns::run("umount", &["-l", &sentinel.display().to_string()]);
-    result
+        Ok(())
+    }
+}
+
+impl Drop for Sentinel {
+    fn drop(&mut self) {
+        let _ = netns::run("umount", &["-l", &self.mount.display().to_string()]);
+    }
+}
+
+/// Rewrites container `c`'s directory in its sandbox's share as a compromised hako-vmm
+/// could (the guest's view is read-only): the directory moved aside with its binds, a
+/// symlink to the host mount point where its root's bind was, and its `mounts` a symlink to
+/// a host directory.
+fn rewrite_share(c: &Case, sentinel: &Sentinel) -> Result<(), Failed> {
+    let staging = c.root().join("c/vm/staging");
+    let moved = std::fs::rename(staging.join("c"), staging.join("aside"));
+    moved.map_err(|e| format!("moving the container's directory aside: {e}"))?;
+    std::fs::create_dir(staging.join("c")).map_err(|e| e.to_string())?;
+    std::os::unix::fs::symlink(&sentinel.mount, staging.join("c/rootfs"))
+        .map_err(|e| e.to_string())?;
+    std::os::unix::fs::symlink(c.work.path(), staging.join("c/mounts"))
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// A hostile rewrite of a live sandbox's share ([`rewrite_share`]), then `hako delete
+/// --force`: the CLI's real teardown unmounts its own binds (by identity), leaves the host
+/// mount and file alone, and leaves nothing behind.
+fn share_rewritten_before_delete() -> Result<(), Failed> {
+    let (config, template) = templated_config()?;
+    let c = Case::new(&config)?;
+    let sentinel = Sentinel::new(&c)?;
+    let o = c.create_output()?;
+    if !o.status.success() {
+        return Err(format!("create: {}", String::from_utf8_lossy(&o.stderr)).into());
+    }
+    rewrite_share(&c, &sentinel)?;
+    let o = c
+        .cmd(&["delete", "--force", "c"])
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !o.status.success() {
+        return Err(format!("delete --force: {}", String::from_utf8_lossy(&o.stderr)).into());
+    }
+    sentinel.untouched()?;
+    c.no_leaks()?;
+    template_kept(&template)
+}
+
+/// The share rewritten ([`rewrite_share`]) while the guest creates the container, which then
+/// fails in the guest (its root is gone from the guest's view; were it not, its program
+/// does not exist): `hako create`'s own undo of the
+/// container's binds and of the sandbox leaves the host mount and file alone and leaves
+/// nothing behind. The rewrite is made as soon as the container's root is bound in the
+/// share, and must precede the failure (else the trial fails as proving nothing).
+fn share_rewritten_before_a_failed_create() -> Result<(), Failed> {
+    let (config, template) = templated_config()?;
+    let c = Case::with_args(&config, &["/no/such/program"])?;
+    let sentinel = Sentinel::new(&c)?;
+    let mut child = c.spawn_create()?;
+    let rootfs = c.root().join("c/vm/staging/c/rootfs");
+    let needle = format!(" {} ", rootfs.display());
+    let start = Instant::now();
+    loop {
+        let info = std::fs::read("/proc/self/mountinfo").map_err(|e| e.to_string())?;
+        if String::from_utf8_lossy(&info)
+            .lines()
+            .any(|l| l.contains(&needle))
+        {
+            break;
+        }
+        if child.try_wait().map_err(|e| e.to_string())?.is_some() {
+            let o = c.finish(child)?;
+            return Err(format!(
+                "create ended before the container's root was bound: {}",
+                String::from_utf8_lossy(&o.stderr)
+            )
+            .into());
+        }
+        if start.elapsed() > Duration::from_secs(120) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err("the container's root was not bound within 120 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    rewrite_share(&c, &sentinel)?;
+    if child.try_wait().map_err(|e| e.to_string())?.is_some() {
+        return Err("create had already ended when the share was rewritten".into());
+    }
+    let o = c.finish(child)?;
+    // The agent refuses it: the root it was told of is gone in the guest's view (the
+    // rewrite) or its program does not exist.
+    c.expect_create_fails(&o, &["creating container c in sandbox"])?;
+    sentinel.untouched()?;
+    c.no_leaks()?;
+    template_kept(&template)
 }
 
 /// A config whose sandboxes resume the run's template, and that template's directory.
 fn templated_config() -> Result<(String, PathBuf), Failed> {
-    let hako = fixtures::workspace_binary("hako-runtime", "hako")?;
+    let hako = fixtures::workspace_binary("hako")?;
     let config = cold_config(&fixtures::template_config())?;
     let probe = Case::new(&config)?;
     let template = fixtures::ensure_template(&hako, &probe.work.path().join("hako.toml"))?;
@@ -629,6 +713,11 @@ fn main() {
             "fault_share_rewritten_before_delete",
             prerequisites,
             share_rewritten_before_delete,
+        ),
+        require::trial(
+            "fault_share_rewritten_before_a_failed_create",
+            prerequisites,
+            share_rewritten_before_a_failed_create,
         ),
         require::trial("fault_soak_random_kills", prerequisites, soak_random_kills),
     ];

@@ -479,7 +479,9 @@ fn unmounting_by_descriptor_takes_that_mount_only() -> Result<(), String> {
     let id = fs::mount_of(fd.as_fd()).map_err(io("statx a"))?;
     let parent = fs::mount_of(dir.as_fd()).map_err(io("statx parent"))?;
     if !id.root || id.id == parent.id {
-        return Err(format!("a is not seen as a mount root: {id:?} under {parent:?}"));
+        return Err(format!(
+            "a is not seen as a mount root: {id:?} under {parent:?}"
+        ));
     }
     fs::unmount(fd).map_err(io("unmount a"))?;
     let after = beneath("a", false).map_err(io("a again"))?;
@@ -511,7 +513,9 @@ fn an_unmount_that_took_a_stacked_mount_is_an_error() -> Result<(), String> {
     let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
     match result {
         Err(e) if e.to_string().contains("stacked") => Ok(()),
-        other => Err(format!("an unmount that took the stacked mount gave {other:?}")),
+        other => Err(format!(
+            "an unmount that took the stacked mount gave {other:?}"
+        )),
     }
 }
 
