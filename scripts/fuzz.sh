@@ -9,6 +9,8 @@
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
+# shellcheck source=lib/timing.sh
+. scripts/lib/timing.sh
 seconds="${1:-20}"
 shift || true
 targets=("$@")
@@ -30,13 +32,14 @@ export RUSTFLAGS="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4
 -Cllvm-args=-sanitizer-coverage-trace-compares --cfg fuzzing"
 echo "== fuzz: building ${#targets[@]} targets"
 # --target keeps the instrumentation off build scripts and proc macros.
-cargo build --quiet --manifest-path fuzz/Cargo.toml --release --target "$host" \
+timed "  fuzz: build" cargo build --quiet --manifest-path fuzz/Cargo.toml --release --target "$host" \
     $(printf -- '--bin %s ' "${targets[@]}")
 bin="$CARGO_TARGET_DIR/$host/release"
 # The targets' scratch shares and disks live here, removed at the end.
 export TMPDIR="$work_dir/tmp"
 rm -rf "$TMPDIR"; mkdir -p "$TMPDIR"
 trap 'rm -rf "$TMPDIR"' EXIT
+runs_start=$EPOCHREALTIME
 for t in "${targets[@]}"; do
     work="$work_dir/corpus/$t"
     artifacts="$work_dir/artifacts/$t/"
@@ -54,3 +57,4 @@ for t in "${targets[@]}"; do
         exit 1
     fi
 done
+timing_record "  fuzz: ${#targets[@]} targets x ${seconds} s (with regressions)" "$(elapsed_since "$runs_start")" 0

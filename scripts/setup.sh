@@ -7,6 +7,8 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
 
 log() { echo "setup: $*" >&2; }
+# shellcheck source=lib/timing.sh
+. scripts/lib/timing.sh
 
 packages=(
     build-essential flex bison bc libelf-dev libssl-dev cpio xz-utils patch  # guest kernel build
@@ -28,21 +30,42 @@ done
 if [ "${#missing[@]}" -gt 0 ]; then
     [ "$(id -u)" = 0 ] || { echo "setup: missing packages ${missing[*]}; run as root or install them" >&2; exit 1; }
     log "installing ${missing[*]}"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    timed "  setup: apt-get update" apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive timed "  setup: apt-get install (${#missing[@]} packages)" \
+        apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 command -v cargo >/dev/null || { echo "setup: cargo is missing: install Rust (rustup) first" >&2; exit 1; }
 
+# A clone without a target directory of its own (CI's fresh clone) gets one in the cache,
+# keyed by the toolchain and Cargo.lock: every compiled dependency is reused and only Hako's
+# own crates build; a new lock or toolchain starts a new one (the older ones go). Templates
+# and fixtures kept there are keyed by what they are made of; a day-old template goes. A
+# developer's own target/ directory is left as it is.
+cache_root="${HAKO_CACHE_DIR:-/var/cache/hako}/cargo-target"
+if [ ! -e target ] || [ -L target ]; then
+    key="$( (rustc -vV; cat Cargo.lock) | sha256sum | cut -c1-16)"
+    mkdir -p "$cache_root/$key"
+    ln -sfn "$cache_root/$key" target
+    find "$cache_root" -mindepth 1 -maxdepth 1 ! -name "$key" -exec rm -rf {} +
+    log "cargo target: $cache_root/$key"
+    if [ -d target/hako-templates ]; then
+        find target/hako-templates -mindepth 1 -maxdepth 1 -mtime +0 -exec rm -rf {} +
+    fi
+fi
+
 log "building the workspace (release)"
-cargo build --release --workspace --quiet
+timed "  setup: cargo build --release --workspace" cargo build --release --workspace --quiet
 
 log "building static guest binaries"
-RUSTFLAGS="-C target-feature=+crt-static" cargo build --quiet --profile guest \
+RUSTFLAGS="-C target-feature=+crt-static" timed "  setup: static guest binaries" \
+    cargo build --quiet --profile guest \
     --target x86_64-unknown-linux-gnu --target-dir target/guest -p hako-agent -p hako-guest-probe
 guest_bin="target/guest/x86_64-unknown-linux-gnu/guest"
 
 log "building the guest kernel (cached)"
+kernel_start=$EPOCHREALTIME
 kernel="$(guest-kernel-config/build.sh | tail -n1)"
+timing_record "  setup: guest kernel" "$(elapsed_since "$kernel_start")" 0
 
 log "building guest images"
 mkdir -p target/hako-images

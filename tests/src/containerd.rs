@@ -39,8 +39,8 @@ impl Containerd {
     }
 
     fn start_in(network: Option<(&Path, &str)>) -> Result<Self, String> {
-        let shim = fixtures::workspace_binary("hako-runtime", "containerd-shim-hako-v2")?;
-        let vmm = fixtures::workspace_binary("hako-vmm", "hako-vmm")?;
+        let shim = fixtures::workspace_binary("containerd-shim-hako-v2")?;
+        let vmm = fixtures::workspace_binary("hako-vmm")?;
         let bin_dir = shim
             .parent()
             .ok_or("the shim has no directory")?
@@ -83,7 +83,7 @@ impl Containerd {
         )
         .map_err(|e| e.to_string())?;
         // Sandboxes resume the shared template (booted once per test run).
-        let hako = fixtures::workspace_binary("hako-runtime", "hako")?;
+        let hako = fixtures::workspace_binary("hako")?;
         fixtures::ensure_template(&hako, &d.join("hako.toml"))?;
         let path = format!(
             "{}:{}",

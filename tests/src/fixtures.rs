@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 
 use crate::repo_root;
 use crate::require::Skip;
@@ -36,8 +37,7 @@ pub fn kernel() -> Result<PathBuf, Skip> {
     }
 }
 
-/// Runs `cargo build --quiet ARGS --target-dir TARGET_DIR` in the workspace. Each fixture
-/// build has its own target directory, so it never waits on the `cargo test` that runs it.
+/// Runs `cargo build --quiet ARGS --target-dir TARGET_DIR` in the workspace.
 fn cargo_build(
     what: &str,
     target_dir: &Path,
@@ -86,12 +86,24 @@ pub fn guest_binary(package: &str) -> Result<PathBuf, String> {
         .join(package))
 }
 
-/// Builds (if needed) a host binary of this workspace in its own target directory, so a
-/// suite never runs a stale `target/{debug,release}` build.
-pub fn workspace_binary(package: &str, bin: &str) -> Result<PathBuf, String> {
-    let target_dir = repo_root().join("target/fixture-bins");
-    cargo_build(bin, &target_dir, &["-p", package, "--bin", bin], None)?;
-    Ok(target_dir.join("debug").join(bin))
+/// The workspace's release binary `bin`, built first if needed (once per test process) the
+/// way scripts/setup.sh builds it: the whole workspace, so dependencies resolve with the same
+/// features and nothing is compiled twice, into the workspace's own target directory. A
+/// suite never runs a stale build, and never waits on the `cargo test` that runs it (cargo
+/// locks `target/release` only while it compiles).
+pub fn workspace_binary(bin: &str) -> Result<PathBuf, String> {
+    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            cargo_build(
+                "the workspace's binaries",
+                &repo_root().join("target"),
+                &["--release", "--workspace", "--bins"],
+                None,
+            )
+        })
+        .clone()?;
+    Ok(repo_root().join("target/release").join(bin))
 }
 
 fn probe_manifest() -> Result<hako_rootfs_builder::manifest::Manifest, String> {

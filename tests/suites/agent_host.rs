@@ -53,7 +53,7 @@ fn start_agent() -> Result<Agent, Failed> {
 /// The agent in a private mount namespace and, with `own_net`, a network namespace of its
 /// own (where it may change interfaces and routes); `extra` arguments follow.
 fn start_agent_in(own_net: bool, extra: &[&str]) -> Result<Agent, Failed> {
-    let bin = fixtures::workspace_binary("hako-agent", "hako-agent")?;
+    let bin = fixtures::workspace_binary("hako-agent")?;
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let socket = dir.path().join("agent.sock");
     // A private mount namespace: the agent's mounts never reach the host's.

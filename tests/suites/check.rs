@@ -9,12 +9,7 @@ use hako_tests::{fixtures, require};
 use libtest_mimic::{Arguments, Failed};
 
 fn binary(name: &str) -> Result<PathBuf, Failed> {
-    let package = if name == "hako" {
-        "hako-runtime"
-    } else {
-        "hako-vmm"
-    };
-    fixtures::workspace_binary(package, name).map_err(Failed::from)
+    fixtures::workspace_binary(name).map_err(Failed::from)
 }
 
 fn run_check(json: bool) -> Result<(i32, String), Failed> {

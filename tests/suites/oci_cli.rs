@@ -276,7 +276,7 @@ fn crashed_monitor(rt: &Runtime, work: &Path, boot: Duration) -> Result<(), Fail
 }
 
 fn runtimes(work: &Path) -> Result<Vec<Runtime>, Failed> {
-    let hako = fixtures::workspace_binary("hako-runtime", "hako")?;
+    let hako = fixtures::workspace_binary("hako")?;
     let config = work.join("hako.toml");
     // Sandboxes resume the shared template (booted once per test run).
     fixtures::templated_runtime_config(&hako, &config)?;
@@ -336,7 +336,7 @@ fn main() {
             },
         ),
         require::trial("oci_features_is_json", prerequisites, || {
-            let hako = fixtures::workspace_binary("hako-runtime", "hako")?;
+            let hako = fixtures::workspace_binary("hako")?;
             let o = Command::new(hako)
                 .arg("features")
                 .output()

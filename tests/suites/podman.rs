@@ -25,7 +25,7 @@ fn show(o: &std::process::Output) -> String {
 
 /// (name, podman) for runc and for hako.
 fn both() -> Result<Vec<(&'static str, Podman)>, Failed> {
-    let hako = fixtures::workspace_binary("hako-runtime", "hako")?;
+    let hako = fixtures::workspace_binary("hako")?;
     let mut hako_podman = Podman::new(hako.clone(), None)?;
     let config = hako_podman.dir.path().join("hako.toml");
     // Sandboxes resume the shared template (booted once per test run).

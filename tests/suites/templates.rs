@@ -130,7 +130,7 @@ fn bundle_for(work: &Path, i: usize) -> Result<PathBuf, String> {
 }
 
 fn two_sandboxes_from_one_template() -> Result<(), Failed> {
-    let bin = fixtures::workspace_binary("hako-runtime", "hako")?;
+    let bin = fixtures::workspace_binary("hako")?;
     let work = tempfile::tempdir().map_err(|e| e.to_string())?;
     let config = work.path().join("hako.toml");
     fixtures::templated_runtime_config(&bin, &config)?;
@@ -240,7 +240,7 @@ fn two_sandboxes_from_one_template() -> Result<(), Failed> {
 /// A template whose memory file was written to is removed, the sandbox boots cold instead, and
 /// (`auto_create`) a new template is built in the background.
 fn a_tampered_template_is_never_used_and_is_rebuilt() -> Result<(), Failed> {
-    let bin = fixtures::workspace_binary("hako-runtime", "hako")?;
+    let bin = fixtures::workspace_binary("hako")?;
     let kernel = fixtures::kernel().map_err(|s| Failed::from(s.to_string()))?;
     let image = fixtures::agent_image()?;
     let work = tempfile::tempdir().map_err(|e| e.to_string())?;

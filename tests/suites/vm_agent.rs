@@ -77,7 +77,7 @@ async fn run_container(agent: &AgentServiceClient) -> Result<(), String> {
 }
 
 fn agent_boots_serves_and_powers_off() -> Result<(), Failed> {
-    let vmm = fixtures::workspace_binary("hako-vmm", "hako-vmm")?;
+    let vmm = fixtures::workspace_binary("hako-vmm")?;
     let kernel = fixtures::kernel().map_err(|s| Failed::from(s.to_string()))?;
     let image = fixtures::agent_image()?;
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;

@@ -53,7 +53,7 @@ struct Fixture {
 
 fn fixture() -> Result<Fixture, Failed> {
     Ok(Fixture {
-        vmm: fixtures::workspace_binary("hako-vmm", "hako-vmm")?,
+        vmm: fixtures::workspace_binary("hako-vmm")?,
         kernel: fixtures::kernel().map_err(|s| Failed::from(s.to_string()))?,
         image: fixtures::probe_image()?,
         dir: tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?,

@@ -27,7 +27,7 @@ fn expect(boot: &Boot, needle: &str) -> Result<(), Failed> {
 }
 
 fn guest_talks_tcp_through_a_tap() -> Result<(), Failed> {
-    let vmm = fixtures::workspace_binary("hako-vmm", "hako-vmm")?;
+    let vmm = fixtures::workspace_binary("hako-vmm")?;
     let kernel = fixtures::kernel().map_err(|s| Failed::from(s.to_string()))?;
     let image = fixtures::probe_image()?;
     let ns = Netns::create("hako-net")?;

@@ -18,8 +18,8 @@ use hako_tests::require::{self, Skip};
 use libtest_mimic::Failed;
 
 fn hako_run_runs_a_container_in_a_vm() -> Result<(), Failed> {
-    let hako = fixtures::workspace_binary("hako-runtime", "hako")?;
-    let vmm = fixtures::workspace_binary("hako-vmm", "hako-vmm")?;
+    let hako = fixtures::workspace_binary("hako")?;
+    let vmm = fixtures::workspace_binary("hako-vmm")?;
     let kernel = fixtures::kernel().map_err(|s| Failed::from(s.to_string()))?;
     let image = fixtures::agent_image()?;
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;

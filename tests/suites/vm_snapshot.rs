@@ -140,7 +140,7 @@ where
 }
 
 fn snapshot_round_trip() -> Result<(), Failed> {
-    let vmm = fixtures::workspace_binary("hako-vmm", "hako-vmm")?;
+    let vmm = fixtures::workspace_binary("hako-vmm")?;
     let kernel = fixtures::kernel().map_err(|s| Failed::from(s.to_string()))?;
     let image = fixtures::agent_image()?;
     let top = tempfile::tempdir().map_err(|e| e.to_string())?;

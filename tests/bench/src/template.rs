@@ -100,7 +100,7 @@ fn main() -> Result<()> {
         Some(s) => s.split(',').map(str::parse).collect::<Result<_, _>>()?,
         None => vec![1, 5, 10],
     };
-    let vmm = fixtures::workspace_binary("hako-vmm", "hako-vmm").map_err(anyhow::Error::msg)?;
+    let vmm = fixtures::workspace_binary("hako-vmm").map_err(anyhow::Error::msg)?;
     let kernel = fixtures::kernel().map_err(|s| anyhow::anyhow!("{s}"))?;
     let image = fixtures::agent_image().map_err(anyhow::Error::msg)?;
     let work = tempfile::tempdir()?;
