@@ -469,7 +469,9 @@ mod tests {
         );
         assert_eq!(
             v1.oom_counter(Path::new("/hako/c1")),
-            Some(PathBuf::from("/sys/fs/cgroup/memory/hako/c1/memory.oom_control"))
+            Some(PathBuf::from(
+                "/sys/fs/cgroup/memory/hako/c1/memory.oom_control"
+            ))
         );
         let v2 = Hierarchies::V2(PathBuf::from("/sys/fs/cgroup"));
         assert_eq!(
@@ -477,7 +479,11 @@ mod tests {
             Some(PathBuf::from("/sys/fs/cgroup/hako/c1/memory.events"))
         );
         for odd in ["/hako/../etc", "/", "", "../x"] {
-            assert_eq!(v2.dirs(Path::new(odd)), None, "{odd:?} is left to libcgroups");
+            assert_eq!(
+                v2.dirs(Path::new(odd)),
+                None,
+                "{odd:?} is left to libcgroups"
+            );
         }
     }
 

@@ -223,6 +223,9 @@ impl Containers {
             std::fs::read("/proc/self/mountinfo")
         });
         tracing::debug!(?hierarchies, "cgroup hierarchies");
+        // The parents of every container's bundle and libcontainer state, made once.
+        std::fs::create_dir_all(layout.state_dir.join("bundles"))?;
+        std::fs::create_dir_all(layout.state_dir.join("youki"))?;
         Ok(Self {
             oom: oom::OomEvents::default(),
             layout,
