@@ -11,6 +11,9 @@
 //!   stopped with the thread's kind named, while a virtio-fs worker started (through the
 //!   spawner) at a vCPU thread's request does its file work: the worker gets its own list,
 //!   not the narrower one of the vCPU that asked for it;
+//! - a vCPU thread cannot make a descriptor's I/O signal (SIGKILL) go to another process
+//!   (F_SETOWN, F_SETSIG, O_ASYNC; also F_NOTIFY, F_SETLEASE: EPERM) and a victim process
+//!   outlives the attempt, while the fcntl calls the VMM makes still work;
 //! - the new mount API (fsopen, open_tree, move_mount, mount_setattr) is refused on every
 //!   thread;
 //! - the virtio-fs worker's list is what the real passthrough needs: file work served through
@@ -34,6 +37,7 @@ use hako_vmm::threads;
 use hako_vmm_api::control::EXIT_SECCOMP_VIOLATION;
 
 const CASE: &str = "HAKO_SECCOMP_CASE";
+const VICTIM: &str = "HAKO_SECCOMP_VICTIM";
 
 mod guest {
     //! A guest kernel's FUSE requests to the real virtio-fs device (`Fs::handle`, the
@@ -326,6 +330,57 @@ fn child(case: &str) -> ! {
             .join();
             println!("a vCPU thread signalled another process: {r:?}");
         }
+        "vcpu-sigio" => {
+            // The attack: a descriptor's I/O signal (made SIGKILL) sent to a process of the
+            // thread's choosing when data arrives; the kernel checks only the euid (0 here,
+            // as in the root fallback). The victim's pid comes from the test.
+            let victim: libc::c_int = std::env::var(VICTIM)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .expect("HAKO_SECCOMP_VICTIM");
+            let (a, b) = std::os::unix::net::UnixStream::pair().expect("socket pair");
+            let dir = tempfile::tempdir().expect("temp dir");
+            let d = std::fs::File::open(dir.path()).expect("the directory");
+            let r = std::thread::spawn(move || {
+                confine(Profile::Vcpu);
+                let fd = a.as_raw_fd();
+                let f = |cmd: libc::c_int, arg: libc::c_long| {
+                    raw(libc::SYS_fcntl, fd.into(), cmd.into(), arg)
+                };
+                let flags = f(libc::F_GETFL, 0);
+                // What the VMM itself uses still works.
+                let kept = [
+                    f(libc::F_SETFL, libc::c_long::from(libc::O_NONBLOCK) | flags),
+                    f(libc::F_GETFD, 0),
+                    f(libc::F_SETFD, libc::FD_CLOEXEC.into()),
+                ];
+                // Then the attack (after: F_SETFL above would clear O_ASYNC).
+                let calls = [
+                    f(libc::F_SETOWN, victim.into()),
+                    f(10, libc::SIGKILL.into()), // F_SETSIG
+                    f(
+                        libc::F_SETFL,
+                        libc::c_long::from(libc::O_ASYNC | libc::O_NONBLOCK) | flags,
+                    ),
+                    raw(
+                        libc::SYS_fcntl,
+                        d.as_raw_fd().into(),
+                        libc::F_NOTIFY.into(),
+                        4, // DN_CREATE,
+                    ),
+                    f(libc::F_SETLEASE, libc::F_RDLCK.into()),
+                ];
+                let dup = f(libc::F_DUPFD_CLOEXEC, 0);
+                (calls, kept, dup > 0)
+            })
+            .join();
+            // Data arrives on the descriptor whose signal was set up (the main thread writes:
+            // a vCPU thread may not send).
+            use std::io::Write;
+            (&b).write_all(b"wake").expect("write");
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            println!("sigio: {r:?}");
+        }
         "vcpu-kill-own" => {
             // SAFETY: getpid and gettid have no arguments.
             let (pid, tid) = unsafe { (libc::getpid(), libc::gettid()) };
@@ -540,6 +595,32 @@ fn main() {
     if o.status.code() != Some(0) || !out.contains("own tgkill: Ok(0)") {
         failed.push(format!(
             "vcpu-kill-own: {:?} {out:?} {}",
+            o.status,
+            String::from_utf8_lossy(&o.stderr)
+        ));
+    }
+    // A victim process: it must outlive a confined thread's I/O signal set up against it.
+    let mut victim = Command::new("sleep").arg("30").spawn().expect("sleep");
+    let me = std::env::current_exe().expect("current exe");
+    let o = Command::new(me)
+        .env(CASE, "vcpu-sigio")
+        .env(VICTIM, victim.id().to_string())
+        .output()
+        .expect("running the child");
+    let out = String::from_utf8_lossy(&o.stdout);
+    let victim_status = victim.try_wait().expect("the victim's status");
+    let _ = victim.kill();
+    let _ = victim.wait();
+    println!(
+        "vcpu-sigio: {:?} {out:?}, victim {victim_status:?}",
+        o.status
+    );
+    let eperm = -libc::c_long::from(libc::EPERM);
+    let expected =
+        format!("sigio: Ok(([{eperm}, {eperm}, {eperm}, {eperm}, {eperm}], [0, 1, 0], true))");
+    if victim_status.is_some() || o.status.code() != Some(0) || !out.contains(&expected) {
+        failed.push(format!(
+            "vcpu-sigio: victim {victim_status:?}, child {:?} {out:?} (expected {expected:?}); {}",
             o.status,
             String::from_utf8_lossy(&o.stderr)
         ));

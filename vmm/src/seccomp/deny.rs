@@ -64,9 +64,53 @@ pub(super) const REFUSED: &[(libc::c_long, &str)] = &[
     (libc::SYS_pidfd_getfd, "pidfd_getfd"),
 ];
 
-/// The base's two programs: the refusals (SIGSYS), and clone3 answering ENOSYS (a filter
-/// cannot read clone3's flags, so thread creation falls back to clone, whose flags it can).
-pub(super) fn programs() -> Result<[BpfProgram; 2], SeccompError> {
+/// fcntl commands that make the kernel signal a process of the caller's choosing, or
+/// notify it (answered with EPERM, not a trap: the passthrough copies a guest's open flags
+/// into F_SETFL, so a guest could otherwise stop its own VMM): F_SETOWN/F_SETOWN_EX name the process a descriptor's I/O signals go to, and
+/// the kernel checks only the caller's euid when they are sent (0 in the root fallback:
+/// any host process), F_SETSIG picks the signal (SIGKILL too), F_NOTIFY and F_SETLEASE
+/// signal on a directory's or file's changes. Also F_SETFL with O_ASYNC, which turns those
+/// signals on. The VMM uses none of them.
+const FCNTL_SIGNALLING: &[libc::c_int] = &[
+    libc::F_SETOWN,
+    F_SETOWN_EX,
+    F_SETSIG,
+    libc::F_NOTIFY,
+    libc::F_SETLEASE,
+];
+/// <asm-generic/fcntl.h> values that libc 0.2 does not name on x86-64 Linux.
+const F_SETSIG: libc::c_int = 10;
+const F_SETOWN_EX: libc::c_int = 15;
+
+fn fcntl_refusals() -> Result<Vec<SeccompRule>, SeccompError> {
+    let command = |cmd: libc::c_int| {
+        seccompiler::SeccompCondition::new(
+            1,
+            seccompiler::SeccompCmpArgLen::Dword,
+            seccompiler::SeccompCmpOp::Eq,
+            cmd as u64,
+        )
+        .map_err(build_err)
+    };
+    let mut rules = FCNTL_SIGNALLING
+        .iter()
+        .map(|cmd| SeccompRule::new(vec![command(*cmd)?]).map_err(build_err))
+        .collect::<Result<Vec<_>, _>>()?;
+    let async_flag = libc::O_ASYNC as u64;
+    rules.push(
+        SeccompRule::new(vec![
+            command(libc::F_SETFL)?,
+            arg_masked(2, async_flag, async_flag)?,
+        ])
+        .map_err(build_err)?,
+    );
+    Ok(rules)
+}
+
+/// The base's three programs: the refusals (SIGSYS), clone3 answering ENOSYS (a filter
+/// cannot read clone3's flags, so thread creation falls back to clone, whose flags it can),
+/// and the signalling fcntl commands answering EPERM.
+pub(super) fn programs() -> Result<[BpfProgram; 3], SeccompError> {
     let mut refused: BTreeMap<i64, Vec<SeccompRule>> =
         REFUSED.iter().map(|(nr, _)| (*nr, Vec::new())).collect();
     // A clone without CLONE_THREAD makes a process; a socket not AF_UNIX reaches a network.
@@ -97,8 +141,16 @@ pub(super) fn programs() -> Result<[BpfProgram; 2], SeccompError> {
         ARCH,
     )
     .map_err(build_err)?;
+    let fcntl = SeccompFilter::new(
+        BTreeMap::from([(libc::SYS_fcntl, fcntl_refusals()?)]),
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EPERM as u32),
+        ARCH,
+    )
+    .map_err(build_err)?;
     Ok([
         refusals.try_into().map_err(SeccompError::Compile)?,
         clone3.try_into().map_err(SeccompError::Compile)?,
+        fcntl.try_into().map_err(SeccompError::Compile)?,
     ])
 }

@@ -298,7 +298,7 @@ pub fn install() -> Result<(), SeccompError> {
     }
     ENABLED.store(true, Ordering::SeqCst);
     tracing::debug!(
-        refused = deny::REFUSED.len() + 2,
+        refused = deny::REFUSED.len() + 3,
         "seccomp base filters installed"
     );
     Ok(())
@@ -409,9 +409,10 @@ mod tests {
 
     #[test]
     fn the_filters_compile_and_name_what_they_refuse() {
-        let [refusals, clone3] = deny::programs().unwrap();
+        let [refusals, clone3, fcntl] = deny::programs().unwrap();
         assert!(refusals.len() > deny::REFUSED.len());
         assert!(!clone3.is_empty());
+        assert!(!fcntl.is_empty());
         assert_eq!(name_of(libc::SYS_execve), "execve");
         assert_eq!(name_of(libc::SYS_socket), "socket");
         assert_eq!(name_of(libc::SYS_openat), "openat");
