@@ -299,6 +299,9 @@ fn a_slave_volume_gets_the_hosts_later_mounts() -> Result<(), String> {
         .map_err(|e| format!("bind_mount rslave: {e}"))?;
     part.bind_mount(1, &vol, (false, false), None)
         .map_err(|e| format!("bind_mount rprivate: {e}"))?;
+    // Read-only and rslave: a later mount would arrive with its own flags, writable.
+    part.bind_mount(2, &vol, (true, true), None)
+        .map_err(|e| format!("bind_mount ro rslave: {e}"))?;
     mount(
         Some("later"),
         &vol.join("sub"),
@@ -309,6 +312,8 @@ fn a_slave_volume_gets_the_hosts_later_mounts() -> Result<(), String> {
     .map_err(|e| format!("the host's later mount: {e}"))?;
     let slave = mount_at(&s.path("sb/shared/c1/mounts/0/sub"))?;
     let private = mount_at(&s.path("sb/shared/c1/mounts/1/sub"))?;
+    let read_only = mount_at(&s.path("sb/shared/c1/mounts/2/sub"))?;
+    let written = std::fs::write(s.path("sb/staging/c1/mounts/2/sub/by-guest"), "x").is_ok();
     drop(part);
     let _ = nix::mount::umount2(&vol.join("sub"), nix::mount::MntFlags::MNT_DETACH);
     let _ = nix::mount::umount2(&vol, nix::mount::MntFlags::MNT_DETACH);
@@ -318,6 +323,11 @@ fn a_slave_volume_gets_the_hosts_later_mounts() -> Result<(), String> {
     }
     if private.is_some() {
         return Err("a private volume got the host's later mount".into());
+    }
+    if read_only.is_some() || written {
+        return Err(format!(
+            "a read-only rslave volume got the host's later mount (written through it: {written})"
+        ));
     }
     s.nothing_mounted_below("sb")
 }

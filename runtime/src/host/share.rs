@@ -291,7 +291,10 @@ impl ContainerShare {
     /// Kubernetes' HostToContainer): mounts the host makes below the source later reach the
     /// guest, and there they are mount points the guest cannot remove (a private bind would
     /// not have them, and a guest's rmdir of the directory under one would detach it on the
-    /// host).
+    /// host). A read-only volume is never a slave: a mount that propagates in later keeps its
+    /// own flags (writable, devices, no id mapping), so the guest could write through a
+    /// volume the spec made read-only; it is bound private, as Kubernetes' recursive
+    /// read-only mounts require propagation None.
     pub fn bind_mount(
         &mut self,
         n: usize,
@@ -300,6 +303,14 @@ impl ContainerShare {
         userns: Option<BorrowedFd<'_>>,
     ) -> Result<(), ShareError> {
         let name = n.to_string();
+        if read_only && from_host {
+            tracing::info!(
+                container_id = %self.cid,
+                "volume {} is read-only: bound private, without the host's later mounts",
+                source.display()
+            );
+        }
+        let from_host = from_host && !read_only;
         self.bind(Some(MOUNTS), &name, source, (read_only, from_host), userns)
     }
 
