@@ -1,13 +1,24 @@
 //! OOM events: each container's cgroup is watched for OOM kills (the `oom_kill` counter of
 //! cgroup v2's memory.events, or of v1's memory.oom_control), and each new kill is queued for
 //! GetOOMEvent, a long poll that answers with the next one.
+//!
+//! cgroup v2 (the guest's) notifies changes of memory.events: the kernel wakes pollers of an
+//! open memory.events with EPOLLPRI, so a watched container costs nothing until its counters
+//! move. An idle guest must not wake up (every wake-up is emulated kernel work where guest
+//! kernel mode is emulated, and keeps a core from sleeping elsewhere). v1's
+//! memory.oom_control has no such notification (only cgroup.event_control's eventfd), so
+//! there, where the agent runs as a host process in tests, the counter is read every [`POLL`].
 
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
 use tokio::sync::{Mutex, mpsc};
 
-/// How often a container's counter is read.
+/// How often a counter without change notifications (cgroup v1's) is read.
 const POLL: Duration = Duration::from_millis(500);
 
 /// The file holding the OOM-kill counter of cgroup `path` (v2, else v1).
@@ -48,22 +59,86 @@ impl Default for OomEvents {
     }
 }
 
+/// Reads the counter through `file` (from its start: reading a kernfs file through the
+/// descriptor it polls also acknowledges the change notification).
+fn read_kills(mut file: &File) -> std::io::Result<u64> {
+    let mut text = String::new();
+    file.seek(SeekFrom::Start(0))?;
+    file.read_to_string(&mut text)?;
+    Ok(oom_kills(&text))
+}
+
+/// `file` in the runtime's epoll set for EPOLLPRI.
+#[allow(unsafe_code)]
+fn register(file: File) -> std::io::Result<AsyncFd<File>> {
+    // SAFETY: the AsyncFd takes ownership of the File, so the descriptor stays open and
+    // refers to the same file until the AsyncFd is dropped, and File::as_raw_fd always
+    // returns that descriptor.
+    Ok(unsafe { AsyncFd::register_with_interest(file, Interest::PRIORITY) }?)
+}
+
+/// How a counter file says it changed.
+enum Changes {
+    /// The kernel's notification (cgroup v2's memory.events: EPOLLPRI).
+    Notified(AsyncFd<File>),
+    /// None: read it every [`POLL`].
+    Polled(File),
+}
+
+impl Changes {
+    fn open(path: &Path) -> std::io::Result<Self> {
+        let file = File::open(path)?;
+        if path.file_name().is_some_and(|n| n == "memory.events") {
+            // Regular files (a fake cgroupfs in tests) cannot be polled: epoll refuses them.
+            if let Ok(fd) = register(file.try_clone()?) {
+                return Ok(Self::Notified(fd));
+            }
+        }
+        Ok(Self::Polled(file))
+    }
+
+    fn file(&self) -> &File {
+        match self {
+            Self::Notified(fd) => fd.get_ref(),
+            Self::Polled(file) => file,
+        }
+    }
+
+    /// Waits until the counter may have changed.
+    async fn next(&self) -> std::io::Result<()> {
+        match self {
+            Self::Notified(fd) => fd
+                .ready(Interest::PRIORITY)
+                .await
+                .map(|mut ready| ready.clear_ready()),
+            Self::Polled(_) => {
+                tokio::time::sleep(POLL).await;
+                Ok(())
+            }
+        }
+    }
+}
+
 impl OomEvents {
-    /// Watches container `id`'s counter until the returned task is aborted.
-    pub fn watch(&self, id: String, file: PathBuf) -> tokio::task::JoinHandle<()> {
+    /// Watches container `id`'s counter until the returned task is aborted or the cgroup
+    /// goes.
+    pub fn watch(&self, id: String, path: PathBuf) -> tokio::task::JoinHandle<()> {
         let tx = self.tx.clone();
         tokio::spawn(async move {
             // cgroup files answer at once: reading them inline never stalls the runtime.
-            let mut seen = std::fs::read_to_string(&file)
-                .map(|t| oom_kills(&t))
-                .unwrap_or(0);
+            let Ok(changes) = Changes::open(&path) else {
+                tracing::warn!(container_id = %id, path = %path.display(), "cannot watch OOM kills");
+                return;
+            };
+            let mut seen = read_kills(changes.file()).unwrap_or(0);
             loop {
-                tokio::time::sleep(POLL).await;
-                let Ok(text) = std::fs::read_to_string(&file) else {
+                if changes.next().await.is_err() {
+                    return;
+                }
+                let Ok(now) = read_kills(changes.file()) else {
                     // The cgroup is gone: nothing more to watch.
                     return;
                 };
-                let now = oom_kills(&text);
                 if now > seen {
                     tracing::info!(container_id = %id, kills = now - seen, "OOM kill");
                     seen = now;
