@@ -4,11 +4,16 @@
 //! host gives out (Debian's subordinate ids start at 100000 and grow by 65536 a user; these
 //! start at 0x70000000).
 //!
-//! A range is taken with an exclusive `flock` on `<dir>/<slot>`; hako-vmm inherits that
-//! descriptor and holds it as long as it lives, so a range is never a live VMM's but its
-//! own, and a VMM that ends (stopped, crashed, killed with its runtime) frees its range with
-//! its last descriptor: nothing to clean up, nothing that can leak. The lock files stay (at
-//! most one per slot, empty); removing one could race with its next taker.
+//! A range is taken with exclusive `flock`s on two files, `<dir>/<slot>` (the runtime's, held
+//! by the sandbox's runtime process) and `<dir>/<slot>.vmm` (hako-vmm inherits that
+//! descriptor and holds it as long as it lives), so a range is never a live VMM's but its
+//! own, and one whose VMM and runtime both ended (stopped, crashed, killed) is free again
+//! with their last descriptors: nothing to clean up, nothing that can leak. Two files, each
+//! opened read-only, because a compromised VMM holds its descriptor: it can neither write
+//! the file (a lock file on /run is no place to grow) nor, by unlocking its own lock (a lock
+//! belongs to the open file description it was taken through), free the range while its
+//! runtime lives. The lock files stay (two per slot used, empty); removing one could race
+//! with its next taker.
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -27,11 +32,15 @@ pub const SLOTS: u32 = (0x8000_0000 - FIRST_ID) / RANGE;
 /// Where the lock files live (host-wide: ranges must not collide across state roots).
 pub const LOCK_DIR: &str = "/run/hako-ids";
 
-/// A taken range, held by its lock.
+/// A taken range, held by its two locks.
 #[derive(Debug)]
 pub struct IdRange {
     pub slot: u32,
+    /// The runtime's lock, never handed on: held, never read.
+    #[allow(dead_code)]
     lock: File,
+    /// The VMM's lock: hako-vmm inherits this descriptor.
+    vmm_lock: File,
 }
 
 impl IdRange {
@@ -41,18 +50,19 @@ impl IdRange {
         let start = random_u32() % SLOTS;
         for i in 0..SLOTS {
             let slot = (start + i) % SLOTS;
-            let path = dir.join(slot.to_string());
-            let lock = File::options()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(&path)
-                .with_context(|| format!("opening the id range lock {}", path.display()))?;
-            match try_lock(&lock) {
-                Ok(true) => return Ok(Self { slot, lock }),
-                Ok(false) => continue,
-                Err(e) => return Err(e).with_context(|| format!("locking {}", path.display())),
-            }
+            let path = Self::lock_path(dir, slot);
+            let Some(lock) = lock_file(&path)? else {
+                continue;
+            };
+            // Free unless a VMM that outlived its runtime still holds it.
+            let Some(vmm_lock) = lock_file(&path.with_extension("vmm"))? else {
+                continue;
+            };
+            return Ok(Self {
+                slot,
+                lock,
+                vmm_lock,
+            });
         }
         bail!(
             "all {SLOTS} host id ranges for sandbox VMMs are in use (locks in {})",
@@ -80,11 +90,12 @@ impl IdRange {
         dir.join(slot.to_string())
     }
 
-    /// Makes `cmd`'s process inherit the lock (it holds the range for as long as it lives).
+    /// Makes `cmd`'s process inherit the VMM's lock (it holds the range for as long as it
+    /// lives).
     #[allow(unsafe_code)]
     pub fn inherit_on_exec(&self, cmd: &mut std::process::Command) {
         use std::os::unix::process::CommandExt;
-        let fd = self.lock.as_raw_fd();
+        let fd = self.vmm_lock.as_raw_fd();
         // SAFETY: between fork and exec only async-signal-safe calls are allowed: fcntl on a
         // descriptor number copied before the fork, nothing allocated.
         unsafe {
@@ -96,6 +107,26 @@ impl IdRange {
                 }
             });
         }
+    }
+}
+
+/// Opens the lock file at `path` read-only (made first if missing) and locks it: the file, or
+/// None if another holds it.
+fn lock_file(path: &Path) -> anyhow::Result<Option<File>> {
+    if !path.exists() {
+        File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .with_context(|| format!("making the id range lock {}", path.display()))?;
+    }
+    let file = File::open(path)
+        .with_context(|| format!("opening the id range lock {}", path.display()))?;
+    match try_lock(&file) {
+        Ok(true) => Ok(Some(file)),
+        Ok(false) => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("locking {}", path.display())),
     }
 }
 
@@ -164,18 +195,17 @@ mod tests {
             assert!(!held.contains(&r.slot), "slot {} taken twice", r.slot);
             held.push(r.slot);
             std::mem::forget(r.lock);
+            std::mem::forget(r.vmm_lock);
         }
         let slot = a.slot;
         drop(a);
         // Freed: its lock file can be locked again.
-        let f = File::options()
-            .write(true)
-            .open(IdRange::lock_path(dir.path(), slot))
-            .unwrap();
+        let f = File::open(IdRange::lock_path(dir.path(), slot)).unwrap();
         assert!(try_lock(&f).unwrap());
         let user = IdRange {
             slot: 3,
             lock: tempfile::tempfile().unwrap(),
+            vmm_lock: tempfile::tempfile().unwrap(),
         }
         .jail_user(true);
         assert_eq!(
@@ -183,5 +213,33 @@ mod tests {
             (0x7003_0000, 0x7003_0000, 65536)
         );
         assert!(user.fallback_to_root);
+    }
+
+    /// What a compromised VMM can do with the descriptor it inherits.
+    #[test]
+    #[allow(unsafe_code)]
+    fn the_vmms_descriptor_can_neither_free_the_range_nor_grow_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = IdRange::take(dir.path()).unwrap();
+        // The VMM's copy: the same open file description.
+        let vmm = a.vmm_lock.try_clone().unwrap();
+        assert!(std::io::Write::write_all(&mut &vmm, b"grow").is_err());
+        // SAFETY: flock on an open descriptor.
+        assert_eq!(unsafe { libc::flock(vmm.as_raw_fd(), libc::LOCK_UN) }, 0);
+        // Its slot cannot be taken: the runtime's lock holds it.
+        let path = IdRange::lock_path(dir.path(), a.slot);
+        assert!(lock_file(&path).unwrap().is_none());
+        assert!(lock_file(&path.with_extension("vmm")).unwrap().is_some());
+        drop(a);
+        drop(vmm);
+        // A VMM that outlives its runtime keeps the range: only the runtime's lock goes.
+        let b = IdRange::take(dir.path()).unwrap();
+        let path = IdRange::lock_path(dir.path(), b.slot);
+        let IdRange { lock, vmm_lock, .. } = b;
+        drop(lock);
+        assert!(lock_file(&path.with_extension("vmm")).unwrap().is_none());
+        drop(vmm_lock);
+        assert!(lock_file(&path.with_extension("vmm")).unwrap().is_some());
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
     }
 }
