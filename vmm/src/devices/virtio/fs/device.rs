@@ -379,10 +379,7 @@ mod tests {
         let fs = Fs::new("t", dir.path(), false, Counters::new(COUNTERS)).unwrap();
         let mut service = Service::new(fs.server.clone(), false, fs.counters.clone()).unwrap();
         let m = mem();
-        let init: Vec<u8> = [7u32, 31, 0, 0]
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect();
+        let init = words(&[7, 31, 0, 0]);
         let (errno, _) = call(&mut service, &m, &request(FUSE_INIT, 1, 0, &init), || {});
         assert_eq!(errno, 0, "FUSE_INIT");
         // The guard passes a lookup of "ab"; a second vCPU then makes it one of "..".
@@ -399,6 +396,11 @@ mod tests {
         assert_eq!(ino, ab, "the server looked up the name the guard checked");
     }
 
+    /// The little-endian bytes of `ws` (a FUSE request's fixed arguments).
+    fn words(ws: &[u32]) -> Vec<u8> {
+        ws.iter().flat_map(|v| v.to_le_bytes()).collect()
+    }
+
     /// A FIFO the guest made (MKNOD passes the guard: pipes are fine) is never opened by the
     /// server: OPEN of it, and CREATE without O_EXCL of its name (which opens an existing
     /// file), answer an error at once instead of blocking the worker until a writer comes.
@@ -411,49 +413,28 @@ mod tests {
             let fs = Fs::new("t", &path, false, Counters::new(COUNTERS)).unwrap();
             let mut service = Service::new(fs.server.clone(), false, fs.counters.clone()).unwrap();
             let m = mem();
-            let init: Vec<u8> = [7u32, 31, 0, 0]
-                .iter()
-                .flat_map(|v| v.to_le_bytes())
-                .collect();
-            let (errno, _) = call(&mut service, &m, &request(FUSE_INIT, 1, 0, &init), || {});
+            let mut serve = |opcode: u32, unique: u64, node: u64, args: &[u8]| {
+                call(
+                    &mut service,
+                    &m,
+                    &request(opcode, unique, node, args),
+                    || {},
+                )
+            };
+            let (errno, _) = serve(FUSE_INIT, 1, 0, &words(&[7, 31, 0, 0]));
             assert_eq!(errno, 0, "FUSE_INIT");
             // fuse_mknod_in: mode, rdev, umask, padding; then the name.
-            let mut mknod: Vec<u8> = [libc::S_IFIFO | 0o666, 0, 0, 0]
-                .iter()
-                .flat_map(|v| v.to_le_bytes())
-                .collect();
+            let mut mknod = words(&[libc::S_IFIFO | 0o666, 0, 0, 0]);
             mknod.extend_from_slice(b"p\0");
-            let (errno, entry) = call(
-                &mut service,
-                &m,
-                &request(guard::FUSE_MKNOD, 2, ROOT, &mknod),
-                || {},
-            );
+            let (errno, entry) = serve(guard::FUSE_MKNOD, 2, ROOT, &mknod);
             assert_eq!(errno, 0, "MKNOD of a FIFO");
             let node = u64::from_le_bytes(entry[..8].try_into().unwrap());
             // fuse_open_in: flags, open_flags.
-            let open: Vec<u8> = [libc::O_RDONLY as u32, 0]
-                .iter()
-                .flat_map(|v| v.to_le_bytes())
-                .collect();
-            let (open_errno, _) = call(
-                &mut service,
-                &m,
-                &request(guard::FUSE_OPEN, 3, node, &open),
-                || {},
-            );
+            let (open_errno, _) = serve(guard::FUSE_OPEN, 3, node, &words(&[0, 0]));
             // fuse_create_in: flags, mode, umask, open_flags; then the name.
-            let mut create: Vec<u8> = [(libc::O_WRONLY | libc::O_CREAT) as u32, 0o644, 0, 0]
-                .iter()
-                .flat_map(|v| v.to_le_bytes())
-                .collect();
+            let mut create = words(&[(libc::O_WRONLY | libc::O_CREAT) as u32, 0o644, 0, 0]);
             create.extend_from_slice(b"p\0");
-            let (create_errno, _) = call(
-                &mut service,
-                &m,
-                &request(guard::FUSE_CREATE, 4, ROOT, &create),
-                || {},
-            );
+            let (create_errno, _) = serve(guard::FUSE_CREATE, 4, ROOT, &create);
             let _ = done.send((open_errno, create_errno));
         });
         let (open_errno, create_errno) = wait
