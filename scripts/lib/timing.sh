@@ -1,6 +1,7 @@
 # Step timings for the test command's table (sourced by scripts/*.sh).
 #   timed NAME CMD...    runs CMD; appends "NAME<TAB>seconds<TAB>status" to $HAKO_TIMINGS (if set)
-#   timing_table         prints the table of $HAKO_TIMINGS, slowest kinds in their order
+#   timing_table         prints the table of $HAKO_TIMINGS, in the order the steps ended
+#                        (indented lines are parts of the next unindented one)
 #   timed_sections PREFIX  a filter: passes cargo test's output through and records one line
 #                        per test binary (from its "Running"/"Doc-tests" line to the next)
 
@@ -44,7 +45,6 @@ timing_table() {
     [ -n "${HAKO_TIMINGS:-}" ] && [ -s "$HAKO_TIMINGS" ] || return 0
     echo "== timings (wall clock, seconds)"
     LC_ALL=C awk -F'\t' '{
-        total += ($1 ~ /^  /) ? 0 : $2
         printf "%-62s %8.1f  %s\n", $1, $2, ($3 == "0" || $3 == "-") ? "" : "exit " $3
-    } END { printf "%-62s %8.1f\n", "total (top-level steps)", total }' "$HAKO_TIMINGS"
+    }' "$HAKO_TIMINGS"
 }
