@@ -13,7 +13,8 @@
 //!   not the narrower one of the vCPU that asked for it;
 //! - a vCPU thread cannot make a descriptor's I/O signal (SIGKILL) go to another process
 //!   (F_SETOWN, F_SETSIG, O_ASYNC; also F_NOTIFY, F_SETLEASE: EPERM) and a victim process
-//!   outlives the attempt, while the fcntl calls the VMM makes still work;
+//!   outlives the attempt, while the fcntl calls the VMM makes still work; nor can a thread
+//!   that may call prctl make the process dumpable again;
 //! - the new mount API (fsopen, open_tree, move_mount, mount_setattr) is refused on every
 //!   thread;
 //! - the virtio-fs worker's list is what the real passthrough needs: file work served through
@@ -381,6 +382,18 @@ fn child(case: &str) -> ! {
             std::thread::sleep(std::time::Duration::from_millis(200));
             println!("sigio: {r:?}");
         }
+        "control-dumpable" => {
+            // The control thread may call prctl (it starts threads); undoing non-dumpable
+            // (which would expose the VMM's memory) is refused all the same.
+            let r = std::thread::spawn(|| {
+                confine(Profile::Control);
+                let name = raw(libc::SYS_prctl, libc::PR_GET_DUMPABLE.into(), 0, 0);
+                let set = raw(libc::SYS_prctl, libc::PR_SET_DUMPABLE.into(), 1, 0);
+                (name >= 0, set)
+            })
+            .join();
+            println!("dumpable: {r:?}");
+        }
         "vcpu-kill-own" => {
             // SAFETY: getpid and gettid have no arguments.
             let (pid, tid) = unsafe { (libc::getpid(), libc::gettid()) };
@@ -621,6 +634,17 @@ fn main() {
     if victim_status.is_some() || o.status.code() != Some(0) || !out.contains(&expected) {
         failed.push(format!(
             "vcpu-sigio: victim {victim_status:?}, child {:?} {out:?} (expected {expected:?}); {}",
+            o.status,
+            String::from_utf8_lossy(&o.stderr)
+        ));
+    }
+    let o = run("control-dumpable");
+    let out = String::from_utf8_lossy(&o.stdout);
+    println!("control-dumpable: {:?} {out:?}", o.status);
+    let expected = format!("dumpable: Ok((true, {eperm}))");
+    if o.status.code() != Some(0) || !out.contains(&expected) {
+        failed.push(format!(
+            "control-dumpable: {:?} {out:?} (expected {expected:?}); {}",
             o.status,
             String::from_utf8_lossy(&o.stderr)
         ));

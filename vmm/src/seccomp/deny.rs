@@ -109,7 +109,7 @@ fn fcntl_refusals() -> Result<Vec<SeccompRule>, SeccompError> {
 
 /// The base's three programs: the refusals (SIGSYS), clone3 answering ENOSYS (a filter
 /// cannot read clone3's flags, so thread creation falls back to clone, whose flags it can),
-/// and the signalling fcntl commands answering EPERM.
+/// and EPERM for the signalling fcntl commands and for prctl(PR_SET_DUMPABLE).
 pub(super) fn programs() -> Result<[BpfProgram; 3], SeccompError> {
     let mut refused: BTreeMap<i64, Vec<SeccompRule>> =
         REFUSED.iter().map(|(nr, _)| (*nr, Vec::new())).collect();
@@ -141,8 +141,20 @@ pub(super) fn programs() -> Result<[BpfProgram; 3], SeccompError> {
         ARCH,
     )
     .map_err(build_err)?;
+    // PR_SET_DUMPABLE: the process made itself non-dumpable before this layer went on; a
+    // compromised VMM must not undo it (then a crash would hand its memory to the host's
+    // core_pattern helper, and processes of its uid could ptrace it).
+    let set_dumpable = SeccompRule::new(vec![arg_is(
+        0,
+        seccompiler::SeccompCmpOp::Eq,
+        libc::PR_SET_DUMPABLE as u64,
+    )?])
+    .map_err(build_err)?;
     let fcntl = SeccompFilter::new(
-        BTreeMap::from([(libc::SYS_fcntl, fcntl_refusals()?)]),
+        BTreeMap::from([
+            (libc::SYS_fcntl, fcntl_refusals()?),
+            (libc::SYS_prctl, vec![set_dumpable]),
+        ]),
         SeccompAction::Allow,
         SeccompAction::Errno(libc::EPERM as u32),
         ARCH,
