@@ -10,7 +10,8 @@
 //! ids), sentinel files and volume contents, and that no mount is left below the sandbox.
 //! Then the floor they stand on (`host::fs`, `share::unmount_verified`): removal never
 //! crosses a mount point, an unmount by descriptor takes that mount only, and an unmount that
-//! took a mount stacked since its check is an error. Everything runs on a thread with a
+//! took a mount stacked since its check is an error. And the host ids a VMM runs as: a range
+//! with a live process in it is not taken again. Everything runs on a thread with a
 //! private mount namespace.
 
 use std::ffi::OsStr;
@@ -529,6 +530,40 @@ fn an_unmount_that_took_a_stacked_mount_is_an_error() -> Result<(), String> {
     }
 }
 
+/// The host ids a sandbox's VMM runs as: a range is not taken while a live process (a VMM
+/// that outlived its runtime, which holds nothing the runtime can see but its ids) has an
+/// id inside it, whatever lock files say.
+fn a_live_process_keeps_its_id_range() -> Result<(), String> {
+    use hako_runtime::sandbox::id_range::{FIRST_ID, IdRange, RANGE};
+    let locks = tempfile::tempdir().map_err(io("a temporary directory"))?;
+    let id = (FIRST_ID + 5 * RANGE + 7).to_string();
+    let mut vmm = std::process::Command::new("setpriv")
+        .args([
+            &format!("--reuid={id}"),
+            &format!("--regid={id}"),
+            "--clear-groups",
+        ])
+        .args(["sleep", "30"])
+        .spawn()
+        .map_err(io("setpriv"))?;
+    let seen = (0..50).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        hako_runtime::sandbox::id_range::slots_of_live_processes().contains(&5)
+    });
+    let taken = IdRange::take_from(locks.path(), 5).map(|r| r.slot);
+    let _ = vmm.kill();
+    let _ = vmm.wait();
+    if !seen {
+        return Err("the process in slot 5's range was not seen".into());
+    }
+    match taken {
+        Ok(6) => Ok(()),
+        other => Err(format!(
+            "the first range from slot 5 on, with a live process in it: {other:?}"
+        )),
+    }
+}
+
 fn main() {
     let args = Arguments::from_args();
     let trials = vec![
@@ -576,6 +611,11 @@ fn main() {
             "hostile_share_an_unmount_that_took_a_stacked_mount_is_an_error",
             require::root,
             || run(an_unmount_that_took_a_stacked_mount_is_an_error),
+        ),
+        require::trial(
+            "hostile_share_a_live_process_keeps_its_id_range",
+            require::root,
+            || run(a_live_process_keeps_its_id_range),
         ),
     ];
     libtest_mimic::run(&args, trials).exit()

@@ -105,23 +105,22 @@ fn hako_run_runs_a_container_in_a_vm() -> Result<(), Failed> {
     eprintln!("hako-vmm ran in {cgroup}");
     let (uid, slot) = user.map_err(|e| format!("the VMM's user: {e}"))?;
     eprintln!("hako-vmm ran as host uid {uid} (range {slot})");
-    // Both of the range's locks (the runtime's and the VMM's) are free again.
-    for name in [slot.to_string(), format!("{slot}.vmm")] {
-        let path = format!("{}/{name}", hako_runtime::sandbox::id_range::LOCK_DIR);
-        let lock = std::fs::File::open(&path)
-            .map_err(|e| format!("the id range's lock file {path}: {e}"))?;
-        // SAFETY: flock on an open descriptor, with flags.
-        let free = unsafe {
-            libc::flock(
-                std::os::fd::AsRawFd::as_raw_fd(&lock),
-                libc::LOCK_EX | libc::LOCK_NB,
-            )
-        } == 0;
-        if !free {
-            return Err(
-                format!("id range lock {path} is still held after the sandbox ended").into(),
-            );
-        }
+    // The range's lock is free again, and no process is left in the range.
+    if hako_runtime::sandbox::id_range::slots_of_live_processes().contains(&slot) {
+        return Err(format!("a process still runs with an id of range {slot}").into());
+    }
+    let path = format!("{}/{slot}", hako_runtime::sandbox::id_range::LOCK_DIR);
+    let lock =
+        std::fs::File::open(&path).map_err(|e| format!("the id range's lock file {path}: {e}"))?;
+    // SAFETY: flock on an open descriptor, with flags.
+    let free = unsafe {
+        libc::flock(
+            std::os::fd::AsRawFd::as_raw_fd(&lock),
+            libc::LOCK_EX | libc::LOCK_NB,
+        )
+    } == 0;
+    if !free {
+        return Err(format!("id range lock {path} is still held after the sandbox ended").into());
     }
     let written = bundle_dir.join("rootfs/by-guest");
     let meta = std::fs::metadata(&written)

@@ -271,9 +271,6 @@ impl Vm {
             if let Some(procs) = cgroup_procs {
                 crate::sandbox::host_cgroup::join_on_exec(&mut cmd, procs);
             }
-            if let Some((range, _)) = &spec.jail_user {
-                range.inherit_on_exec(&mut cmd);
-            }
             cmd.arg("--config").arg(&paths.config);
             if let Some(dir) = snapshot {
                 cmd.arg("--restore").arg(dir);

@@ -4,16 +4,14 @@
 //! host gives out (Debian's subordinate ids start at 100000 and grow by 65536 a user; these
 //! start at 0x70000000).
 //!
-//! A range is taken with exclusive `flock`s on two files, `<dir>/<slot>` (the runtime's, held
-//! by the sandbox's runtime process) and `<dir>/<slot>.vmm` (hako-vmm inherits that
-//! descriptor and holds it as long as it lives), so a range is never a live VMM's but its
-//! own, and one whose VMM and runtime both ended (stopped, crashed, killed) is free again
-//! with their last descriptors: nothing to clean up, nothing that can leak. Two files, each
-//! opened read-only, because a compromised VMM holds its descriptor: it can neither write
-//! the file (a lock file on /run is no place to grow) nor, by unlocking its own lock (a lock
-//! belongs to the open file description it was taken through), free the range while its
-//! runtime lives. The lock files stay (two per slot used, empty); removing one could race
-//! with its next taker.
+//! A range is taken with an exclusive `flock` on `<dir>/<slot>`, held by the sandbox's runtime
+//! process (the shim or the OCI CLI's monitor) for as long as it lives, and only where no
+//! live process has a uid or gid inside the range (`/proc/<pid>/status`): a VMM that
+//! outlived its runtime (a crashed shim) keeps its range, because its ids are its user
+//! namespace's mapping, which not even a compromised VMM can leave. Nothing is handed to
+//! the VMM (an inherited lock could be unlocked, and in the root fallback reopened for
+//! writing through /proc/self/fd), nothing to clean up, nothing that can leak. The lock
+//! files stay (at most one per slot, empty); removing one could race with its next taker.
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -32,37 +30,34 @@ pub const SLOTS: u32 = (0x8000_0000 - FIRST_ID) / RANGE;
 /// Where the lock files live (host-wide: ranges must not collide across state roots).
 pub const LOCK_DIR: &str = "/run/hako-ids";
 
-/// A taken range, held by its two locks.
+/// A taken range, held by its lock.
 #[derive(Debug)]
 pub struct IdRange {
     pub slot: u32,
-    /// The runtime's lock, never handed on: held, never read.
+    /// The runtime's lock: held, never read, never handed on.
     #[allow(dead_code)]
     lock: File,
-    /// The VMM's lock: hako-vmm inherits this descriptor.
-    vmm_lock: File,
 }
 
 impl IdRange {
     /// Takes a free range, trying slots in order from a random one.
     pub fn take(dir: &Path) -> anyhow::Result<Self> {
+        Self::take_from(dir, random_u32() % SLOTS)
+    }
+
+    /// Takes the first free range from slot `start` on (wrapping).
+    pub fn take_from(dir: &Path, start: u32) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let start = random_u32() % SLOTS;
+        let in_use = slots_of_live_processes();
         for i in 0..SLOTS {
             let slot = (start + i) % SLOTS;
+            if in_use.contains(&slot) {
+                continue;
+            }
             let path = Self::lock_path(dir, slot);
-            let Some(lock) = lock_file(&path)? else {
-                continue;
-            };
-            // Free unless a VMM that outlived its runtime still holds it.
-            let Some(vmm_lock) = lock_file(&path.with_extension("vmm"))? else {
-                continue;
-            };
-            return Ok(Self {
-                slot,
-                lock,
-                vmm_lock,
-            });
+            if let Some(lock) = lock_file(&path)? {
+                return Ok(Self { slot, lock });
+            }
         }
         bail!(
             "all {SLOTS} host id ranges for sandbox VMMs are in use (locks in {})",
@@ -89,25 +84,6 @@ impl IdRange {
     pub fn lock_path(dir: &Path, slot: u32) -> PathBuf {
         dir.join(slot.to_string())
     }
-
-    /// Makes `cmd`'s process inherit the VMM's lock (it holds the range for as long as it
-    /// lives).
-    #[allow(unsafe_code)]
-    pub fn inherit_on_exec(&self, cmd: &mut std::process::Command) {
-        use std::os::unix::process::CommandExt;
-        let fd = self.vmm_lock.as_raw_fd();
-        // SAFETY: between fork and exec only async-signal-safe calls are allowed: fcntl on a
-        // descriptor number copied before the fork, nothing allocated.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::fcntl(fd, libc::F_SETFD, 0) == 0 {
-                    Ok(())
-                } else {
-                    Err(std::io::Error::last_os_error())
-                }
-            });
-        }
-    }
 }
 
 /// Opens the lock file at `path` read-only (made first if missing) and locks it: the file, or
@@ -128,6 +104,46 @@ fn lock_file(path: &Path) -> anyhow::Result<Option<File>> {
         Ok(false) => Ok(None),
         Err(e) => Err(e).with_context(|| format!("locking {}", path.display())),
     }
+}
+
+/// The slots whose ranges hold a uid or gid of a live process (any of its real, effective,
+/// saved and file-system ids). A process' name comes first in its status and the kernel
+/// escapes it, and the last `Uid:`/`Gid:` lines are read, so a name cannot forge them; the
+/// file is read as bytes (a name need not be UTF-8).
+pub fn slots_of_live_processes() -> std::collections::HashSet<u32> {
+    let mut slots = std::collections::HashSet::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return slots;
+    };
+    for entry in dir.flatten() {
+        let name = entry.file_name();
+        if !name.as_encoded_bytes().iter().all(u8::is_ascii_digit) {
+            continue;
+        }
+        let Ok(status) = std::fs::read(entry.path().join("status")) else {
+            continue;
+        };
+        slots.extend(ids_in_status(&status).filter_map(slot_of));
+    }
+    slots
+}
+
+/// The ids on the last `Uid:` and `Gid:` lines of a /proc status file.
+fn ids_in_status(status: &[u8]) -> impl Iterator<Item = u32> + '_ {
+    [b"Uid:".as_slice(), b"Gid:".as_slice()]
+        .into_iter()
+        .filter_map(|key| status.split(|b| *b == b'\n').rfind(|l| l.starts_with(key)))
+        .flat_map(|line| {
+            line[4..]
+                .split(|b| b.is_ascii_whitespace())
+                .filter_map(|w| std::str::from_utf8(w).ok()?.parse::<u32>().ok())
+        })
+}
+
+/// The slot whose range holds host id `id`.
+fn slot_of(id: u32) -> Option<u32> {
+    let slot = id.checked_sub(FIRST_ID)? / RANGE;
+    (slot < SLOTS).then_some(slot)
 }
 
 /// An exclusive flock on `file`, without waiting: whether it was free. The lock belongs to
@@ -195,7 +211,6 @@ mod tests {
             assert!(!held.contains(&r.slot), "slot {} taken twice", r.slot);
             held.push(r.slot);
             std::mem::forget(r.lock);
-            std::mem::forget(r.vmm_lock);
         }
         let slot = a.slot;
         drop(a);
@@ -205,7 +220,6 @@ mod tests {
         let user = IdRange {
             slot: 3,
             lock: tempfile::tempfile().unwrap(),
-            vmm_lock: tempfile::tempfile().unwrap(),
         }
         .jail_user(true);
         assert_eq!(
@@ -215,31 +229,14 @@ mod tests {
         assert!(user.fallback_to_root);
     }
 
-    /// What a compromised VMM can do with the descriptor it inherits.
     #[test]
-    #[allow(unsafe_code)]
-    fn the_vmms_descriptor_can_neither_free_the_range_nor_grow_its_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let a = IdRange::take(dir.path()).unwrap();
-        // The VMM's copy: the same open file description.
-        let vmm = a.vmm_lock.try_clone().unwrap();
-        assert!(std::io::Write::write_all(&mut &vmm, b"grow").is_err());
-        // SAFETY: flock on an open descriptor.
-        assert_eq!(unsafe { libc::flock(vmm.as_raw_fd(), libc::LOCK_UN) }, 0);
-        // Its slot cannot be taken: the runtime's lock holds it.
-        let path = IdRange::lock_path(dir.path(), a.slot);
-        assert!(lock_file(&path).unwrap().is_none());
-        assert!(lock_file(&path.with_extension("vmm")).unwrap().is_some());
-        drop(a);
-        drop(vmm);
-        // A VMM that outlives its runtime keeps the range: only the runtime's lock goes.
-        let b = IdRange::take(dir.path()).unwrap();
-        let path = IdRange::lock_path(dir.path(), b.slot);
-        let IdRange { lock, vmm_lock, .. } = b;
-        drop(lock);
-        assert!(lock_file(&path.with_extension("vmm")).unwrap().is_none());
-        drop(vmm_lock);
-        assert!(lock_file(&path.with_extension("vmm")).unwrap().is_some());
-        assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
+    fn a_process_status_gives_the_kernels_ids_and_their_slots() {
+        let status = b"Name:\tUid:\t1879048192 x\nUmask:\t0022\nUid:\t0\t1879179264\t0\t0\nGid:\t0\t0\t0\t0\n";
+        let ids: Vec<u32> = ids_in_status(status).collect();
+        assert_eq!(ids, [0, 0x7002_0000, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(slot_of(0x7002_0000), Some(2));
+        assert_eq!(slot_of(0x7002_ffff), Some(2));
+        assert_eq!(slot_of(0x6fff_ffff), None);
+        assert_eq!(slot_of(u32::MAX), None);
     }
 }
