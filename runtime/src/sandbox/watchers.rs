@@ -202,11 +202,28 @@ impl RateLimit {
     }
 }
 
-/// Watches the VMM: when it ends while processes still run, they are reported exited.
+/// Watches the VMM: when it ends while processes still run, they are reported exited. A
+/// thread of its own waits for the exit (`waitid` with `WNOWAIT`, which leaves the status
+/// for the backend to collect), so nothing wakes while the VMM runs: an idle sandbox must
+/// cost nothing. Reading the status every [`VMM_POLL`] is only the fallback where that
+/// wait cannot tell (the thread did not start, or the status was collected elsewhere).
 pub fn watch_vmm(sandbox: Arc<Sandbox>) {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let pid = sandbox.vmm_pid;
+    let waiter = std::thread::Builder::new()
+        .name("vmm-exit".into())
+        .spawn(move || {
+            wait_exit(pid);
+            let _ = tx.send(());
+        });
+    if let Err(e) = &waiter {
+        tracing::warn!(sandbox_id = %sandbox.id, "no thread to wait for hako-vmm ({e}); polling it");
+    }
     tokio::spawn(async move {
+        if waiter.is_ok() {
+            let _ = rx.await;
+        }
         loop {
-            tokio::time::sleep(Duration::from_millis(500)).await;
             if sandbox.stopping() {
                 return;
             }
@@ -228,13 +245,41 @@ pub fn watch_vmm(sandbox: Arc<Sandbox>) {
                 }
                 return;
             }
+            tokio::time::sleep(VMM_POLL).await;
         }
     });
+}
+
+/// How often the VMM's status is read where its exit cannot be waited for.
+const VMM_POLL: Duration = Duration::from_millis(500);
+
+/// Blocks until child `pid` has ended (or is not this process's child), without
+/// collecting its status.
+fn wait_exit(pid: u32) {
+    use nix::sys::wait::{Id, WaitPidFlag, waitid};
+    let Ok(raw) = i32::try_from(pid) else {
+        return;
+    };
+    let pid = nix::unistd::Pid::from_raw(raw);
+    while let Err(nix::errno::Errno::EINTR) =
+        waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT)
+    {}
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn waiting_for_the_vmm_to_end_leaves_its_status_to_the_backend() {
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "sleep 0.2; exit 3"])
+            .spawn()
+            .unwrap();
+        wait_exit(child.id());
+        let status = child.try_wait().unwrap().expect("ended, status kept");
+        assert_eq!(status.code(), Some(3));
+    }
 
     #[test]
     fn oom_events_for_containers_the_runtime_did_not_create_are_dropped() {
