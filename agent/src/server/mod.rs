@@ -2,6 +2,7 @@
 //! host tests), until DestroySandbox or a termination signal ends it.
 
 mod agent_service;
+pub mod framing;
 mod health;
 pub mod policy;
 
@@ -13,7 +14,8 @@ use hako_agent_api::{agent_ttrpc, health_ttrpc};
 use crate::container::Containers;
 use crate::sandbox::{Sandbox, Shutdown};
 
-/// The listener for `addr`: vsock ones take the host's connections only.
+/// The listener for `addr`: vsock ones take the host's connections only. Each connection is
+/// [`framing::framed`] (one send per reply, buffered reads).
 fn listener(addr: &str) -> std::io::Result<ttrpc::r#async::transport::Listener> {
     if let Some(rest) = addr.strip_prefix("vsock://") {
         let port = rest
@@ -21,6 +23,17 @@ fn listener(addr: &str) -> std::io::Result<ttrpc::r#async::transport::Listener> 
             .and_then(|(_, port)| port.parse::<u32>().ok())
             .ok_or_else(|| std::io::Error::other(format!("{addr:?}: no vsock port")))?;
         return policy::host_only_vsock(port);
+    }
+    if let Some(path) = addr.strip_prefix("unix://") {
+        let listener = std::os::unix::net::UnixListener::bind(path)?;
+        listener.set_nonblocking(true)?;
+        let listener = tokio::net::UnixListener::from_std(listener)?;
+        return Ok(ttrpc::r#async::transport::Listener::new(
+            futures_util::stream::unfold(listener, |l| async move {
+                let conn = l.accept().await.map(|(conn, _)| framing::framed(conn));
+                Some((conn, l))
+            }),
+        ));
     }
     ttrpc::r#async::transport::Listener::bind(addr)
 }

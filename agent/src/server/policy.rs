@@ -28,7 +28,9 @@ pub fn host_only_vsock(port: u32) -> std::io::Result<Listener> {
     Ok(Listener::new(stream::unfold(listener, |l| async move {
         loop {
             match l.accept().await {
-                Ok((conn, peer)) if peer_allowed(peer.cid()) => return Some((Ok(conn), l)),
+                Ok((conn, peer)) if peer_allowed(peer.cid()) => {
+                    return Some((Ok(super::framing::framed(conn)), l));
+                }
                 Ok((_, peer)) => tracing::warn!(
                     cid = peer.cid(),
                     port = peer.port(),
