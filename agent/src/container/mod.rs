@@ -9,6 +9,7 @@
 
 pub mod cgroup;
 pub mod oom;
+pub mod premount;
 pub mod spec;
 pub mod worker;
 
@@ -84,6 +85,8 @@ pub struct Entry {
     role: PodRole,
     /// Storages mounted for this container, unmounted when it is removed.
     mounts: Mutex<Vec<PathBuf>>,
+    /// The spec's mounts the agent made in the container's root itself, unmounted first.
+    root_mounts: Mutex<premount::RootMounts>,
     /// The OOM watcher, stopped when the container goes.
     oom_watch: tokio::task::JoinHandle<()>,
     bundle: PathBuf,
@@ -286,7 +289,7 @@ impl Containers {
         let storage_ms = ms(t0);
         let t = Instant::now();
         let mut spec = spec::parse(spec_json)?;
-        spec::resolve_root(&mut spec, &self.layout.shared_dir.join(id))?;
+        let root = spec::resolve_root(&mut spec, &self.layout.shared_dir.join(id))?;
         let cgroup = spec::cgroups_path(&mut spec, id);
         let role = spec::pod_role(&spec);
         let sandbox_init = match &role {
@@ -299,6 +302,8 @@ impl Containers {
             _ => None,
         };
         spec::fit_namespaces(&mut spec, sandbox_init);
+        // Undone (dropped) if creation fails from here on.
+        let root_mounts = premount::premount(&mut spec, &root);
         let terminal = spec.process().as_ref().and_then(|p| p.terminal()) == Some(true);
         let libcontainer_delete = spec
             .hooks()
@@ -364,6 +369,7 @@ impl Containers {
                 role,
                 oom_watch,
                 mounts: Mutex::new(mounts),
+                root_mounts: Mutex::new(root_mounts),
                 bundle,
                 cgroup,
                 libcontainer_delete,
@@ -630,6 +636,10 @@ impl Containers {
             }
         }
         e.oom_watch.abort();
+        e.root_mounts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .unmount();
         storage::unmount_all(&mut e.mounts.lock().unwrap_or_else(|p| p.into_inner()));
         let _ = std::fs::remove_dir_all(&e.bundle);
         self.map.lock().await.remove(id);
