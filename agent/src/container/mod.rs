@@ -641,7 +641,7 @@ impl Containers {
             .unwrap_or_else(|p| p.into_inner())
             .unmount();
         storage::unmount_all(&mut e.mounts.lock().unwrap_or_else(|p| p.into_inner()));
-        let _ = std::fs::remove_dir_all(&e.bundle);
+        let _ = remove_dir_of(&e.bundle, &["config.json"]);
         self.map.lock().await.remove(id);
         tracing::debug!(container_id = id, remove_ms = ms(t), "remove phases");
         tracing::info!(container_id = %e.id, "container removed");
@@ -662,8 +662,47 @@ impl Containers {
 /// Removes libcontainer's state directory of a container (state.json, its config, the notify
 /// socket); one that is already gone is removed.
 fn remove_state_dir(dir: &Path) -> std::io::Result<()> {
-    match std::fs::remove_dir_all(dir) {
+    remove_dir_of(dir, &["state.json", "youki_config.json", "notify.sock"])
+}
+
+/// Removes directory `dir` holding (usually) just `files`: each unlinked by name and the
+/// directory removed, a handful of calls where walking it costs a dozen; anything else in it
+/// is found by the rmdir and the whole tree removed. A directory already gone is removed.
+fn remove_dir_of(dir: &Path, files: &[&str]) -> std::io::Result<()> {
+    let gone = |r: std::io::Result<()>| match r {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         r => r,
+    };
+    for f in files {
+        let _ = gone(std::fs::remove_file(dir.join(f)));
+    }
+    match gone(std::fs::remove_dir(dir)) {
+        Ok(()) => Ok(()),
+        Err(_) => gone(std::fs::remove_dir_all(dir)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_directory_is_removed_whatever_else_it_holds_and_a_missing_one_is_fine() {
+        let dir = tempfile::tempdir().unwrap();
+        let plain = dir.path().join("plain");
+        std::fs::create_dir(&plain).unwrap();
+        std::fs::write(plain.join("config.json"), "{}").unwrap();
+        remove_dir_of(&plain, &["config.json", "absent"]).unwrap();
+        assert!(!plain.exists());
+
+        let more = dir.path().join("more");
+        std::fs::create_dir_all(more.join("sub")).unwrap();
+        std::fs::write(more.join("config.json"), "{}").unwrap();
+        std::fs::write(more.join("exec-1.json"), "{}").unwrap();
+        std::fs::write(more.join("sub/x"), "x").unwrap();
+        remove_dir_of(&more, &["config.json"]).unwrap();
+        assert!(!more.exists());
+
+        remove_dir_of(&dir.path().join("never"), &["config.json"]).unwrap();
     }
 }
