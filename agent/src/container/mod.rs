@@ -8,6 +8,7 @@
 //! remove one directory per hierarchy.
 
 pub mod cgroup;
+pub mod home;
 pub mod oom;
 pub mod premount;
 pub mod spec;
@@ -302,6 +303,8 @@ impl Containers {
             _ => None,
         };
         spec::fit_namespaces(&mut spec, sandbox_init);
+        // Before premount takes mounts out of the spec: HOME must see them all.
+        home::set_home(&mut spec, &root);
         // Undone (dropped) if creation fails from here on.
         let root_mounts = premount::premount(&mut spec, &root);
         let terminal = spec.process().as_ref().and_then(|p| p.terminal()) == Some(true);
