@@ -26,8 +26,9 @@ pub struct AgentConfig {
     pub deny: BTreeSet<String>,
 }
 
-/// Defaults in the guest.
-pub const STATE_DIR: &str = "/run/hako/agent";
+/// Defaults in the guest. One component, as the shared directory's mount point: libcontainer
+/// resolves its state and bundle paths with realpath(3), one `readlink` per component.
+pub const STATE_DIR: &str = "/hako-state";
 
 /// Errors in the agent's command line.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -41,8 +41,10 @@ pub const AGENT_API_PORT: u32 = 1024;
 pub const AGENT_LOG_PORT: u32 = 1025;
 /// virtio-fs tag of the sandbox's shared directory.
 pub const SHARED_FS_TAG: &str = "hako-shared";
-/// Where the agent mounts the shared directory in the guest.
-pub const SHARED_FS_MOUNT_POINT: &str = "/run/hako/shared";
+/// Where the agent mounts the shared directory in the guest. One component: libcontainer
+/// resolves a container's root (`<this>/<id>/rootfs`) with realpath(3) eight times per
+/// container, one `readlink` per component each time.
+pub const SHARED_FS_MOUNT_POINT: &str = "/hako-shared";
 /// The storage that mounts the sandbox's shared directory (virtio-fs, tag
 /// [`SHARED_FS_TAG`]) at [`SHARED_FS_MOUNT_POINT`]: what every CreateSandbox carries.
 pub fn shared_fs_storage() -> agent::Storage {

@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 use std::io::Write;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 
 use tokio::io::AsyncReadExt;
@@ -46,9 +46,11 @@ impl Output {
         }
     }
 
-    /// Drains a pipe into the buffer until EOF.
+    /// Drains a pipe into the buffer until EOF. `pipe` is the read end of a pipe the agent
+    /// made, already non-blocking ([`nonblocking_read_end`]): tokio's checked conversion would
+    /// stat it and read its flags again (three calls where one is enough).
     pub async fn fill_from(self: Arc<Self>, pipe: OwnedFd) {
-        let Ok(mut rx) = tokio::net::unix::pipe::Receiver::from_owned_fd(pipe) else {
+        let Ok(mut rx) = tokio::net::unix::pipe::Receiver::from_owned_fd_unchecked(pipe) else {
             self.finish();
             return;
         };
@@ -113,6 +115,16 @@ pub struct ProcessIo {
     pub tty: Option<std::os::fd::OwnedFd>,
 }
 
+/// The read end of a pipe just made (its status flags only `O_RDONLY`), made non-blocking in
+/// one call; the process's write end stays blocking.
+fn nonblocking_read_end(fd: OwnedFd) -> std::io::Result<OwnedFd> {
+    nix::fcntl::fcntl(
+        fd.as_raw_fd(),
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    )?;
+    Ok(fd)
+}
+
 /// The process's ends, handed to libcontainer.
 pub struct ChildStdio {
     pub stdin: OwnedFd,
@@ -126,6 +138,10 @@ impl ProcessIo {
         let (stdin_r, stdin_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
         let (stdout_r, stdout_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
         let (stderr_r, stderr_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        let (stdout_r, stderr_r) = (
+            nonblocking_read_end(stdout_r)?,
+            nonblocking_read_end(stderr_r)?,
+        );
         let io = Arc::new(Self {
             stdin: Mutex::new(Some(std::fs::File::from(stdin_w))),
             stdout: Arc::default(),
@@ -181,6 +197,25 @@ impl ProcessIo {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The agent's read ends never block its runtime; the process's write ends block as a
+    /// process expects (a full pipe waits for the host instead of failing with EAGAIN).
+    #[tokio::test(flavor = "current_thread")]
+    async fn only_the_agent_ends_of_the_pipes_are_non_blocking() {
+        use nix::fcntl::{FcntlArg, OFlag, fcntl};
+        let nonblocking = |fd: i32| {
+            OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL).unwrap())
+                .contains(OFlag::O_NONBLOCK)
+        };
+        let (stdout_r, stdout_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).unwrap();
+        let stdout_r = nonblocking_read_end(stdout_r).unwrap();
+        assert!(nonblocking(stdout_r.as_raw_fd()));
+        assert!(!nonblocking(stdout_w.as_raw_fd()));
+        let (_io, child) = ProcessIo::pipes().unwrap();
+        for fd in [&child.stdin, &child.stdout, &child.stderr] {
+            assert!(!nonblocking(fd.as_raw_fd()));
+        }
+    }
 
     #[tokio::test(flavor = "current_thread")]
     async fn output_written_before_exit_is_kept_until_read() {

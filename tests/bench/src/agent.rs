@@ -235,11 +235,22 @@ enum Cgroups {
 struct HostAgent {
     proc: Child,
     dir: tempfile::TempDir,
+    /// The shared directory and the state directory, each one component below `/` as the
+    /// guest's are (`SHARED_FS_MOUNT_POINT`, the agent's `STATE_DIR`): libcontainer resolves
+    /// paths under them with realpath(3), one call per component.
+    shared: tempfile::TempDir,
+    _state: tempfile::TempDir,
 }
 
 impl HostAgent {
     fn start(cgroups: Cgroups) -> Result<Self> {
         let dir = tempfile::tempdir()?;
+        let top = |what: &str| {
+            tempfile::Builder::new()
+                .prefix(&format!(".hako-bench-{what}-"))
+                .tempdir_in("/")
+        };
+        let (shared, state) = (top("shared")?, top("state")?);
         let agent_bin = std::env::var_os("HAKO_BENCH_AGENT").map_or_else(
             || repo_root().join("target/release/hako-agent"),
             PathBuf::from,
@@ -265,16 +276,21 @@ impl HostAgent {
                 dir.path().join("agent.sock").display()
             ))
             .args(["--log", "warn", "--state-dir"])
-            .arg(dir.path().join("state"))
+            .arg(state.path())
             .arg("--shared-dir")
-            .arg(dir.path().join("shared"))
+            .arg(shared.path())
             .spawn()
             .context("starting the agent")?;
-        Ok(Self { proc, dir })
+        Ok(Self {
+            proc,
+            dir,
+            shared,
+            _state: state,
+        })
     }
 
     fn shared(&self) -> PathBuf {
-        self.dir.path().join("shared")
+        self.shared.path().to_owned()
     }
 
     async fn connect(&self) -> Result<agent::Clients> {
