@@ -170,6 +170,14 @@ const REMOVE_BACKOFF_LIMIT: Duration = Duration::from_millis(100);
 /// come from [`Hierarchies::dirs`]; a missing directory is already removed.
 pub fn remove(dirs: &[PathBuf]) -> Result<(), CgroupError> {
     for dir in dirs {
+        // Most often the container's processes are all gone and one rmdir is enough; a
+        // populated cgroup refuses it (EBUSY) and nothing is lost: then its processes are
+        // killed and the rmdir retried.
+        match std::fs::remove_dir(dir) {
+            Ok(()) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(_) => {}
+        }
         // Opened without O_CREAT: a cgroup file system has no files to create.
         let killed = std::fs::OpenOptions::new()
             .write(true)
@@ -500,6 +508,21 @@ mod tests {
         std::fs::create_dir(&busy).unwrap();
         std::fs::write(busy.join("cgroup.procs"), "").unwrap();
         assert!(matches!(remove(&[busy]), Err(CgroupError::Op { .. })));
+    }
+
+    /// One rmdir first; where it is refused (a populated cgroup), what is left is killed
+    /// before the retries, as before.
+    #[test]
+    fn a_directory_the_first_rmdir_leaves_gets_its_processes_killed() {
+        let dir = tempfile::tempdir().unwrap();
+        let busy = dir.path().join("busy");
+        std::fs::create_dir(&busy).unwrap();
+        std::fs::write(busy.join("cgroup.kill"), "").unwrap();
+        assert!(matches!(
+            remove(&[busy.clone()]),
+            Err(CgroupError::Op { .. })
+        ));
+        assert_eq!(std::fs::read(busy.join("cgroup.kill")).unwrap(), b"1");
     }
 
     #[test]
