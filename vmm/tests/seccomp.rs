@@ -587,31 +587,28 @@ fn run(case: &str) -> std::process::Output {
         .expect("running the child")
 }
 
+/// Runs `case`, which must exit 0 with `expected` in its output; a failure is added to
+/// `failed`.
+fn expect_ok(case: &str, expected: &str, failed: &mut Vec<String>) {
+    let o = run(case);
+    let out = String::from_utf8_lossy(&o.stdout);
+    println!("{case}: {:?} {out:?}", o.status);
+    if o.status.code() != Some(0) || !out.contains(expected) {
+        failed.push(format!(
+            "{case}: {:?} {out:?} (expected {expected:?}); {}",
+            o.status,
+            String::from_utf8_lossy(&o.stderr)
+        ));
+    }
+}
+
 fn main() {
     if let Ok(case) = std::env::var(CASE) {
         child(&case);
     }
     let mut failed = Vec::new();
-    let o = run("allowed");
-    let out = String::from_utf8_lossy(&o.stdout);
-    println!("allowed: {:?} {out:?}", o.status);
-    if o.status.code() != Some(0) || !out.contains("thread Ok(7) unix true pair true") {
-        failed.push(format!(
-            "allowed calls: {:?} {out:?} {}",
-            o.status,
-            String::from_utf8_lossy(&o.stderr)
-        ));
-    }
-    let o = run("vcpu-kill-own");
-    let out = String::from_utf8_lossy(&o.stdout);
-    println!("vcpu-kill-own: {:?} {out:?}", o.status);
-    if o.status.code() != Some(0) || !out.contains("own tgkill: Ok(0)") {
-        failed.push(format!(
-            "vcpu-kill-own: {:?} {out:?} {}",
-            o.status,
-            String::from_utf8_lossy(&o.stderr)
-        ));
-    }
+    expect_ok("allowed", "thread Ok(7) unix true pair true", &mut failed);
+    expect_ok("vcpu-kill-own", "own tgkill: Ok(0)", &mut failed);
     // A victim process: it must outlive a confined thread's I/O signal set up against it.
     let mut victim = Command::new("sleep").arg("30").spawn().expect("sleep");
     let me = std::env::current_exe().expect("current exe");
@@ -638,40 +635,12 @@ fn main() {
             String::from_utf8_lossy(&o.stderr)
         ));
     }
-    let o = run("control-dumpable");
-    let out = String::from_utf8_lossy(&o.stdout);
-    println!("control-dumpable: {:?} {out:?}", o.status);
-    let expected = format!("dumpable: Ok((true, {eperm}))");
-    if o.status.code() != Some(0) || !out.contains(&expected) {
-        failed.push(format!(
-            "control-dumpable: {:?} {out:?} (expected {expected:?}); {}",
-            o.status,
-            String::from_utf8_lossy(&o.stderr)
-        ));
-    }
-    let o = run("worker-from-vcpu");
-    let out = String::from_utf8_lossy(&o.stdout);
-    println!("worker-from-vcpu: {:?} {out:?}", o.status);
-    if o.status.code() != Some(0) || !out.contains("worker file work: hello") {
-        failed.push(format!(
-            "worker-from-vcpu: {:?} {out:?} {}",
-            o.status,
-            String::from_utf8_lossy(&o.stderr)
-        ));
-    }
-    let o = run("fs-mknod");
-    let out = String::from_utf8_lossy(&o.stdout);
-    println!("fs-mknod: {:?} {out:?}", o.status);
-    let eperm = libc::EPERM;
-    let expected =
-        format!("mknod: (0, 0, 0, {eperm}, {eperm}) made [true, true, true, false, false]");
-    if o.status.code() != Some(0) || !out.contains(&expected) {
-        failed.push(format!(
-            "fs-mknod: {:?} {out:?}, expected {expected:?}; {}",
-            o.status,
-            String::from_utf8_lossy(&o.stderr)
-        ));
-    }
+    let dumpable = format!("dumpable: Ok((true, {eperm}))");
+    expect_ok("control-dumpable", &dumpable, &mut failed);
+    expect_ok("worker-from-vcpu", "worker file work: hello", &mut failed);
+    let errno = libc::EPERM;
+    let mknod = format!("mknod: (0, 0, 0, {errno}, {errno}) made [true, true, true, false, false]");
+    expect_ok("fs-mknod", &mknod, &mut failed);
     let o = run("fs-passthrough");
     let out = String::from_utf8_lossy(&o.stdout);
     println!("fs-passthrough: {:?}\n{out}", o.status);
