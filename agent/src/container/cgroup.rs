@@ -519,7 +519,7 @@ mod tests {
         std::fs::create_dir(&busy).unwrap();
         std::fs::write(busy.join("cgroup.kill"), "").unwrap();
         assert!(matches!(
-            remove(&[busy.clone()]),
+            remove(std::slice::from_ref(&busy)),
             Err(CgroupError::Op { .. })
         ));
         assert_eq!(std::fs::read(busy.join("cgroup.kill")).unwrap(), b"1");
