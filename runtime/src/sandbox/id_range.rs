@@ -86,18 +86,14 @@ impl IdRange {
     }
 }
 
-/// Opens the lock file at `path` read-only (made first if missing) and locks it: the file, or
+/// Opens the lock file at `path` (made if missing) and locks it: the file, or
 /// None if another holds it.
 fn lock_file(path: &Path) -> anyhow::Result<Option<File>> {
-    if !path.exists() {
-        File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(path)
-            .with_context(|| format!("making the id range lock {}", path.display()))?;
-    }
-    let file = File::open(path)
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
         .with_context(|| format!("opening the id range lock {}", path.display()))?;
     match try_lock(&file) {
         Ok(true) => Ok(Some(file)),

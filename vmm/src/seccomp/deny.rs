@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, SeccompRule};
 
-use super::{ARCH, SeccompError, arg_is, arg_masked, build_err};
+use super::{ARCH, SeccompError, arg_is, arg_masked, build_err, dword_is};
 
 /// open_tree_attr (Linux 6.15, x86-64), which libc 0.2.191 does not name yet.
 const SYS_OPEN_TREE_ATTR: libc::c_long = 467;
@@ -83,26 +83,21 @@ const F_SETSIG: libc::c_int = 10;
 const F_SETOWN_EX: libc::c_int = 15;
 
 fn fcntl_refusals() -> Result<Vec<SeccompRule>, SeccompError> {
-    let command = |cmd: libc::c_int| {
-        seccompiler::SeccompCondition::new(
-            1,
-            seccompiler::SeccompCmpArgLen::Dword,
-            seccompiler::SeccompCmpOp::Eq,
-            cmd as u64,
-        )
-        .map_err(build_err)
-    };
     let mut rules = FCNTL_SIGNALLING
         .iter()
-        .map(|cmd| SeccompRule::new(vec![command(*cmd)?]).map_err(build_err))
+        .map(|cmd| dword_is(1, *cmd as u32))
         .collect::<Result<Vec<_>, _>>()?;
+    let set_flags = seccompiler::SeccompCondition::new(
+        1,
+        seccompiler::SeccompCmpArgLen::Dword,
+        seccompiler::SeccompCmpOp::Eq,
+        libc::F_SETFL as u64,
+    )
+    .map_err(build_err)?;
     let async_flag = libc::O_ASYNC as u64;
     rules.push(
-        SeccompRule::new(vec![
-            command(libc::F_SETFL)?,
-            arg_masked(2, async_flag, async_flag)?,
-        ])
-        .map_err(build_err)?,
+        SeccompRule::new(vec![set_flags, arg_masked(2, async_flag, async_flag)?])
+            .map_err(build_err)?,
     );
     Ok(rules)
 }
