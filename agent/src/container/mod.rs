@@ -103,10 +103,30 @@ pub struct Entry {
 /// Where containers live in the guest.
 #[derive(Debug, Clone)]
 pub struct Layout {
-    /// Bundles (config.json) and libcontainer's state, under `<state_dir>/{bundles,youki}`.
+    /// libcontainer's state (`<state_dir>/<id>`) and the bundles (config.json, in
+    /// `<state_dir>/.<id>`: no id starts with a dot, so the two never meet). Each path is a
+    /// component shorter than under subdirectories: libcontainer resolves both with realpath(3).
     pub state_dir: PathBuf,
     /// The shared file system; container `<id>` has its files under `<shared_dir>/<id>/`.
     pub shared_dir: PathBuf,
+}
+
+impl Layout {
+    /// Container `id`'s bundle directory (its config.json, exec process files and consoles).
+    pub fn bundle(&self, id: &str) -> PathBuf {
+        self.state_dir.join(format!(".{id}"))
+    }
+
+    /// Where container `id`'s root is bound for libcontainer: `<state_dir>-<id>`, beside the
+    /// state directory (one component below `/` in a guest), a name of the agent's own that no
+    /// image names. None when the state directory has no name (`/`).
+    pub fn root_bind(&self, id: &str) -> Option<PathBuf> {
+        let name = self.state_dir.file_name()?;
+        let mut short = name.to_owned();
+        short.push("-");
+        short.push(id);
+        Some(self.state_dir.with_file_name(short))
+    }
 }
 
 pub struct Containers {
@@ -227,9 +247,8 @@ impl Containers {
             std::fs::read("/proc/self/mountinfo")
         });
         tracing::debug!(?hierarchies, "cgroup hierarchies");
-        // The parents of every container's bundle and libcontainer state, made once.
-        std::fs::create_dir_all(layout.state_dir.join("bundles"))?;
-        std::fs::create_dir_all(layout.state_dir.join("youki"))?;
+        // The parent of every container's bundle and libcontainer state, made once.
+        std::fs::create_dir_all(&layout.state_dir)?;
         Ok(Self {
             oom: oom::OomEvents::default(),
             layout,
@@ -252,8 +271,9 @@ impl Containers {
             .map_err(|e| runtime(id, "handing a call to the container worker")(Box::new(e)))
     }
 
+    /// libcontainer's root: its state of container `<id>` is in `<root>/<id>`.
     fn youki_root(&self) -> PathBuf {
-        self.layout.state_dir.join("youki")
+        self.layout.state_dir.clone()
     }
 
     async fn get(&self, id: &str) -> Result<Arc<Entry>, ContainerError> {
@@ -308,7 +328,8 @@ impl Containers {
         // Before premount takes mounts out of the spec: HOME must see them all.
         home::set_home(&mut spec, &root);
         // Undone (dropped) if creation fails from here on.
-        let root_mounts = premount::premount(&mut spec, &root);
+        let short = self.layout.root_bind(id);
+        let root_mounts = premount::premount(&mut spec, &root, short.as_deref());
         let rootfs_ms = ms(t);
         let t = Instant::now();
         let terminal = spec.process().as_ref().and_then(|p| p.terminal()) == Some(true);
@@ -322,7 +343,7 @@ impl Containers {
                 .as_ref()
                 .and_then(|l| l.intel_rdt().as_ref())
                 .is_some();
-        let bundle = self.layout.state_dir.join("bundles").join(id);
+        let bundle = self.layout.bundle(id);
         std::fs::create_dir_all(&bundle)
             .map_err(|e| runtime(id, "creating its bundle")(Box::new(e)))?;
         let json = serde_json::to_vec(&spec)

@@ -10,8 +10,12 @@
 //! and the file system is made detached (`fsopen`, `fsmount`) and attached to that descriptor
 //! with `move_mount`. The container's mount namespace, made by libcontainer afterwards, starts
 //! as a copy of the agent's and its root bind is recursive, so the container sees these
-//! mounts where the spec put them. The agent unmounts them by identity (through the mount's
-//! own descriptor) when the container is removed or its creation fails.
+//! mounts where the spec put them. Before that the agent binds the root at a short path of its
+//! own (`<state dir>-<id>`, beside the state directory) and hands libcontainer that path, which
+//! it resolves with realpath(3) once per device node it makes. A directory under a tmpfs the
+//! agent has just made (/dev/pts under /dev) is made in that tmpfs directly. The agent undoes
+//! it all when the container is removed or its creation fails: one lazy unmount of the bind,
+//! or, without one, each mount by identity (through the mount's own descriptor).
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
@@ -43,19 +47,36 @@ fn op(what: &'static str, path: &Path) -> impl FnOnce(Errno) -> PremountError {
     }
 }
 
-/// The mounts the agent made in a container's root, unmounted (most recent first) when dropped.
+/// The mounts the agent made for a container's root, undone (most recent first) when dropped:
+/// the root's bind at a short path, if made, and the spec's mounts made in the root.
 #[derive(Debug, Default)]
-pub struct RootMounts(Vec<(PathBuf, OwnedFd)>);
+pub struct RootMounts {
+    bind: Option<PathBuf>,
+    mounts: Vec<(PathBuf, OwnedFd)>,
+}
 
 impl RootMounts {
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.bind.is_none() && self.mounts.is_empty()
     }
 
-    /// Unmounts each mount by identity: the path of its own descriptor in /proc names that
-    /// mount and no other, whatever the container did to its root's tree.
+    /// Undoes the mounts. Under a bind, the spec's mounts are in the bind's tree, so one lazy
+    /// unmount of the bind (its path is the agent's own, nothing in the image names it) takes
+    /// them all; without one, each is unmounted by identity: the path of its own descriptor in
+    /// /proc names that mount and no other, whatever the container did to its root's tree.
     pub fn unmount(&mut self) {
-        while let Some((dest, fd)) = self.0.pop() {
+        if let Some(bind) = self.bind.take() {
+            if let Err(e) = rustix::mount::unmount(&bind, rustix::mount::UnmountFlags::DETACH) {
+                tracing::warn!(path = %bind.display(), error = %e, "unmounting a container's root bind");
+            } else if let Err(e) =
+                rustix::fs::unlinkat(rustix::fs::CWD, &bind, rustix::fs::AtFlags::REMOVEDIR)
+            {
+                tracing::warn!(path = %bind.display(), error = %e, "removing a container's root bind point");
+            }
+            self.mounts.clear();
+            return;
+        }
+        while let Some((dest, fd)) = self.mounts.pop() {
             let by_fd = format!("/proc/self/fd/{}", fd.as_raw_fd());
             if let Err(e) =
                 rustix::mount::unmount(by_fd.as_str(), rustix::mount::UnmountFlags::DETACH)
@@ -234,7 +255,10 @@ fn make(m: &Mount) -> Result<OwnedFd, PremountError> {
         .map_or(typ.into(), |s| s.as_os_str().to_owned());
     rustix::mount::fsconfig_set_string(&fs, "source", source.as_os_str())
         .map_err(op("configuring the mount on", dest))?;
-    for o in config.data.iter().filter(|o| !o.is_empty()) {
+    // devpts' "newinstance" is accepted and ignored by the kernel (every devpts mount has been
+    // a new instance since Linux 4.7) and not shown in the mount's options: not sent.
+    let ignored = |o: &str| typ == "devpts" && o == "newinstance";
+    for o in config.data.iter().filter(|o| !o.is_empty() && !ignored(o)) {
         match o.split_once('=') {
             Some((k, v)) => rustix::mount::fsconfig_set_string(&fs, k, v),
             None => rustix::mount::fsconfig_set_flag(&fs, o.as_str()),
@@ -270,21 +294,92 @@ fn make(m: &Mount) -> Result<OwnedFd, PremountError> {
     rustix::mount::fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, attrs).map_err(op("mounting", dest))
 }
 
-/// Makes the mounts of `spec` the agent can make in `root` and takes them out of the spec.
-/// When one fails, those made are undone and the spec is left whole (libcontainer then makes
-/// every mount, with its own checks).
-pub fn premount(spec: &mut Spec, root: &Path) -> RootMounts {
+/// Makes directory `dest` (relative, plain components) in `fresh`, the root of a tmpfs the
+/// agent has just made and nothing else has written to: no symlink can be there to resolve,
+/// so each directory is made and opened where it is (`mkdirat`, and an `openat2` that follows
+/// no symlink and crosses no mount), with no walk from the container's root.
+fn open_dir_in_fresh(fresh: &OwnedFd, dest: &Path, full: &Path) -> Result<OwnedFd, PremountError> {
+    let mut dir: Option<OwnedFd> = None;
+    for part in dest.components() {
+        let at = dir.as_ref().unwrap_or(fresh);
+        match rustix::fs::mkdirat(at, part.as_os_str(), Mode::from_raw_mode(0o755)) {
+            Ok(()) | Err(Errno::EXIST) => {}
+            Err(e) => return Err(op("making a directory of", full)(e)),
+        }
+        dir = Some(
+            rustix::fs::openat2(
+                at,
+                part.as_os_str(),
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+                Mode::empty(),
+                ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_XDEV,
+            )
+            .map_err(op("opening a directory made for", full))?,
+        );
+    }
+    dir.ok_or_else(|| PremountError::Op {
+        what: "resolving",
+        path: full.to_owned(),
+        source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
+    })
+}
+
+/// Binds the container's root at `short`, a path of the agent's own with fewer components:
+/// libcontainer resolves its root with realpath(3), a readlink per component, in its worker
+/// and again for each device node its init makes (~16 calls a container for a root at
+/// `/hako-shared/<id>/rootfs`). The bind is recursive (storages mounted in the root come
+/// along); `short` must not exist yet (nothing there is followed or reused).
+fn bind_root(root: &Path, short: &Path) -> Result<(), PremountError> {
+    rustix::fs::mkdir(short, Mode::from_raw_mode(0o700))
+        .map_err(op("making the bind point", short))?;
+    rustix::mount::mount_bind_recursive(root, short).map_err(|e| {
+        let _ = rustix::fs::unlinkat(rustix::fs::CWD, short, rustix::fs::AtFlags::REMOVEDIR);
+        op("binding the root at", short)(e)
+    })
+}
+
+/// Prepares a container's root for libcontainer: binds it at `short` when given (the spec's
+/// root then names the bind), and makes the mounts of `spec` the agent can make in it, taking
+/// them out of the spec. When a mount fails, those made are undone and the spec keeps its
+/// mounts (libcontainer then makes every mount, with its own checks); when the bind fails the
+/// root stays where it is.
+pub fn premount(spec: &mut Spec, root: &Path, short: Option<&Path>) -> RootMounts {
     let mut made = RootMounts::default();
+    let mut root = root;
+    if let Some(short) = short {
+        match bind_root(root, short) {
+            Ok(()) => {
+                made.bind = Some(short.to_owned());
+                root = short;
+                if let Some(mut r) = spec.root().clone() {
+                    r.set_path(short.to_owned());
+                    spec.set_root(Some(r));
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "the container's root stays at its own path"),
+        }
+    }
+    made.mounts = make_mounts(spec, root);
+    made
+}
+
+/// Makes the mounts of `spec` the agent can make in `root` and takes them out of the spec; on
+/// a failure undoes those made, leaves the spec whole and returns none.
+fn make_mounts(spec: &mut Spec, root: &Path) -> Vec<(PathBuf, OwnedFd)> {
     let Some(mounts) = spec.mounts().clone() else {
-        return made;
+        return Vec::new();
     };
     if !spec_allows(spec) {
-        return made;
+        return Vec::new();
     }
     let take = plan(&mounts);
     if !take.contains(&true) {
-        return made;
+        return Vec::new();
     }
+    // Unmounted by identity if dropped before the spec is changed.
+    let mut made = RootMounts::default();
+    // Whether each mount made is a tmpfs (one made here is fresh: see open_dir_in_fresh).
+    let mut tmpfs: Vec<bool> = Vec::new();
     let result = (|| {
         let root_fd = rustix::fs::open(
             root,
@@ -294,7 +389,16 @@ pub fn premount(spec: &mut Spec, root: &Path) -> RootMounts {
         .map_err(op("opening", Path::new("/")))?;
         for (m, _) in mounts.iter().zip(&take).filter(|(_, t)| **t) {
             let dest = m.destination().as_path();
-            let target = open_dir_in_root(&root_fd, dest)?;
+            // The latest mount made here at or above `dest` is the one `dest` resolves in.
+            let under = made.mounts.iter().rposition(|(d, _)| dest.starts_with(d));
+            let target = match under {
+                Some(i) if tmpfs[i] && made.mounts[i].0 != dest => {
+                    let (above, fd) = &made.mounts[i];
+                    let rest = dest.strip_prefix(above).unwrap_or(dest);
+                    open_dir_in_fresh(fd, rest, dest)?
+                }
+                _ => open_dir_in_root(&root_fd, dest)?,
+            };
             let mnt = make(m)?;
             rustix::mount::move_mount(
                 mnt.as_fd(),
@@ -304,13 +408,14 @@ pub fn premount(spec: &mut Spec, root: &Path) -> RootMounts {
                 MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
             )
             .map_err(op("attaching the mount on", dest))?;
-            made.0.push((dest.to_owned(), mnt));
+            made.mounts.push((dest.to_owned(), mnt));
+            tmpfs.push(m.typ().as_deref() == Some("tmpfs"));
         }
         Ok::<(), PremountError>(())
     })();
     if let Err(e) = result {
         tracing::warn!(error = %e, "the agent's own mounts failed; libcontainer makes them");
-        return RootMounts::default();
+        return Vec::new();
     }
     let rest: Vec<Mount> = mounts
         .into_iter()
@@ -318,7 +423,7 @@ pub fn premount(spec: &mut Spec, root: &Path) -> RootMounts {
         .filter_map(|(m, t)| (!t).then_some(m))
         .collect();
     spec.set_mounts(Some(rest));
-    made
+    std::mem::take(&mut made.mounts)
 }
 
 #[cfg(test)]
