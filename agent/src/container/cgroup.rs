@@ -165,6 +165,18 @@ fn v1_mounts(mountinfo: &[u8]) -> Vec<PathBuf> {
 const REMOVE_RETRIES: u32 = 4;
 const REMOVE_BACKOFF_LIMIT: Duration = Duration::from_millis(100);
 
+/// Removes those of a container's cgroup directories that go with one rmdir (no process left
+/// in them; a missing one is already removed) and returns the others, for [`remove`].
+pub fn remove_empty(dirs: &[PathBuf]) -> Vec<PathBuf> {
+    dirs.iter()
+        .filter(|dir| match std::fs::remove_dir(dir) {
+            Ok(()) => false,
+            Err(e) => e.kind() != std::io::ErrorKind::NotFound,
+        })
+        .cloned()
+        .collect()
+}
+
 /// Removes a container's cgroup directories (what libcgroups' remove does: every process
 /// still in one is killed, then the directory is removed, retrying while they go). `dirs`
 /// come from [`Hierarchies::dirs`]; a missing directory is already removed.
@@ -378,6 +390,21 @@ pub fn to_response(s: &Stats) -> StatsContainerResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn directories_that_go_with_one_rmdir_go_and_the_others_are_left_for_remove() {
+        let dir = tempfile::tempdir().unwrap();
+        let (empty, busy, gone) = (
+            dir.path().join("empty"),
+            dir.path().join("busy"),
+            dir.path().join("gone"),
+        );
+        std::fs::create_dir(&empty).unwrap();
+        std::fs::create_dir_all(busy.join("child")).unwrap();
+        let left = remove_empty(&[empty.clone(), busy.clone(), gone]);
+        assert_eq!(left, [busy]);
+        assert!(!empty.exists());
+    }
 
     #[test]
     fn statistics_convert_units_and_no_limit() {

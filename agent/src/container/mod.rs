@@ -95,6 +95,8 @@ pub struct Entry {
     cgroup: PathBuf,
     /// The spec has poststop hooks (or Intel RDT): only libcontainer's delete runs those.
     libcontainer_delete: bool,
+    /// The spec has poststart hooks: libcontainer's start runs (and waits for) them.
+    poststart_hooks: bool,
     inner: Arc<Mutex<Container>>,
     init: Arc<Process>,
     execs: Mutex<HashMap<String, Arc<Process>>>,
@@ -333,6 +335,11 @@ impl Containers {
         let rootfs_ms = ms(t);
         let t = Instant::now();
         let terminal = spec.process().as_ref().and_then(|p| p.terminal()) == Some(true);
+        let poststart_hooks = spec
+            .hooks()
+            .as_ref()
+            .and_then(|h| h.poststart().as_ref())
+            .is_some_and(|p| !p.is_empty());
         let libcontainer_delete = spec
             .hooks()
             .as_ref()
@@ -401,6 +408,7 @@ impl Containers {
                 bundle,
                 cgroup,
                 libcontainer_delete,
+                poststart_hooks,
                 inner: Arc::new(Mutex::new(container)),
                 init: Arc::new(init),
                 execs: Mutex::new(HashMap::new()),
@@ -427,11 +435,30 @@ impl Containers {
         let e = self.get(id).await?;
         let inner = e.inner.clone();
         let t = Instant::now();
-        self.on_worker(id, move || {
-            inner.lock().unwrap_or_else(|p| p.into_inner()).start()
-        })
-        .await?
-        .map_err(|err| runtime(id, "starting it")(Box::new(err)))?;
+        // Without poststart hooks, libcontainer's start is a few file operations and one
+        // message to the init waiting on its notify socket: done here, it saves the hand-off
+        // to the worker and back (~6 calls: a thread wake, an eventfd each way, and the
+        // timer ttrpc arms when a request does not finish in its first poll). A container
+        // busy on the worker (its lock taken) starts there, after that call.
+        let inline = if e.poststart_hooks {
+            None
+        } else {
+            match inner.try_lock() {
+                Ok(mut c) => Some(c.start()),
+                Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner().start()),
+                Err(std::sync::TryLockError::WouldBlock) => None,
+            }
+        };
+        let started = match inline {
+            Some(r) => r,
+            None => {
+                self.on_worker(id, move || {
+                    inner.lock().unwrap_or_else(|p| p.into_inner()).start()
+                })
+                .await?
+            }
+        };
+        started.map_err(|err| runtime(id, "starting it")(Box::new(err)))?;
         tracing::info!(container_id = id, exec_ms = ms(t), "container started");
         Ok(())
     }
@@ -646,16 +673,28 @@ impl Containers {
         match dirs {
             Some(dirs) if e.init.exited().is_some() && !e.libcontainer_delete => {
                 let state = self.youki_root().join(id);
-                self.on_worker(id, move || {
-                    cgroup::remove(&dirs)?;
+                let remove_state = move || {
                     remove_state_dir(&state).map_err(|err| cgroup::CgroupError::Op {
                         what: "removing libcontainer's state directory",
                         path: state.display().to_string(),
                         source: Box::new(err),
                     })
-                })
-                .await?
-                .map_err(|err| runtime(id, "deleting it")(Box::new(err)))?;
+                };
+                // Most often each directory goes with one rmdir (the container's processes
+                // are gone) and the state with a few unlinks: done here, without the hand-off
+                // to the worker and back. A populated cgroup (processes to kill, an rmdir
+                // retried with back-off) goes to the worker.
+                let left = cgroup::remove_empty(&dirs);
+                let removed = if left.is_empty() {
+                    remove_state()
+                } else {
+                    self.on_worker(id, move || {
+                        cgroup::remove(&left)?;
+                        remove_state()
+                    })
+                    .await?
+                };
+                removed.map_err(|err| runtime(id, "deleting it")(Box::new(err)))?;
             }
             _ => {
                 let inner = e.inner.clone();

@@ -296,20 +296,39 @@ fn make(m: &Mount) -> Result<OwnedFd, PremountError> {
 
 /// Makes directory `dest` (relative, plain components) in `fresh`, the root of a tmpfs the
 /// agent has just made and nothing else has written to: no symlink can be there to resolve,
-/// so each directory is made and opened where it is (`mkdirat`, and an `openat2` that follows
-/// no symlink and crosses no mount), with no walk from the container's root.
-fn open_dir_in_fresh(fresh: &OwnedFd, dest: &Path, full: &Path) -> Result<OwnedFd, PremountError> {
-    let mut dir: Option<OwnedFd> = None;
-    for part in dest.components() {
-        let at = dir.as_ref().unwrap_or(fresh);
-        match rustix::fs::mkdirat(at, part.as_os_str(), Mode::from_raw_mode(0o755)) {
-            Ok(()) | Err(Errno::EXIST) => {}
-            Err(e) => return Err(op("making a directory of", full)(e)),
+/// so each directory is made where it is (`mkdirat`), its parents opened with an `openat2`
+/// that follows no symlink and crosses no mount, with no walk from the container's root.
+/// Returns the last directory's parent (None: `fresh` itself) and name, for `move_mount` to
+/// attach to by name: that lookup follows no symlink in its last component and a directory
+/// tree never mounts on anything but a directory.
+fn make_dir_in_fresh<'a>(
+    fresh: &OwnedFd,
+    dest: &'a Path,
+    full: &Path,
+) -> Result<(Option<OwnedFd>, &'a std::ffi::OsStr), PremountError> {
+    let parts: Vec<_> = dest.components().map(|c| c.as_os_str()).collect();
+    let Some((last, parents)) = parts.split_last() else {
+        return Err(PremountError::Op {
+            what: "resolving",
+            path: full.to_owned(),
+            source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
+        });
+    };
+    let mkdir = |at: &OwnedFd, part: &std::ffi::OsStr| {
+        let made = rustix::fs::mkdirat(at, part, Mode::from_raw_mode(0o755));
+        match made {
+            Ok(()) | Err(Errno::EXIST) => Ok(()),
+            Err(e) => Err(op("making a directory of", full)(e)),
         }
+    };
+    let mut dir: Option<OwnedFd> = None;
+    for part in parents {
+        let at = dir.as_ref().unwrap_or(fresh);
+        mkdir(at, part)?;
         dir = Some(
             rustix::fs::openat2(
                 at,
-                part.as_os_str(),
+                *part,
                 OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
                 Mode::empty(),
                 ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_XDEV,
@@ -317,11 +336,8 @@ fn open_dir_in_fresh(fresh: &OwnedFd, dest: &Path, full: &Path) -> Result<OwnedF
             .map_err(op("opening a directory made for", full))?,
         );
     }
-    dir.ok_or_else(|| PremountError::Op {
-        what: "resolving",
-        path: full.to_owned(),
-        source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
-    })
+    mkdir(dir.as_ref().unwrap_or(fresh), last)?;
+    Ok((dir, last))
 }
 
 /// Binds the container's root at `short`, a path of the agent's own with fewer components:
@@ -378,7 +394,7 @@ fn make_mounts(spec: &mut Spec, root: &Path) -> Vec<(PathBuf, OwnedFd)> {
     }
     // Unmounted by identity if dropped before the spec is changed.
     let mut made = RootMounts::default();
-    // Whether each mount made is a tmpfs (one made here is fresh: see open_dir_in_fresh).
+    // Whether each mount made is a tmpfs (one made here is fresh: see make_dir_in_fresh).
     let mut tmpfs: Vec<bool> = Vec::new();
     let result = (|| {
         let root_fd = rustix::fs::open(
@@ -391,22 +407,22 @@ fn make_mounts(spec: &mut Spec, root: &Path) -> Vec<(PathBuf, OwnedFd)> {
             let dest = m.destination().as_path();
             // The latest mount made here at or above `dest` is the one `dest` resolves in.
             let under = made.mounts.iter().rposition(|(d, _)| dest.starts_with(d));
-            let target = match under {
-                Some(i) if tmpfs[i] && made.mounts[i].0 != dest => {
-                    let (above, fd) = &made.mounts[i];
-                    let rest = dest.strip_prefix(above).unwrap_or(dest);
-                    open_dir_in_fresh(fd, rest, dest)?
-                }
-                _ => open_dir_in_root(&root_fd, dest)?,
-            };
             let mnt = make(m)?;
-            rustix::mount::move_mount(
-                mnt.as_fd(),
-                "",
-                target.as_fd(),
-                "",
-                MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
-            )
+            let empty = MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH;
+            match under {
+                Some(i) if tmpfs[i] && made.mounts[i].0 != dest => {
+                    let (above, fresh) = &made.mounts[i];
+                    let rest = dest.strip_prefix(above).unwrap_or(dest);
+                    let (parent, name) = make_dir_in_fresh(fresh, rest, dest)?;
+                    let at = parent.as_ref().unwrap_or(fresh);
+                    rustix::mount::move_mount(mnt.as_fd(), "", at.as_fd(), name, empty)
+                }
+                _ => {
+                    let target = open_dir_in_root(&root_fd, dest)?;
+                    let flags = empty | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH;
+                    rustix::mount::move_mount(mnt.as_fd(), "", target.as_fd(), "", flags)
+                }
+            }
             .map_err(op("attaching the mount on", dest))?;
             made.mounts.push((dest.to_owned(), mnt));
             tmpfs.push(m.typ().as_deref() == Some("tmpfs"));
@@ -515,6 +531,25 @@ mod tests {
             0,
             "nothing was made outside the root"
         );
+    }
+
+    #[test]
+    fn directories_in_a_fresh_tmpfs_are_made_in_place_and_named_for_the_attach() {
+        let dir = tempfile::tempdir().unwrap();
+        let fresh =
+            rustix::fs::open(dir.path(), OFlags::PATH | OFlags::DIRECTORY, Mode::empty()).unwrap();
+        let full = Path::new("/dev/a/b");
+        let (parent, name) = make_dir_in_fresh(&fresh, Path::new("a/b"), full).unwrap();
+        assert_eq!(name, "b");
+        let got = rustix::fs::fstat(parent.as_ref().unwrap()).unwrap();
+        let want = std::fs::metadata(dir.path().join("a")).unwrap();
+        assert_eq!((got.st_dev, got.st_ino), (want.dev(), want.ino()));
+        assert!(dir.path().join("a/b").is_dir());
+        let (parent, name) = make_dir_in_fresh(&fresh, Path::new("pts"), full).unwrap();
+        assert!(parent.is_none() && name == "pts" && dir.path().join("pts").is_dir());
+        // Were a symlink there after all, it is not followed.
+        std::os::unix::fs::symlink("/", dir.path().join("l")).unwrap();
+        assert!(make_dir_in_fresh(&fresh, Path::new("l/x"), full).is_err());
     }
 
     #[test]
