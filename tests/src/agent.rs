@@ -11,6 +11,24 @@ pub async fn connect_hybrid(uds: &Path, port: u32, deadline: Duration) -> Result
     hako_runtime::agent_client::connect_hybrid(uds, port, deadline, || true).await
 }
 
+/// [`connect_hybrid`] that gives up as soon as hako-vmm (`pid`, a child of this process) has
+/// ended, instead of at the deadline.
+pub async fn connect_hybrid_to(
+    uds: &Path,
+    port: u32,
+    deadline: Duration,
+    pid: u32,
+) -> Result<Clients, String> {
+    let alive = || {
+        // A child that ended and is not reaped yet is a zombie: state `Z` after the name.
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')))
+            .unwrap_or(false)
+    };
+    hako_runtime::agent_client::connect_hybrid(uds, port, deadline, alive).await
+}
+
 /// A process's whole stdout (or stderr) as text.
 pub async fn read_to_end(
     agent: &hako_agent_api::agent_ttrpc::AgentServiceClient,

@@ -9,3 +9,5 @@ pub fn percentile(v: &[f64], p: f64) -> f64 {
         n => v[((((n - 1) as f64) * p).round() as usize).min(n - 1)],
     }
 }
+
+pub mod sandbox_vm;

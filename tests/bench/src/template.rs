@@ -11,75 +11,12 @@
 //!
 //! Needs root, KVM, the guest kernel (guest-kernel-config/build.sh) and busybox-static.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
-use hako_agent_api::AGENT_API_PORT;
-use hako_agent_api::health::CheckRequest;
+use anyhow::Result;
 use hako_bench::percentile;
-use hako_tests::{agent, fixtures, hako_vmm};
-use hako_vmm_api::{ControlReply, ControlRequest};
-
-struct Vmm {
-    child: Child,
-    dir: PathBuf,
-}
-
-impl Drop for Vmm {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn spawn(
-    vmm: &Path,
-    dir: &Path,
-    kernel: &Path,
-    image: &Path,
-    cid: u32,
-    snapshot: Option<&Path>,
-) -> Result<Vmm> {
-    std::fs::create_dir_all(dir)?;
-    let mut config = hako_vmm::agent_vm(dir, kernel, image, cid)?;
-    config.console = hako_vmm_api::ConsoleConfig::Off;
-    let mut cmd = match snapshot {
-        Some(s) => hako_vmm::restore_command(vmm, dir, &config, s)?,
-        None => hako_vmm::command(vmm, dir, &config)?,
-    };
-    let child = cmd
-        .env("HAKO_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting hako-vmm")?;
-    Ok(Vmm {
-        child,
-        dir: dir.to_owned(),
-    })
-}
-
-/// Seconds from `since` until the agent in `vm` answers a health check.
-fn until_ready(vm: &Vmm, since: Instant) -> Result<f64> {
-    let uds = vm.dir.join("vsock.sock");
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?
-        .block_on(async {
-            let c = agent::connect_hybrid(&uds, AGENT_API_PORT, Duration::from_secs(600))
-                .await
-                .map_err(anyhow::Error::msg)?;
-            c.health
-                .check(agent::ctx(Duration::from_secs(120)), &CheckRequest::new())
-                .await
-                .context("health check")?;
-            anyhow::Ok(())
-        })?;
-    Ok(since.elapsed().as_secs_f64())
-}
+use hako_bench::sandbox_vm::{SandboxVm, VmImage};
+use hako_tests::fixtures;
 
 /// (PSS, RSS) in KiB of a process.
 fn memory_kib(pid: u32) -> Result<(u64, u64)> {
@@ -105,38 +42,31 @@ fn main() -> Result<()> {
     let image = fixtures::agent_image().map_err(anyhow::Error::msg)?;
     let work = tempfile::tempdir()?;
     let snapshot = work.path().join("template");
+    let from = VmImage {
+        vmm: &vmm,
+        kernel: &kernel,
+        image: &image,
+    };
 
     eprintln!("cold boot...");
     let started = Instant::now();
-    let cold = spawn(&vmm, &work.path().join("cold"), &kernel, &image, 3, None)?;
-    let cold_secs = until_ready(&cold, started)?;
+    let cold = SandboxVm::spawn(&from, &work.path().join("cold"), 3, None, false)?;
+    let cold_secs = cold.until_ready(started)?;
     let (cold_pss, cold_rss) = memory_kib(cold.child.id())?;
-    let control = hako_vmm::control_socket(&cold.dir);
-    match hako_vmm::control(
-        &control,
-        &ControlRequest::Snapshot {
-            dir: snapshot.clone(),
-        },
-    )
-    .map_err(anyhow::Error::msg)?
-    {
-        ControlReply::Done => {}
-        other => bail!("snapshot: {other:?}"),
-    }
+    cold.snapshot(&snapshot)?;
     drop(cold);
 
     let mut resumed = Vec::new();
     for i in 0..restores {
         let started = Instant::now();
-        let vm = spawn(
-            &vmm,
+        let vm = SandboxVm::spawn(
+            &from,
             &work.path().join(format!("r{i}")),
-            &kernel,
-            &image,
             10 + i as u32,
             Some(&snapshot),
+            false,
         )?;
-        resumed.push(until_ready(&vm, started)?);
+        resumed.push(vm.until_ready(started)?);
         eprintln!("restore {i}: {:.1} ms", resumed[i] * 1e3);
     }
     println!("sandbox VM start to the agent's first answer (ms)");
@@ -169,17 +99,16 @@ fn main() -> Result<()> {
         let mut vms = Vec::new();
         for i in 0..n {
             let dir = work.path().join(format!("n{n}-{i}"));
-            vms.push(spawn(
-                &vmm,
+            vms.push(SandboxVm::spawn(
+                &from,
                 &dir,
-                &kernel,
-                &image,
                 100 + i as u32,
                 Some(&snapshot),
+                false,
             )?);
         }
         for vm in &vms {
-            until_ready(vm, Instant::now())?;
+            vm.until_ready(Instant::now())?;
         }
         let (mut pss, mut rss) = (0u64, 0u64);
         for vm in &vms {
