@@ -92,6 +92,8 @@ fn expect_probe_ran(boot: &Boot) -> Result<(), Failed> {
     expect(boot, "HAKO-GUEST-PROBE: spawn: child")?;
     // The conservative CPU profile reached the guest: none of the hidden features is visible.
     expect(boot, "of popcnt/xsave/smap/cx16/avx visible: []")?;
+    // Its Intel family-6 signature reached the guest: the kernel copies pages with `rep`.
+    expect(boot, "rep_good: true")?;
     expect(boot, "HAKO-GUEST-PROBE: clocksource:")?;
     expect(boot, "kvm-clock")?;
     expect(boot, "HAKO-GUEST-PROBE: ok")?;

@@ -62,7 +62,8 @@ fn spawn_child() -> Result<String, String> {
     }
 }
 
-/// CPU features the host hides where kernel mode is emulated (informational).
+/// CPU features the host hides where kernel mode is emulated (informational), and whether the
+/// kernel chose `rep` string copies (REP_GOOD, from the Intel family-6 signature).
 fn visible_cpu_features() -> Result<String, String> {
     let info = std::fs::read_to_string("/proc/cpuinfo").map_err(|e| e.to_string())?;
     let flags: Vec<&str> = info
@@ -75,9 +76,10 @@ fn visible_cpu_features() -> Result<String, String> {
         .filter(|f| flags.contains(f))
         .collect();
     Ok(format!(
-        "{} flags; of popcnt/xsave/smap/cx16/avx visible: [{}]",
+        "{} flags; of popcnt/xsave/smap/cx16/avx visible: [{}]; rep_good: {}",
         flags.len(),
-        shown.join(" ")
+        shown.join(" "),
+        flags.contains(&"rep_good")
     ))
 }
 

@@ -1,7 +1,9 @@
 //! CPUID for guests: KVM's supported set, adjusted per [`CpuProfile`]. The `conservative`
 //! profile hides what a host that emulates guest kernel mode cannot emulate (CMPXCHG16B,
 //! XSAVE, SMAP/SMEP, POPCNT, AVX*, BMI*, FSGSBASE, ERMS/FSRM, MOVBE) and reports an Intel
-//! vendor so the guest skips AMD-only workarounds (FNCLEX). Every profile offers the
+//! vendor so the guest skips AMD-only workarounds (FNCLEX), with an Intel family-6 signature
+//! so the guest kernel copies and clears memory with `rep movsq`/`rep stosq` (its REP_GOOD
+//! choice, made only for Intel family 6) rather than unrolled loops. Every profile offers the
 //! TSC-deadline timer, without which guest timers fail where kernel mode is emulated.
 
 use hako_vmm_api::CpuProfile;
@@ -44,6 +46,18 @@ const L7_EDX_HIDDEN: u32 = 1 << 4;
 /// Leaf 0x8000_0001 ECX: ABM (LZCNT/POPCNT on AMD)(5).
 const LX1_ECX_HIDDEN: u32 = 1 << 5;
 
+/// Leaf 1 EAX of the conservative profile: family 6, model 0x8f, stepping 8 (a Sapphire Rapids
+/// signature). Linux sets its synthetic REP_GOOD feature only for Intel family 6, and with it
+/// clears and copies pages (clear_page, copy_page, memset, memcpy, clear_user) with one
+/// `rep stosq`/`rep movsq` instead of an unrolled loop of moves. Where kernel mode is
+/// emulated one instruction at a time, that halves the cost of every page the guest
+/// touches: an 8 MiB `dd` from /dev/zero in a guest container went from 17.7 s to about
+/// 9.7 s here, a container's create + start from 9.9 to 8.6 s (first) and 8.1 to 6.9 s
+/// (second; hako-bench-guest-create). (The host's AMD family 0x1a, reported as "Intel",
+/// got no REP_GOOD; ERMS/FSRM stay hidden: `rep movsb` repeats eight times as often.)
+/// Model 0x8f is at least 15 (PAT stays on) and matches none of the kernel's Intel errata.
+const CONSERVATIVE_SIGNATURE: u32 = 0x0008_06f8;
+
 /// "GenuineIntel" as CPUID leaf 0 returns it (EBX, EDX, ECX).
 const INTEL_VENDOR: [u32; 3] = [0x756e_6547, 0x4965_6e69, 0x6c65_746e];
 
@@ -58,6 +72,7 @@ fn adjust(entry: &mut kvm_cpuid_entry2, profile: CpuProfile) {
         (1, _) => {
             entry.ecx |= L1_ECX_TSC_DEADLINE | L1_ECX_HYPERVISOR;
             if conservative {
+                entry.eax = CONSERVATIVE_SIGNATURE;
                 entry.ecx &= !(L1_ECX_CX16
                     | L1_ECX_MOVBE
                     | L1_ECX_POPCNT
@@ -207,5 +222,23 @@ mod tests {
             .flat_map(|r| r.to_le_bytes())
             .collect();
         assert_eq!(vendor, b"GenuineIntel");
+    }
+
+    #[test]
+    fn conservative_profile_is_an_intel_family_6_cpu() {
+        let mut c = sample();
+        apply_profile(&mut c, CpuProfile::Conservative);
+        let eax = find(&c, 1).eax;
+        let (family, ext_family) = ((eax >> 8) & 0xf, (eax >> 20) & 0xff);
+        let model = ((eax >> 12) & 0xf0) | ((eax >> 4) & 0xf);
+        assert_eq!((family, ext_family), (6, 0), "{eax:#x}");
+        assert!(model >= 15, "model {model:#x}: PAT needs at least 15");
+        let mut h = sample();
+        apply_profile(&mut h, CpuProfile::Host);
+        assert_eq!(
+            find(&h, 1).eax,
+            0,
+            "the host profile keeps the host's signature"
+        );
     }
 }
