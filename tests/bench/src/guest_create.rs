@@ -1,17 +1,19 @@
-//! `hako-bench-guest-create [RUNS] [BASELINE_REV]` (defaults 3 and e28d7ae): container
-//! create + start inside a template-resumed guest, this workspace's agent image against the
-//! agent image of an earlier revision, side by side in one run. Never asserts.
+//! `hako-bench-guest-create [--whole] [RUNS] [BASELINE_REV]` (defaults 3 and e28d7ae): container
+//! create + start inside a template-resumed guest, this workspace's sandbox against an earlier
+//! revision's, side by side in one run. Never asserts.
 //!
-//! - The baseline image comes from `tests/bench/baseline-agent.sh BASELINE_REV` (that
-//!   revision's hako-agent built as its setup built it, cached; the script says how). Where
-//!   that agent mounts the shared directory is read from the revision's agent API crate.
-//! - Each image boots cold once to the agent's first answer and is snapshotted: its template.
-//! - RUNS times, alternating which image goes first, a VM is resumed from each template as the
+//! - The baseline comes from `tests/bench/baseline.sh [--whole] BASELINE_REV` (built and
+//!   cached; the script says how). By default only the agent image differs (both run today's
+//!   hako-vmm and guest kernel); with `--whole` the baseline is that revision's whole sandbox:
+//!   its agent image, its hako-vmm (CPU profile) and its guest kernel. Where that agent mounts
+//!   the shared directory is read from the revision's agent API crate.
+//! - Each side boots cold once to the agent's first answer and is snapshotted: its template.
+//! - RUNS times, alternating which side goes first, a VM is resumed from each template as the
 //!   runtime's sandboxes are (console to a file, `quiet`), gets CreateSandbox (the share
 //!   mounted), then two busybox `echo` containers in turn (the sandbox's first and second;
 //!   the first also pays for the agent's code paths never run before the snapshot). Each
 //!   CreateContainer and StartContainer is timed from the host (the RPC's round trip), and
-//!   the output read to its end.
+//!   the output read to its end; hako-vmm's virtio-fs requests and vCPU exits are counted.
 //! - The agent's own phase times (its `container created` / `container started` log lines
 //!   on the guest console: storage, spec, rootfs, bundle, libcontainer, exec) are shown
 //!   where the agent logs them (the baseline did not).
@@ -49,9 +51,11 @@ const PHASES: &[&str] = &[
     "exec_ms",
 ];
 
-/// One agent image under test and its template.
+/// One sandbox under test (VMM, kernel, agent image) and its template.
 struct Subject {
     name: String,
+    vmm: PathBuf,
+    kernel: PathBuf,
     image: PathBuf,
     /// Where this agent wants the shared directory mounted.
     mount_point: String,
@@ -89,10 +93,22 @@ fn vmm_counters(vm: &SandboxVm) -> Result<(u64, u64), String> {
     }
 }
 
-/// The baseline image and where that agent mounts the share.
-fn baseline(rev: &str) -> Result<(PathBuf, String)> {
-    let script = repo_root().join("tests/bench/baseline-agent.sh");
-    let out = Command::new(&script)
+/// What `baseline.sh` printed: `image`, and with `--whole` `vmm` and `kernel`.
+struct Baseline {
+    image: PathBuf,
+    vmm: Option<PathBuf>,
+    kernel: Option<PathBuf>,
+    mount_point: String,
+}
+
+/// Builds (or finds) the baseline and reads where that agent mounts the share.
+fn baseline(rev: &str, whole: bool) -> Result<Baseline> {
+    let script = repo_root().join("tests/bench/baseline.sh");
+    let mut cmd = Command::new(&script);
+    if whole {
+        cmd.arg("--whole");
+    }
+    let out = cmd
         .arg(rev)
         .output()
         .with_context(|| format!("running {}", script.display()))?;
@@ -103,7 +119,12 @@ fn baseline(rev: &str) -> Result<(PathBuf, String)> {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let image = PathBuf::from(String::from_utf8(out.stdout)?.trim());
+    let text = String::from_utf8(out.stdout)?;
+    let field = |k: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(k)?.strip_prefix('='))
+            .map(PathBuf::from)
+    };
     let api = Command::new("git")
         .arg("-C")
         .arg(repo_root())
@@ -111,24 +132,28 @@ fn baseline(rev: &str) -> Result<(PathBuf, String)> {
         .arg(format!("{rev}:agent/api/src/lib.rs"))
         .output()
         .context("git show")?;
-    let text = String::from_utf8_lossy(&api.stdout);
-    let mount_point = text
+    let mount_point = String::from_utf8_lossy(&api.stdout)
         .lines()
         .find_map(|l| {
             l.trim()
                 .strip_prefix("pub const SHARED_FS_MOUNT_POINT: &str = \"")?
                 .strip_suffix("\";")
+                .map(str::to_owned)
         })
-        .context("the baseline's SHARED_FS_MOUNT_POINT")?
-        .to_owned();
-    Ok((image, mount_point))
+        .context("the baseline's SHARED_FS_MOUNT_POINT")?;
+    Ok(Baseline {
+        image: field("image").context("baseline.sh printed no image")?,
+        vmm: field("vmm"),
+        kernel: field("kernel"),
+        mount_point,
+    })
 }
 
-/// Boots `image` cold, snapshots it into `dir/template`; returns the seconds to its first answer.
-fn make_template(vmm: &Path, kernel: &Path, s: &Subject, dir: &Path, cid: u32) -> Result<f64> {
+/// Boots `s` cold, snapshots it into `s.snapshot`; returns the seconds to its first answer.
+fn make_template(s: &Subject, dir: &Path, cid: u32) -> Result<f64> {
     let from = VmImage {
-        vmm,
-        kernel,
+        vmm: &s.vmm,
+        kernel: &s.kernel,
         image: &s.image,
     };
     let started = Instant::now();
@@ -212,14 +237,14 @@ fn phases_from_console(console: &str, id: &str) -> BTreeMap<String, f64> {
 }
 
 /// One resumed sandbox of `s`: its two containers' figures.
-fn run_once(vmm: &Path, kernel: &Path, s: &Subject, dir: &Path, cid: u32) -> Result<[Sample; 2]> {
+fn run_once(s: &Subject, dir: &Path, cid: u32) -> Result<[Sample; 2]> {
     for id in CONTAINERS {
         bundle::busybox_rootfs(&dir.join("shared").join(id).join("rootfs"))
             .map_err(anyhow::Error::msg)?;
     }
     let from = VmImage {
-        vmm,
-        kernel,
+        vmm: &s.vmm,
+        kernel: &s.kernel,
         image: &s.image,
     };
     let vm = SandboxVm::spawn(&from, dir, cid, Some(&s.snapshot), true)?;
@@ -313,45 +338,50 @@ fn report(subjects: &[Subject], samples: &[Vec<[Sample; 2]>], runs: usize) {
 }
 
 fn main() -> Result<()> {
-    let mut args = std::env::args().skip(1);
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let whole = args.first().is_some_and(|a| a == "--whole");
+    if whole {
+        args.remove(0);
+    }
+    let mut args = args.into_iter();
     let runs: usize = args.next().map(|s| s.parse()).transpose()?.unwrap_or(3);
     let rev = args.next().unwrap_or_else(|| "e28d7ae".into());
     let vmm = fixtures::workspace_binary("hako-vmm").map_err(anyhow::Error::msg)?;
     let kernel = fixtures::kernel().map_err(|s| anyhow::anyhow!("{s}"))?;
     let image = fixtures::agent_image().map_err(anyhow::Error::msg)?;
-    let (base_image, base_mount) = baseline(&rev)?;
+    let base = baseline(&rev, whole)?;
     let work = tempfile::tempdir()?;
     if std::env::var_os("HAKO_BENCH_KEEP").is_some() {
         eprintln!("keeping {}", work.path().display());
     }
     let subjects = [
         Subject {
-            name: "this agent".into(),
+            name: if whole { "this sandbox" } else { "this agent" }.into(),
+            vmm: vmm.clone(),
+            kernel: kernel.clone(),
             image,
             mount_point: hako_agent_api::SHARED_FS_MOUNT_POINT.into(),
             snapshot: work.path().join("template-this"),
         },
         Subject {
-            name: format!("baseline {rev}"),
-            image: base_image,
-            mount_point: base_mount,
+            name: format!("baseline {rev}{}", if whole { " (whole)" } else { "" }),
+            vmm: base.vmm.unwrap_or(vmm),
+            kernel: base.kernel.unwrap_or(kernel),
+            image: base.image,
+            mount_point: base.mount_point,
             snapshot: work.path().join("template-baseline"),
         },
     ];
     for (i, s) in subjects.iter().enumerate() {
         eprintln!(
-            "{}: {} (share at {})",
+            "{}: {}, {}, {} (share at {})",
             s.name,
+            s.vmm.display(),
+            s.kernel.display(),
             s.image.display(),
             s.mount_point
         );
-        let secs = make_template(
-            &vmm,
-            &kernel,
-            s,
-            &work.path().join(format!("cold-{i}")),
-            3 + i as u32,
-        )?;
+        let secs = make_template(s, &work.path().join(format!("cold-{i}")), 3 + i as u32)?;
         eprintln!(
             "{}: cold boot to the first answer {secs:.1} s, template made",
             s.name
@@ -364,7 +394,7 @@ fn main() -> Result<()> {
         for i in order {
             let s = &subjects[i];
             let dir = work.path().join(format!("run{run}-{i}"));
-            let got = run_once(&vmm, &kernel, s, &dir, 10 + (run * 2 + i) as u32)?;
+            let got = run_once(s, &dir, 10 + (run * 2 + i) as u32)?;
             eprintln!(
                 "run {run}, {}: create + start {:.2} s (first), {:.2} s (second)",
                 s.name,
