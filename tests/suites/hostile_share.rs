@@ -37,6 +37,24 @@ struct Scene {
     sentinel: u64,
 }
 
+impl Drop for Scene {
+    /// The sentinel mount goes first, or removing the scratch tree stops at it and leaves the
+    /// tree in /tmp after every run.
+    fn drop(&mut self) {
+        drop(Detach(self.path("sentinel")));
+    }
+}
+
+/// Lazily unmounts a path when dropped: a mount a test made in its scratch directory, which
+/// must go before the directory can.
+struct Detach(PathBuf);
+
+impl Drop for Detach {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
 fn io(what: &str) -> impl Fn(std::io::Error) -> String + '_ {
     move |e| format!("{what}: {e}")
 }
@@ -370,6 +388,8 @@ fn share_mounts_stay_out_of_other_namespaces() -> Result<(), String> {
     let t = top.path();
     mount(Some(t), t, None::<&str>, MsFlags::MS_BIND, None::<&str>)
         .map_err(|e| format!("binding the scratch root onto itself: {e}"))?;
+    // Dropped before `top`: the bind (and every mount below it) goes first.
+    let _bound = Detach(t.to_owned());
     mount(
         None::<&str>,
         t,
