@@ -7,8 +7,11 @@
 //! guest kernel's System.map (beside the vmlinux that fixtures::kernel() finds). Prints the
 //! instruction count (the guest's kernel time: about 1.7 µs each here), the share and count
 //! per function, and the timer interrupts: how many, and what share of all instructions ran
-//! between their entry and `irqentry_exit` (the tick's cost). On a host where guest kernel
-//! code runs natively nothing is emulated and the count is zero.
+//! between their entry and `irqentry_exit` (the tick's cost), and the kernel entries from user
+//! mode (here system calls also arrive through `asm_exc_page_fault`: guest-kernel-config's
+//! patch 0003) named by the `__x64_sys_*` function they run, or `page fault`, each counted to
+//! the next entry. On a host where guest kernel code runs natively nothing is emulated and
+//! the count is zero.
 //!
 //! Needs root and perf (linux-perf).
 
@@ -69,21 +72,46 @@ fn rip_of(line: &str) -> Option<u64> {
     u64::from_str_radix(parts.next()?, 16).ok()
 }
 
-/// Per-function counts, and the timer interrupts' count and instructions.
+/// Per-function counts, the timer interrupts' count and instructions, and the kernel entries
+/// from user mode (system calls by name, page faults) with their instructions.
 #[derive(Default)]
 struct Profile {
     total: u64,
     per_function: HashMap<String, u64>,
     timer_interrupts: u64,
     in_timer_interrupts: u64,
+    /// Entry kind (a system call's name, `page fault`, `other entry`) → (entries, instructions).
+    per_entry: HashMap<String, (u64, u64)>,
 }
+
+/// What one kernel entry (from `asm_exc_page_fault`, through which this host delivers user
+/// system calls too) turns out to be, from the functions it runs.
+fn entry_kind(current: &str, f: &str) -> Option<String> {
+    if current != OTHER_ENTRY {
+        return None;
+    }
+    if let Some(name) = ["__x64_sys_", "__do_sys_", "__se_sys_"]
+        .iter()
+        .find_map(|p| f.strip_prefix(p))
+    {
+        return Some(name.to_owned());
+    }
+    (f == "handle_mm_fault").then(|| PAGE_FAULT.to_owned())
+}
+
+const OTHER_ENTRY: &str = "other entry";
+const PAGE_FAULT: &str = "page fault";
 
 impl Profile {
     fn add_all(&mut self, map: &SymbolMap, lines: impl Iterator<Item = String>) {
         // An interrupt starts at the entry stub's first instruction (the stub's own return
         // path, after the handler, is in the same symbol) and its work ends at irqentry_exit.
         let entry = map.address_of("asm_sysvec_apic_timer_interrupt");
+        // A user entry (fault or system call) lasts until the next one; timer interrupts
+        // inside it are counted apart.
+        let fault = map.address_of("asm_exc_page_fault");
         let mut in_timer = false;
+        let mut current: Option<(String, u64)> = None;
         for line in lines {
             let Some(rip) = rip_of(&line) else { continue };
             let f = map.function(rip);
@@ -97,7 +125,27 @@ impl Profile {
             }
             if in_timer {
                 self.in_timer_interrupts += 1;
+                continue;
             }
+            if Some(rip) == fault {
+                self.close_entry(current.take());
+                current = Some((OTHER_ENTRY.to_owned(), 0));
+            }
+            if let Some((kind, n)) = &mut current {
+                if let Some(k) = entry_kind(kind, f) {
+                    *kind = k;
+                }
+                *n += 1;
+            }
+        }
+        self.close_entry(current);
+    }
+
+    fn close_entry(&mut self, entry: Option<(String, u64)>) {
+        if let Some((kind, n)) = entry {
+            let e = self.per_entry.entry(kind).or_insert((0, 0));
+            e.0 += 1;
+            e.1 += n;
         }
     }
 
@@ -115,6 +163,18 @@ impl Profile {
             share(self.in_timer_interrupts),
             self.in_timer_interrupts as f64 / self.timer_interrupts.max(1) as f64
         );
+        let mut e: Vec<_> = self.per_entry.iter().collect();
+        e.sort_by(|a, b| b.1.1.cmp(&a.1.1).then(a.0.cmp(b.0)));
+        println!("\nkernel entries from user mode (until the next one; timer interrupts apart)");
+        println!("{:>7} {:>8} {:>10}  entry", "share", "entries", "each");
+        for (kind, (count, n)) in e.into_iter().take(top) {
+            println!(
+                "{:>6.2}% {:>8} {:>10.0}  {kind}",
+                share(*n),
+                count,
+                *n as f64 / (*count).max(1) as f64
+            );
+        }
         let mut v: Vec<_> = self.per_function.iter().collect();
         v.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
         println!("\n{:>7} {:>10}  function", "share", "count");
@@ -167,6 +227,38 @@ fn main() -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn entries_are_named_by_the_system_call_or_fault_they_run() {
+        let map = SymbolMap {
+            addrs: vec![0x100, 0x200, 0x300, 0x400, 0x500, 0x600],
+            names: [
+                "asm_exc_page_fault",
+                "__x64_sys_mkdir",
+                "handle_mm_fault",
+                "work",
+                "asm_sysvec_apic_timer_interrupt",
+                "irqentry_exit",
+            ]
+            .map(str::to_owned)
+            .to_vec(),
+        };
+        // mkdir (entry, the call, a timer interrupt of two inside it, the interrupt's exit,
+        // the call again), a fault (entry, handler), then an entry that ran neither.
+        let rips = [
+            0x100, 0x200, 0x500, 0x400, 0x600, 0x210, 0x100, 0x300, 0x100, 0x400,
+        ];
+        let mut p = Profile::default();
+        p.add_all(&map, rips.iter().map(|r| format!(" 0:{r:x}:90")));
+        assert_eq!(
+            p.per_entry["mkdir"],
+            (1, 4),
+            "the interrupt's two are not mkdir's"
+        );
+        assert_eq!(p.per_entry[PAGE_FAULT], (1, 2));
+        assert_eq!(p.per_entry[OTHER_ENTRY], (1, 2));
+        assert_eq!(p.in_timer_interrupts, 2);
+    }
 
     #[test]
     fn instructions_go_to_their_function_and_timer_interrupts_end_at_irqentry_exit() {
