@@ -31,10 +31,9 @@ use hako_agent_api::AGENT_API_PORT;
 use hako_agent_api::agent::{CreateSandboxRequest, ProcessRequest};
 use hako_agent_api::agent_ttrpc::AgentServiceClient;
 use hako_bench::percentile;
-use hako_bench::sandbox_vm::{SandboxVm, VmImage};
+use hako_bench::sandbox_vm::{SandboxVm, VmImage, metrics};
 use hako_rootfs_builder::bundle;
 use hako_tests::{agent, fixtures, repo_root};
-use hako_vmm_api::{ControlReply, ControlRequest};
 
 const RPC: Duration = Duration::from_secs(600);
 /// The sandbox's first and second container.
@@ -76,21 +75,15 @@ struct Sample {
 
 /// hako-vmm's (virtio-fs requests, vCPU exits) so far.
 fn vmm_counters(vm: &SandboxVm) -> Result<(u64, u64), String> {
-    match hako_tests::hako_vmm::control(
-        &hako_tests::hako_vmm::control_socket(&vm.dir),
-        &ControlRequest::Metrics,
-    )? {
-        ControlReply::Metrics(m) => {
-            let fs = m
-                .devices
-                .iter()
-                .filter(|(name, _)| name.starts_with("fs"))
-                .filter_map(|(_, c)| c.get("requests"))
-                .sum();
-            Ok((fs, m.vcpu_exits.values().sum()))
-        }
-        other => Err(format!("Metrics: {other:?}")),
-    }
+    let m =
+        metrics(&hako_tests::hako_vmm::control_socket(&vm.dir)).map_err(|e| format!("{e:#}"))?;
+    let fs = m
+        .devices
+        .iter()
+        .filter(|(name, _)| name.starts_with("fs"))
+        .filter_map(|(_, c)| c.get("requests"))
+        .sum();
+    Ok((fs, m.vcpu_exits.values().sum()))
 }
 
 /// What `baseline.sh` printed: `image`, and with `--whole` `vmm` and `kernel`.

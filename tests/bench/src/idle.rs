@@ -25,9 +25,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use hako_bench::sandbox_vm::metrics;
 use hako_rootfs_builder::bundle;
-use hako_tests::{fixtures, hako_vmm};
-use hako_vmm_api::{ControlReply, ControlRequest, Metrics};
+use hako_tests::fixtures;
+use hako_vmm_api::Metrics;
 
 /// The guest's side, as one busybox shell script (`{window}` is replaced). Each snapshot is
 /// the threads' switches, then the counters with the uptime: the counters at the window's
@@ -172,13 +173,6 @@ fn host_threads(vmm: u32, monitor: u32) -> HostThreads {
         }
     }
     out
-}
-
-fn metrics(control: &Path) -> Result<Metrics> {
-    match hako_vmm::control(control, &ControlRequest::Metrics).map_err(anyhow::Error::msg)? {
-        ControlReply::Metrics(m) => Ok(m),
-        other => bail!("metrics: {other:?}"),
-    }
 }
 
 /// What one guest snapshot says: uptime, counters by name, each thread's switches.

@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail};
 use hako_agent_api::AGENT_API_PORT;
 use hako_agent_api::health::CheckRequest;
 use hako_tests::{agent, hako_vmm};
-use hako_vmm_api::{ConsoleConfig, ControlReply, ControlRequest};
+use hako_vmm_api::{ConsoleConfig, ControlReply, ControlRequest, Metrics};
 
 /// How long a cold boot or a first answer may take here (guest kernel work is emulated).
 const BOOT_DEADLINE: Duration = Duration::from_secs(600);
@@ -109,5 +109,13 @@ impl SandboxVm {
             ControlReply::Done => Ok(()),
             other => bail!("snapshot: {other:?}"),
         }
+    }
+}
+
+/// hako-vmm's counters (vCPU exits by kind, each device's counters) through its control socket.
+pub fn metrics(control: &Path) -> Result<Metrics> {
+    match hako_vmm::control(control, &ControlRequest::Metrics).map_err(anyhow::Error::msg)? {
+        ControlReply::Metrics(m) => Ok(m),
+        other => bail!("metrics: {other:?}"),
     }
 }
