@@ -82,7 +82,13 @@ struct Profile {
     in_timer_interrupts: u64,
     /// Entry kind (a system call's name, `page fault`, `other entry`) → (entries, instructions).
     per_entry: HashMap<String, (u64, u64)>,
+    /// Entry kind → function → instructions in entries of that kind.
+    per_entry_function: HashMap<String, HashMap<String, u64>>,
 }
+
+/// A kernel entry from user mode being counted: its kind so far, its instructions, and its
+/// functions.
+type OpenEntry = (String, u64, HashMap<String, u64>);
 
 /// What one kernel entry (from `asm_exc_page_fault`, through which this host delivers user
 /// system calls too) turns out to be, from the functions it runs.
@@ -100,6 +106,9 @@ fn entry_kind(current: &str, f: &str) -> Option<String> {
 }
 
 const OTHER_ENTRY: &str = "other entry";
+/// How many of the costliest entry kinds get their functions listed, and how many each.
+const ENTRIES_DETAILED: usize = 6;
+const FUNCTIONS_PER_ENTRY: usize = 12;
 const PAGE_FAULT: &str = "page fault";
 
 impl Profile {
@@ -111,7 +120,7 @@ impl Profile {
         // inside it are counted apart.
         let fault = map.address_of("asm_exc_page_fault");
         let mut in_timer = false;
-        let mut current: Option<(String, u64)> = None;
+        let mut current: Option<OpenEntry> = None;
         for line in lines {
             let Some(rip) = rip_of(&line) else { continue };
             let f = map.function(rip);
@@ -129,20 +138,25 @@ impl Profile {
             }
             if Some(rip) == fault {
                 self.close_entry(current.take());
-                current = Some((OTHER_ENTRY.to_owned(), 0));
+                current = Some((OTHER_ENTRY.to_owned(), 0, HashMap::new()));
             }
-            if let Some((kind, n)) = &mut current {
+            if let Some((kind, n, functions)) = &mut current {
                 if let Some(k) = entry_kind(kind, f) {
                     *kind = k;
                 }
                 *n += 1;
+                *functions.entry(f.to_owned()).or_insert(0) += 1;
             }
         }
         self.close_entry(current);
     }
 
-    fn close_entry(&mut self, entry: Option<(String, u64)>) {
-        if let Some((kind, n)) = entry {
+    fn close_entry(&mut self, entry: Option<OpenEntry>) {
+        if let Some((kind, n, functions)) = entry {
+            let into = self.per_entry_function.entry(kind.clone()).or_default();
+            for (f, c) in functions {
+                *into.entry(f).or_insert(0) += c;
+            }
             let e = self.per_entry.entry(kind).or_insert((0, 0));
             e.0 += 1;
             e.1 += n;
@@ -174,6 +188,16 @@ impl Profile {
                 count,
                 *n as f64 / (*count).max(1) as f64
             );
+        }
+        let mut kinds: Vec<_> = self.per_entry.iter().collect();
+        kinds.sort_by(|a, b| b.1.1.cmp(&a.1.1).then(a.0.cmp(b.0)));
+        for (kind, _) in kinds.into_iter().take(ENTRIES_DETAILED) {
+            println!("\n  {kind}: its functions");
+            let mut v: Vec<_> = self.per_entry_function[kind].iter().collect();
+            v.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+            for (f, n) in v.into_iter().take(FUNCTIONS_PER_ENTRY) {
+                println!("{:>6.2}% {:>10}  {f}", share(*n), n);
+            }
         }
         let mut v: Vec<_> = self.per_function.iter().collect();
         v.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
