@@ -606,7 +606,37 @@ async fn terminal_container(a: &Agent, agent: &AgentServiceClient) -> Result<(),
             "terminal container: out {out:?} err {err:?} status {status}"
         ));
     }
-    remove(agent, id).await
+    remove(agent, id).await?;
+    terminal_exec_with_long_ids(a, agent).await
+}
+
+/// An exec with a terminal where the container's and the exec's ids are 64 characters, as
+/// Docker's, podman's and CRI's are: the exec's console socket path in the bundle is longer
+/// than a socket address holds.
+async fn terminal_exec_with_long_ids(a: &Agent, agent: &AgentServiceClient) -> Result<(), String> {
+    let id = "a".repeat(64);
+    let exec_id = "b".repeat(64);
+    create_and_start(a, agent, &id, &["sleep", "1000"]).await?;
+    let mut process: serde_json::Value =
+        serde_json::from_str(&bundle::process_json(&["sh", "-c", "echo exec-on-a-tty"]))
+            .map_err(|e| e.to_string())?;
+    process["terminal"] = serde_json::Value::Bool(true);
+    let mut exec = ExecProcessRequest::new();
+    exec.container_id = id.clone();
+    exec.exec_id = exec_id.clone();
+    exec.process_json = process.to_string().into_bytes();
+    agent
+        .exec_process(agent::ctx(RPC), &exec)
+        .await
+        .map_err(|e| format!("ExecProcess with a terminal and 64-character ids: {e}"))?;
+    let out = agent::read_to_end(agent, &id, &exec_id, false).await?;
+    let status = wait(agent, &id, &exec_id).await?;
+    if !out.contains("exec-on-a-tty\r\n") || status != 0 {
+        return Err(format!("terminal exec: out {out:?} status {status}"));
+    }
+    signal(agent, &id, "", SIGKILL).await?;
+    wait(agent, &id, "").await?;
+    remove(agent, &id).await
 }
 
 /// ListProcesses, StatsContainer, UpdateContainer, Pause/ResumeContainer on a running one.

@@ -15,11 +15,33 @@ pub struct ConsoleSocket {
     listener: UnixListener,
 }
 
+/// The longest path a Unix socket address holds (sun_path is 108 bytes with its NUL).
+const SUN_PATH_MAX: usize = 107;
+
 impl ConsoleSocket {
+    /// Binds the socket at `path`. A path longer than a socket address holds (an exec's socket
+    /// in the bundle of a container with a 64-character id is ~150 bytes) is bound through
+    /// its directory's descriptor (`/proc/self/fd/<fd>/<name>`); the file is the same, and
+    /// libcontainer connects to it through a relative symlink.
     pub fn bind(path: &Path) -> std::io::Result<Self> {
         let _ = std::fs::remove_file(path);
+        if path.as_os_str().len() <= SUN_PATH_MAX {
+            return Ok(Self {
+                listener: UnixListener::bind(path)?,
+            });
+        }
+        let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("{} names no file in a directory", path.display()),
+            ));
+        };
+        let dir = std::fs::File::open(dir)?;
+        let short = Path::new("/proc/self/fd")
+            .join(dir.as_raw_fd().to_string())
+            .join(name);
         Ok(Self {
-            listener: UnixListener::bind(path)?,
+            listener: UnixListener::bind(short)?,
         })
     }
 
@@ -84,4 +106,28 @@ pub fn resize(master: BorrowedFd<'_>, rows: u16, columns: u16) -> std::io::Resul
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_socket_path_longer_than_an_address_holds_is_bound_through_its_directory() {
+        let top = tempfile::tempdir().unwrap();
+        let dir = top.path().join("b".repeat(65)).join("c".repeat(30));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("console-{}.sock", "e".repeat(64)));
+        assert!(path.as_os_str().len() > SUN_PATH_MAX);
+        let console = ConsoleSocket::bind(&path).unwrap();
+        // As libcontainer connects: through a short symlink to the long path.
+        let link = top.path().join("console-socket");
+        std::os::unix::fs::symlink(&path, &link).unwrap();
+        let _client = std::os::unix::net::UnixStream::connect(&link).unwrap();
+        console.listener.set_nonblocking(false).unwrap();
+        console.listener.accept().unwrap();
+        // Binding again replaces the old socket file.
+        drop(console);
+        ConsoleSocket::bind(&path).unwrap();
+    }
 }
