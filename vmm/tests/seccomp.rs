@@ -579,12 +579,22 @@ fn child(case: &str) -> ! {
     std::process::exit(0)
 }
 
-fn run(case: &str) -> std::process::Output {
+/// Where the children make their temporary files (their `TMPDIR`): a directory this process
+/// removes at its end, since a child the filter kills never removes its own.
+static SCRATCH: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+
+fn child_command(case: &str) -> Command {
     let me = std::env::current_exe().expect("current exe");
-    Command::new(me)
-        .env(CASE, case)
-        .output()
-        .expect("running the child")
+    let mut c = Command::new(me);
+    c.env(CASE, case);
+    if let Some(dir) = SCRATCH.get() {
+        c.env("TMPDIR", dir);
+    }
+    c
+}
+
+fn run(case: &str) -> std::process::Output {
+    child_command(case).output().expect("running the child")
 }
 
 /// Runs `case`, which must exit 0 with `expected` in its output; a failure is added to
@@ -606,14 +616,14 @@ fn main() {
     if let Ok(case) = std::env::var(CASE) {
         child(&case);
     }
+    let scratch = tempfile::tempdir().expect("a scratch directory");
+    SCRATCH.get_or_init(|| scratch.path().to_owned());
     let mut failed = Vec::new();
     expect_ok("allowed", "thread Ok(7) unix true pair true", &mut failed);
     expect_ok("vcpu-kill-own", "own tgkill: Ok(0)", &mut failed);
     // A victim process: it must outlive a confined thread's I/O signal set up against it.
     let mut victim = Command::new("sleep").arg("30").spawn().expect("sleep");
-    let me = std::env::current_exe().expect("current exe");
-    let o = Command::new(me)
-        .env(CASE, "vcpu-sigio")
+    let o = child_command("vcpu-sigio")
         .env(VICTIM, victim.id().to_string())
         .output()
         .expect("running the child");
@@ -748,6 +758,7 @@ fn main() {
             String::from_utf8_lossy(&o.stdout)
         ));
     }
+    drop(scratch);
     if !failed.is_empty() {
         eprintln!("FAILED:\n{}", failed.join("\n"));
         std::process::exit(1);
