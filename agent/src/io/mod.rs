@@ -57,9 +57,9 @@ impl Output {
             return;
         };
         // Read into spare capacity, never zeroed: only the pages data lands on are touched.
-        // After each fork of the agent (two per container) the first write to any page is a
-        // fault, ~7,000 emulated instructions in a guest here; zeroing two 64 KiB buffers
-        // cost each container 32 of them.
+        // After the agent forks for a container (libcontainer's intermediate process) the
+        // first write to any of its pages is a fault, ~7,000 emulated instructions in a guest
+        // here; zeroing two 64 KiB buffers cost each container 32 of them.
         let mut chunk = Vec::with_capacity(READ_CHUNK);
         loop {
             // Back-pressure: wait while the buffer is full.

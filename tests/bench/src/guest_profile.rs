@@ -177,11 +177,11 @@ impl Profile {
             share(self.in_timer_interrupts),
             self.in_timer_interrupts as f64 / self.timer_interrupts.max(1) as f64
         );
-        let mut e: Vec<_> = self.per_entry.iter().collect();
-        e.sort_by(|a, b| b.1.1.cmp(&a.1.1).then(a.0.cmp(b.0)));
+        let mut kinds: Vec<_> = self.per_entry.iter().collect();
+        kinds.sort_by(|a, b| b.1.1.cmp(&a.1.1).then(a.0.cmp(b.0)));
         println!("\nkernel entries from user mode (until the next one; timer interrupts apart)");
         println!("{:>7} {:>8} {:>10}  entry", "share", "entries", "each");
-        for (kind, (count, n)) in e.into_iter().take(top) {
+        for (kind, (count, n)) in kinds.iter().take(top) {
             println!(
                 "{:>6.2}% {:>8} {:>10.0}  {kind}",
                 share(*n),
@@ -189,8 +189,6 @@ impl Profile {
                 *n as f64 / (*count).max(1) as f64
             );
         }
-        let mut kinds: Vec<_> = self.per_entry.iter().collect();
-        kinds.sort_by(|a, b| b.1.1.cmp(&a.1.1).then(a.0.cmp(b.0)));
         for (kind, _) in kinds.into_iter().take(ENTRIES_DETAILED) {
             println!("\n  {kind}: its functions");
             let mut v: Vec<_> = self.per_entry_function[kind].iter().collect();
