@@ -80,6 +80,9 @@ pub struct ContainerRecord {
     pub exit_status: Option<i32>,
     pub annotations: std::collections::BTreeMap<String, String>,
     pub owner: String,
+    /// The config's `hooks`, taken at create (`start` and `delete` run them from here).
+    #[serde(default)]
+    pub hooks: serde_json::Value,
 }
 
 pub const RECORD_FILE: &str = "container.json";
@@ -212,6 +215,7 @@ mod tests {
             exit_status: None,
             annotations: Default::default(),
             owner: "root".into(),
+            hooks: serde_json::json!({"poststop": [{"path": "/bin/true"}]}),
         };
         assert!(r.monitor_alive());
         r.monitor_start += 1;
@@ -219,5 +223,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         r.save(dir.path()).unwrap();
         assert_eq!(ContainerRecord::load(dir.path()).unwrap(), r);
+        // A record written before hooks were kept in it loads, with none.
+        let mut old: serde_json::Value = serde_json::to_value(&r).unwrap();
+        old.as_object_mut().unwrap().remove("hooks");
+        std::fs::write(dir.path().join(RECORD_FILE), old.to_string()).unwrap();
+        assert!(ContainerRecord::load(dir.path()).unwrap().hooks.is_null());
     }
 }

@@ -124,12 +124,105 @@ fn wait_gone(pid: u32, limit: Duration) -> Result<(), Failed> {
     Ok(())
 }
 
-/// create → state → duplicate → start → ps/list → exec → pause/resume → update → events →
-/// kill → stopped → kill again fails → delete → gone.
-fn lifecycle(rt: &Runtime, work: &Path, boot: Duration) -> Result<(), Failed> {
+/// The hook kinds the lifecycle's bundle has, and the status each is given on its stdin.
+const HOOKS: [(&str, &str); 4] = [
+    ("createRuntime", "creating"),
+    ("prestart", "creating"),
+    ("poststart", "created"),
+    ("poststop", "stopped"),
+];
+
+/// The container's root file system as Docker and podman give it by default: an overlay they
+/// mounted, outside the bundle, named by an absolute `root.path`. Unmounted on drop.
+struct CallerOverlay(PathBuf);
+
+impl CallerOverlay {
+    fn mount(dir: &Path, lower: &Path) -> Result<Self, Failed> {
+        let (upper, work, merged) = (dir.join("upper"), dir.join("work"), dir.join("merged"));
+        for d in [&upper, &work, &merged] {
+            std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
+        }
+        let opts = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            lower.display(),
+            upper.display(),
+            work.display()
+        );
+        let o = Command::new("mount")
+            .args(["-t", "overlay", "overlay", "-o", &opts])
+            .arg(&merged)
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !o.status.success() {
+            return Err(format!("mounting the overlay: {}", show(&o)).into());
+        }
+        Ok(Self(merged))
+    }
+}
+
+impl Drop for CallerOverlay {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// The lifecycle's bundle: `args` on an overlay root at an absolute `root.path` (Docker's
+/// and podman's default), with a hook of every kind the runtime runs on the host, each by
+/// a path that exists only on the host and writing its stdin to `<work>/<runtime>-<kind>.json`.
+fn write_hooked_bundle(
+    rt: &Runtime,
+    work: &Path,
+    args: &[&str],
+) -> Result<(PathBuf, CallerOverlay), Failed> {
     let b = work.join(format!("bundle-{}", rt.name));
-    write_bundle(
-        &b,
+    write_bundle(&b, args)?;
+    let overlay = CallerOverlay::mount(
+        &work.join(format!("overlay-{}", rt.name)),
+        &b.join("rootfs"),
+    )?;
+    let hook = work.join("hook.sh");
+    std::fs::write(&hook, "#!/bin/sh\ncat > \"$1\"\n").map_err(|e| e.to_string())?;
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .map_err(|e| e.to_string())?;
+    let config = b.join("config.json");
+    let mut spec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&config).map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+    spec["root"]["path"] = overlay.0.display().to_string().into();
+    for (kind, _) in HOOKS {
+        let out = work.join(format!("{}-{kind}.json", rt.name));
+        spec["hooks"][kind] = serde_json::json!([{
+            "path": hook, "args": ["hook.sh", out], "timeout": 120
+        }]);
+    }
+    std::fs::write(&config, spec.to_string()).map_err(|e| e.to_string())?;
+    Ok((b, overlay))
+}
+
+/// Each hook ran once, on the host, with the container's id and the status of its moment.
+fn check_hooks(rt: &Runtime, work: &Path, id: &str) -> Result<(), Failed> {
+    for (kind, status) in HOOKS {
+        let out = work.join(format!("{}-{kind}.json", rt.name));
+        let state: serde_json::Value = std::fs::read(&out)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .ok_or_else(|| format!("{}: the {kind} hook did not run on the host", rt.name))?;
+        if state["id"] != id || state["status"] != status {
+            return Err(format!("{}: the {kind} hook was given {state}", rt.name).into());
+        }
+    }
+    Ok(())
+}
+
+/// create → state → duplicate → start → ps/list → exec → pause/resume → update → events →
+/// kill → stopped → kill again fails → delete → gone; as Docker calls a runtime: a state root
+/// as long as Docker's (under the work directory), a 64-character id, the root file system on
+/// an overlay the caller mounted, prestart/createRuntime/poststart/poststop hooks, and the
+/// bundle's config.json unreadable between create and start (runc keeps what create read).
+fn lifecycle(rt: &Runtime, work: &Path, boot: Duration) -> Result<(), Failed> {
+    let (b, _overlay) = write_hooked_bundle(
+        rt,
+        work,
         &[
             "sh",
             "-c",
@@ -139,7 +232,7 @@ fn lifecycle(rt: &Runtime, work: &Path, boot: Duration) -> Result<(), Failed> {
     let b = b.display().to_string();
     let pid_file = work.join(format!("{}.pid", rt.name));
     let out_file = work.join(format!("{}.out", rt.name));
-    let id = "life";
+    let id = &"0123456789abcdef".repeat(4);
     // The container keeps the stdio it was created with: files, so nothing waits on them.
     let err_file = work.join(format!("{}.err", rt.name));
     let pid_arg = pid_file.display().to_string();
@@ -172,7 +265,13 @@ fn lifecycle(rt: &Runtime, work: &Path, boot: Duration) -> Result<(), Failed> {
             return Err(format!("{}: state after create is {s:?}", rt.name).into());
         }
         expect_fail(rt, &["create", "--bundle", &b, id], "exist")?;
+        // `start` needs nothing from the bundle (exec does: runc reads its process
+        // defaults there).
+        let config = Path::new(&b).join("config.json");
+        let created = std::fs::read(&config).map_err(|e| e.to_string())?;
+        std::fs::write(&config, "{ edited after create").map_err(|e| e.to_string())?;
         expect_ok(rt, &["start", id])?;
+        std::fs::write(&config, created).map_err(|e| e.to_string())?;
         let s = rt.status_of(id)?;
         if s != "running" {
             return Err(format!("{}: state after start is {s:?}", rt.name).into());
@@ -224,7 +323,7 @@ fn lifecycle(rt: &Runtime, work: &Path, boot: Duration) -> Result<(), Failed> {
     if out != "ready\ngot TERM\n" {
         return Err(format!("{}: the container's output was {out:?}", rt.name).into());
     }
-    Ok(())
+    check_hooks(rt, work, id)
 }
 
 /// hako only: a monitor killed with SIGKILL leaves a container that `state` reports stopped
@@ -284,13 +383,13 @@ fn runtimes(work: &Path) -> Result<Vec<Runtime>, Failed> {
         Runtime {
             name: "runc",
             bin: PathBuf::from("runc"),
-            root: work.join("runc-root"),
+            root: work.join("runc-root/var/run/docker/runtime-runc/moby"),
             config: None,
         },
         Runtime {
             name: "hako",
             bin: hako,
-            root: work.join("hako-root"),
+            root: work.join("hako-root/var/run/docker/runtime-runc/moby"),
             config: Some(config),
         },
     ])

@@ -15,9 +15,6 @@ pub struct ConsoleSocket {
     listener: UnixListener,
 }
 
-/// The longest path a Unix socket address holds (sun_path is 108 bytes with its NUL).
-const SUN_PATH_MAX: usize = 107;
-
 impl ConsoleSocket {
     /// Binds the socket at `path`. A path longer than a socket address holds (an exec's socket
     /// in the bundle of a container with a 64-character id is ~150 bytes) is bound through
@@ -25,23 +22,8 @@ impl ConsoleSocket {
     /// libcontainer connects to it through a relative symlink.
     pub fn bind(path: &Path) -> std::io::Result<Self> {
         let _ = std::fs::remove_file(path);
-        if path.as_os_str().len() <= SUN_PATH_MAX {
-            return Ok(Self {
-                listener: UnixListener::bind(path)?,
-            });
-        }
-        let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                format!("{} names no file in a directory", path.display()),
-            ));
-        };
-        let dir = std::fs::File::open(dir)?;
-        let short = Path::new("/proc/self/fd")
-            .join(dir.as_raw_fd().to_string())
-            .join(name);
         Ok(Self {
-            listener: UnixListener::bind(short)?,
+            listener: hako_socket_path::bind(path)?,
         })
     }
 
@@ -118,7 +100,7 @@ mod tests {
         let dir = top.path().join("b".repeat(65)).join("c".repeat(30));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join(format!("console-{}.sock", "e".repeat(64)));
-        assert!(path.as_os_str().len() > SUN_PATH_MAX);
+        assert!(path.as_os_str().len() > hako_socket_path::SUN_PATH_MAX);
         let console = ConsoleSocket::bind(&path).unwrap();
         // As libcontainer connects: through a short symlink to the long path.
         let link = top.path().join("console-socket");

@@ -60,10 +60,14 @@ impl Container {
     }
 
     pub async fn client(&self) -> anyhow::Result<TaskClient> {
+        // The path may pass a socket address's length (a long --root, 64-character ids).
         let socket = self.dir.join(SOCKET);
-        let c = ttrpc::asynchronous::Client::connect(&format!("unix://{}", socket.display()))
-            .await
+        let stream = hako_socket_path::connect(&socket)
+            .and_then(|s| s.set_nonblocking(true).map(|()| s))
+            .and_then(tokio::net::UnixStream::from_std)
             .with_context(|| format!("connecting to the monitor of {}", self.record.id))?;
+        let c =
+            ttrpc::asynchronous::Client::new(ttrpc::asynchronous::transport::Socket::from(stream));
         Ok(TaskClient::new(c))
     }
 

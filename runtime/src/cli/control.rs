@@ -44,8 +44,10 @@ pub fn start(g: &Global, id: &str) -> anyhow::Result<u8> {
             .with_context(|| format!("starting container {id}"))?;
         Ok(())
     })?;
-    let spec = super::create::read_bundle(&c.record.bundle)?;
-    if let Err(e) = super::hooks::run(&spec, "poststart", &c.state_json(OciStatus::Running)) {
+    // From the record: the bundle may have changed since create. The status is runc's
+    // (it hands poststart hooks the state it read before the start).
+    let state = c.state_json(OciStatus::Created);
+    if let Err(e) = crate::hooks::run(&c.record.hooks, "poststart", &state) {
         tracing::warn!("{e:#}");
         eprintln!("hako: {e:#}");
     }

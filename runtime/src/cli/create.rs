@@ -92,19 +92,6 @@ fn create_container(g: &Global, a: &CreateArgs) -> anyhow::Result<std::process::
         (Some(sock), true) => Some(super::console::pty_to_console_socket(sock)?),
         _ => None,
     };
-    // The VMM's sockets live under <root>/<id>/vm/vmm/; Unix socket paths have 107 bytes.
-    let vsock =
-        crate::backend::vm::VmPaths::under(&g.root.join(&a.id).join(super::monitor::SANDBOX_DIR))
-            .vsock;
-    let longest = PathBuf::from(format!("{}_65535", vsock.display()));
-    if longest.as_os_str().len() > 107 {
-        bail!(
-            "--root {} is too long for container id {} (socket paths under it would pass the \
-             108-byte limit of Unix sockets): use a shorter --root",
-            g.root.display(),
-            a.id
-        );
-    }
     let dir = StateDir::create(&g.root, &a.id)?;
     let record = ContainerRecord {
         version: 1,
@@ -125,7 +112,15 @@ fn create_container(g: &Global, a: &CreateArgs) -> anyhow::Result<std::process::
             })
             .unwrap_or_default(),
         owner: String::new(),
+        hooks: crate::hooks::of(&spec),
     };
+    let skipped = crate::hooks::unsupported(&record.hooks);
+    if !skipped.is_empty() {
+        tracing::warn!(container_id = %a.id, "hooks not run: {skipped:?} hooks need the container's mount namespace, which is in the guest");
+        eprintln!(
+            "hako: warning: {skipped:?} hooks are not run: they run in the container's mount namespace, which is in the sandbox VM"
+        );
+    }
     record.save(&dir.dir)?;
     // From here on start_monitor removes the directory if anything fails.
     let _ = dir.keep();
@@ -136,9 +131,10 @@ fn create_container(g: &Global, a: &CreateArgs) -> anyhow::Result<std::process::
             .with_context(|| format!("writing the pid file {}", p.display()))?;
     }
     let c = Container::open(&g.root, &a.id)?;
-    let state = c.state_json(OciStatus::Created);
+    // As runc: the hooks of create see the container "creating".
+    let state = c.state_json(OciStatus::Creating);
     for kind in ["prestart", "createRuntime"] {
-        if let Err(e) = super::hooks::run(&spec, kind, &state) {
+        if let Err(e) = crate::hooks::run(&record.hooks, kind, &state) {
             let _ = super::delete::delete(g, &a.id, true);
             return Err(e);
         }

@@ -41,9 +41,7 @@ pub fn delete(g: &Global, id: &str, force: bool) -> anyhow::Result<u8> {
     let state = c.state_json(OciStatus::Stopped);
     super::client::remove_container_dir(&g.root, id);
     drop(lock);
-    if let Ok(spec) = super::create::read_bundle(&c.record.bundle)
-        && let Err(e) = super::hooks::run(&spec, "poststop", &state)
-    {
+    if let Err(e) = crate::hooks::run(&c.record.hooks, "poststop", &state) {
         eprintln!("hako: {e:#}");
     }
     Ok(0)

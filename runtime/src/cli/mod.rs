@@ -9,7 +9,6 @@ pub mod create;
 pub mod delete;
 pub mod exec;
 pub mod features;
-pub mod hooks;
 pub mod monitor;
 pub mod state;
 pub mod template;

@@ -49,9 +49,12 @@ pub async fn run(mut config: Config, root: &Path, args: &MonitorArgs) -> anyhow:
     );
     let socket = dir.join(SOCKET);
     let dyn_service: Arc<dyn Task + Send + Sync> = service.clone();
+    // The path may pass a socket address's length (a long --root, 64-character ids).
+    let listener = hako_socket_path::bind(&socket)
+        .and_then(ttrpc::asynchronous::transport::Listener::try_from)
+        .with_context(|| format!("listening on {}", socket.display()))?;
     let mut server = Server::new()
-        .bind(&format!("unix://{}", socket.display()))
-        .with_context(|| format!("listening on {}", socket.display()))?
+        .add_listener(listener)
         .register_service(create_task(dyn_service));
     server.start().await.context("starting the task server")?;
 

@@ -3,10 +3,16 @@
 
 use serde_json::Value;
 
-/// A container that shares the host's UTS namespace (Kubernetes hostNetwork pods) cannot set
-/// a hostname of its own; in a sandbox the guest is that host and already carries the pod's
-/// hostname (CreateSandbox), so the container's `hostname` is dropped.
+/// Fits a container's config to the guest:
+/// - its `hooks` are dropped: they name host binaries and run on the host (`crate::hooks`);
+///   in the guest, libcontainer would look for those paths there and fail the container;
+/// - a container that shares the host's UTS namespace (Kubernetes hostNetwork pods) cannot
+///   set a hostname of its own; in a sandbox the guest is that host and already carries the
+///   pod's hostname (CreateSandbox), so the container's `hostname` is dropped.
 pub fn fit(spec: &mut Value) {
+    if let Some(obj) = spec.as_object_mut() {
+        obj.remove("hooks");
+    }
     let has_uts = spec
         .pointer("/linux/namespaces")
         .and_then(Value::as_array)
@@ -141,6 +147,13 @@ mod tests {
             {"destination": "/etc/resolv.conf", "source": "/nonexistent/resolv.conf"}
         ]});
         assert!(resolv_conf(&missing).is_empty());
+    }
+
+    #[test]
+    fn hooks_never_reach_the_guest() {
+        let mut spec = serde_json::json!({"hooks": {"prestart": [{"path": "/usr/bin/dockerd"}]}});
+        fit(&mut spec);
+        assert!(spec.get("hooks").is_none(), "{spec}");
     }
 
     #[test]

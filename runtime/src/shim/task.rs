@@ -173,10 +173,17 @@ impl TaskService {
                 let name = self.dir_name.as_deref().unwrap_or(&req.id);
                 let dir = StateDir::create(&self.config.runtime.root, name)
                     .map_err(|e| ShimError::AlreadyExists(format!("{e:#}")))?;
-                // A root file system the caller mounted already (podman's overlay, a
-                // directory) is bound as it is: the VMM's user namespace depends on whether
-                // it can be id-mapped. containerd's snapshot mounts are made to fit below.
-                let premounted = req.rootfs.is_empty().then(|| bundle.join("rootfs"));
+                // A root file system the caller mounted already (podman's overlay, Docker's
+                // overlay2, a directory; wherever root.path names) is bound as it is: the
+                // VMM's user namespace depends on whether it can be id-mapped. containerd's
+                // snapshot mounts are made to fit below.
+                let premounted = match req.rootfs.is_empty() {
+                    true => Some(
+                        crate::sandbox::volumes::host_rootfs(&spec, bundle)
+                            .map_err(|e| ShimError::InvalidArgument(format!("{e:#}")))?,
+                    ),
+                    false => None,
+                };
                 let sandbox = Sandbox::boot(
                     &self.config,
                     dir,

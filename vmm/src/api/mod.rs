@@ -41,7 +41,7 @@ impl ControlServer {
             path: path.to_owned(),
             source,
         };
-        let listener = UnixListener::bind(path).map_err(err)?;
+        let listener = hako_socket_path::bind(path).map_err(err)?;
         let mut server = Self {
             path: path.to_owned(),
             listener,

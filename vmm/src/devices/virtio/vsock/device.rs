@@ -2,7 +2,6 @@
 //! space, and the worker thread that moves packets between the queues and the muxer.
 
 use std::os::fd::AsRawFd;
-use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -92,7 +91,7 @@ impl Vsock {
             path: uds_path.to_owned(),
             source,
         };
-        let listener = UnixListener::bind(uds_path).map_err(err)?;
+        let listener = hako_socket_path::bind(uds_path).map_err(err)?;
         let socket = SocketFile(uds_path.to_owned());
         let muxer =
             Muxer::new(u64::from(guest_cid), uds_path, listener, counters.clone()).map_err(err)?;
@@ -485,7 +484,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("v.sock");
         let counters = Counters::new(COUNTERS);
-        let listener = UnixListener::bind(&path).unwrap();
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
         let muxer = Muxer::new(CID, &path, listener, counters.clone()).unwrap();
         let rx = Ring::new(GuestAddress(0x4000), SIZE);
         let tx = Ring::new(GuestAddress(0x8000), SIZE);

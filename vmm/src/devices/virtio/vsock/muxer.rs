@@ -17,13 +17,15 @@
 //! spinning. (Only `epoll_ctl`, which the vsock worker's seccomp profile allows.)
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::ffi::OsString;
 use std::io::{ErrorKind, Read};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use hako_socket_path::SocketDir;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use super::HOST_CID;
@@ -69,7 +71,10 @@ struct Unclaimed {
 
 pub struct Muxer {
     guest_cid: u64,
-    uds_path: PathBuf,
+    /// The directory of the vsock socket, where the guest's connections to host port N go
+    /// to `<uds name>_N` (reached through a held descriptor when its path is long).
+    uds_dir: SocketDir,
+    uds_name: OsString,
     listener: UnixListener,
     epoll: Epoll,
     conns: HashMap<Key, Connection>,
@@ -103,6 +108,13 @@ impl Muxer {
         counters: Arc<Counters>,
     ) -> std::io::Result<Self> {
         listener.set_nonblocking(true)?;
+        let (Some(dir), Some(name)) = (uds_path.parent(), uds_path.file_name()) else {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("{} names no socket in a directory", uds_path.display()),
+            ));
+        };
+        let uds_dir = SocketDir::open(dir)?;
         let epoll = Epoll::new()?;
         epoll.ctl(
             ControlOperation::Add,
@@ -111,7 +123,8 @@ impl Muxer {
         )?;
         Ok(Self {
             guest_cid,
-            uds_path: uds_path.to_owned(),
+            uds_dir,
+            uds_name: name.to_owned(),
             listener,
             epoll,
             conns: HashMap::new(),
@@ -487,7 +500,9 @@ impl Muxer {
 
     fn guest_connect(&mut self, h: &Header) {
         let port = h.dst_port;
-        let path = PathBuf::from(format!("{}_{port}", self.uds_path.display()));
+        let mut name = self.uds_name.clone();
+        name.push(format!("_{port}"));
+        let path = self.uds_dir.address(&name);
         match UnixStream::connect(&path).and_then(|s| s.set_nonblocking(true).map(|()| s)) {
             Ok(stream) => {
                 let conn = Connection::guest_initiated(stream, h, self.guest_cid);
@@ -601,7 +616,7 @@ mod tests {
 
     fn muxer(dir: &Path) -> Muxer {
         let path = dir.join("v.sock");
-        let listener = UnixListener::bind(&path).unwrap();
+        let listener = hako_socket_path::bind(&path).unwrap();
         Muxer::new(CID, &path, listener, Counters::new(COUNTERS)).unwrap()
     }
 
@@ -666,7 +681,16 @@ mod tests {
     #[test]
     fn guest_connect_goes_to_the_port_socket_or_is_reset() {
         let dir = tempfile::tempdir().unwrap();
-        let mut m = muxer(dir.path());
+        guest_connect_in(dir.path());
+        // A directory whose socket paths pass a socket address's 107 bytes (a caller's long
+        // state root with 64-character ids).
+        let long = dir.path().join("r".repeat(64)).join("s".repeat(64));
+        std::fs::create_dir_all(&long).unwrap();
+        guest_connect_in(&long);
+    }
+
+    fn guest_connect_in(dir: &Path) {
+        let mut m = muxer(dir);
         let mut buf = vec![0u8; 64];
         m.on_guest_packet(guest_packet(OP_REQUEST, 5000, 52, b""));
         let (h, _) = m.next_rx(4096, &mut buf).unwrap();
@@ -675,7 +699,7 @@ mod tests {
             (OP_RST, 5000),
             "nobody listens on _52"
         );
-        let port_sock = UnixListener::bind(dir.path().join("v.sock_52")).unwrap();
+        let port_sock = hako_socket_path::bind(&dir.join("v.sock_52")).unwrap();
         m.on_guest_packet(guest_packet(OP_REQUEST, 5001, 52, b""));
         let (h, _) = m.next_rx(4096, &mut buf).unwrap();
         assert_eq!({ h.op }, OP_RESPONSE);

@@ -1,5 +1,12 @@
 //! OCI hooks (prestart, createRuntime, poststart, poststop) run on the host with the
 //! container's state on stdin, in the order the config lists them, each within its timeout.
+//! They are taken from the config once, at create, and kept with the container (as runc
+//! does): a bundle edited or removed after `create` changes nothing.
+//!
+//! The guest never sees them: their paths are host paths (Docker's libnetwork hook is
+//! dockerd's own binary). `createContainer` and `startContainer` hooks, which the OCI spec
+//! runs in the container's mount namespace, cannot run there: the container is in the
+//! guest and the hook's binary on the host. They are not run, and `create` says so.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -8,12 +15,31 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde_json::Value;
 
-/// Runs the hooks of `kind` from the bundle's config (`spec`), stopping at the first failure.
-pub fn run(spec: &Value, kind: &str, state: &Value) -> anyhow::Result<()> {
-    let Some(hooks) = spec
-        .pointer(&format!("/hooks/{kind}"))
-        .and_then(Value::as_array)
-    else {
+/// The hook kinds that need the container's mount namespace, which is in the guest.
+pub const IN_CONTAINER: [&str; 2] = ["createContainer", "startContainer"];
+
+/// The config's `hooks` object (null when it has none).
+pub fn of(spec: &Value) -> Value {
+    spec.get("hooks").cloned().unwrap_or(Value::Null)
+}
+
+/// The hook kinds in `hooks` that cannot be run (see [`IN_CONTAINER`]).
+pub fn unsupported(hooks: &Value) -> Vec<&'static str> {
+    IN_CONTAINER
+        .into_iter()
+        .filter(|k| {
+            hooks
+                .get(*k)
+                .and_then(Value::as_array)
+                .is_some_and(|a| !a.is_empty())
+        })
+        .collect()
+}
+
+/// Runs the hooks of `kind` from `hooks` (a config's `hooks` object), stopping at the first
+/// failure.
+pub fn run(hooks: &Value, kind: &str, state: &Value) -> anyhow::Result<()> {
+    let Some(hooks) = hooks.get(kind).and_then(Value::as_array) else {
         return Ok(());
     };
     let input = serde_json::to_vec(state)?;
@@ -92,10 +118,10 @@ mod tests {
     fn hooks_get_the_state_and_failures_are_named() {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("state");
-        let spec = serde_json::json!({"hooks": {"poststart": [
+        let spec = serde_json::json!({"poststart": [
             {"path": "/bin/sh", "args": ["sh", "-c", format!("cat > {}", out.display())]},
             {"path": "/bin/sh", "args": ["sh", "-c", "echo nope >&2; exit 3"]}
-        ]}});
+        ]});
         let state = serde_json::json!({"id": "c1", "status": "running"});
         let e = run(&spec, "poststart", &state).unwrap_err().to_string();
         assert!(
@@ -105,13 +131,25 @@ mod tests {
         let got: Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
         assert_eq!(got, state);
         assert!(run(&spec, "prestart", &state).is_ok());
-        let slow = serde_json::json!({"hooks": {"prestart": [
-            {"path": "/bin/sleep", "args": ["sleep", "5"], "timeout": 1}]}});
+        let slow = serde_json::json!({"prestart": [
+            {"path": "/bin/sleep", "args": ["sleep", "5"], "timeout": 1}]});
         assert!(
             run(&slow, "prestart", &state)
                 .unwrap_err()
                 .to_string()
                 .contains("timed out")
         );
+    }
+
+    #[test]
+    fn hooks_that_need_the_containers_mount_namespace_are_named() {
+        let spec = serde_json::json!({"hooks": {
+            "prestart": [{"path": "/bin/true"}],
+            "createContainer": [{"path": "/bin/true"}],
+            "startContainer": []
+        }});
+        assert_eq!(unsupported(&of(&spec)), ["createContainer"]);
+        assert!(unsupported(&of(&serde_json::json!({}))).is_empty());
+        assert!(run(&Value::Null, "prestart", &Value::Null).is_ok());
     }
 }
