@@ -95,14 +95,47 @@ fn error_paths(rt: &Runtime, work: &Path) -> Result<(), Failed> {
     let bad = work.join("bad");
     std::fs::create_dir_all(bad.join("rootfs")).map_err(|e| e.to_string())?;
     std::fs::write(bad.join("config.json"), "{ not json").map_err(|e| e.to_string())?;
-    let o = rt.run(&["create", "--bundle", &bad.display().to_string(), "e2"])?;
+    let log = work.join(format!("{}-errors.log", rt.name));
+    let log_arg = log.display().to_string();
+    let o = rt.run(&[
+        "--log",
+        &log_arg,
+        "--log-format",
+        "json",
+        "create",
+        "--bundle",
+        &bad.display().to_string(),
+        "e2",
+    ])?;
     if o.status.success() {
         return Err(format!("{}: a bad config.json was accepted", rt.name).into());
+    }
+    // What containerd's runc shim (Docker) shows: the last error's msg in the JSON log.
+    let last = json_log(rt, &log)?.pop();
+    if last
+        .as_ref()
+        .is_none_or(|l| l["level"] != "error" || l["msg"].as_str().is_none_or(str::is_empty))
+    {
+        return Err(format!("{}: the JSON log's last line is {last:?}", rt.name).into());
     }
     if rt.run(&["state", "e2"])?.status.success() {
         return Err(format!("{}: a failed create left container e2", rt.name).into());
     }
     Ok(())
+}
+
+/// The lines of a `--log-format json` log, each of which must be a JSON object with a level
+/// and a msg, as runc writes them (containerd's runc shim cannot read the error otherwise).
+fn json_log(rt: &Runtime, log: &Path) -> Result<Vec<serde_json::Value>, Failed> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    text.lines()
+        .map(|line| {
+            serde_json::from_str::<serde_json::Value>(line)
+                .ok()
+                .filter(|v| v["level"].is_string() && v["msg"].is_string())
+                .ok_or_else(|| format!("{}: a JSON log line is {line:?}", rt.name).into())
+        })
+        .collect()
 }
 
 fn wait_gone(pid: u32, limit: Duration) -> Result<(), Failed> {
@@ -236,8 +269,22 @@ fn lifecycle(rt: &Runtime, work: &Path, boot: Duration) -> Result<(), Failed> {
     // The container keeps the stdio it was created with: files, so nothing waits on them.
     let err_file = work.join(format!("{}.err", rt.name));
     let pid_arg = pid_file.display().to_string();
+    // As containerd's runc shim calls it; the monitor's lines go there too.
+    let log = work.join(format!("{}.log", rt.name));
+    let log_arg = log.display().to_string();
     let status = rt
-        .cmd(&["create", "--bundle", &b, "--pid-file", &pid_arg, id])
+        .cmd(&[
+            "--log",
+            &log_arg,
+            "--log-format",
+            "json",
+            "create",
+            "--bundle",
+            &b,
+            "--pid-file",
+            &pid_arg,
+            id,
+        ])
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&out_file).map_err(|e| e.to_string())?)
         .stderr(std::fs::File::create(&err_file).map_err(|e| e.to_string())?)
@@ -323,6 +370,7 @@ fn lifecycle(rt: &Runtime, work: &Path, boot: Duration) -> Result<(), Failed> {
     if out != "ready\ngot TERM\n" {
         return Err(format!("{}: the container's output was {out:?}", rt.name).into());
     }
+    json_log(rt, &log)?;
     check_hooks(rt, work, id)
 }
 

@@ -156,7 +156,14 @@ fn start_monitor(
     let mut cmd = Command::new(exe);
     cmd.arg("--root").arg(&g.root);
     if let Some(log) = &g.log {
-        cmd.arg("--log").arg(log);
+        // The monitor's lines join the caller's log in the caller's format.
+        cmd.arg("--log")
+            .arg(log)
+            .arg("--log-format")
+            .arg(match g.log_format {
+                super::LogFormat::Json => "json",
+                super::LogFormat::Text => "text",
+            });
     }
     if g.debug {
         cmd.arg("--debug");

@@ -9,13 +9,13 @@ pub mod create;
 pub mod delete;
 pub mod exec;
 pub mod features;
+pub mod logging;
 pub mod monitor;
 pub mod state;
 pub mod template;
 
-use std::io::Write;
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -190,52 +190,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
     }
 }
 
-/// Sets up tracing: to the --log file if given, else stderr for the monitor's own file-less
-/// runs; level from --debug.
-pub fn init_logging(g: &Global) {
-    let level = if g.debug { "debug" } else { "warn" };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("HAKO_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    if let Some(path) = &g.log
-        && let Ok(file) = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-    {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_ansi(false)
-            .with_writer(std::sync::Mutex::new(file))
-            .try_init();
-        return;
-    }
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
-}
-
-/// Reports a failed command on stderr and, in the requested format, in the --log file
-/// (conmon reads the last error from there).
-pub fn report_error(g: &Global, e: &anyhow::Error) {
-    eprintln!("hako: {e:#}");
-    let Some(path) = &g.log else { return };
-    let Ok(mut f) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-    else {
-        return;
-    };
-    let time = client::rfc3339(SystemTime::now());
-    let line = match g.log_format {
-        LogFormat::Json => {
-            serde_json::json!({"level": "error", "msg": format!("{e:#}"), "time": time}).to_string()
-        }
-        LogFormat::Text => format!("time=\"{time}\" level=error msg={:?}", format!("{e:#}")),
-    };
-    let _ = writeln!(f, "{line}");
-}
+pub use logging::{init_logging, report_error};
 
 #[cfg(test)]
 mod tests {
