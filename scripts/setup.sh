@@ -72,10 +72,27 @@ mkdir -p target/hako-images
 target/release/hako-rootfs-builder agent --agent "$guest_bin/hako-agent" --out target/hako-images/agent.cpio
 target/release/hako-rootfs-builder probe --program "$guest_bin/hako-guest-probe" --out target/hako-images/probe.cpio
 
+# Newer and other callers for the tests, fetched (not installed) and cached: containerd 2.x
+# from sid, Docker 20.10 (Debian 12's docker.io). A fetch that fails (no network) leaves
+# the variable empty and those tests skip, saying why.
+fetch() {
+    local dir
+    if dir="$(timed "  setup: $2 ($1)" scripts/lib/fetch-deb.sh "$@")"; then
+        echo "$dir"
+    else
+        log "$2 from $1 could not be fetched: its tests will be skipped"
+    fi
+}
+log "fetching the callers tested beside Debian 12's (cached)"
+containerd2="$(fetch sid containerd 2.1.9+ds1-5)"
+docker20="$(fetch bookworm docker.io 20.10.24+dfsg1-1+deb12u1+b6)"
+
 cat > target/hako-env <<ENV
 HAKO_KERNEL=$kernel
 HAKO_AGENT_IMAGE=$repo/target/hako-images/agent.cpio
 HAKO_PROBE_IMAGE=$repo/target/hako-images/probe.cpio
+HAKO_CONTAINERD2_BIN=${containerd2:+$containerd2/usr/bin}
+HAKO_DOCKER_ROOT=$docker20
 ENV
 log "done:"
 sed 's/^/  /' target/hako-env >&2

@@ -78,6 +78,7 @@ fn run(config: &AgentConfig) -> anyhow::Result<Shutdown> {
                 Layout {
                     state_dir: config.state_dir.clone(),
                     shared_dir: config.shared_dir.clone(),
+                    pod_sysctls: config.init.then(|| "/proc/sys".into()),
                 },
                 fork_lock.clone(),
             )

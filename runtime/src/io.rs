@@ -162,10 +162,19 @@ impl Copies {
 
     /// Waits until every output stream has ended, at most `limit` (a daemon the process left
     /// behind may keep a stream open for ever).
+    /// Past it the copies are ended, closing the host's ends: a caller reading them to their
+    /// end (containerd's `task.Delete` waits for its FIFOs' EOF) would wait for ever.
     pub async fn drain(&mut self, limit: std::time::Duration) {
-        let all = futures_join(std::mem::take(&mut self.outputs));
-        if tokio::time::timeout(limit, all).await.is_err() {
-            tracing::warn!("output still open {limit:?} after the process exited; not waiting");
+        let handles = std::mem::take(&mut self.outputs);
+        let aborts: Vec<_> = handles.iter().map(JoinHandle::abort_handle).collect();
+        if tokio::time::timeout(limit, futures_join(handles))
+            .await
+            .is_err()
+        {
+            tracing::warn!("output still open {limit:?} after the process exited; closing it");
+            for a in aborts {
+                a.abort();
+            }
         }
     }
 

@@ -8,6 +8,7 @@ pub mod binary_logger;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod features;
 pub mod hooks;
 pub mod host;
 pub mod io;

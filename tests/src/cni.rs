@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use crate::containerd::Containerd;
+use crate::containerd::{Containerd, Release};
 use crate::netns::Netns;
 
 /// A bridge network `<subnet>.0/24` (gateway `<subnet>.1`) with the given MTU.
@@ -80,13 +80,13 @@ impl Drop for CniContainerd {
 }
 
 impl CniContainerd {
-    /// `prefix` names the namespace; the network is `<subnet>.0/24`.
-    pub fn start(prefix: &str, subnet: &str, mtu: u32) -> Result<Self, String> {
+    /// containerd `release` in a namespace `prefix` names, on the network `<subnet>.0/24`.
+    pub fn start(release: Release, prefix: &str, subnet: &str, mtu: u32) -> Result<Self, String> {
         let cgroup_parents_were_there = !cri_cgroup_parents().is_empty();
         let ns = Netns::create(prefix)?;
         let ipam = tempfile::tempdir().map_err(|e| e.to_string())?;
         let conflist = bridge_conflist("hkbr0", subnet, mtu, ipam.path());
-        let containerd = Containerd::start_with_network(&ns.path(), &conflist)?;
+        let containerd = Containerd::start_with_network(release, &ns.path(), &conflist)?;
         Ok(Self {
             containerd,
             ns,

@@ -1,13 +1,15 @@
-//! A private containerd (Debian's 1.6) for end-to-end tests: its own root, state, sockets and
-//! config under a temporary directory, Hako's shim and hako-vmm first on its PATH, the CRI
-//! plugin set up with a `hako` runtime handler, and the local busybox images imported.
-//! Dropping it stops containerd and removes every shim, VMM, mount and file it left.
+//! A private containerd for end-to-end tests (Debian 12's 1.6, or 2.x from Debian sid, which
+//! setup fetches: `scripts/lib/sid-containerd.sh`): its own root, state, sockets and config
+//! under a temporary directory, Hako's shim and hako-vmm first on its PATH, the CRI plugin set
+//! up with a `hako` runtime handler, and the local busybox images imported. Dropping it stops
+//! containerd and removes every shim, VMM, mount and file it left.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::fixtures;
+use crate::require::Skip;
 
 /// The containerd namespace the tests use.
 pub const NAMESPACE: &str = "hako-test";
@@ -18,27 +20,87 @@ pub const BUSYBOX: &str = "docker.io/library/busybox:hako";
 /// The CRI sandbox ("pause") image: busybox sleeping for ever.
 pub const PAUSE: &str = "docker.io/library/hako-pause:latest";
 
+/// Which containerd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Release {
+    /// Debian 12's containerd 1.6 (task API v2, config version 2).
+    Debian12,
+    /// containerd 2.x from Debian sid, in `$HAKO_CONTAINERD2_BIN` (config version 2, which
+    /// it migrates; its defaults otherwise, e.g. unprivileged ports and ICMP on).
+    Sid,
+}
+
+impl Release {
+    /// The directory holding this release's `containerd` and `ctr`; None for the one on PATH.
+    fn bin_dir(self) -> Result<Option<PathBuf>, Skip> {
+        match self {
+            Self::Debian12 => Ok(None),
+            Self::Sid => {
+                let dir = std::env::var_os("HAKO_CONTAINERD2_BIN")
+                    .filter(|d| !d.is_empty())
+                    .map(PathBuf::from)
+                    .ok_or_else(|| {
+                        Skip("HAKO_CONTAINERD2_BIN is unset: scripts/setup.sh fetches containerd 2.x from Debian sid and names it in target/hako-env".into())
+                    })?;
+                if !dir.join("containerd").is_file() || !dir.join("ctr").is_file() {
+                    return Err(Skip(format!(
+                        "HAKO_CONTAINERD2_BIN={} holds no containerd and ctr",
+                        dir.display()
+                    )));
+                }
+                Ok(Some(dir))
+            }
+        }
+    }
+
+    /// This release can run here (its binaries are there).
+    pub fn available(self) -> Result<(), Skip> {
+        self.bin_dir().map(drop)
+    }
+
+    fn program(self, name: &str) -> PathBuf {
+        match self.bin_dir() {
+            Ok(Some(dir)) => dir.join(name),
+            _ => PathBuf::from(name),
+        }
+    }
+}
+
 pub struct Containerd {
     pub dir: tempfile::TempDir,
+    pub release: Release,
     pub socket: PathBuf,
+    /// The runtime root of `ctr` tasks (the shim's config, `$HAKO_CONFIG`).
     pub hako_root: PathBuf,
+    /// The runtime root of CRI pods: the `hako` handler's options name another config
+    /// (`ConfigPath`), which puts its sandboxes here.
+    pub cri_root: PathBuf,
     child: Option<Child>,
 }
 
 impl Containerd {
-    /// Starts containerd and imports the images.
+    /// Starts Debian 12's containerd and imports the images.
     pub fn start() -> Result<Self, String> {
-        Self::start_in(None)
+        Self::start_release(Release::Debian12)
+    }
+
+    /// Starts containerd `release` and imports the images.
+    pub fn start_release(release: Release) -> Result<Self, String> {
+        Self::start_in(release, None)
     }
 
     /// Starts containerd in the network namespace at `netns` (the CNI plugins it runs make
     /// their bridges and veths there, never on the host) with the CNI network `conflist`
     /// and Debian's CNI plugins.
-    pub fn start_with_network(netns: &Path, conflist: &str) -> Result<Self, String> {
-        Self::start_in(Some((netns, conflist)))
+    pub fn start_with_network(
+        release: Release,
+        netns: &Path,
+        conflist: &str,
+    ) -> Result<Self, String> {
+        Self::start_in(release, Some((netns, conflist)))
     }
 
-    fn start_in(network: Option<(&Path, &str)>) -> Result<Self, String> {
+    fn start_in(release: Release, network: Option<(&Path, &str)>) -> Result<Self, String> {
         let shim = fixtures::workspace_binary("containerd-shim-hako-v2")?;
         let vmm = fixtures::workspace_binary("hako-vmm")?;
         let bin_dir = shim
@@ -57,6 +119,7 @@ impl Containerd {
         let d = dir.path();
         let socket = d.join("containerd.sock");
         let hako_root = d.join("hako");
+        let cri_root = d.join("hako-cri");
         let cni_bin = match network {
             Some((_, conflist)) => {
                 std::fs::create_dir_all(d.join("cni")).map_err(|e| e.to_string())?;
@@ -71,34 +134,41 @@ impl Containerd {
             containerd_config(d, &socket, &cni_bin),
         )
         .map_err(|e| e.to_string())?;
-        std::fs::write(
-            d.join("hako.toml"),
-            format!(
-                "[runtime]\nroot = {:?}\nlog_level = \"debug\"\n[vm]\nkernel = {:?}\nimage = {:?}\n{}",
-                hako_root,
-                kernel,
-                &image,
-                fixtures::template_config()
-            ),
-        )
-        .map_err(|e| e.to_string())?;
+        for (file, root) in [("hako.toml", &hako_root), ("hako-cri.toml", &cri_root)] {
+            std::fs::write(
+                d.join(file),
+                format!(
+                    "[runtime]\nroot = {:?}\nlog_level = \"debug\"\n[vm]\nkernel = {:?}\nimage = {:?}\n{}",
+                    root,
+                    kernel,
+                    &image,
+                    fixtures::template_config()
+                ),
+            )
+            .map_err(|e| e.to_string())?;
+        }
         // Sandboxes resume the shared template (booted once per test run).
         let hako = fixtures::workspace_binary("hako")?;
         fixtures::ensure_template(&hako, &d.join("hako.toml"))?;
+        // containerd 2.x's runc shim comes with it.
+        let release_dir = release.bin_dir().map_err(|s| s.to_string())?;
         let path = format!(
-            "{}:{}",
+            "{}:{}{}",
             bin_dir.display(),
+            release_dir
+                .map(|d| format!("{}:", d.display()))
+                .unwrap_or_default(),
             std::env::var("PATH").unwrap_or_default()
         );
         let log = std::fs::File::create(d.join("containerd.log")).map_err(|e| e.to_string())?;
+        let containerd = release.program("containerd");
         let mut command = match network {
             Some((netns, _)) => {
                 let mut c = Command::new("nsenter");
-                c.arg(format!("--net={}", netns.display()))
-                    .arg("containerd");
+                c.arg(format!("--net={}", netns.display())).arg(&containerd);
                 c
             }
-            None => Command::new("containerd"),
+            None => Command::new(&containerd),
         };
         let child = command
             .arg("--config")
@@ -112,8 +182,10 @@ impl Containerd {
             .map_err(|e| format!("starting containerd: {e}"))?;
         let me = Self {
             dir,
+            release,
             socket,
             hako_root,
+            cri_root,
             child: Some(child),
         };
         let start = Instant::now();
@@ -146,7 +218,7 @@ impl Containerd {
         let tar = tar.display().to_string();
         // The tests' namespace for ctr, and CRI's.
         for ns in [NAMESPACE, CRI_NAMESPACE] {
-            let out = Command::new("ctr")
+            let out = Command::new(self.release.program("ctr"))
                 .arg("--address")
                 .arg(&self.socket)
                 .args(["--namespace", ns, "image", "import", &tar])
@@ -164,7 +236,7 @@ impl Containerd {
 
     /// A `ctr` command against this containerd in the test namespace.
     pub fn ctr_command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new("ctr");
+        let mut cmd = Command::new(self.release.program("ctr"));
         cmd.arg("--address")
             .arg(&self.socket)
             .arg("--namespace")
@@ -221,29 +293,38 @@ impl Containerd {
         found
     }
 
-    /// Mount points under the Hako root (sandbox shares) still mounted.
+    /// Mount points under the Hako roots (sandbox shares) still mounted.
     pub fn leftover_mounts(&self) -> Vec<String> {
-        let needle = self.hako_root.display().to_string();
+        let roots = [&self.hako_root, &self.cri_root].map(|r| r.display().to_string());
         std::fs::read_to_string("/proc/self/mountinfo")
             .unwrap_or_default()
             .lines()
             .filter_map(|l| l.split(' ').nth(4))
-            .filter(|m| m.starts_with(&needle))
+            .filter(|m| roots.iter().any(|r| m.starts_with(r)))
             .map(str::to_owned)
             .collect()
     }
 
-    /// Host cgroups of sandboxes under the Hako root still there.
+    /// Host cgroups of sandboxes under the Hako roots still there.
     pub fn leftover_cgroups(&self) -> Vec<String> {
-        hako_runtime::sandbox::host_cgroup::left_by_root(&self.hako_root)
-            .iter()
+        [&self.hako_root, &self.cri_root]
+            .into_iter()
+            .flat_map(|r| hako_runtime::sandbox::host_cgroup::left_by_root(r))
             .map(|p| p.display().to_string())
             .collect()
     }
 
-    /// Sandbox state directories left under the Hako root.
+    /// Sandbox state directories left under the Hako roots.
     pub fn leftover_sandboxes(&self) -> Vec<String> {
-        std::fs::read_dir(&self.hako_root)
+        [&self.hako_root, &self.cri_root]
+            .into_iter()
+            .flat_map(|r| Self::sandboxes_in(r))
+            .collect()
+    }
+
+    /// The sandbox directories under `root`.
+    pub fn sandboxes_in(root: &Path) -> Vec<String> {
+        std::fs::read_dir(root)
             .into_iter()
             .flatten()
             .flatten()
@@ -297,6 +378,8 @@ impl Drop for Containerd {
 /// Where Debian's containernetworking-plugins are.
 pub const CNI_PLUGINS: &str = "/usr/lib/cni";
 
+/// containerd's config (version 2, which containerd 2.x migrates): the CRI plugin with a
+/// `runc` and a `hako` handler; `hako`'s options name its own Hako config (`ConfigPath`).
 fn containerd_config(d: &Path, socket: &Path, cni_bin: &Path) -> String {
     format!(
         r#"version = 2
@@ -318,6 +401,8 @@ state = "{state}"
       runtime_type = "io.containerd.runc.v2"
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.hako]
       runtime_type = "io.containerd.hako.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.hako.options]
+        ConfigPath = "{cri_config}"
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "{cni_bin}"
     conf_dir = "{cni}"
@@ -327,5 +412,6 @@ state = "{state}"
         socket = socket.display(),
         cni = d.join("cni").display(),
         cni_bin = cni_bin.display(),
+        cri_config = d.join("hako-cri.toml").display(),
     )
 }

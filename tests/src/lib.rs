@@ -8,6 +8,7 @@ pub mod boot;
 pub mod cni;
 pub mod containerd;
 pub mod cri;
+pub mod docker;
 pub mod fixtures;
 pub mod hako_vmm;
 pub mod leaks;

@@ -12,9 +12,9 @@ pub const IMAGE: &str = "docker.io/library/busybox:hako";
 
 pub struct Podman {
     pub dir: tempfile::TempDir,
-    /// hako's --root: short, since Unix socket paths under it (with 64-character ids) must
-    /// stay under 108 bytes.
-    hako_root: tempfile::TempDir,
+    /// hako's --root (`--runtime-flag root=`): under the work directory, as long as a
+    /// caller's may be (socket paths under it, with podman's 64-character ids, pass 108 bytes).
+    hako_root: PathBuf,
     /// `runc` or the path of hako.
     pub runtime: PathBuf,
     /// HAKO_CONFIG for hako.
@@ -28,10 +28,7 @@ impl Podman {
             .prefix("hako-podman-")
             .tempdir()
             .map_err(|e| e.to_string())?;
-        let hako_root = tempfile::Builder::new()
-            .prefix("hk")
-            .tempdir_in("/tmp")
-            .map_err(|e| e.to_string())?;
+        let hako_root = dir.path().join("run/hako-runtime-root");
         let me = Self {
             hako_root,
             cgroup_parent: format!(
@@ -71,7 +68,14 @@ impl Podman {
             .arg(d.join("storage"))
             .arg("--runroot")
             .arg(d.join("run"))
-            .args(["--storage-driver", "vfs", "--cgroup-manager", "cgroupfs"])
+            // Podman's default storage driver on this file system (overlay, mounted by podman
+            // outside the bundle).
+            .args([
+                "--storage-driver",
+                "overlay",
+                "--cgroup-manager",
+                "cgroupfs",
+            ])
             .args(["--events-backend", "file", "--runtime"])
             .arg(&self.runtime);
         // conmon does not pass the environment on: hako gets its config as a flag.
@@ -79,7 +83,7 @@ impl Podman {
             c.arg("--runtime-flag")
                 .arg(format!("config={}", cfg.display()))
                 .arg("--runtime-flag")
-                .arg(format!("root={}", self.hako_root.path().display()));
+                .arg(format!("root={}", self.hako_root.display()));
         }
         c.args(args);
         c
@@ -90,6 +94,20 @@ impl Podman {
             .stdin(Stdio::null())
             .output()
             .map_err(|e| format!("podman {args:?}: {e}"))
+    }
+
+    /// The containers hako keeps state for (its `--root`), after `delete` none; not looked
+    /// at for runc, whose root podman shares with every other runc caller on the host.
+    pub fn runtime_records(&self) -> Vec<String> {
+        if self.config.is_none() {
+            return Vec::new();
+        }
+        std::fs::read_dir(&self.hako_root)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect()
     }
 
     /// Flags for `podman run`/`create` on this host.

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use hako_runtime::network::PodNetwork;
 use hako_tests::cni::CniContainerd;
-use hako_tests::containerd::BUSYBOX;
+use hako_tests::containerd::{BUSYBOX, Release};
 use hako_tests::cri::Cri;
 use hako_tests::fixtures;
 use hako_tests::netns::Netns;
@@ -107,8 +107,12 @@ fn wires_taps_with_tc() -> Result<(), Failed> {
 const SUBNET: &str = "10.99.2";
 const MTU: u32 = 1400;
 
-fn cri_pod_network() -> Result<(), Failed> {
-    let net = CniContainerd::start("hako-ctdnet", SUBNET, MTU)?;
+/// A Kubernetes "safe" network sysctl the Hako pod asks for (the guest's default is
+/// `32768 60999`), applied in the VM's network namespace, which is the pod's.
+const PORT_RANGE: (&str, &str) = ("net.ipv4.ip_local_port_range", "40000\t50000");
+
+fn cri_pod_network(release: Release) -> Result<(), Failed> {
+    let net = CniContainerd::start(release, "hako-ctdnet", SUBNET, MTU)?;
     let ctd = &net.containerd;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -116,7 +120,12 @@ fn cri_pod_network() -> Result<(), Failed> {
         .map_err(|e| e.to_string())?;
     let result = rt.block_on(async {
         let mut cri = Cri::connect(&ctd.socket, ctd.dir.path()).await?;
-        let hako_config = cri.pod_config_with_network("netpod");
+        let mut hako_config = cri.pod_config_with_network("netpod");
+        if let Some(linux) = hako_config.linux.as_mut() {
+            linux
+                .sysctls
+                .insert(PORT_RANGE.0.into(), PORT_RANGE.1.into());
+        }
         let hako = cri.run_pod(&hako_config, "hako").await?;
         let checked = hako_pod_checks(&mut cri, &net, &hako, &hako_config).await;
         let stopped = cri.stop_and_remove_pod(&hako).await;
@@ -126,8 +135,8 @@ fn cri_pod_network() -> Result<(), Failed> {
     let links = net.ns.ip(&["link"])?;
     let left_over = if links.contains("_hako") {
         Err(format!("a tap is left in containerd's namespace: {links}"))
-    } else if std::fs::read_dir(&ctd.hako_root).is_ok_and(|mut d| d.next().is_some()) {
-        Err(format!("{} is not empty", ctd.hako_root.display()))
+    } else if !ctd.leftover_sandboxes().is_empty() {
+        Err(format!("sandboxes left: {:?}", ctd.leftover_sandboxes()))
     } else {
         Ok(())
     };
@@ -170,6 +179,22 @@ async fn hako_pod_checks(
         return Err(format!(
             "the guest's eth0 is not what CNI made ({ip}/24, MTU {MTU}): {text}"
         ));
+    }
+
+    // The pod's network sysctls: the one it asked for and, on containerd 2.x, the two its
+    // default config adds to every pod (unprivileged ports and ICMP echo).
+    let mut want = vec![(PORT_RANGE.0, PORT_RANGE.1)];
+    if net.containerd.release == Release::Sid {
+        want.push(("net.ipv4.ip_unprivileged_port_start", "0"));
+        want.push(("net.ipv4.ping_group_range", "0\t2147483647"));
+    }
+    for (key, value) in want {
+        let file = format!("/proc/sys/{}", key.replace('.', "/"));
+        let got = cri.exec_sync(&id, &["cat", &file]).await?;
+        let got = String::from_utf8_lossy(&got.stdout).trim().to_owned();
+        if got != value {
+            return Err(format!("the pod's {key} is {got:?}, not {value:?}"));
+        }
     }
 
     // The pod reaches a server on the bridge's side (the gateway).
@@ -281,7 +306,14 @@ fn main() {
             host_prerequisites,
             wires_taps_with_tc,
         ),
-        require::trial("pod_network_cri_pod", cri_prerequisites, cri_pod_network),
+        require::trial("pod_network_cri_pod", cri_prerequisites, || {
+            cri_pod_network(Release::Debian12)
+        }),
+        require::trial(
+            "pod_network_cri_pod_on_containerd2",
+            || cri_prerequisites().and_then(|()| Release::Sid.available()),
+            || cri_pod_network(Release::Sid),
+        ),
     ];
     libtest_mimic::run(&args, trials).exit()
 }

@@ -12,6 +12,7 @@ pub mod home;
 pub mod oom;
 pub mod premount;
 pub mod spec;
+pub mod sysctl;
 pub mod worker;
 
 use std::collections::HashMap;
@@ -57,6 +58,12 @@ pub enum ContainerError {
     ProcessNotFound { id: String, exec_id: String },
     #[error("process {exec_id:?} of container {id:?} already exists")]
     ProcessExists { id: String, exec_id: String },
+    #[error("container {id:?}: the pod's network sysctls")]
+    Sysctl {
+        id: String,
+        #[source]
+        source: sysctl::SysctlError,
+    },
     #[error("{0} is not supported yet")]
     Unsupported(&'static str),
     #[error("process {exec_id:?} of container {id:?} has no terminal")]
@@ -111,6 +118,10 @@ pub struct Layout {
     pub state_dir: PathBuf,
     /// The shared file system; container `<id>` has its files under `<shared_dir>/<id>/`.
     pub shared_dir: PathBuf,
+    /// Where the pod's network sysctls are written (`/proc/sys` in the VM, whose network
+    /// namespace is the pod's: `sysctl.rs`); None for an agent run as a host process, which
+    /// refuses them rather than change its host's.
+    pub pod_sysctls: Option<PathBuf>,
 }
 
 impl Layout {
@@ -325,6 +336,19 @@ impl Containers {
             _ => None,
         };
         spec::fit_namespaces(&mut spec, sandbox_init);
+        let net_sysctls = sysctl::take_pod_net_sysctls(&mut spec);
+        if !net_sysctls.is_empty() {
+            let written = match &self.layout.pod_sysctls {
+                Some(proc_sys) => sysctl::write_all(proc_sys, &net_sysctls),
+                None => Err(sysctl::SysctlError::NotInVm(
+                    net_sysctls.iter().map(|(k, _)| k.clone()).collect(),
+                )),
+            };
+            written.map_err(|source| ContainerError::Sysctl {
+                id: id.to_owned(),
+                source,
+            })?;
+        }
         let spec_ms = ms(t);
         let t = Instant::now();
         // Before premount takes mounts out of the spec: HOME must see them all.

@@ -19,6 +19,7 @@ use hako_agent_api::agent_ttrpc::AgentService;
 use ttrpc::r#async::TtrpcContext;
 
 use crate::container::spec::SpecError;
+use crate::container::sysctl::SysctlError;
 use crate::container::{ContainerError, Containers};
 use crate::network::{self, Network, NetworkError};
 use crate::process::Process;
@@ -104,6 +105,11 @@ fn container_status(e: ContainerError) -> ttrpc::Error {
         ContainerError::Exists(_) | ContainerError::ProcessExists { .. } => Code::ALREADY_EXISTS,
         ContainerError::NotFound(_) | ContainerError::ProcessNotFound { .. } => Code::NOT_FOUND,
         ContainerError::Unsupported(_) => Code::UNIMPLEMENTED,
+        ContainerError::Sysctl {
+            source: SysctlError::Name(_) | SysctlError::NotInVm(_),
+            ..
+        } => Code::INVALID_ARGUMENT,
+        ContainerError::Sysctl { .. } => Code::INTERNAL,
         ContainerError::NoTerminal { .. } => Code::FAILED_PRECONDITION,
         ContainerError::Cgroup {
             source: crate::container::cgroup::CgroupError::Resources(_),

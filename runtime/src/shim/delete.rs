@@ -18,11 +18,18 @@ pub fn delete(id: &str, bundle: &Path) -> DeleteResponse {
     {
         tracing::warn!("{e:#}");
     }
-    let config = Config::load().unwrap_or_else(|e| {
-        tracing::warn!("{e}; cleaning up under the default root");
-        Config::default()
+    // The root the sandbox was made under (a CRI handler's ConfigPath may name another
+    // than the shim's config), recorded in the bundle.
+    let root = super::options::recorded_root(bundle).unwrap_or_else(|| {
+        Config::load()
+            .unwrap_or_else(|e| {
+                tracing::warn!("{e}; cleaning up under the default root");
+                Config::default()
+            })
+            .runtime
+            .root
     });
-    if crate::sandbox::clean_up_leftover(&config.runtime.root, id) {
+    if crate::sandbox::clean_up_leftover(&root, id) {
         tracing::info!(
             sandbox_id = id,
             "cleaned up a sandbox left by a stopped shim"

@@ -4,6 +4,8 @@
 pub mod convert;
 pub mod delete;
 pub mod events;
+pub mod info;
+pub mod options;
 pub mod start;
 pub mod task;
 
@@ -67,8 +69,23 @@ impl Shim for HakoShim {
     }
 }
 
-/// The shim binary's main: containerd-shim parses the flags and runs the action.
+/// The shim binary's main: containerd-shim parses the flags and runs the action; `-info`,
+/// which it does not act on, is answered here.
 pub async fn main() {
+    if info::asked(std::env::args()) {
+        use std::io::Write;
+        match info::answer(std::io::stdin()) {
+            Ok(bytes) => {
+                let mut out = std::io::stdout();
+                let _ = out.write_all(&bytes).and_then(|()| out.flush());
+                std::process::exit(0);
+            }
+            Err(e) => {
+                eprintln!("{RUNTIME_ID}: {e}");
+                std::process::exit(1);
+            }
+        }
+    }
     let config = Config::load().unwrap_or_default();
     let shim_config = ShimConfig {
         default_log_level: config.runtime.log_level.clone(),

@@ -169,10 +169,18 @@ impl TaskService {
         let _lifecycle = self.lifecycle.lock().await;
         let sandbox = match (pod_role(&spec), self.slot()) {
             (PodRole::Sandbox, None) => {
-                let size = sizing::size(&spec, &self.config.vm);
+                // A CRI handler's ConfigPath, else the shim's own config.
+                let config = super::options::sandbox_config(req.options.as_ref(), &self.config)
+                    .map_err(|e| {
+                        ShimError::InvalidArgument(format!("{:#}", anyhow::Error::from(e)))
+                    })?;
+                let size = sizing::size(&spec, &config.vm);
                 let name = self.dir_name.as_deref().unwrap_or(&req.id);
-                let dir = StateDir::create(&self.config.runtime.root, name)
+                let dir = StateDir::create(&config.runtime.root, name)
                     .map_err(|e| ShimError::AlreadyExists(format!("{e:#}")))?;
+                if self.dir_name.is_none() {
+                    super::options::record_root(bundle, &config.runtime.root);
+                }
                 // A root file system the caller mounted already (podman's overlay, Docker's
                 // overlay2, a directory; wherever root.path names) is bound as it is: the
                 // VMM's user namespace depends on whether it can be id-mapped. containerd's
@@ -185,7 +193,7 @@ impl TaskService {
                     false => None,
                 };
                 let sandbox = Sandbox::boot(
-                    &self.config,
+                    &config,
                     dir,
                     &req.id,
                     size,
@@ -688,15 +696,16 @@ impl Task for TaskService {
             Some(s) => self.begin_stop(s),
             None => {}
         }
-        // The exit is signalled by a task of its own: a deadline on this call must not
-        // leave the shim running.
+        // Answered at once: containerd gives Shutdown a few seconds (3 s by default) and,
+        // past them, reports the shim leaked and cleans up through `delete`, which kills
+        // hako-vmm. The clean stop (the guest's power-off) goes on, and a task of its own
+        // ends the shim when it is done.
         let mut rx = self.stopped.subscribe();
         let exit = self.exit.clone();
-        let done = tokio::spawn(async move {
+        tokio::spawn(async move {
             let _ = rx.wait_for(|s| *s != Some(false)).await;
             exit.signal();
         });
-        let _ = done.await;
         Ok(Empty::new())
     }
 }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow};
 use hako_bench::percentile;
 use hako_tests::cni::CniContainerd;
-use hako_tests::containerd::BUSYBOX;
+use hako_tests::containerd::{BUSYBOX, Release};
 use hako_tests::cri::Cri;
 
 struct Figures {
@@ -136,7 +136,8 @@ fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
     let connects: usize = args.next().map(|s| s.parse()).transpose()?.unwrap_or(20);
     let mib: usize = args.next().map(|s| s.parse()).transpose()?.unwrap_or(16);
-    let net = CniContainerd::start("hako-benchnet", "10.99.3", 1500).map_err(anyhow::Error::msg)?;
+    let net = CniContainerd::start(Release::Debian12, "hako-benchnet", "10.99.3", 1500)
+        .map_err(anyhow::Error::msg)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

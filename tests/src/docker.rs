@@ -1,0 +1,206 @@
+//! A private Docker daemon (Debian 12's docker.io 20.10, fetched by setup into
+//! `$HAKO_DOCKER_ROOT`, never installed) for end-to-end tests: its own data root, exec root,
+//! socket and managed containerd under a temporary directory, `hako` registered as a runtime
+//! as its docs say (`daemon.json` `runtimes`), overlay2 storage (Docker's default). Its
+//! networking is off (`bridge: none`, no iptables): the host's network is not the tests' to
+//! change, so containers run with `--network none`. A busybox image is imported. Dropping it
+//! stops the daemon and removes every process, mount and file it left.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::fixtures;
+use crate::require::Skip;
+
+/// The image the tests run: busybox, imported from a root file system.
+pub const BUSYBOX: &str = "busybox:hako";
+
+/// Where the fetched docker.io package's tree is, if setup fetched it.
+pub fn package_root() -> Result<PathBuf, Skip> {
+    let root = std::env::var_os("HAKO_DOCKER_ROOT")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .ok_or_else(|| {
+            Skip("HAKO_DOCKER_ROOT is unset: scripts/setup.sh fetches Docker 20.10 (Debian 12's docker.io) and names it in target/hako-env".into())
+        })?;
+    for bin in ["usr/sbin/dockerd", "usr/bin/docker"] {
+        if !root.join(bin).is_file() {
+            return Err(Skip(format!(
+                "HAKO_DOCKER_ROOT={} holds no {bin}",
+                root.display()
+            )));
+        }
+    }
+    Ok(root)
+}
+
+pub struct Docker {
+    pub dir: tempfile::TempDir,
+    socket: PathBuf,
+    client: PathBuf,
+    child: Option<Child>,
+}
+
+impl Docker {
+    pub fn start() -> Result<Self, String> {
+        let package = package_root().map_err(|s| s.to_string())?;
+        let hako = fixtures::workspace_binary("hako")?;
+        let dir = tempfile::Builder::new()
+            .prefix("hako-docker-")
+            .tempdir()
+            .map_err(|e| format!("temporary directory: {e}"))?;
+        let d = dir.path();
+        let hako_config = d.join("hako.toml");
+        fixtures::templated_runtime_config(&hako, &hako_config)?;
+        let socket = d.join("docker.sock");
+        let daemon = serde_json::json!({
+            "runtimes": {"hako": {"path": hako, "runtimeArgs": ["--config", hako_config]}},
+            "bridge": "none",
+            "iptables": false,
+            "ip-masq": false,
+            "data-root": d.join("data"),
+            "exec-root": d.join("exec"),
+            "pidfile": d.join("docker.pid"),
+            "hosts": [format!("unix://{}", socket.display())],
+        });
+        std::fs::write(d.join("daemon.json"), daemon.to_string()).map_err(|e| e.to_string())?;
+        let log = std::fs::File::create(d.join("dockerd.log")).map_err(|e| e.to_string())?;
+        let path = format!(
+            "{}:{}:{}",
+            package.join("usr/sbin").display(),
+            package.join("usr/bin").display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let child = Command::new(package.join("usr/sbin/dockerd"))
+            .arg("--config-file")
+            .arg(d.join("daemon.json"))
+            .env("PATH", path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(|e| e.to_string())?)
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("starting dockerd: {e}"))?;
+        let me = Self {
+            socket,
+            client: package.join("usr/bin/docker"),
+            child: Some(child),
+            dir,
+        };
+        let start = Instant::now();
+        while !me.run(&["info"]).is_ok_and(|o| o.status.success()) {
+            if start.elapsed() > Duration::from_secs(60) {
+                return Err(format!(
+                    "dockerd did not answer within 60 s; its log:\n{}",
+                    me.log_tail(30)
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        me.import_busybox()?;
+        Ok(me)
+    }
+
+    fn import_busybox(&self) -> Result<(), String> {
+        let rootfs = self.dir.path().join("busybox-rootfs");
+        hako_rootfs_builder::bundle::busybox_rootfs_from(Path::new("/bin/busybox"), &rootfs)?;
+        let tar = self.dir.path().join("busybox.tar");
+        let o = Command::new("tar")
+            .arg("-C")
+            .arg(&rootfs)
+            .arg("-cf")
+            .arg(&tar)
+            .arg(".")
+            .output()
+            .map_err(|e| format!("tar: {e}"))?;
+        if !o.status.success() {
+            return Err(format!("tar: {}", String::from_utf8_lossy(&o.stderr)));
+        }
+        let tar = tar.display().to_string();
+        let o = self.run(&["import", &tar, BUSYBOX])?;
+        if !o.status.success() {
+            return Err(format!(
+                "docker import: {}",
+                String::from_utf8_lossy(&o.stderr)
+            ));
+        }
+        Ok(())
+    }
+
+    /// A `docker` command against this daemon.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(&self.client);
+        c.arg("-H")
+            .arg(format!("unix://{}", self.socket.display()))
+            .args(args);
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Result<Output, String> {
+        self.command(args)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("running docker {args:?}: {e}"))
+    }
+
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(self.dir.path().join("dockerd.log")).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Processes whose command line mentions this daemon's directory (its containerd, shims,
+    /// Hako's monitors and VMMs).
+    pub fn leftover_processes(&self) -> Vec<String> {
+        let needle = self.dir.path().display().to_string();
+        let me = std::process::id();
+        let daemon = self.child.as_ref().map(Child::id);
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            if pid == me || Some(pid) == daemon {
+                continue;
+            }
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if text.contains(&needle) {
+                found.push(format!("{pid}: {text}"));
+            }
+        }
+        found
+    }
+}
+
+impl Drop for Docker {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill").arg(child.id().to_string()).status();
+            let start = Instant::now();
+            while matches!(child.try_wait(), Ok(None)) && start.elapsed() < Duration::from_secs(20)
+            {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for p in self.leftover_processes() {
+            if let Some(pid) = p.split(':').next() {
+                let _ = Command::new("kill").args(["-9", pid]).status();
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        let mut mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|m| m.starts_with(&*self.dir.path().to_string_lossy()))
+            .map(str::to_owned)
+            .collect();
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in mounts {
+            let _ = Command::new("umount").args(["-l", &m]).status();
+        }
+    }
+}

@@ -1,0 +1,145 @@
+//! Docker as a caller (Debian 12's docker.io 20.10, a private daemon: `hako_tests::docker`):
+//! `hako` registered in `daemon.json` as a runc-compatible runtime, Docker's default overlay2
+//! storage, and the same checks run with runc first (so each is known to hold for the
+//! reference runtime): run with output and exit status, detached run, exec, logs, stop with
+//! the process's trap, rm, and nothing of the sandbox left. Docker gives a runtime what broke
+//! Hako before: a prestart hook (libnetwork's, even with `--network none`), a root file
+//! system on an overlay it mounted outside the bundle, a state root of 30 bytes with
+//! 64-character ids, and `--log-format json`.
+
+use std::time::{Duration, Instant};
+
+use hako_tests::docker::{BUSYBOX, Docker};
+use hako_tests::fixtures;
+use hako_tests::require::{self, Skip};
+use libtest_mimic::{Arguments, Failed};
+
+fn text(o: &std::process::Output) -> String {
+    format!(
+        "exit {:?}, stdout {:?}, stderr {:?}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn run_stop_exec(docker: &Docker, runtime: &str) -> Result<(), Failed> {
+    let o = docker.run(&[
+        "run",
+        "--rm",
+        "--runtime",
+        runtime,
+        "--network",
+        "none",
+        BUSYBOX,
+        "sh",
+        "-c",
+        "echo out; echo err >&2; exit 5",
+    ])?;
+    if o.status.code() != Some(5) || o.stdout != b"out\n" || o.stderr != b"err\n" {
+        return Err(format!("{runtime}: docker run: {}", text(&o)).into());
+    }
+    let name = format!("c-{runtime}");
+    let o = docker.run(&[
+        "run",
+        "-d",
+        "--name",
+        &name,
+        "--runtime",
+        runtime,
+        "--network",
+        "none",
+        BUSYBOX,
+        "sh",
+        "-c",
+        "echo started; trap 'echo term; exit 7' TERM; while true; do sleep 1; done",
+    ])?;
+    if !o.status.success() {
+        return Err(format!("{runtime}: docker run -d: {}", text(&o)).into());
+    }
+    let checked = (|| -> Result<(), Failed> {
+        let start = Instant::now();
+        while !docker.run(&["logs", &name])?.stdout.starts_with(b"started") {
+            if start.elapsed() > hako_tests::boot::vm_deadline() {
+                return Err(format!("{runtime}: the container never said it started").into());
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        let o = docker.run(&["exec", &name, "sh", "-c", "echo exec-out; exit 3"])?;
+        if o.status.code() != Some(3) || o.stdout != b"exec-out\n" {
+            return Err(format!("{runtime}: docker exec: {}", text(&o)).into());
+        }
+        let o = docker.run(&["stop", "-t", "120", &name])?;
+        if !o.status.success() {
+            return Err(format!("{runtime}: docker stop: {}", text(&o)).into());
+        }
+        let o = docker.run(&["inspect", "-f", "{{.State.ExitCode}}", &name])?;
+        if String::from_utf8_lossy(&o.stdout).trim() != "7" {
+            return Err(format!("{runtime}: exit code after stop: {}", text(&o)).into());
+        }
+        let o = docker.run(&["logs", &name])?;
+        if o.stdout != b"started\nterm\n" {
+            return Err(format!("{runtime}: docker logs: {}", text(&o)).into());
+        }
+        Ok(())
+    })();
+    let removed = docker.run(&["rm", "-f", &name])?;
+    checked?;
+    if !removed.status.success() {
+        return Err(format!("{runtime}: docker rm: {}", text(&removed)).into());
+    }
+    Ok(())
+}
+
+/// No monitor or hako-vmm of this daemon's containers is left (given their teardown).
+fn nothing_of_hako_left(docker: &Docker) -> Result<(), Failed> {
+    let start = Instant::now();
+    loop {
+        let left: Vec<String> = docker
+            .leftover_processes()
+            .into_iter()
+            // Hako's own: monitors (`hako ... monitor --bundle`) and VMMs.
+            .filter(|p| p.contains(" monitor --bundle ") || p.contains("hako-vmm"))
+            .collect();
+        if left.is_empty() {
+            return Ok(());
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            return Err(format!("left behind: {left:?}").into());
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn docker_matches_runc() -> Result<(), Failed> {
+    let docker = Docker::start()?;
+    let result = ["runc", "hako"]
+        .into_iter()
+        .try_for_each(|rt| run_stop_exec(&docker, rt))
+        .and_then(|()| nothing_of_hako_left(&docker));
+    if result.is_err() {
+        eprintln!("dockerd log (last lines):\n{}", docker.log_tail(40));
+    }
+    result
+}
+
+fn prerequisites() -> Result<(), Skip> {
+    require::root()?;
+    require::kvm()?;
+    require::program("containerd")?;
+    require::program("runc")?;
+    require::program("tar")?;
+    require::program("/bin/busybox")?;
+    hako_tests::docker::package_root()?;
+    fixtures::kernel().map(drop)
+}
+
+fn main() {
+    let args = Arguments::from_args();
+    let trials = vec![require::trial(
+        "docker20_run_exec_logs_stop_match_runc",
+        prerequisites,
+        docker_matches_runc,
+    )];
+    libtest_mimic::run(&args, trials).exit()
+}
