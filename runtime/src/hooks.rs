@@ -9,6 +9,7 @@
 //! guest and the hook's binary on the host. They are not run, and `create` says so.
 
 use std::io::Write;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -18,9 +19,13 @@ use serde_json::Value;
 /// The hook kinds that need the container's mount namespace, which is in the guest.
 pub const IN_CONTAINER: [&str; 2] = ["createContainer", "startContainer"];
 
-/// The config's `hooks` object (null when it has none).
+/// The config's `hooks` object (empty when it has none: a null in a container record means
+/// one written before records kept them).
 pub fn of(spec: &Value) -> Value {
-    spec.get("hooks").cloned().unwrap_or(Value::Null)
+    spec.get("hooks")
+        .filter(|h| h.is_object())
+        .cloned()
+        .unwrap_or_else(|| serde_json::json!({}))
 }
 
 /// The hook kinds in `hooks` that cannot be run (see [`IN_CONTAINER`]).
@@ -34,6 +39,30 @@ pub fn unsupported(hooks: &Value) -> Vec<&'static str> {
                 .is_some_and(|a| !a.is_empty())
         })
         .collect()
+}
+
+/// The OCI state a hook gets on stdin (runc's fields).
+pub fn state(id: &str, status: &str, pid: u32, bundle: &Path, annotations: &Value) -> Value {
+    serde_json::json!({
+        "ociVersion": "1.0.2",
+        "id": id,
+        "status": status,
+        "pid": pid,
+        "bundle": bundle,
+        "annotations": annotations,
+    })
+}
+
+/// [`run`] for each of `kinds` in turn, off the async runtime (a hook may take its time).
+pub async fn run_async(hooks: &Value, kinds: &[&'static str], state: Value) -> anyhow::Result<()> {
+    if kinds.iter().all(|k| hooks.get(*k).is_none()) {
+        return Ok(());
+    }
+    let hooks = hooks.clone();
+    let kinds = kinds.to_vec();
+    tokio::task::spawn_blocking(move || kinds.iter().try_for_each(|k| run(&hooks, k, &state)))
+        .await
+        .context("the hook runner panicked")?
 }
 
 /// Runs the hooks of `kind` from `hooks` (a config's `hooks` object), stopping at the first
@@ -80,8 +109,20 @@ pub fn run(hooks: &Value, kind: &str, state: &Value) -> anyhow::Result<()> {
             .stderr(Stdio::piped())
             .spawn()
             .with_context(|| format!("running {kind} hook {path}"))?;
+        // Its stdin and stderr are served by threads of their own: a hook that reads no
+        // stdin, or writes more stderr than a pipe holds, must not stop this one before its
+        // deadline.
         if let Some(mut stdin) = child.stdin.take() {
-            let _ = stdin.write_all(&input);
+            let input = input.clone();
+            std::thread::spawn(move || {
+                let _ = stdin.write_all(&input);
+            });
+        }
+        let (err_tx, err_rx) = std::sync::mpsc::channel();
+        if let Some(stderr) = child.stderr.take() {
+            std::thread::spawn(move || {
+                let _ = err_tx.send(tail(stderr, STDERR_TAIL));
+            });
         }
         let start = Instant::now();
         let status = loop {
@@ -99,15 +140,36 @@ pub fn run(hooks: &Value, kind: &str, state: &Value) -> anyhow::Result<()> {
             std::thread::sleep(Duration::from_millis(20));
         };
         if !status.success() {
-            let mut err = String::new();
-            if let Some(mut e) = child.stderr.take() {
-                use std::io::Read;
-                let _ = e.read_to_string(&mut err);
-            }
+            // A child the hook left may hold its stderr open: what came within a second.
+            let err = err_rx
+                .recv_timeout(Duration::from_secs(1))
+                .unwrap_or_default();
             bail!("{kind} hook {path} failed ({status}): {}", err.trim());
         }
     }
     Ok(())
+}
+
+/// How much of a failed hook's stderr its error keeps (the end).
+const STDERR_TAIL: usize = 4096;
+
+/// Reads `from` to its end, keeping the last `keep` bytes (as text).
+fn tail(mut from: impl std::io::Read, keep: usize) -> String {
+    let mut kept = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                kept.extend_from_slice(&buf[..n]);
+                if kept.len() > 2 * keep {
+                    kept.drain(..kept.len() - keep);
+                }
+            }
+        }
+    }
+    let start = kept.len().saturating_sub(keep);
+    String::from_utf8_lossy(&kept[start..]).into_owned()
 }
 
 #[cfg(test)]
@@ -139,6 +201,21 @@ mod tests {
                 .to_string()
                 .contains("timed out")
         );
+    }
+
+    #[test]
+    fn a_hook_that_reads_nothing_and_floods_stderr_is_still_timed() {
+        let state = serde_json::json!({"id": "c1", "annotations": {"a": "x".repeat(1 << 20)}});
+        let flood = serde_json::json!({"prestart": [{"path": "/bin/sh", "args": ["sh", "-c",
+            "head -c 1000000 /dev/zero | tr '\\0' e >&2; sleep 30"], "timeout": 2}]});
+        let started = Instant::now();
+        let e = run(&flood, "prestart", &state).unwrap_err().to_string();
+        assert!(e.contains("timed out"), "{e}");
+        assert!(started.elapsed() < Duration::from_secs(20));
+        let fails = serde_json::json!({"prestart": [{"path": "/bin/sh", "args": ["sh", "-c",
+            "head -c 100000 /dev/zero | tr '\\0' e >&2; echo the-end >&2; exit 1"]}]});
+        let e = run(&fails, "prestart", &state).unwrap_err().to_string();
+        assert!(e.ends_with("the-end") && e.len() < 5000, "{}", e.len());
     }
 
     #[test]

@@ -7,6 +7,8 @@
 use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use hako_agent_api::agent::{ProcessRequest, ReadStreamRequest, WriteStreamRequest};
 use hako_agent_api::agent_ttrpc::AgentServiceClient;
@@ -114,13 +116,20 @@ impl Stdio {
 pub struct Copies {
     outputs: Vec<JoinHandle<()>>,
     stdin: Option<JoinHandle<()>>,
+    /// Chunks the output copies have moved (what `drain` watches for progress).
+    moved: Arc<AtomicU64>,
 }
+
+/// The longest `drain` waits for output that keeps coming after its process exited (a
+/// daemon the process left behind).
+const DRAIN_CAP: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl Copies {
     /// Starts copying: stdout and stderr (unless a terminal merges them) from the agent to
     /// the host endpoints, and the host's stdin to the agent.
     pub fn start(agent: &AgentServiceClient, cid: &str, eid: &str, stdio: &Stdio) -> Self {
         let mut outputs = Vec::new();
+        let moved = Arc::new(AtomicU64::new(0));
         let out = Endpoint::parse(&stdio.stdout).unwrap_or(Endpoint::None);
         let err = if stdio.terminal {
             Endpoint::None
@@ -149,7 +158,13 @@ impl Copies {
                 (ep, _) if ep.is_proc_fd() => Some(ep.open_writer()),
                 _ => None,
             };
-            outputs.push(copy_output(agent.clone(), cid, eid, is_err, ep, early));
+            let out = Output {
+                stderr: is_err,
+                to: ep,
+                early,
+                moved: moved.clone(),
+            };
+            outputs.push(copy_output(agent.clone(), cid, eid, out));
         }
         let stdin = match Endpoint::parse(&stdio.stdin) {
             Ok(Endpoint::Fifo(p)) | Ok(Endpoint::File(p)) => {
@@ -157,24 +172,40 @@ impl Copies {
             }
             _ => None,
         };
-        Self { outputs, stdin }
+        Self {
+            outputs,
+            stdin,
+            moved,
+        }
     }
 
-    /// Waits until every output stream has ended, at most `limit` (a daemon the process left
-    /// behind may keep a stream open for ever).
-    /// Past it the copies are ended, closing the host's ends: a caller reading them to their
-    /// end (containerd's `task.Delete` waits for its FIFOs' EOF) would wait for ever.
+    /// Waits until every output stream has ended: while output still moves (a slow reader
+    /// of a burst), up to [`DRAIN_CAP`]; once none has moved for `limit` (a daemon the
+    /// process left behind holds a stream open), no longer. Then the copies are ended,
+    /// closing the host's ends: a caller reading them to their end (containerd's
+    /// `task.Delete` waits for its FIFOs' EOF) would wait for ever.
     pub async fn drain(&mut self, limit: std::time::Duration) {
         let handles = std::mem::take(&mut self.outputs);
         let aborts: Vec<_> = handles.iter().map(JoinHandle::abort_handle).collect();
-        if tokio::time::timeout(limit, futures_join(handles))
-            .await
-            .is_err()
-        {
-            tracing::warn!("output still open {limit:?} after the process exited; closing it");
-            for a in aborts {
-                a.abort();
+        let mut all = std::pin::pin!(futures_join(handles));
+        let started = std::time::Instant::now();
+        let mut seen = self.moved.load(Ordering::Relaxed);
+        loop {
+            if tokio::time::timeout(limit, &mut all).await.is_ok() {
+                return;
             }
+            let now = self.moved.load(Ordering::Relaxed);
+            if now == seen || started.elapsed() >= DRAIN_CAP {
+                break;
+            }
+            seen = now;
+        }
+        tracing::warn!(
+            "output still open {:?} after the process exited; closing it",
+            started.elapsed()
+        );
+        for a in aborts {
+            a.abort();
         }
     }
 
@@ -208,14 +239,22 @@ async fn futures_join(handles: Vec<JoinHandle<()>>) {
     }
 }
 
-fn copy_output(
-    agent: AgentServiceClient,
-    cid: &str,
-    eid: &str,
+/// Where one output stream goes.
+struct Output {
     stderr: bool,
     to: Endpoint,
+    /// The host end, opened before the copy started (a logger's pipe, a /proc fd).
     early: Option<std::io::Result<Option<std::fs::File>>>,
-) -> JoinHandle<()> {
+    moved: Arc<AtomicU64>,
+}
+
+fn copy_output(agent: AgentServiceClient, cid: &str, eid: &str, out: Output) -> JoinHandle<()> {
+    let Output {
+        stderr,
+        to,
+        early,
+        moved,
+    } = out;
     let (cid2, eid2) = (cid.to_owned(), eid.to_owned());
     let (cid, eid) = (cid.to_owned(), eid.to_owned());
     // The host side is written by a blocking thread (FIFO opens block), fed by this task.
@@ -254,6 +293,7 @@ fn copy_output(
                     if tx.send(chunk.data).await.is_err() {
                         break;
                     }
+                    moved.fetch_add(1, Ordering::Relaxed);
                 }
                 Ok(_) => break,
                 Err(e) => {

@@ -252,6 +252,32 @@ impl Containerd {
             .map_err(|e| format!("running ctr {args:?}: {e}"))
     }
 
+    /// Starts `ctr events` (every namespace's events, one line each) into a file; the
+    /// watcher stops when dropped. containerd's own log does not name every event the same
+    /// way in 1.6 and 2.x; its event stream does.
+    pub fn watch_events(&self) -> Result<Events, String> {
+        let path = self.dir.path().join(format!(
+            "events-{}.log",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or_default()
+        ));
+        let file = std::fs::File::create(&path).map_err(|e| e.to_string())?;
+        let child = Command::new(self.release.program("ctr"))
+            .arg("--address")
+            .arg(&self.socket)
+            .arg("events")
+            .stdin(Stdio::null())
+            .stdout(file)
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("ctr events: {e}"))?;
+        // It subscribes as it starts: give it that moment.
+        std::thread::sleep(Duration::from_millis(500));
+        Ok(Events { child, path })
+    }
+
     pub fn log_tail(&self, lines: usize) -> String {
         let text =
             std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default();
@@ -333,6 +359,29 @@ impl Containerd {
     }
 }
 
+/// A running `ctr events` (see [`Containerd::watch_events`]).
+pub struct Events {
+    child: Child,
+    path: PathBuf,
+}
+
+impl Events {
+    /// An event on `topic` (e.g. `/tasks/exit`) was seen.
+    pub fn seen(&self, topic: &str) -> bool {
+        std::fs::read_to_string(&self.path)
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.split_whitespace().any(|w| w == topic))
+    }
+}
+
+impl Drop for Events {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Drop for Containerd {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -360,17 +409,7 @@ impl Drop for Containerd {
             }
         }
         std::thread::sleep(Duration::from_millis(200));
-        let mut mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.split(' ').nth(4))
-            .filter(|m| m.starts_with(&*self.dir.path().to_string_lossy()))
-            .map(str::to_owned)
-            .collect();
-        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
-        for m in mounts {
-            let _ = Command::new("umount").args(["-l", &m]).status();
-        }
+        crate::leaks::unmount_under(self.dir.path());
         // The agent image stays: it is shared (content-addressed) and part of the template key.
     }
 }

@@ -150,26 +150,13 @@ impl Docker {
     }
 
     /// Processes whose command line mentions this daemon's directory (its containerd, shims,
-    /// Hako's monitors and VMMs).
-    pub fn leftover_processes(&self) -> Vec<String> {
-        let needle = self.dir.path().display().to_string();
-        let me = std::process::id();
+    /// Hako's monitors and VMMs), but the daemon.
+    pub fn leftover_processes(&self) -> Vec<(u32, String)> {
         let daemon = self.child.as_ref().map(Child::id);
-        let mut found = Vec::new();
-        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-                continue;
-            };
-            if pid == me || Some(pid) == daemon {
-                continue;
-            }
-            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-            let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            if text.contains(&needle) {
-                found.push(format!("{pid}: {text}"));
-            }
-        }
-        found
+        crate::leaks::processes_naming(&self.dir.path().display().to_string())
+            .into_iter()
+            .filter(|(pid, _)| Some(*pid) != daemon)
+            .collect()
     }
 }
 
@@ -185,22 +172,10 @@ impl Drop for Docker {
             let _ = child.kill();
             let _ = child.wait();
         }
-        for p in self.leftover_processes() {
-            if let Some(pid) = p.split(':').next() {
-                let _ = Command::new("kill").args(["-9", pid]).status();
-            }
+        for (pid, _) in self.leftover_processes() {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
         }
         std::thread::sleep(Duration::from_millis(200));
-        let mut mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.split(' ').nth(4))
-            .filter(|m| m.starts_with(&*self.dir.path().to_string_lossy()))
-            .map(str::to_owned)
-            .collect();
-        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
-        for m in mounts {
-            let _ = Command::new("umount").args(["-l", &m]).status();
-        }
+        crate::leaks::unmount_under(self.dir.path());
     }
 }

@@ -29,26 +29,10 @@ impl Leaks {
                 .collect(),
             Err(e) => vec![format!("mountinfo unreadable: {e}")],
         };
-        let me = std::process::id();
-        let mut processes = Vec::new();
-        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-                continue;
-            };
-            if pid == me {
-                continue;
-            }
-            let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
-            let zombie = stat
-                .rsplit(')')
-                .next()
-                .is_some_and(|r| r.trim_start().starts_with('Z'));
-            if cmdline.contains(&root_text) && !zombie {
-                processes.push(format!("{pid}: {}", cmdline.trim()));
-            }
-        }
+        let processes = processes_naming(&root_text)
+            .into_iter()
+            .map(|(pid, cmdline)| format!("{pid}: {cmdline}"))
+            .collect();
         let entries = std::fs::read_dir(root)
             .into_iter()
             .flatten()
@@ -90,5 +74,49 @@ impl Leaks {
             }
             std::thread::sleep(std::time::Duration::from_millis(200));
         }
+    }
+}
+
+/// The live processes (not zombies, not this one) whose command line contains `needle`: each
+/// pid and its command line (arguments joined by spaces).
+pub fn processes_naming(needle: &str) -> Vec<(u32, String)> {
+    let me = std::process::id();
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        let zombie = stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|r| r.trim_start().starts_with('Z'));
+        if cmdline.contains(needle) && !zombie {
+            found.push((pid, cmdline.trim().to_owned()));
+        }
+    }
+    found
+}
+
+/// Detaches every mount at or below `dir`, deepest first (a fixture's teardown).
+pub fn unmount_under(dir: &Path) {
+    let prefix = dir.display().to_string();
+    let mut mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| m.starts_with(&prefix))
+        .map(str::to_owned)
+        .collect();
+    mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    for m in mounts {
+        let _ = std::process::Command::new("umount")
+            .args(["-l", &m])
+            .status();
     }
 }

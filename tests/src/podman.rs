@@ -96,20 +96,6 @@ impl Podman {
             .map_err(|e| format!("podman {args:?}: {e}"))
     }
 
-    /// The containers hako keeps state for (its `--root`), after `delete` none; not looked
-    /// at for runc, whose root podman shares with every other runc caller on the host.
-    pub fn runtime_records(&self) -> Vec<String> {
-        if self.config.is_none() {
-            return Vec::new();
-        }
-        std::fs::read_dir(&self.hako_root)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect()
-    }
-
     /// Flags for `podman run`/`create` on this host.
     pub fn run_flags(&self) -> Vec<String> {
         [

@@ -330,6 +330,7 @@ fn run_sleeper(ctd: &Containerd, id: &str) -> Result<(), Failed> {
 /// cleans up everything.
 fn vmm_killed(ctd: &Containerd) -> Result<(), Failed> {
     run_sleeper(ctd, "c3")?;
+    let events = ctd.watch_events()?;
     let pid = SandboxState::load(&ctd.hako_root.join("c3"))
         .map_err(|e| format!("{e:#}"))?
         .vmm_pid;
@@ -346,9 +347,10 @@ fn vmm_killed(ctd: &Containerd) -> Result<(), Failed> {
     if !o.status.success() {
         return Err(format!("ctr container rm: {}", out(&o)).into());
     }
-    if ctd.log_lines("/tasks/exit").is_empty() {
+    if !events.seen("/tasks/exit") {
         return Err("containerd never got a TaskExit".into());
     }
+    drop(events);
     nothing_left(ctd)
 }
 
@@ -357,9 +359,10 @@ fn vmm_killed(ctd: &Containerd) -> Result<(), Failed> {
 /// publishes the task's exit; nothing is left.
 fn shim_killed(ctd: &Containerd) -> Result<(), Failed> {
     run_sleeper(ctd, "c4")?;
+    let events = ctd.watch_events()?;
     kill_shim(ctd, "c4")?;
     let start = Instant::now();
-    while ctd.log_lines("/tasks/exit").is_empty() {
+    while !events.seen("/tasks/exit") {
         if start.elapsed() > Duration::from_secs(60) {
             return Err(format!(
                 "containerd never got a TaskExit after the shim died; its log:\n{}",
@@ -369,6 +372,7 @@ fn shim_killed(ctd: &Containerd) -> Result<(), Failed> {
         }
         std::thread::sleep(Duration::from_millis(500));
     }
+    drop(events);
     gone_with_its_shim(ctd, "c4")
 }
 
@@ -524,6 +528,61 @@ fn prerequisites() -> Result<(), Skip> {
     fixtures::kernel().map(drop)
 }
 
+/// OCI hooks through the shim, as Docker 28 and nerdctl give them: a spec (`ctr run --config`)
+/// with a hook of each kind the runtime runs, each by a path that exists only on the host; the
+/// container runs (its hooks never reach the guest) and each hook ran once on the host with
+/// the task's state (as runc gives it: `creating` at create, `created` for poststart).
+fn run_with_hooks(ctd: &Containerd) -> Result<(), Failed> {
+    let dir = ctd.dir.path().join("hooked");
+    hako_rootfs_builder::bundle::write_busybox_bundle(
+        std::path::Path::new("/bin/busybox"),
+        &dir,
+        &["sh", "-c", "echo hooked"],
+        "/hako-hooks",
+    )?;
+    let hook = ctd.dir.path().join("hook.sh");
+    std::fs::write(&hook, "#!/bin/sh\ncat > \"$1\"\n").map_err(|e| e.to_string())?;
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .map_err(|e| e.to_string())?;
+    let config = dir.join("config.json");
+    let mut spec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&config).map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+    spec["root"]["path"] = dir.join("rootfs").display().to_string().into();
+    let kinds = [
+        ("createRuntime", "creating"),
+        ("prestart", "creating"),
+        ("poststart", "created"),
+        ("poststop", "stopped"),
+    ];
+    for (kind, _) in kinds {
+        spec["hooks"][kind] = serde_json::json!([{"path": hook, "args": ["hook.sh", dir.join(format!("{kind}.json"))]}]);
+    }
+    std::fs::write(&config, spec.to_string()).map_err(|e| e.to_string())?;
+    let o = ctd.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--config",
+        &config.display().to_string(),
+        "hk",
+    ])?;
+    if !o.status.success() || String::from_utf8_lossy(&o.stdout) != "hooked\n" {
+        return Err(format!("ctr run --config (with hooks): {}", out(&o)).into());
+    }
+    for (kind, status) in kinds {
+        let state: serde_json::Value = std::fs::read(dir.join(format!("{kind}.json")))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .ok_or_else(|| format!("the {kind} hook did not run on the host"))?;
+        if state["id"] != "hk" || state["status"] != status {
+            return Err(format!("the {kind} hook was given {state}").into());
+        }
+    }
+    nothing_left(ctd)
+}
+
 /// One end-to-end check against a running containerd.
 type Check = fn(&Containerd) -> Result<(), Failed>;
 
@@ -548,9 +607,10 @@ fn main() {
     };
     // The same trials against containerd 1.6 (Debian 12) and 2.x (Debian sid), the 2.x
     // ones named `containerd2_*`.
-    let all: [(&str, Check); 7] = [
+    let all: [(&str, Check); 8] = [
         ("ctr_run_exec_kill_in_one_sandbox", run_exec_kill),
         ("ctr_run_with_a_tty", run_with_tty),
+        ("ctr_run_with_oci_hooks", run_with_hooks),
         ("vmm_killed_under_a_running_task", vmm_killed),
         ("shim_killed_under_a_running_task", shim_killed),
         ("shim_killed_while_creating", shim_killed_while_creating),

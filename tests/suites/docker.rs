@@ -99,7 +99,8 @@ fn nothing_of_hako_left(docker: &Docker) -> Result<(), Failed> {
             .leftover_processes()
             .into_iter()
             // Hako's own: monitors (`hako ... monitor --bundle`) and VMMs.
-            .filter(|p| p.contains(" monitor --bundle ") || p.contains("hako-vmm"))
+            .filter(|(_, c)| c.contains(" monitor --bundle ") || c.contains("hako-vmm"))
+            .map(|(pid, c)| format!("{pid}: {c}"))
             .collect();
         if left.is_empty() {
             return Ok(());

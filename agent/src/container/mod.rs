@@ -149,6 +149,9 @@ pub struct Containers {
     worker: worker::Worker,
     hierarchies: cgroup::Hierarchies,
     map: tokio::sync::Mutex<HashMap<String, Arc<Entry>>>,
+    /// Numbers the execs' console sockets: a socket named after its exec id (up to 128
+    /// characters) would pass a socket address's length even through a descriptor path.
+    consoles: std::sync::atomic::AtomicU64,
 }
 
 /// A libcontainer builder for container `id` (state under `root`) with the process's pipes,
@@ -269,6 +272,7 @@ impl Containers {
             worker: worker::Worker::start()?,
             hierarchies,
             map: tokio::sync::Mutex::new(HashMap::new()),
+            consoles: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -566,7 +570,10 @@ impl Containers {
         let path = e.bundle.join(format!("exec-{exec_id}.json"));
         std::fs::write(&path, process_json)
             .map_err(|err| runtime(id, "writing the exec's process.json")(Box::new(err)))?;
-        let socket = e.bundle.join(format!("console-{exec_id}.sock"));
+        let n = self
+            .consoles
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let socket = e.bundle.join(format!("console-{n}.sock"));
         let (agent_side, child) = prepare_stdio(terminal, socket)
             .map_err(|err| runtime(id, "setting up the exec's stdio")(Box::new(err)))?;
         let (cid, root, lock) = (id.to_owned(), self.youki_root(), self.fork_lock.clone());

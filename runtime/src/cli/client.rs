@@ -96,6 +96,17 @@ impl Container {
         }
     }
 
+    /// The container's hooks: from its record, or (a record written before records kept
+    /// them) from its bundle.
+    pub fn hooks(&self) -> serde_json::Value {
+        if !self.record.hooks.is_null() {
+            return self.record.hooks.clone();
+        }
+        super::create::read_bundle(&self.record.bundle)
+            .map(|spec| crate::hooks::of(&spec))
+            .unwrap_or_default()
+    }
+
     /// The OCI state document (`hako state`, and hooks' stdin).
     pub fn state_json(&self, status: OciStatus) -> serde_json::Value {
         let pid = if status == OciStatus::Stopped {

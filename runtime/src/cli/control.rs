@@ -47,7 +47,7 @@ pub fn start(g: &Global, id: &str) -> anyhow::Result<u8> {
     // From the record: the bundle may have changed since create. The status is runc's
     // (it hands poststart hooks the state it read before the start).
     let state = c.state_json(OciStatus::Created);
-    if let Err(e) = crate::hooks::run(&c.record.hooks, "poststart", &state) {
+    if let Err(e) = crate::hooks::run(&c.hooks(), "poststart", &state) {
         tracing::warn!("{e:#}");
         eprintln!("hako: {e:#}");
     }

@@ -41,7 +41,7 @@ pub fn delete(g: &Global, id: &str, force: bool) -> anyhow::Result<u8> {
     let state = c.state_json(OciStatus::Stopped);
     super::client::remove_container_dir(&g.root, id);
     drop(lock);
-    if let Err(e) = crate::hooks::run(&c.record.hooks, "poststop", &state) {
+    if let Err(e) = crate::hooks::run(&c.hooks(), "poststop", &state) {
         eprintln!("hako: {e:#}");
     }
     Ok(0)

@@ -45,7 +45,8 @@ pub async fn run(mut config: Config, root: &Path, args: &MonitorArgs) -> anyhow:
     let exit = Arc::new(ExitSignal::default());
     let service = Arc::new(
         TaskService::new(config, Arc::new(Publisher::new(None, "")), exit.clone())
-            .with_dir_name(SANDBOX_DIR),
+            .with_dir_name(SANDBOX_DIR)
+            .without_hooks(),
     );
     let socket = dir.join(SOCKET);
     let dyn_service: Arc<dyn Task + Send + Sync> = service.clone();

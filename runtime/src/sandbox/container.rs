@@ -126,6 +126,10 @@ pub struct Container {
     pub share: Mutex<Option<crate::host::share::ContainerShare>>,
     pub init: Arc<Process>,
     pub execs: Mutex<HashMap<String, Arc<Process>>>,
+    /// The config's `hooks` and `annotations`, taken at create (hooks run on the host:
+    /// `crate::hooks`).
+    pub hooks: serde_json::Value,
+    pub annotations: serde_json::Value,
 }
 
 impl Container {

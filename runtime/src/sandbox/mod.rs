@@ -438,6 +438,8 @@ impl Sandbox {
         }
         stdio.check()?;
         let userns = self.vmm_user.as_ref().map(VmmUser::ns);
+        let hooks = crate::hooks::of(&spec);
+        let annotations = spec.get("annotations").cloned().unwrap_or_default();
         let part = volumes::share(&mut spec, bundle, &self.share, id, userns, rootfs.id_mapped)?;
         guest_spec::fit(&mut spec);
         let mut req = CreateContainerRequest::new();
@@ -454,6 +456,8 @@ impl Sandbox {
             share: Mutex::new(Some(part)),
             init: Process::new(id, "", stdio, Vec::new()),
             execs: Mutex::new(HashMap::new()),
+            hooks,
+            annotations,
         });
         if let Ok(mut m) = self.containers.lock() {
             m.insert(id.into(), container.clone());

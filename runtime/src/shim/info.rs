@@ -20,9 +20,14 @@ pub const FEATURES_TYPE_URL: &str =
 /// The most of stdin read: runtime options are a few hundred bytes.
 const OPTIONS_BYTES: u64 = 1 << 20;
 
-/// The shim was asked for its info (`-info`; Go's flag package takes `--info` too).
-pub fn asked(args: impl IntoIterator<Item = String>) -> bool {
-    args.into_iter().any(|a| a == "-info" || a == "--info")
+/// The shim was asked for its info (`-info`; Go's flag package takes `--info` and
+/// `-info=true` too).
+pub fn asked(args: impl IntoIterator<Item = std::ffi::OsString>) -> bool {
+    args.into_iter().any(|a| {
+        ["-info", "--info", "-info=true", "--info=true"]
+            .map(std::ffi::OsString::from)
+            .contains(&a)
+    })
 }
 
 /// Reads the runtime options from `stdin` and returns the encoded RuntimeInfo.
@@ -56,8 +61,9 @@ mod tests {
 
     #[test]
     fn info_names_hako_and_carries_its_features_and_options() {
-        assert!(asked(["shim".to_string(), "-info".to_string()]));
-        assert!(!asked(["shim".to_string(), "start".to_string()]));
+        assert!(asked(["shim".into(), "-info".into()]));
+        assert!(asked(["shim".into(), "-info=true".into()]));
+        assert!(!asked(["shim".into(), "start".into()]));
         let info = RuntimeInfo::parse_from_bytes(&answer(&b""[..]).unwrap()).unwrap();
         assert_eq!(info.name, RUNTIME_ID);
         assert!(info.options.is_none());

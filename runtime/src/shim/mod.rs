@@ -72,7 +72,7 @@ impl Shim for HakoShim {
 /// The shim binary's main: containerd-shim parses the flags and runs the action; `-info`,
 /// which it does not act on, is answered here.
 pub async fn main() {
-    if info::asked(std::env::args()) {
+    if info::asked(std::env::args_os()) {
         use std::io::Write;
         match info::answer(std::io::stdin()) {
             Ok(bytes) => {

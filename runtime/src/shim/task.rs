@@ -33,6 +33,7 @@ use super::start::{PodRole, pod_role};
 use crate::agent_client::ctx;
 use crate::config::Config;
 use crate::error::ShimError;
+use crate::hooks;
 use crate::io::Stdio;
 use crate::sandbox::container::{Container, Process, Status};
 use crate::sandbox::idmapped_rootfs::{self, SnapshotMount};
@@ -56,6 +57,9 @@ pub struct TaskService {
     /// The sandbox directory's name under the root: the sandbox id for the shim, a short
     /// fixed name for the CLI's monitor (socket paths must stay under 108 bytes).
     dir_name: Option<String>,
+    /// Whether this service runs the containers' OCI hooks (the containerd shim: runc
+    /// would have, under containerd's runc shim).
+    host_hooks: bool,
 }
 
 type Result<T> = std::result::Result<T, ShimError>;
@@ -70,7 +74,15 @@ impl TaskService {
             lifecycle: tokio::sync::Mutex::new(()),
             dir_name: None,
             stopped: tokio::sync::watch::Sender::new(None),
+            host_hooks: true,
         }
+    }
+
+    /// Leaves the OCI hooks to the caller (the CLI runs them, with runc's state: the
+    /// monitor's pid).
+    pub fn without_hooks(mut self) -> Self {
+        self.host_hooks = false;
+        self
     }
 
     /// Starts tearing the sandbox down (once) in a task of its own.
@@ -232,6 +244,27 @@ impl TaskService {
             }
             Err(e) => Err(e),
         };
+        // As runc does at create: the createRuntime and prestart hooks, on the host.
+        let created = match created {
+            Ok(c) if self.host_hooks => {
+                let state = self.hook_state(&sandbox, &c, "creating");
+                let skipped = hooks::unsupported(&c.hooks);
+                if !skipped.is_empty() {
+                    tracing::warn!(container_id = %c.id, "hooks not run: {skipped:?} hooks need the container's mount namespace, which is in the guest");
+                }
+                // In runc's order.
+                match hooks::run_async(&c.hooks, &["prestart", "createRuntime"], state).await {
+                    Ok(()) => Ok(c),
+                    Err(e) => {
+                        if let Err(e) = sandbox.remove_container(&c).await {
+                            tracing::warn!(container_id = %c.id, "{e:#}");
+                        }
+                        Err(ShimError::FailedPrecondition(format!("{e:#}")))
+                    }
+                }
+            }
+            other => other,
+        };
         if let Err(e) = created {
             if sandbox.id == req.id {
                 self.begin_stop(sandbox);
@@ -240,6 +273,28 @@ impl TaskService {
             return Err(e);
         }
         Ok(self.pid(&sandbox))
+    }
+
+    /// The OCI state a container's hooks get: its task pid (the sandbox's hako-vmm).
+    fn hook_state(&self, sandbox: &Sandbox, c: &Container, status: &str) -> serde_json::Value {
+        hooks::state(&c.id, status, self.pid(sandbox), &c.bundle, &c.annotations)
+    }
+
+    /// Runs a container's hooks of `kind` after the fact (poststart, poststop): a failure is
+    /// logged, the container goes on (the OCI spec's rule, and runc's).
+    async fn after_hooks(&self, sandbox: &Sandbox, c: &Container, kind: &'static str) {
+        if !self.host_hooks {
+            return;
+        }
+        let status = if kind == "poststart" {
+            "created"
+        } else {
+            "stopped"
+        };
+        let state = self.hook_state(sandbox, c, status);
+        if let Err(e) = hooks::run_async(&c.hooks, &[kind], state).await {
+            tracing::warn!(container_id = %c.id, "{e:#}");
+        }
     }
 
     /// Task.Create: the sandbox (booted by its first container) creates the container.
@@ -286,6 +341,7 @@ impl TaskService {
                 .remove_container(&container)
                 .await
                 .map_err(|e| ShimError::FailedPrecondition(format!("{e:#}")))?;
+            self.after_hooks(&sandbox, &container, "poststop").await;
             if sandbox.id == req.id {
                 // Shutdown (or the monitor) waits for it to finish.
                 self.begin_stop(sandbox.clone());
@@ -454,6 +510,11 @@ impl Task for TaskService {
             .await
             .map_err(|e| ShimError::FailedPrecondition(format!("{e:#}")))?;
         let pid = self.pid(&sandbox);
+        if req.exec_id.is_empty()
+            && let Some(c) = sandbox.container(&req.id)
+        {
+            self.after_hooks(&sandbox, &c, "poststart").await;
+        }
         if req.exec_id.is_empty() {
             let mut ev = TaskStart::new();
             ev.container_id = req.id.clone();
@@ -700,10 +761,22 @@ impl Task for TaskService {
         // past them, reports the shim leaked and cleans up through `delete`, which kills
         // hako-vmm. The clean stop (the guest's power-off) goes on, and a task of its own
         // ends the shim when it is done.
+        // containerd removes the bundle (this shim's working directory, with the `address`
+        // file naming its socket) once Shutdown returns: the socket is found now and removed
+        // at the end (containerd-shim looks for the file only then).
+        let socket = std::fs::read_to_string("address")
+            .ok()
+            .and_then(|a| a.trim().strip_prefix("unix://").map(PathBuf::from));
         let mut rx = self.stopped.subscribe();
         let exit = self.exit.clone();
         tokio::spawn(async move {
             let _ = rx.wait_for(|s| *s != Some(false)).await;
+            if let Some(path) = socket
+                && std::fs::symlink_metadata(&path)
+                    .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()))
+            {
+                let _ = std::fs::remove_file(&path);
+            }
             exit.signal();
         });
         Ok(Empty::new())

@@ -27,11 +27,10 @@ pub struct SocketDir {
 }
 
 impl SocketDir {
-    /// Opens `dir` if a socket path under it could pass [`SUN_PATH_MAX`].
-    pub fn open(dir: &Path) -> io::Result<Self> {
-        // The longest name asked for is short (`vsock_65535`, `monitor.sock`): a directory
-        // whose path leaves room for 16 bytes never needs its descriptor.
-        let fd = if dir.as_os_str().len() + 16 > SUN_PATH_MAX {
+    /// Opens `dir` if a socket path under it, with a name of up to `longest_name` bytes,
+    /// could pass [`SUN_PATH_MAX`].
+    pub fn open(dir: &Path, longest_name: usize) -> io::Result<Self> {
+        let fd = if dir.as_os_str().len() + 1 + longest_name > SUN_PATH_MAX {
             use std::os::unix::fs::OpenOptionsExt;
             Some(
                 std::fs::OpenOptions::new()
@@ -75,7 +74,7 @@ fn split(path: &Path) -> io::Result<(SocketDir, OsString)> {
             } else {
                 dir
             };
-            Ok((SocketDir::open(dir)?, name.to_owned()))
+            Ok((SocketDir::open(dir, name.len())?, name.to_owned()))
         }
         _ => Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -125,16 +124,32 @@ mod tests {
     }
 
     #[test]
+    fn a_long_name_in_a_short_directory_is_bound_and_reached() {
+        // The guest's bundle of a container with a 64-character id (77 bytes) and a socket
+        // named after a 64-character exec id.
+        let base = tempfile::tempdir().unwrap();
+        let dir = base
+            .path()
+            .join("d".repeat(77 - base.path().as_os_str().len() - 1));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("console-{}.sock", "e".repeat(64)));
+        assert!(path.as_os_str().len() > SUN_PATH_MAX);
+        let listener = bind(&path).unwrap();
+        let _client = connect(&path).unwrap();
+        listener.accept().unwrap();
+    }
+
+    #[test]
     fn a_short_path_is_used_as_it_is() {
-        let dir = SocketDir::open(Path::new("/run")).unwrap();
+        let dir = SocketDir::open(Path::new("/run"), 16).unwrap();
         assert!(dir.fd.is_none());
         assert_eq!(dir.address(OsStr::new("x.sock")), Path::new("/run/x.sock"));
         let base = tempfile::tempdir().unwrap();
-        let long = SocketDir::open(&long_dir(base.path())).unwrap();
+        let long = SocketDir::open(&long_dir(base.path()), 16).unwrap();
         assert!(
             long.address(OsStr::new("vsock_1024"))
                 .starts_with("/proc/self/fd/")
         );
-        assert!(SocketDir::open(&base.path().join("missing").join("x".repeat(120))).is_err());
+        assert!(SocketDir::open(&base.path().join("missing").join("x".repeat(120)), 16).is_err());
     }
 }

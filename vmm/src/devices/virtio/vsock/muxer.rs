@@ -114,7 +114,8 @@ impl Muxer {
                 format!("{} names no socket in a directory", uds_path.display()),
             ));
         };
-        let uds_dir = SocketDir::open(dir)?;
+        // Ports are u32: `<name>_4294967295` is the longest name connected to.
+        let uds_dir = SocketDir::open(dir, name.len() + "_4294967295".len())?;
         let epoll = Epoll::new()?;
         epoll.ctl(
             ControlOperation::Add,
