@@ -63,13 +63,17 @@ pub fn take_pod_net_sysctls(spec: &mut Spec) -> Vec<(String, String)> {
 }
 
 /// The file of sysctl `key` under `proc_sys` (`/proc/sys` in the VM). Only `net.` names of
-/// plain words: a name comes from the host's config, but never names a path outside.
+/// plain words: a name comes from the host's config, but never names a path outside. As in
+/// sysctl(8) and runc, a `/` in a word stands for a dot in that file name (an interface
+/// `eth0.100` is `net.ipv4.conf.eth0/100.rp_filter`, as Kubernetes writes it).
 fn file_of(proc_sys: &Path, key: &str) -> Result<PathBuf, SysctlError> {
-    let words: Vec<&str> = key.split('.').collect();
-    let plain = |w: &&str| {
+    let words: Vec<String> = key.split('.').map(|w| w.replace('/', ".")).collect();
+    let plain = |w: &String| {
         !w.is_empty()
+            && w != "."
+            && w != ".."
             && w.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
     };
     if words.len() < 3 || words[0] != "net" || !words.iter().all(plain) {
         return Err(SysctlError::Name(key.to_owned()));
@@ -157,12 +161,27 @@ mod tests {
             std::fs::read_to_string(ipv4.join("ping_group_range")).unwrap(),
             "0 2147483647"
         );
+        // A dotted interface name, written with a slash.
+        let conf = dir.path().join("net/ipv4/conf/eth0.100");
+        std::fs::create_dir_all(&conf).unwrap();
+        std::fs::write(conf.join("rp_filter"), "1").unwrap();
+        write_all(
+            dir.path(),
+            &[("net.ipv4.conf.eth0/100.rp_filter".into(), "2".into())],
+        )
+        .unwrap();
+        assert_eq!(
+            std::fs::read_to_string(conf.join("rp_filter")).unwrap(),
+            "2"
+        );
         for bad in [
             "net..x",
             "kernel.x.y",
             "net.ipv4",
             "net.ipv4/../../x.y",
             "net.a.b c",
+            "net.ipv4.//.x",
+            "net.ipv4./.x",
         ] {
             assert!(
                 matches!(
