@@ -114,17 +114,29 @@ impl Container {
         } else {
             self.record.monitor_pid
         };
-        serde_json::json!({
-            "ociVersion": "1.0.2",
-            "id": self.record.id,
-            "status": status.as_str(),
-            "pid": pid,
-            "bundle": self.record.bundle,
-            "rootfs": self.record.bundle.join("rootfs"),
-            "created": self.record.created,
-            "annotations": self.record.annotations,
-            "owner": self.record.owner,
-        })
+        // The hooks' state (the shim gives its hooks the same), and what runc's `state` adds.
+        let annotations = serde_json::to_value(&self.record.annotations).unwrap_or_default();
+        let mut state = crate::hooks::state(
+            &self.record.id,
+            status.as_str(),
+            pid,
+            &self.record.bundle,
+            &annotations,
+        );
+        if let Some(obj) = state.as_object_mut() {
+            obj.insert(
+                "rootfs".into(),
+                self.record
+                    .bundle
+                    .join("rootfs")
+                    .display()
+                    .to_string()
+                    .into(),
+            );
+            obj.insert("created".into(), self.record.created.clone().into());
+            obj.insert("owner".into(), self.record.owner.clone().into());
+        }
+        state
     }
 }
 

@@ -58,11 +58,6 @@ impl SocketDir {
             _ => plain,
         }
     }
-
-    /// The directory's own path.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
 }
 
 /// A socket path split into its directory (opened as needed) and name.
