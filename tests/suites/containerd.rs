@@ -15,6 +15,9 @@ use hako_tests::fixtures;
 use hako_tests::require::{self, Skip};
 use libtest_mimic::{Arguments, Failed};
 
+#[path = "containerd/start_protocol.rs"]
+mod start_protocol;
+
 const RUNTIME: &str = "io.containerd.hako.v2";
 
 /// How long a sandbox may take to boot and run its container here (tens of seconds on hosts
@@ -620,7 +623,15 @@ fn main() {
         ),
         ("cri_pod_with_two_containers", cri_pod),
     ];
-    let mut trials = Vec::new();
+    // The start protocols need no containerd and no VM.
+    let mut trials = vec![
+        require::trial("shim_start_protocol_containerd_2_3", require::root, || {
+            start_protocol::containerd_2_3("hako-start-v3")
+        }),
+        require::trial("shim_start_protocol_legacy", require::root, || {
+            start_protocol::legacy("hako-start-v2")
+        }),
+    ];
     for (name, f) in all {
         trials.push(trial_on(Release::Debian12, name, f));
         trials.push(trial_on(Release::Sid, &format!("containerd2_{name}"), f));

@@ -408,6 +408,27 @@ impl TaskService {
     }
 
     /// The agent of this shim's sandbox, once it runs (for the `hako` CLI's monitor).
+    /// Sends `signal` to a process (with `all`, to every process of the container).
+    pub async fn signal(&self, id: &str, exec_id: &str, signal: u32, all: bool) -> Result<Empty> {
+        let (sandbox, process) = self.process(id, exec_id).await?;
+        if matches!(process.status(), Status::Stopped { .. }) {
+            return Err(ShimError::NotFound(format!(
+                "process {id}/{exec_id} already finished"
+            )));
+        }
+        let mut r = SignalProcessRequest::new();
+        r.container_id = id.to_owned();
+        r.exec_id = exec_id.to_owned();
+        r.signal = signal;
+        r.all = all;
+        sandbox
+            .agent
+            .signal_process(ctx(RPC), &r)
+            .await
+            .map_err(agent_err("SignalProcess"))?;
+        Ok(Empty::new())
+    }
+
     pub fn agent(&self) -> Option<hako_agent_api::agent_ttrpc::AgentServiceClient> {
         self.slot().map(|s| s.agent.clone())
     }
@@ -567,25 +588,9 @@ impl Task for TaskService {
     }
 
     async fn kill(&self, _ctx: &TtrpcContext, req: KillRequest) -> TtrpcResult<Empty> {
-        let (sandbox, process) = self.process(&req.id, &req.exec_id).await?;
-        if matches!(process.status(), Status::Stopped { .. }) {
-            return Err(ShimError::NotFound(format!(
-                "process {}/{} already finished",
-                req.id, req.exec_id
-            ))
-            .into());
-        }
-        let mut r = SignalProcessRequest::new();
-        r.container_id = req.id.clone();
-        r.exec_id = req.exec_id.clone();
-        r.signal = req.signal;
-        r.all = req.all;
-        sandbox
-            .agent
-            .signal_process(ctx(RPC), &r)
-            .await
-            .map_err(agent_err("SignalProcess"))?;
-        Ok(Empty::new())
+        Ok(self
+            .signal(&req.id, &req.exec_id, req.signal, req.all)
+            .await?)
     }
 
     async fn exec(&self, _ctx: &TtrpcContext, req: ExecProcessRequest) -> TtrpcResult<Empty> {
