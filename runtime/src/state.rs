@@ -69,11 +69,18 @@ pub struct ContainerRecord {
     pub bundle: PathBuf,
     /// RFC 3339 creation time.
     pub created: String,
-    /// The monitor: the host process that lives as long as the container's init.
+    /// The monitor: the host process that owns the sandbox VM (it outlives the init by the
+    /// VM's teardown).
     pub monitor_pid: u32,
     /// The monitor's start time (/proc/<pid>/stat field 22), so a reused pid is not taken
     /// for it.
     pub monitor_start: u64,
+    /// The stand-in: the host process callers know as the init (`state`'s pid); it ends
+    /// when the init does. 0 until it runs.
+    #[serde(default)]
+    pub pid: u32,
+    #[serde(default)]
+    pub pid_start: u64,
     /// The container is created in the guest (the monitor serves it).
     pub created_in_guest: bool,
     /// The init's exit status, once it exited.
@@ -96,9 +103,37 @@ impl ContainerRecord {
         load_json(dir, RECORD_FILE, "Hako container record")
     }
 
+    /// Loads the record in `dir`, changes it and saves it, one writer at a time in this
+    /// process (the monitor's tasks).
+    pub fn update(dir: &Path, change: impl FnOnce(&mut Self)) -> anyhow::Result<Self> {
+        static WRITER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one = WRITER
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut r = Self::load(dir)?;
+        change(&mut r);
+        r.save(dir)?;
+        Ok(r)
+    }
+
     /// The monitor still runs (same pid and start time).
     pub fn monitor_alive(&self) -> bool {
         self.monitor_pid != 0 && process_start(self.monitor_pid) == Some(self.monitor_start)
+    }
+
+    /// The pid callers know as the container's init: its stand-in's, else (a record of an
+    /// older release, or before the stand-in runs) the monitor's.
+    pub fn state_pid(&self) -> u32 {
+        if self.pid != 0 {
+            self.pid
+        } else {
+            self.monitor_pid
+        }
+    }
+
+    /// The container's host processes still run: its monitor, and its stand-in once it ran.
+    pub fn alive(&self) -> bool {
+        self.monitor_alive() && (self.pid == 0 || process_start(self.pid) == Some(self.pid_start))
     }
 }
 
@@ -211,6 +246,8 @@ mod tests {
             created: String::new(),
             monitor_pid: me,
             monitor_start: start,
+            pid: 0,
+            pid_start: 0,
             created_in_guest: false,
             exit_status: None,
             annotations: Default::default(),

@@ -12,18 +12,16 @@ pub const IMAGE: &str = "docker.io/library/busybox:hako";
 
 pub struct Podman {
     pub dir: tempfile::TempDir,
-    /// hako's --root (`--runtime-flag root=`): under the work directory, as long as a
-    /// caller's may be (socket paths under it, with podman's 64-character ids, pass 108 bytes).
-    hako_root: PathBuf,
-    /// `runc` or the path of hako.
+    /// hako's --root: under the work directory, as long as a caller's may be (socket paths
+    /// under it, with podman's 64-character ids, pass 108 bytes).
+    pub hako_root: PathBuf,
+    /// `runc`, hako, or the wrapper [`Podman::with_hako_config`] writes.
     pub runtime: PathBuf,
-    /// HAKO_CONFIG for hako.
-    pub config: Option<PathBuf>,
     cgroup_parent: String,
 }
 
 impl Podman {
-    pub fn new(runtime: PathBuf, config: Option<PathBuf>) -> Result<Self, String> {
+    pub fn new(runtime: PathBuf) -> Result<Self, String> {
         let dir = tempfile::Builder::new()
             .prefix("hako-podman-")
             .tempdir()
@@ -41,7 +39,6 @@ impl Podman {
             ),
             dir,
             runtime,
-            config,
         };
         let tar = me.dir.path().join("busybox.tar");
         hako_rootfs_builder::oci_image::write_busybox_image(
@@ -78,15 +75,28 @@ impl Podman {
             ])
             .args(["--events-backend", "file", "--runtime"])
             .arg(&self.runtime);
-        // conmon does not pass the environment on: hako gets its config as a flag.
-        if let Some(cfg) = &self.config {
-            c.arg("--runtime-flag")
-                .arg(format!("config={}", cfg.display()))
-                .arg("--runtime-flag")
-                .arg(format!("root={}", self.hako_root.display()));
-        }
         c.args(args);
         c
+    }
+
+    /// Runs hako with `config` and the work directory's root through a wrapper script, as a
+    /// user with a non-default config must: conmon passes no environment on, and podman
+    /// passes `--runtime-flag`s to create and start but not to the `delete` of its cleanup
+    /// (`run --rm` would leave the container under the flagged root).
+    pub fn with_hako_config(mut self, config: &Path) -> Result<Self, String> {
+        let wrapper = self.dir.path().join("hako-runtime");
+        let script = format!(
+            "#!/bin/sh\nexec {:?} --config {:?} --root {:?} \"$@\"\n",
+            self.runtime, config, self.hako_root
+        );
+        std::fs::write(&wrapper, script).map_err(|e| e.to_string())?;
+        std::fs::set_permissions(
+            &wrapper,
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .map_err(|e| e.to_string())?;
+        self.runtime = wrapper;
+        Ok(self)
     }
 
     pub fn run(&self, args: &[&str]) -> Result<Output, String> {

@@ -39,6 +39,39 @@ fn run_stop_exec(docker: &Docker, runtime: &str) -> Result<(), Failed> {
     if o.status.code() != Some(5) || o.stdout != b"out\n" || o.stderr != b"err\n" {
         return Err(format!("{runtime}: docker run: {}", text(&o)).into());
     }
+    // A read-only root, a user, environment, working directory and a volume.
+    let volume = docker.dir.path().join(format!("volume-{runtime}"));
+    std::fs::create_dir_all(&volume).map_err(|e| e.to_string())?;
+    std::fs::write(volume.join("f"), "from the host\n").map_err(|e| e.to_string())?;
+    let o = docker.run(&[
+        "run",
+        "--rm",
+        "--runtime",
+        runtime,
+        "--network",
+        "none",
+        "--read-only",
+        "--user",
+        "1000:1000",
+        "--env",
+        "HAKO_X=y",
+        "--workdir",
+        "/tmp",
+        "--volume",
+        &format!("{}:/data:ro", volume.display()),
+        BUSYBOX,
+        "sh",
+        "-c",
+        "id -u; echo $HAKO_X; pwd; cat /data/f; touch /x 2>/dev/null && echo writable || echo read-only",
+    ])?;
+    let want = "1000\ny\n/tmp\nfrom the host\nread-only\n";
+    if !o.status.success() || String::from_utf8_lossy(&o.stdout) != want {
+        return Err(format!(
+            "{runtime}: docker run --read-only --user --env --workdir --volume: {}",
+            text(&o)
+        )
+        .into());
+    }
     let name = format!("c-{runtime}");
     let o = docker.run(&[
         "run",
@@ -68,6 +101,38 @@ fn run_stop_exec(docker: &Docker, runtime: &str) -> Result<(), Failed> {
         let o = docker.run(&["exec", &name, "sh", "-c", "echo exec-out; exit 3"])?;
         if o.status.code() != Some(3) || o.stdout != b"exec-out\n" {
             return Err(format!("{runtime}: docker exec: {}", text(&o)).into());
+        }
+        // cp into the running container reaches its files, not the host's.
+        let src = docker.dir.path().join("copied-in");
+        std::fs::write(&src, "copied in\n").map_err(|e| e.to_string())?;
+        let target = format!("/hako-copied-{runtime}");
+        let o = docker.run(&[
+            "cp",
+            &src.display().to_string(),
+            &format!("{name}:{target}"),
+        ])?;
+        if std::path::Path::new(&target).exists() {
+            let _ = std::fs::remove_file(&target);
+            return Err(format!("{runtime}: docker cp wrote the host's {target}").into());
+        }
+        let read = docker.run(&["exec", &name, "cat", &target])?;
+        if !o.status.success() || read.stdout != b"copied in\n" {
+            return Err(format!("{runtime}: docker cp: {} / {}", text(&o), text(&read)).into());
+        }
+        // top never lists host processes as the container's.
+        let o = docker.run(&["top", &name])?;
+        let listed = String::from_utf8_lossy(&o.stdout);
+        if listed.contains("dockerd") || listed.contains("containerd") {
+            return Err(format!("{runtime}: docker top lists host processes: {}", text(&o)).into());
+        }
+        for (verb, state) in [("pause", "paused"), ("unpause", "running")] {
+            let o = docker.run(&[verb, &name])?;
+            let s = docker.run(&["inspect", "-f", "{{.State.Status}}", &name])?;
+            if !o.status.success() || String::from_utf8_lossy(&s.stdout).trim() != state {
+                return Err(
+                    format!("{runtime}: docker {verb}: {} / {}", text(&o), text(&s)).into(),
+                );
+            }
         }
         let o = docker.run(&["stop", "-t", "120", &name])?;
         if !o.status.success() {

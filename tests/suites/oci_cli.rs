@@ -80,6 +80,76 @@ fn write_bundle(dir: &Path, args: &[&str]) -> Result<(), Failed> {
     Ok(())
 }
 
+/// The container's pid presents the container's root file system (what `podman cp` of a
+/// running container writes through): a file written under `/proc/<pid>/root` is in the
+/// container and not on the host, and no way leads from there to the host's root.
+fn the_pid_shows_the_container(rt: &Runtime, id: &str, pid: u32) -> Result<(), Failed> {
+    let name = format!("hako-marker-{}", rt.name);
+    let root = PathBuf::from(format!("/proc/{pid}/root"));
+    std::fs::write(root.join(&name), "copied in\n")
+        .map_err(|e| format!("{}: writing through /proc/{pid}/root: {e}", rt.name))?;
+    if Path::new("/").join(&name).exists() {
+        let _ = std::fs::remove_file(Path::new("/").join(&name));
+        return Err(format!(
+            "{}: a write through the pid's root reached the host's /",
+            rt.name
+        )
+        .into());
+    }
+    let o = rt.run(&["exec", id, "cat", &format!("/{name}")])?;
+    if String::from_utf8_lossy(&o.stdout) != "copied in\n" {
+        return Err(format!(
+            "{}: the container does not see the file: {}",
+            rt.name,
+            show(&o)
+        )
+        .into());
+    }
+    use std::os::unix::fs::MetadataExt;
+    let host = std::fs::metadata("/").map_err(|e| e.to_string())?;
+    if let Ok(m) = std::fs::metadata(root.join("proc/1/root"))
+        && (m.dev(), m.ino()) == (host.dev(), host.ino())
+    {
+        return Err(format!("{}: /proc/{pid}/root/proc/1/root is the host's /", rt.name).into());
+    }
+    Ok(())
+}
+
+/// Waits until `file` ends with `tail`.
+fn wait_for_output(file: &Path, tail: &str, limit: Duration) -> Result<(), Failed> {
+    let start = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        if text.ends_with(tail) {
+            return Ok(());
+        }
+        if start.elapsed() > limit {
+            return Err(format!("{} is {text:?}, not ending with {tail:?}", file.display()).into());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Reaps `pid` (a child of ours, as this process is a subreaper) once it ends.
+fn reap(pid: u32, limit: Duration) -> Result<nix::sys::wait::WaitStatus, Failed> {
+    use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+    let start = Instant::now();
+    loop {
+        match waitpid(
+            nix::unistd::Pid::from_raw(pid as i32),
+            Some(WaitPidFlag::WNOHANG),
+        ) {
+            Ok(WaitStatus::StillAlive) => {}
+            Ok(status) => return Ok(status),
+            Err(e) => return Err(format!("waiting for {pid}: {e}").into()),
+        }
+        if start.elapsed() > limit {
+            return Err(format!("process {pid} still runs after {limit:?}").into());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Error paths: unknown id, bad bundle, bad config.json, bad signal.
 fn error_paths(rt: &Runtime, work: &Path) -> Result<(), Failed> {
     expect_fail(rt, &["state", "nope"], "does not exist")?;
@@ -120,6 +190,24 @@ fn error_paths(rt: &Runtime, work: &Path) -> Result<(), Failed> {
     }
     if rt.run(&["state", "e2"])?.status.success() {
         return Err(format!("{}: a failed create left container e2", rt.name).into());
+    }
+    if rt.name == "hako" {
+        // A namespace of a host process cannot be joined from a VM: refused, not ignored.
+        let ns = work.join("join-ns");
+        write_bundle(&ns, &["true"])?;
+        let config = ns.join("config.json");
+        let mut spec: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&config).map_err(|e| e.to_string())?)
+                .map_err(|e| e.to_string())?;
+        spec["linux"]["namespaces"] = serde_json::json!([
+            {"type": "mount"}, {"type": "pid"}, {"type": "ipc", "path": "/proc/1/ns/ipc"}
+        ]);
+        std::fs::write(&config, spec.to_string()).map_err(|e| e.to_string())?;
+        expect_fail(
+            rt,
+            &["create", "--bundle", &ns.display().to_string(), "e3"],
+            "cannot join a host process's namespaces",
+        )?;
     }
     Ok(())
 }
@@ -259,7 +347,7 @@ fn lifecycle(rt: &Runtime, work: &Path, boot: Duration) -> Result<(), Failed> {
         &[
             "sh",
             "-c",
-            "trap 'echo got TERM; exit 3' TERM; echo ready; while true; do sleep 1; done",
+            "trap 'echo got USR1' USR1; trap 'echo got TERM; exit 3' TERM; echo ready; while true; do sleep 1; done",
         ],
     )?;
     let b = b.display().to_string();
@@ -269,6 +357,9 @@ fn lifecycle(rt: &Runtime, work: &Path, boot: Duration) -> Result<(), Failed> {
     // The container keeps the stdio it was created with: files, so nothing waits on them.
     let err_file = work.join(format!("{}.err", rt.name));
     let pid_arg = pid_file.display().to_string();
+    // As conmon and containerd's runc shim: the container's pid is reparented to us, and its
+    // exit status is the container's.
+    nix::sys::prctl::set_child_subreaper(true).map_err(|e| e.to_string())?;
     // As containerd's runc shim calls it; the monitor's lines go there too.
     let log = work.join(format!("{}.log", rt.name));
     let log_arg = log.display().to_string();
@@ -348,8 +439,20 @@ fn lifecycle(rt: &Runtime, work: &Path, boot: Duration) -> Result<(), Failed> {
         if !String::from_utf8_lossy(&o.stdout).contains("\"stats\"") {
             return Err(format!("{} events --stats: {}", rt.name, show(&o)).into());
         }
-        expect_ok(rt, &["kill", id, "TERM"])?;
-        wait_gone(pid, boot)?;
+        the_pid_shows_the_container(rt, id, pid)?;
+        expect_ok(rt, &["kill", id, "USR1"])?;
+        wait_for_output(&out_file, "got USR1\n", boot)?;
+        // A signal sent to the pid reaches the container's init, whose status the pid ends
+        // with.
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .map_err(|e| e.to_string())?;
+        let status = reap(pid, boot)?;
+        if status != nix::sys::wait::WaitStatus::Exited(nix::unistd::Pid::from_raw(pid as i32), 3) {
+            return Err(format!("{}: the pid ended {status:?}, not with 3", rt.name).into());
+        }
         let start = Instant::now();
         while rt.status_of(id)? != "stopped" {
             if start.elapsed() > Duration::from_secs(60) {
@@ -367,7 +470,7 @@ fn lifecycle(rt: &Runtime, work: &Path, boot: Duration) -> Result<(), Failed> {
     }
     expect_fail(rt, &["state", id], "does not exist")?;
     let out = std::fs::read_to_string(&out_file).unwrap_or_default();
-    if out != "ready\ngot TERM\n" {
+    if out != "ready\ngot USR1\ngot TERM\n" {
         return Err(format!("{}: the container's output was {out:?}", rt.name).into());
     }
     json_log(rt, &log)?;
@@ -422,6 +525,65 @@ fn crashed_monitor(rt: &Runtime, work: &Path, boot: Duration) -> Result<(), Fail
     Ok(())
 }
 
+/// SIGKILL of the container's pid ends the container, as for runc's init: its state turns
+/// `stopped` and `delete` leaves nothing.
+fn killed_pid(rt: &Runtime, work: &Path, boot: Duration) -> Result<(), Failed> {
+    let b = work.join(format!("bundle-killed-{}", rt.name));
+    write_bundle(&b, &["sleep", "100000"])?;
+    let id = "killed";
+    let pid_file = work.join(format!("killed-{}.pid", rt.name));
+    nix::sys::prctl::set_child_subreaper(true).map_err(|e| e.to_string())?;
+    let o = rt
+        .cmd(&[
+            "run",
+            "--detach",
+            "--bundle",
+            &b.display().to_string(),
+            "--pid-file",
+            &pid_file.display().to_string(),
+            id,
+        ])
+        // Not a pipe: the container keeps its stdio, and nothing would see its end.
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map_err(|e| e.to_string())?;
+    if !o.success() {
+        return Err(format!("{} run --detach: {o}", rt.name).into());
+    }
+    let result = (|| -> Result<(), Failed> {
+        let pid: u32 = std::fs::read_to_string(&pid_file)
+            .map_err(|e| e.to_string())?
+            .trim()
+            .parse()
+            .map_err(|e| format!("pid file: {e}"))?;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .map_err(|e| e.to_string())?;
+        reap(pid, boot)?;
+        let start = Instant::now();
+        while rt.status_of(id)? != "stopped" {
+            if start.elapsed() > boot {
+                return Err(format!("{}: not stopped after its pid was killed", rt.name).into());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Ok(())
+    })();
+    let del = rt.run(&["delete", "--force", id])?;
+    result?;
+    if !del.status.success() {
+        return Err(format!("{} delete: {}", rt.name, show(&del)).into());
+    }
+    if rt.root.join(id).exists() {
+        return Err(format!("{}: delete left the container's directory", rt.name).into());
+    }
+    Ok(())
+}
+
 fn runtimes(work: &Path) -> Result<Vec<Runtime>, Failed> {
     let hako = fixtures::workspace_binary("hako")?;
     let config = work.join("hako.toml");
@@ -472,6 +634,11 @@ fn main() {
         require::trial("oci_lifecycle_matches_runc", vm_prerequisites, || {
             both(|rt, work| lifecycle(rt, work, hako_tests::boot::vm_deadline()))
         }),
+        require::trial(
+            "oci_killed_pid_ends_the_container",
+            vm_prerequisites,
+            || both(|rt, work| killed_pid(rt, work, hako_tests::boot::vm_deadline())),
+        ),
         require::trial(
             "oci_crashed_monitor_is_cleaned_up",
             vm_prerequisites,

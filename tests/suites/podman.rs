@@ -1,11 +1,12 @@
 //! Tier 4 (KVM, root, podman): podman with `--runtime hako`, each container a sandbox VM; the
 //! same checks run first with `--runtime runc`, so every assertion is known to hold for the
 //! reference runtime. Two trials, one VM each under hako:
-//! - `run --rm -it` (a terminal through a pty harness, `script`): the exit code propagates and
-//!   the container is removed;
+//! - `run --rm -it --read-only` (a terminal through a pty harness, `script`): the root is
+//!   read-only and podman's tmpfs writable, the exit code propagates, the container is
+//!   removed (from podman and from the runtime's root);
 //! - `run -d` + `logs` + `exec` (output and exit code) + `stop` + `rm`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -26,13 +27,13 @@ fn show(o: &std::process::Output) -> String {
 /// (name, podman) for runc and for hako.
 fn both() -> Result<Vec<(&'static str, Podman)>, Failed> {
     let hako = fixtures::workspace_binary("hako")?;
-    let mut hako_podman = Podman::new(hako.clone(), None)?;
+    let hako_podman = Podman::new(hako.clone())?;
     let config = hako_podman.dir.path().join("hako.toml");
     // Sandboxes resume the shared template (booted once per test run).
     fixtures::templated_runtime_config(&hako, &config)?;
-    hako_podman.config = Some(config);
+    let hako_podman = hako_podman.with_hako_config(&config)?;
     Ok(vec![
-        ("runc", Podman::new(PathBuf::from("runc"), None)?),
+        ("runc", Podman::new(PathBuf::from("runc"))?),
         ("hako", hako_podman),
     ])
 }
@@ -44,17 +45,21 @@ fn run_it_rm(name: &str, p: &Podman) -> Result<(), Failed> {
         "-it".into(),
         "--name".into(),
         "it".into(),
+        // With the tmpfs mounts podman adds to a read-only container (/tmp, /run, ...).
+        "--read-only".into(),
     ];
     args.extend(p.run_flags());
     args.extend([
         IMAGE.to_string(),
         "sh".into(),
         "-c".into(),
-        "tty; exit 3".into(),
+        "tty; touch /x 2>/dev/null && exit 1; touch /tmp/x || exit 2; exit 3".into(),
     ]);
     let cmd = p.command(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    let mut line = vec![cmd.get_program().to_string_lossy().into_owned()];
-    line.extend(cmd.get_args().map(|a| a.to_string_lossy().into_owned()));
+    // `script` runs the line with a shell: each word quoted.
+    let quote = |w: &std::ffi::OsStr| format!("'{}'", w.to_string_lossy().replace('\'', r"'\''"));
+    let mut line = vec![quote(cmd.get_program())];
+    line.extend(cmd.get_args().map(quote));
     let mut script = Command::new("script");
     script.args(["-qec", &line.join(" "), "/dev/null"]);
     for (k, v) in cmd.get_envs() {
@@ -90,6 +95,15 @@ fn run_it_rm(name: &str, p: &Podman) -> Result<(), Failed> {
     if !String::from_utf8_lossy(&o.stdout).trim().is_empty() {
         return Err(format!("{name}: --rm left a container: {}", show(&o)).into());
     }
+    // Nor a record under the runtime's root (`hako list` would show it).
+    if name == "hako" {
+        let left: Vec<_> = std::fs::read_dir(&p.hako_root)
+            .map(|d| d.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        if !left.is_empty() {
+            return Err(format!("{name}: --rm left {left:?} under the runtime root").into());
+        }
+    }
     Ok(())
 }
 
@@ -123,6 +137,7 @@ fn detached(name: &str, p: &Podman, limit: Duration) -> Result<(), Failed> {
     if o.status.code() != Some(4) || String::from_utf8_lossy(&o.stdout) != "exec-out\n" {
         return Err(format!("{name}: podman exec: {}", show(&o)).into());
     }
+    copy_in_and_top(name, p)?;
     let o = p.run(&["stop", "-t", "30", "d1"])?;
     if !o.status.success() {
         return Err(format!("{name}: podman stop: {}", show(&o)).into());
@@ -140,6 +155,43 @@ fn detached(name: &str, p: &Podman, limit: Duration) -> Result<(), Failed> {
     let o = p.run(&["rm", "d1"])?;
     if !o.status.success() {
         return Err(format!("{name}: podman rm: {}", show(&o)).into());
+    }
+    Ok(())
+}
+
+/// `podman cp` into the running container reaches the container's files and never the
+/// host's; `podman top` never lists host processes as the container's.
+fn copy_in_and_top(name: &str, p: &Podman) -> Result<(), Failed> {
+    let src = p.dir.path().join("copied-in");
+    std::fs::write(&src, "copied in\n").map_err(|e| e.to_string())?;
+    let target = format!("/hako-copied-{name}");
+    let cp = p.run(&["cp", &src.display().to_string(), &format!("d1:{target}")])?;
+    if Path::new(&target).exists() {
+        let _ = std::fs::remove_file(&target);
+        return Err(format!("{name}: podman cp wrote the host's {target}: {}", show(&cp)).into());
+    }
+    let o = p.run(&["exec", "d1", "cat", &target])?;
+    let copied = String::from_utf8_lossy(&o.stdout) == "copied in\n";
+    eprintln!(
+        "{name}: podman cp into a running container: {} ({})",
+        if copied { "copied" } else { "refused" },
+        show(&cp)
+    );
+    if cp.status.success() != copied {
+        return Err(format!(
+            "{name}: podman cp said {} but the container reads {}",
+            show(&cp),
+            show(&o)
+        )
+        .into());
+    }
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    let me = me.file_name().and_then(|n| n.to_str()).unwrap_or("podman-");
+    let top = p.run(&["top", "d1"])?;
+    let listed = String::from_utf8_lossy(&top.stdout);
+    eprintln!("{name}: podman top: {}", show(&top));
+    if listed.contains(&me[..me.len().min(15)]) || listed.contains("conmon") {
+        return Err(format!("{name}: podman top lists host processes: {}", show(&top)).into());
     }
     Ok(())
 }

@@ -8,6 +8,7 @@
 //! remove one directory per hierarchy.
 
 pub mod cgroup;
+pub mod copy_up;
 pub mod home;
 pub mod oom;
 pub mod premount;

@@ -36,6 +36,12 @@ pub enum PremountError {
         #[source]
         source: std::io::Error,
     },
+    #[error("copying up what the image has at {path} (tmpcopyup)")]
+    CopyUp {
+        path: PathBuf,
+        #[source]
+        source: super::copy_up::CopyUpError,
+    },
 }
 
 fn op(what: &'static str, path: &Path) -> impl FnOnce(Errno) -> PremountError {
@@ -133,8 +139,27 @@ fn plain_destination(dest: &Path) -> bool {
         && dest.as_os_str().len() < 4096
 }
 
+/// Options of a tmpfs or devpts the agent acts on itself rather than passes to the kernel:
+/// private propagation (every mount the agent attaches is private: nothing in the guest makes
+/// mounts shared) and tmpcopyup (see `copy_up.rs`).
+const AGENT_OPTIONS: &[&str] = &["private", "rprivate", super::copy_up::OPTION];
+
+/// `m` without the options the agent acts on itself.
+fn kernel_options(m: &Mount) -> Mount {
+    let mut m = m.clone();
+    if let Some(o) = m.options().clone() {
+        m.set_options(Some(
+            o.into_iter()
+                .filter(|o| !AGENT_OPTIONS.contains(&o.as_str()))
+                .collect(),
+        ));
+    }
+    m
+}
+
 /// Whether the agent can make `m` itself (its type, options and destination).
 fn agent_can_make(m: &Mount) -> bool {
+    let m = &kernel_options(m);
     if !matches!(m.typ().as_deref(), Some("tmpfs" | "devpts"))
         || !plain_destination(m.destination())
     {
@@ -150,8 +175,6 @@ fn agent_can_make(m: &Mount) -> bool {
         "bind",
         "rbind",
         "remount",
-        "private",
-        "rprivate",
         "shared",
         "rshared",
         "slave",
@@ -240,6 +263,7 @@ pub fn open_dir_in_root(root: &OwnedFd, dest: &Path) -> Result<OwnedFd, Premount
 
 /// Makes `m`'s file system, detached, with its options and attributes.
 fn make(m: &Mount) -> Result<OwnedFd, PremountError> {
+    let m = &kernel_options(m);
     let dest = m.destination().as_path();
     let typ = m.typ().as_deref().unwrap_or_default();
     let config = libcontainer::rootfs::utils::parse_mount(m).map_err(|e| PremountError::Op {
@@ -292,6 +316,13 @@ fn make(m: &Mount) -> Result<OwnedFd, PremountError> {
         }
     }
     rustix::mount::fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, attrs).map_err(op("mounting", dest))
+}
+
+/// Whether the tmpfs `m` starts with a copy of what the image has at its destination.
+fn copies_up(m: &Mount) -> bool {
+    m.options()
+        .as_ref()
+        .is_some_and(|o| o.iter().any(|o| o == super::copy_up::OPTION))
 }
 
 /// Makes directory `dest` (relative, plain components) in `fresh`, the root of a tmpfs the
@@ -419,6 +450,14 @@ fn make_mounts(spec: &mut Spec, root: &Path) -> Vec<(PathBuf, OwnedFd)> {
                 }
                 _ => {
                     let target = open_dir_in_root(&root_fd, dest)?;
+                    if copies_up(m) {
+                        super::copy_up::copy_tree(target.as_fd(), mnt.as_fd()).map_err(
+                            |source| PremountError::CopyUp {
+                                path: dest.to_owned(),
+                                source,
+                            },
+                        )?;
+                    }
                     let flags = empty | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH;
                     rustix::mount::move_mount(mnt.as_fd(), "", target.as_fd(), "", flags)
                 }
@@ -472,7 +511,7 @@ mod tests {
         assert_eq!(
             plan(&m),
             [
-                false, true, true, false, false, false, false, false, false, false, false, true
+                false, true, true, false, false, false, false, true, false, false, false, true
             ]
         );
     }

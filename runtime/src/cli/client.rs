@@ -71,10 +71,10 @@ impl Container {
         Ok(TaskClient::new(c))
     }
 
-    /// The container's status: stopped once its init exited or its monitor is gone, else
-    /// what the monitor says.
+    /// The container's status: stopped once its init exited or its monitor or stand-in is
+    /// gone, else what the monitor says.
     pub async fn status(&self) -> OciStatus {
-        if self.record.exit_status.is_some() || !self.record.monitor_alive() {
+        if self.record.exit_status.is_some() || !self.record.alive() {
             return OciStatus::Stopped;
         }
         if !self.record.created_in_guest {
@@ -112,7 +112,7 @@ impl Container {
         let pid = if status == OciStatus::Stopped {
             0
         } else {
-            self.record.monitor_pid
+            self.record.state_pid()
         };
         // The hooks' state (the shim gives its hooks the same), and what runc's `state` adds.
         let annotations = serde_json::to_value(&self.record.annotations).unwrap_or_default();

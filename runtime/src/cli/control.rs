@@ -138,7 +138,9 @@ pub fn ps(g: &Global, id: &str, format: Format) -> anyhow::Result<u8> {
         Ok(r.processes.iter().map(|p| p.pid).collect::<Vec<u32>>())
     })?;
     match format {
-        Format::Json => println!("{}", serde_json::to_string(&pids)?),
+        // runc's JSON lists host pids, which callers (Docker's `top`) look up among the host's
+        // processes; the container's processes are in the VM, none of them on the host.
+        Format::Json => println!("[]"),
         Format::Table => {
             println!("PID (in the sandbox)");
             for p in pids {

@@ -1,6 +1,7 @@
 //! `hako create` and `hako run`: claim the id, start the container's monitor (which boots the
-//! sandbox VM and creates the container in it), wait until it is created, write the pid file,
-//! run the prestart/createRuntime hooks. `run` then starts it and, unless detached, waits and
+//! sandbox VM and creates the container in it), wait until it is created, start the
+//! container's stand-in (the host process callers know as its init), write the pid file, run
+//! the prestart/createRuntime hooks. `run` then starts it and, unless detached, waits and
 //! exits with its status.
 
 use std::os::fd::OwnedFd;
@@ -22,8 +23,8 @@ pub struct CreateArgs {
     /// The OCI bundle (config.json and the root file system).
     #[arg(long, short = 'b', default_value = ".")]
     pub bundle: PathBuf,
-    /// Where to write the monitor's pid: a host process that lives as long as the
-    /// container's init and exits with its status.
+    /// Where to write the container's pid: its stand-in, a host process that lives as long
+    /// as the container's init and ends with its status.
     #[arg(long)]
     pub pid_file: Option<PathBuf>,
     /// Unix socket to send the terminal's pty master to (process.terminal).
@@ -68,15 +69,32 @@ pub fn read_bundle(bundle: &Path) -> anyhow::Result<Value> {
     }
     crate::sandbox::volumes::host_rootfs(&spec, bundle)
         .with_context(|| format!("{}", path.display()))?;
+    for ns in spec
+        .pointer("/linux/namespaces")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let typ = ns.get("type").and_then(Value::as_str).unwrap_or_default();
+        // A network namespace path is the caller's network for the container, which the
+        // sandbox VM has of its own (docs/CALLERS.md).
+        if let (Some(p), false) = (ns.get("path").and_then(Value::as_str), typ == "network") {
+            bail!(
+                "{}: linux.namespaces: the {typ} namespace {p}: a Hako container runs in a VM of its own and cannot join a host process's namespaces (containers that share namespaces run as one pod, through containerd's CRI)",
+                path.display()
+            );
+        }
+    }
     Ok(spec)
 }
 
 pub fn create(g: &Global, a: &CreateArgs) -> anyhow::Result<u8> {
-    // The monitor outlives us (it is reparented to the nearest subreaper, e.g. conmon).
+    // The stand-in and the monitor outlive us (they are reparented to the nearest
+    // subreaper, e.g. conmon, which waits for the stand-in).
     create_container(g, a).map(|_| 0)
 }
 
-/// Creates the container; returns its monitor (our child).
+/// Creates the container; returns its stand-in (our child).
 fn create_container(g: &Global, a: &CreateArgs) -> anyhow::Result<std::process::Child> {
     let bundle =
         std::path::absolute(&a.bundle).with_context(|| format!("bundle {}", a.bundle.display()))?;
@@ -100,6 +118,8 @@ fn create_container(g: &Global, a: &CreateArgs) -> anyhow::Result<std::process::
         created: rfc3339(SystemTime::now()),
         monitor_pid: 0,
         monitor_start: 0,
+        pid: 0,
+        pid_start: 0,
         created_in_guest: false,
         exit_status: None,
         annotations: spec
@@ -124,10 +144,17 @@ fn create_container(g: &Global, a: &CreateArgs) -> anyhow::Result<std::process::
     record.save(&dir.dir)?;
     // From here on start_monitor removes the directory if anything fails.
     let _ = dir.keep();
-    let monitor = start_monitor(g, &config, &bundle, &a.id, slave)?;
-    let monitor_pid = monitor.id();
+    start_monitor(g, &config, &bundle, &a.id, slave)?;
+    let rootfs = crate::sandbox::volumes::host_rootfs(&spec, &bundle)?;
+    let stand_in = match super::stand_in::start(g, &a.id, &rootfs) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = super::delete::delete(g, &a.id, true);
+            return Err(e);
+        }
+    };
     if let Some(p) = &a.pid_file {
-        std::fs::write(p, monitor_pid.to_string())
+        std::fs::write(p, stand_in.id().to_string())
             .with_context(|| format!("writing the pid file {}", p.display()))?;
     }
     let c = Container::open(&g.root, &a.id)?;
@@ -139,11 +166,12 @@ fn create_container(g: &Global, a: &CreateArgs) -> anyhow::Result<std::process::
             return Err(e);
         }
     }
-    Ok(monitor)
+    Ok(stand_in)
 }
 
 /// Starts `hako monitor` with the container's stdio (ours, or the pty slave) and waits until
-/// it has created the container; on failure removes everything and returns its error.
+/// it has created the container; on failure removes everything and returns its error. The
+/// monitor outlives us (it is reparented to the nearest subreaper, e.g. conmon).
 fn start_monitor(
     g: &Global,
     config: &Config,
@@ -195,10 +223,14 @@ fn start_monitor(
     let start = Instant::now();
     loop {
         if let Some(status) = child.try_wait()? {
+            let error = std::fs::read_to_string(dir.join(super::monitor::ERROR_FILE));
             super::client::remove_container_dir(&g.root, id);
-            bail!(
-                "creating container {id} failed (its monitor ended {status}; its error is above or in the --log file)"
-            );
+            match error {
+                Ok(e) => bail!("{}", e.trim()),
+                Err(_) => bail!(
+                    "creating container {id} failed (its monitor ended {status}; its error is above or in the --log file)"
+                ),
+            }
         }
         if ContainerRecord::load(&dir).is_ok_and(|r| r.created_in_guest) {
             return Ok(child);
@@ -214,7 +246,7 @@ fn start_monitor(
 }
 
 pub fn run(g: &Global, a: &RunArgs) -> anyhow::Result<u8> {
-    let mut monitor = create_container(g, &a.create)?;
+    let mut stand_in = create_container(g, &a.create)?;
     if let Err(e) = super::control::start(g, &a.create.id) {
         let _ = super::delete::delete(g, &a.create.id, true);
         return Err(e);
@@ -222,8 +254,8 @@ pub fn run(g: &Global, a: &RunArgs) -> anyhow::Result<u8> {
     if a.detach {
         return Ok(0);
     }
-    // The monitor exits with the container's status.
-    let status = monitor.wait().context("waiting for the container")?;
+    // The stand-in ends with the container's status.
+    let status = stand_in.wait().context("waiting for the container")?;
     super::delete::delete(g, &a.create.id, true)?;
     use std::os::unix::process::ExitStatusExt;
     let code = status

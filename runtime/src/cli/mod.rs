@@ -11,6 +11,7 @@ pub mod exec;
 pub mod features;
 pub mod logging;
 pub mod monitor;
+pub mod stand_in;
 pub mod state;
 pub mod template;
 
@@ -135,6 +136,9 @@ pub enum Command {
     /// (internal) The per-container monitor started by `create`.
     #[command(hide = true)]
     Monitor(monitor::MonitorArgs),
+    /// (internal) The host process that stands in for the container's init (`create`).
+    #[command(hide = true)]
+    StandIn(stand_in::StandInArgs),
     /// (internal) Waits for a detached exec and exits with its status.
     #[command(hide = true)]
     ExecWait(exec::ExecWaitArgs),
@@ -183,10 +187,12 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
                 .worker_threads(2)
                 .enable_all()
                 .build()?
-                .block_on(monitor::run(config, &g.root, a))?;
+                .block_on(monitor::run(config, &g.root, a))
+                .inspect_err(|e| monitor::record_failure(&g.root, &a.id, e))?;
             Ok(u8::try_from(code).unwrap_or(255))
         }
         Command::ExecWait(a) => exec::exec_wait(g, a),
+        Command::StandIn(a) => stand_in::run(g, a),
     }
 }
 

@@ -1,8 +1,9 @@
 //! The per-container monitor (`hako monitor`, started by `hako create`): the host process
-//! that owns a container's sandbox VM, lives exactly as long as the container's init and exits
-//! with its status (what `--pid-file` names, what conmon waits for). It serves the same Task
-//! API as the containerd shim on `<root>/<id>/monitor.sock`; the other `hako` commands are its
-//! clients. Its stdio is the container's.
+//! that owns a container's sandbox VM. It serves the same Task API as the containerd shim on
+//! `<root>/<id>/monitor.sock` (the other `hako` commands are its clients) and the container's
+//! stand-in on `<root>/<id>/init.sock` (`stand_in.rs`: the process callers know as the
+//! init). Its stdio is the container's until the init ended; then it tells the stand-in,
+//! lets go of the stdio and tears the VM down.
 
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
@@ -16,6 +17,7 @@ use containerd_shim::protos::shim_async::{Task, create_task};
 use containerd_shim::protos::ttrpc::r#async::Server;
 use hako_agent_api::agent::TtyWinResizeRequest;
 
+use super::stand_in;
 use crate::agent_client::ctx;
 use crate::config::Config;
 use crate::shim::events::Publisher;
@@ -59,10 +61,24 @@ pub async fn run(mut config: Config, root: &Path, args: &MonitorArgs) -> anyhow:
         .register_service(create_task(dyn_service));
     server.start().await.context("starting the task server")?;
 
-    let mut record = ContainerRecord::load(&dir)?;
-    record.monitor_pid = std::process::id();
-    record.monitor_start = process_start(record.monitor_pid).unwrap_or(0);
-    record.save(&dir)?;
+    let me = std::process::id();
+    ContainerRecord::update(&dir, |r| {
+        r.monitor_pid = me;
+        r.monitor_start = process_start(me).unwrap_or(0);
+    })?;
+    let init_socket = dir.join(stand_in::SOCKET);
+    let init_listener = hako_socket_path::bind(&init_socket)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .and_then(tokio::net::UnixListener::from_std)
+        .with_context(|| format!("listening on {}", init_socket.display()))?;
+    let (exited, exit_status) = tokio::sync::watch::channel(None);
+    tokio::spawn(stand_in::serve(
+        init_listener,
+        dir.clone(),
+        args.id.clone(),
+        service.clone(),
+        exit_status,
+    ));
 
     let mut req = CreateTaskRequest::new();
     req.id = args.id.clone();
@@ -79,8 +95,7 @@ pub async fn run(mut config: Config, root: &Path, args: &MonitorArgs) -> anyhow:
         let _ = server.shutdown().await;
         anyhow::bail!("creating container {}: {e}", args.id);
     }
-    record.created_in_guest = true;
-    record.save(&dir)?;
+    ContainerRecord::update(&dir, |r| r.created_in_guest = true)?;
     tracing::info!(container_id = %args.id, "created; monitoring");
 
     if args.terminal {
@@ -89,8 +104,11 @@ pub async fn run(mut config: Config, root: &Path, args: &MonitorArgs) -> anyhow:
     let init = service.process_of(&args.id, "").await?;
     let code = tokio::select! {
         (code, _) = init.wait() => {
-            record.exit_status = Some(code as i32);
-            record.save(&dir)?;
+            ContainerRecord::update(&dir, |r| r.exit_status = Some(code as i32))?;
+            exited.send_replace(Some(code as i32));
+            // The output is drained: the caller's pipes and terminal are not held open
+            // while the VM goes down.
+            release_stdio();
             let mut del = DeleteRequest::new();
             del.id = args.id.clone();
             if let Err(e) = service.delete_task(del).await {
@@ -103,7 +121,31 @@ pub async fn run(mut config: Config, root: &Path, args: &MonitorArgs) -> anyhow:
     };
     let _ = server.shutdown().await;
     let _ = std::fs::remove_file(&socket);
+    let _ = std::fs::remove_file(&init_socket);
     Ok(code)
+}
+
+/// Where a monitor that failed leaves its error for `create` (its stderr is the container's
+/// and its log may be a file the caller reads only later).
+pub const ERROR_FILE: &str = "monitor-error";
+
+/// Leaves `e` in the container's directory for `create` to report.
+pub fn record_failure(root: &Path, id: &str, e: &anyhow::Error) {
+    let _ = std::fs::write(root.join(id).join(ERROR_FILE), format!("{e:#}"));
+}
+
+/// Points stdin, stdout and stderr at /dev/null.
+fn release_stdio() {
+    use std::os::fd::AsRawFd;
+    if let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        for fd in 0..=2 {
+            let _ = nix::unistd::dup2(null.as_raw_fd(), fd);
+        }
+    }
 }
 
 /// Passes the host pty's window size (set by whoever holds the master) to the guest.

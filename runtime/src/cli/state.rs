@@ -48,7 +48,7 @@ pub fn list(g: &Global, format: Format, quiet: bool) -> anyhow::Result<u8> {
                 let pid = if *s == OciStatus::Stopped {
                     0
                 } else {
-                    c.record.monitor_pid
+                    c.record.state_pid()
                 };
                 println!(
                     "{:<24} {:<8} {:<10} {:<40} {}",

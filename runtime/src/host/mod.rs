@@ -3,5 +3,6 @@
 
 pub mod fs;
 pub mod mountinfo;
+pub mod private_root;
 pub mod share;
 pub mod vmm_dir;
