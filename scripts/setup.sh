@@ -73,7 +73,7 @@ target/release/hako-rootfs-builder agent --agent "$guest_bin/hako-agent" --out t
 target/release/hako-rootfs-builder probe --program "$guest_bin/hako-guest-probe" --out target/hako-images/probe.cpio
 
 # Newer and other callers for the tests, fetched (not installed) and cached: containerd 2.x
-# from sid, Docker 20.10 (Debian 12's docker.io). A fetch that fails (no network) leaves
+# and Docker 28 from sid, Docker 20.10 (Debian 12's docker.io). A fetch that fails (no network) leaves
 # the variable empty and those tests skip, saying why.
 fetch() {
     local dir
@@ -86,6 +86,8 @@ fetch() {
 log "fetching the callers tested beside Debian 12's (cached)"
 containerd2="$(fetch sid containerd 2.1.9+ds1-5)"
 docker20="$(fetch bookworm docker.io 20.10.24+dfsg1-1+deb12u1+b6)"
+docker28="$(fetch sid docker.io 28.5.2+dfsg4-5)"
+docker28_cli="$(fetch sid docker-cli 28.5.2+dfsg4-5)"
 
 cat > target/hako-env <<ENV
 HAKO_KERNEL=$kernel
@@ -93,6 +95,8 @@ HAKO_AGENT_IMAGE=$repo/target/hako-images/agent.cpio
 HAKO_PROBE_IMAGE=$repo/target/hako-images/probe.cpio
 HAKO_CONTAINERD2_BIN=${containerd2:+$containerd2/usr/bin}
 HAKO_DOCKER_ROOT=$docker20
+HAKO_DOCKER28_ROOT=$docker28
+HAKO_DOCKER28_CLI=$docker28_cli
 ENV
 log "done:"
 sed 's/^/  /' target/hako-env >&2

@@ -1,7 +1,10 @@
-//! A private Docker daemon (Debian 12's docker.io 20.10, fetched by setup into
-//! `$HAKO_DOCKER_ROOT`, never installed) for end-to-end tests: its own data root, exec root,
-//! socket and managed containerd under a temporary directory, `hako` registered as a runtime
-//! as its docs say (`daemon.json` `runtimes`), overlay2 storage (Docker's default). Its
+//! A private Docker daemon for end-to-end tests, of either release setup fetches (never
+//! installed): Debian 12's docker.io 20.10 (`$HAKO_DOCKER_ROOT`), with `hako` registered as a
+//! runc-compatible runtime as its docs say (`daemon.json` `runtimes`), and Debian sid's
+//! docker.io 28 (`$HAKO_DOCKER28_ROOT`, its client `$HAKO_DOCKER28_CLI`) over sid's
+//! containerd 2.x (`$HAKO_CONTAINERD2_BIN`), which runs Hako's shim
+//! (`--runtime io.containerd.hako.v2`). Each has its own data root, exec root, socket and
+//! managed containerd under a temporary directory, overlay2 storage (Docker's default). Its
 //! networking is off (`bridge: none`, no iptables): the host's network is not the tests' to
 //! change, so containers run with `--network none`. A busybox image is imported. Dropping it
 //! stops the daemon and removes every process, mount and file it left.
@@ -16,23 +19,70 @@ use crate::require::Skip;
 /// The image the tests run: busybox, imported from a root file system.
 pub const BUSYBOX: &str = "busybox:hako";
 
-/// Where the fetched docker.io package's tree is, if setup fetched it.
-pub fn package_root() -> Result<PathBuf, Skip> {
-    let root = std::env::var_os("HAKO_DOCKER_ROOT")
+/// The Docker releases the tests run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Release {
+    /// Debian 12's docker.io 20.10 with its own containerd (the machine's 1.6).
+    Docker20,
+    /// Debian sid's docker.io 28 over sid's containerd 2.x.
+    Docker28,
+}
+
+/// `$var`, a directory setup names in target/hako-env, holding `file`.
+fn fetched(var: &str, file: &str, what: &str) -> Result<PathBuf, Skip> {
+    let root = std::env::var_os(var)
         .filter(|d| !d.is_empty())
         .map(PathBuf::from)
         .ok_or_else(|| {
-            Skip("HAKO_DOCKER_ROOT is unset: scripts/setup.sh fetches Docker 20.10 (Debian 12's docker.io) and names it in target/hako-env".into())
+            Skip(format!(
+                "{var} is unset: scripts/setup.sh fetches {what} and names it in target/hako-env"
+            ))
         })?;
-    for bin in ["usr/sbin/dockerd", "usr/bin/docker"] {
-        if !root.join(bin).is_file() {
-            return Err(Skip(format!(
-                "HAKO_DOCKER_ROOT={} holds no {bin}",
-                root.display()
-            )));
-        }
+    if !root.join(file).is_file() {
+        return Err(Skip(format!("{var}={} holds no {file}", root.display())));
     }
     Ok(root)
+}
+
+impl Release {
+    /// (dockerd, docker, the containerd directory to put first on dockerd's PATH).
+    fn programs(self) -> Result<(PathBuf, PathBuf, Option<PathBuf>), Skip> {
+        match self {
+            Self::Docker20 => {
+                let root = fetched(
+                    "HAKO_DOCKER_ROOT",
+                    "usr/sbin/dockerd",
+                    "Docker 20.10 (Debian 12's docker.io)",
+                )?;
+                let client = fetched("HAKO_DOCKER_ROOT", "usr/bin/docker", "Docker 20.10")?;
+                Ok((
+                    root.join("usr/sbin/dockerd"),
+                    client.join("usr/bin/docker"),
+                    None,
+                ))
+            }
+            Self::Docker28 => {
+                let what = "Docker 28 (Debian sid's docker.io and docker-cli)";
+                let root = fetched("HAKO_DOCKER28_ROOT", "usr/sbin/dockerd", what)?;
+                let client = fetched("HAKO_DOCKER28_CLI", "usr/bin/docker", what)?;
+                let containerd = fetched(
+                    "HAKO_CONTAINERD2_BIN",
+                    "containerd",
+                    "containerd 2.x from Debian sid",
+                )?;
+                Ok((
+                    root.join("usr/sbin/dockerd"),
+                    client.join("usr/bin/docker"),
+                    Some(containerd),
+                ))
+            }
+        }
+    }
+
+    /// Whether setup fetched this release.
+    pub fn available(self) -> Result<(), Skip> {
+        self.programs().map(drop)
+    }
 }
 
 pub struct Docker {
@@ -43,9 +93,12 @@ pub struct Docker {
 }
 
 impl Docker {
-    pub fn start() -> Result<Self, String> {
-        let package = package_root().map_err(|s| s.to_string())?;
+    pub fn start(release: Release) -> Result<Self, String> {
+        let (dockerd, client, containerd) = release.programs().map_err(|s| s.to_string())?;
         let hako = fixtures::workspace_binary("hako")?;
+        // Hako's shim and hako-vmm, for containerd to find on its PATH.
+        let shim = fixtures::workspace_binary("containerd-shim-hako-v2")?;
+        let bin_dir = shim.parent().ok_or("the shim's directory")?.to_owned();
         let dir = tempfile::Builder::new()
             .prefix("hako-docker-")
             .tempdir()
@@ -66,16 +119,20 @@ impl Docker {
         });
         std::fs::write(d.join("daemon.json"), daemon.to_string()).map_err(|e| e.to_string())?;
         let log = std::fs::File::create(d.join("dockerd.log")).map_err(|e| e.to_string())?;
-        let path = format!(
-            "{}:{}:{}",
-            package.join("usr/sbin").display(),
-            package.join("usr/bin").display(),
-            std::env::var("PATH").unwrap_or_default()
-        );
-        let child = Command::new(package.join("usr/sbin/dockerd"))
+        let mut path: Vec<PathBuf> = vec![bin_dir];
+        path.extend(containerd);
+        path.extend(dockerd.parent().map(Path::to_owned));
+        path.extend(client.parent().map(Path::to_owned));
+        let path = std::env::join_paths(path.into_iter().chain(std::env::split_paths(
+            &std::env::var_os("PATH").unwrap_or_default(),
+        )))
+        .map_err(|e| e.to_string())?;
+        let child = Command::new(&dockerd)
             .arg("--config-file")
             .arg(d.join("daemon.json"))
             .env("PATH", path)
+            // The shim's config (containerd passes its environment on to shims).
+            .env("HAKO_CONFIG", &hako_config)
             .stdin(Stdio::null())
             .stdout(log.try_clone().map_err(|e| e.to_string())?)
             .stderr(log)
@@ -83,7 +140,7 @@ impl Docker {
             .map_err(|e| format!("starting dockerd: {e}"))?;
         let me = Self {
             socket,
-            client: package.join("usr/bin/docker"),
+            client,
             child: Some(child),
             dir,
         };

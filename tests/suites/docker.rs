@@ -1,6 +1,7 @@
-//! Docker as a caller (Debian 12's docker.io 20.10, a private daemon: `hako_tests::docker`):
-//! `hako` registered in `daemon.json` as a runc-compatible runtime, Docker's default overlay2
-//! storage, and the same checks run with runc first (so each is known to hold for the
+//! Docker as a caller (private daemons: `hako_tests::docker`): Debian 12's docker.io 20.10
+//! with `hako` registered in `daemon.json` as a runc-compatible runtime, and Debian sid's
+//! docker.io 28 running Hako's shim (`--runtime io.containerd.hako.v2`) on containerd 2.x;
+//! Docker's default overlay2 storage, and the same checks run with runc first (so each is known to hold for the
 //! reference runtime): run with output and exit status, detached run, exec, logs, stop with
 //! the process's trap, rm, and nothing of the sandbox left. Docker gives a runtime what broke
 //! Hako before: a prestart hook (libnetwork's, even with `--network none`), a root file
@@ -9,7 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use hako_tests::docker::{BUSYBOX, Docker};
+use hako_tests::docker::{BUSYBOX, Docker, Release};
 use hako_tests::fixtures;
 use hako_tests::require::{self, Skip};
 use libtest_mimic::{Arguments, Failed};
@@ -164,7 +165,12 @@ fn nothing_of_hako_left(docker: &Docker) -> Result<(), Failed> {
             .leftover_processes()
             .into_iter()
             // Hako's own: monitors (`hako ... monitor --bundle`) and VMMs.
-            .filter(|(_, c)| c.contains(" monitor --bundle ") || c.contains("hako-vmm"))
+            .filter(|(_, c)| {
+                c.contains(" monitor --bundle ")
+                    || c.contains(" stand-in ")
+                    || c.contains("hako-vmm")
+                    || c.contains("containerd-shim-hako-v2")
+            })
             .map(|(pid, c)| format!("{pid}: {c}"))
             .collect();
         if left.is_empty() {
@@ -177,9 +183,9 @@ fn nothing_of_hako_left(docker: &Docker) -> Result<(), Failed> {
     }
 }
 
-fn docker_matches_runc() -> Result<(), Failed> {
-    let docker = Docker::start()?;
-    let result = ["runc", "hako"]
+fn docker_matches_runc(release: Release, runtimes: [&str; 2]) -> Result<(), Failed> {
+    let docker = Docker::start(release)?;
+    let result = runtimes
         .into_iter()
         .try_for_each(|rt| run_stop_exec(&docker, rt))
         .and_then(|()| nothing_of_hako_left(&docker));
@@ -196,16 +202,22 @@ fn prerequisites() -> Result<(), Skip> {
     require::program("runc")?;
     require::program("tar")?;
     require::program("/bin/busybox")?;
-    hako_tests::docker::package_root()?;
     fixtures::kernel().map(drop)
 }
 
 fn main() {
     let args = Arguments::from_args();
-    let trials = vec![require::trial(
-        "docker20_run_exec_logs_stop_match_runc",
-        prerequisites,
-        docker_matches_runc,
-    )];
+    let trials = vec![
+        require::trial(
+            "docker20_run_exec_logs_stop_match_runc",
+            || prerequisites().and_then(|()| Release::Docker20.available()),
+            || docker_matches_runc(Release::Docker20, ["runc", "hako"]),
+        ),
+        require::trial(
+            "docker28_shim_run_exec_logs_stop_match_runc",
+            || prerequisites().and_then(|()| Release::Docker28.available()),
+            || docker_matches_runc(Release::Docker28, ["runc", "io.containerd.hako.v2"]),
+        ),
+    ];
     libtest_mimic::run(&args, trials).exit()
 }
