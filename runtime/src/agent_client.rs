@@ -15,8 +15,13 @@ use tokio::net::UnixStream;
 use crate::host::vmm_dir::{VmmDir, printable};
 
 /// How long one hybrid-vsock handshake may take (the VMM answers once the guest's agent
-/// accepted or refused the connection).
-const HANDSHAKE: Duration = Duration::from_secs(30);
+/// accepted or refused the connection): the first try this long, each next one twice the last,
+/// up to [`HANDSHAKE_MAX`]. A guest just resumed from a template can lose a connection request
+/// made before it handled the VMM's transport reset (measured here: the first handshake went
+/// unanswered for its whole 30 s, the next, made at once, was answered), so a lost one costs
+/// a second, while a guest that answers slowly still gets its time.
+const HANDSHAKE: Duration = Duration::from_secs(1);
+const HANDSHAKE_MAX: Duration = Duration::from_secs(30);
 
 /// Both services on one connection.
 pub struct AgentClient {
@@ -48,18 +53,24 @@ pub fn no_deadline() -> ttrpc::context::Context {
 /// One hybrid-vsock handshake on the VMM's socket `uds` (not reached through a symlink).
 pub async fn hybrid_connect(uds: &Path, port: u32) -> std::io::Result<UnixStream> {
     let (dir, name) = VmmDir::open_parent(uds)?;
-    hybrid_connect_in(&dir, &name, port).await
+    hybrid_connect_in(&dir, &name, port, HANDSHAKE_MAX).await
 }
 
-/// One hybrid-vsock handshake on the socket `name` in the VMM directory `dir`.
-async fn hybrid_connect_in(dir: &VmmDir, name: &OsStr, port: u32) -> std::io::Result<UnixStream> {
+/// One hybrid-vsock handshake on the socket `name` in the VMM directory `dir`, answered within
+/// `limit`.
+async fn hybrid_connect_in(
+    dir: &VmmDir,
+    name: &OsStr,
+    port: u32,
+    limit: Duration,
+) -> std::io::Result<UnixStream> {
     let mut s = dir.connect_async(name).await?;
-    tokio::time::timeout(HANDSHAKE, handshake(&mut s, port))
+    tokio::time::timeout(limit, handshake(&mut s, port))
         .await
         .map_err(|_| {
             std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
-                format!("no hybrid-vsock handshake answer within {HANDSHAKE:?}"),
+                format!("no hybrid-vsock handshake answer within {limit:?}"),
             )
         })??;
     Ok(s)
@@ -100,18 +111,22 @@ pub async fn connect_hybrid(
     let start = Instant::now();
     // The VMM directory, opened once (it exists before hako-vmm starts).
     let mut dir: Option<(VmmDir, std::ffi::OsString)> = None;
+    let mut limit = HANDSHAKE;
     loop {
         let tried = match &dir {
-            Some((dir, name)) => hybrid_connect_in(dir, name, port).await,
+            Some((dir, name)) => hybrid_connect_in(dir, name, port, limit).await,
             None => match VmmDir::open_parent(uds) {
                 Ok(opened) => {
-                    let tried = hybrid_connect_in(&opened.0, &opened.1, port).await;
+                    let tried = hybrid_connect_in(&opened.0, &opened.1, port, limit).await;
                     dir = Some(opened);
                     tried
                 }
                 Err(e) => Err(e.into()),
             },
         };
+        if matches!(&tried, Err(e) if e.kind() == std::io::ErrorKind::TimedOut) {
+            limit = (limit * 2).min(HANDSHAKE_MAX);
+        }
         match tried {
             Ok(s) => return Ok(AgentClient::new(s)),
             Err(e) if start.elapsed() > deadline => {

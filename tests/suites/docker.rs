@@ -25,6 +25,13 @@ fn text(o: &std::process::Output) -> String {
 }
 
 fn run_stop_exec(docker: &Docker, runtime: &str) -> Result<(), Failed> {
+    let began = Instant::now();
+    let step = |what: &str| {
+        eprintln!(
+            "{runtime}: {what} at {:.1} s",
+            began.elapsed().as_secs_f64()
+        )
+    };
     let o = docker.run(&[
         "run",
         "--rm",
@@ -40,6 +47,7 @@ fn run_stop_exec(docker: &Docker, runtime: &str) -> Result<(), Failed> {
     if o.status.code() != Some(5) || o.stdout != b"out\n" || o.stderr != b"err\n" {
         return Err(format!("{runtime}: docker run: {}", text(&o)).into());
     }
+    step("run");
     // A read-only root, a user, environment, working directory and a volume.
     let volume = docker.dir.path().join(format!("volume-{runtime}"));
     std::fs::create_dir_all(&volume).map_err(|e| e.to_string())?;
@@ -73,6 +81,7 @@ fn run_stop_exec(docker: &Docker, runtime: &str) -> Result<(), Failed> {
         )
         .into());
     }
+    step("read-only run");
     let name = format!("c-{runtime}");
     let o = docker.run(&[
         "run",
@@ -103,6 +112,7 @@ fn run_stop_exec(docker: &Docker, runtime: &str) -> Result<(), Failed> {
         if o.status.code() != Some(3) || o.stdout != b"exec-out\n" {
             return Err(format!("{runtime}: docker exec: {}", text(&o)).into());
         }
+        step("exec");
         // cp into the running container reaches its files, not the host's.
         let src = docker.dir.path().join("copied-in");
         std::fs::write(&src, "copied in\n").map_err(|e| e.to_string())?;
@@ -135,10 +145,12 @@ fn run_stop_exec(docker: &Docker, runtime: &str) -> Result<(), Failed> {
                 );
             }
         }
+        step("cp, top, pause");
         let o = docker.run(&["stop", "-t", "120", &name])?;
         if !o.status.success() {
             return Err(format!("{runtime}: docker stop: {}", text(&o)).into());
         }
+        step("stop");
         let o = docker.run(&["inspect", "-f", "{{.State.ExitCode}}", &name])?;
         if String::from_utf8_lossy(&o.stdout).trim() != "7" {
             return Err(format!("{runtime}: exit code after stop: {}", text(&o)).into());
@@ -149,7 +161,9 @@ fn run_stop_exec(docker: &Docker, runtime: &str) -> Result<(), Failed> {
         }
         Ok(())
     })();
+    step("logs");
     let removed = docker.run(&["rm", "-f", &name])?;
+    step("rm");
     checked?;
     if !removed.status.success() {
         return Err(format!("{runtime}: docker rm: {}", text(&removed)).into());

@@ -82,7 +82,10 @@ fn write_bundle(dir: &Path, args: &[&str]) -> Result<(), Failed> {
 
 /// The container's pid presents the container's root file system (what `podman cp` of a
 /// running container writes through): a file written under `/proc/<pid>/root` is in the
-/// container and not on the host, and no way leads from there to the host's root.
+/// container and not on the host, and the /proc there is no procfs of the host's. Under hako,
+/// whose tree there the guest writes, nothing in the pid's mount namespace runs (a root tool
+/// entering it, as `podman cp` does, would run what the guest put there) and its /proc is
+/// empty.
 fn the_pid_shows_the_container(rt: &Runtime, id: &str, pid: u32) -> Result<(), Failed> {
     let name = format!("hako-marker-{}", rt.name);
     let root = PathBuf::from(format!("/proc/{pid}/root"));
@@ -111,6 +114,24 @@ fn the_pid_shows_the_container(rt: &Runtime, id: &str, pid: u32) -> Result<(), F
         && (m.dev(), m.ino()) == (host.dev(), host.ino())
     {
         return Err(format!("{}: /proc/{pid}/root/proc/1/root is the host's /", rt.name).into());
+    }
+    if rt.name == "hako" {
+        let listed = std::fs::read_dir(root.join("proc"))
+            .map(|d| d.count())
+            .map_err(|e| e.to_string())?;
+        if listed != 0 {
+            return Err(format!("hako: /proc in the pid's root lists {listed} entries").into());
+        }
+        let o = Command::new("nsenter")
+            .arg(format!("--mount=/proc/{pid}/ns/mnt"))
+            .args(["/bin/busybox", "true"])
+            .output()
+            .map_err(|e| format!("nsenter: {e}"))?;
+        if o.status.success() {
+            return Err(
+                "hako: a program of the container's tree ran in the pid's mount namespace".into(),
+            );
+        }
     }
     Ok(())
 }

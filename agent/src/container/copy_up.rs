@@ -16,6 +16,8 @@ pub const OPTION: &str = "tmpcopyup";
 const MAX_DEPTH: usize = 32;
 /// Most bytes copied into one tmpfs.
 const MAX_BYTES: u64 = 64 << 20;
+/// Most directory entries copied into one tmpfs.
+const MAX_ENTRIES: u64 = 100_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CopyUpError {
@@ -30,6 +32,8 @@ pub enum CopyUpError {
     TooDeep,
     #[error("the tree to copy up holds more than {MAX_BYTES} bytes")]
     TooLarge,
+    #[error("the tree to copy up holds more than {MAX_ENTRIES} entries")]
+    TooMany,
 }
 
 fn io<'a, E: Into<std::io::Error>>(
@@ -46,8 +50,8 @@ fn io<'a, E: Into<std::io::Error>>(
 /// Copies the contents of directory `from` (any descriptor of it, `O_PATH` too) into
 /// directory `to`.
 pub fn copy_tree(from: BorrowedFd, to: BorrowedFd) -> Result<(), CopyUpError> {
-    let mut bytes = 0;
-    copy_dir(from, to, 0, &mut bytes)
+    let (mut bytes, mut entries) = (0, 0);
+    copy_dir(from, to, 0, &mut bytes, &mut entries)
 }
 
 fn copy_dir(
@@ -55,6 +59,7 @@ fn copy_dir(
     to: BorrowedFd,
     depth: usize,
     bytes: &mut u64,
+    entries: &mut u64,
 ) -> Result<(), CopyUpError> {
     if depth > MAX_DEPTH {
         return Err(CopyUpError::TooDeep);
@@ -70,6 +75,10 @@ fn copy_dir(
     let mut dir = rustix::fs::Dir::read_from(&listing).map_err(io("listing", dot))?;
     for entry in dir.by_ref() {
         let entry = entry.map_err(io("listing", dot))?;
+        *entries += 1;
+        if *entries > MAX_ENTRIES {
+            return Err(CopyUpError::TooMany);
+        }
         let name = entry.file_name();
         if name == c"." || name == c".." {
             continue;
@@ -94,7 +103,7 @@ fn copy_dir(
                 };
                 let src: OwnedFd = open(from).map_err(io("opening", name))?;
                 let dst: OwnedFd = open(to).map_err(io("opening the copy of", name))?;
-                copy_dir(src.as_fd(), dst.as_fd(), depth + 1, bytes)?;
+                copy_dir(src.as_fd(), dst.as_fd(), depth + 1, bytes, entries)?;
                 rustix::fs::chownat(to, name, uid, gid, AtFlags::SYMLINK_NOFOLLOW)
                     .map_err(io("setting the owner of", name))?;
                 // mkdirat applied the umask.
@@ -106,13 +115,26 @@ fn copy_dir(
                 if *bytes > MAX_BYTES {
                     return Err(CopyUpError::TooLarge);
                 }
+                // Non-blocking, and checked to be the file just looked at: one swapped for a
+                // FIFO since would block the agent.
                 let src = rustix::fs::openat(
                     from,
                     name,
-                    OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    OFlags::RDONLY
+                        | OFlags::NOFOLLOW
+                        | OFlags::NONBLOCK
+                        | OFlags::NOCTTY
+                        | OFlags::CLOEXEC,
                     Mode::empty(),
                 )
                 .map_err(io("opening", name))?;
+                let opened = rustix::fs::fstat(&src).map_err(io("reading", name))?;
+                if FileType::from_raw_mode(opened.st_mode) != FileType::RegularFile
+                    || (opened.st_dev, opened.st_ino) != (st.st_dev, st.st_ino)
+                {
+                    tracing::debug!(name = ?name, "tmpcopyup skips a file that changed");
+                    continue;
+                }
                 let dst = rustix::fs::openat(
                     to,
                     name,

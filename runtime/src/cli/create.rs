@@ -145,28 +145,25 @@ fn create_container(g: &Global, a: &CreateArgs) -> anyhow::Result<std::process::
     // From here on start_monitor removes the directory if anything fails.
     let _ = dir.keep();
     start_monitor(g, &config, &bundle, &a.id, slave)?;
-    let rootfs = crate::sandbox::volumes::host_rootfs(&spec, &bundle)?;
-    let stand_in = match super::stand_in::start(g, &a.id, &rootfs) {
-        Ok(s) => s,
-        Err(e) => {
-            let _ = super::delete::delete(g, &a.id, true);
-            return Err(e);
+    // From here a failure removes the container (monitor, VM, stand-in) again.
+    let after = || -> anyhow::Result<std::process::Child> {
+        let rootfs = crate::sandbox::volumes::host_rootfs(&spec, &bundle)?;
+        let stand_in = super::stand_in::start(g, &a.id, &rootfs)?;
+        if let Some(p) = &a.pid_file {
+            std::fs::write(p, stand_in.id().to_string())
+                .with_context(|| format!("writing the pid file {}", p.display()))?;
         }
+        let c = Container::open(&g.root, &a.id)?;
+        // As runc: the hooks of create see the container "creating".
+        let state = c.state_json(OciStatus::Creating);
+        for kind in ["prestart", "createRuntime"] {
+            crate::hooks::run(&record.hooks, kind, &state)?;
+        }
+        Ok(stand_in)
     };
-    if let Some(p) = &a.pid_file {
-        std::fs::write(p, stand_in.id().to_string())
-            .with_context(|| format!("writing the pid file {}", p.display()))?;
-    }
-    let c = Container::open(&g.root, &a.id)?;
-    // As runc: the hooks of create see the container "creating".
-    let state = c.state_json(OciStatus::Creating);
-    for kind in ["prestart", "createRuntime"] {
-        if let Err(e) = crate::hooks::run(&record.hooks, kind, &state) {
-            let _ = super::delete::delete(g, &a.id, true);
-            return Err(e);
-        }
-    }
-    Ok(stand_in)
+    after().inspect_err(|_| {
+        let _ = super::delete::delete(g, &a.id, true);
+    })
 }
 
 /// Starts `hako monitor` with the container's stdio (ours, or the pty slave) and waits until
@@ -226,7 +223,8 @@ fn start_monitor(
             let error = std::fs::read_to_string(dir.join(super::monitor::ERROR_FILE));
             super::client::remove_container_dir(&g.root, id);
             match error {
-                Ok(e) => bail!("{}", e.trim()),
+                // Bounded and printable: it may quote the guest.
+                Ok(e) => bail!("{}", crate::host::vmm_dir::printable(e.trim(), 4096)),
                 Err(_) => bail!(
                     "creating container {id} failed (its monitor ended {status}; its error is above or in the --log file)"
                 ),

@@ -7,10 +7,12 @@
 //! - the signals callers send an init (TERM, INT, HUP, QUIT, USR1, USR2) go on to the
 //!   container's init; its own death (SIGKILL) kills the container, as with runc's init;
 //! - its root is the container's root file system, alone in a mount namespace of its own, so
-//!   tools that reach a container through `/proc/<pid>/root` or its mount namespace (`podman
-//!   cp`, `podman top`) find the container's files, never the host's. No /proc is mounted
-//!   there (a host procfs under a root the guest writes would lead back out to the host), so
-//!   what needs one fails instead of listing host processes.
+//!   tools that reach a container through `/proc/<pid>/root` find the container's files, never
+//!   the host's. Nothing in that namespace can run (`host/private_root.rs`: the guest writes
+//!   that tree, and root tools enter it: `podman cp` execs `/proc/self/exe` there), and /proc
+//!   is an empty cover, so `podman cp` into a running container and `podman top` find nothing
+//!   to use and fail or list nothing, instead of running guest code or listing host
+//!   processes. Its network, IPC and UTS namespaces are its own, empty ones.
 //!
 //! The monitor serves the other end on `<root>/<id>/init.sock` ([`serve`]): it records the
 //! stand-in's pid (from the socket's peer credentials), forwards its signals, and sends the
@@ -48,17 +50,18 @@ const FORWARDED: [Signal; 6] = [
     Signal::SIGUSR2,
 ];
 /// Signals whose default action ends a process without a core dump: a stand-in dies of
-/// these when the init did.
-const DIES_OF: [Signal; 8] = [
+/// these when the init did (not SIGPIPE, which Rust programs ignore: that status is returned).
+const DIES_OF: [Signal; 7] = [
     Signal::SIGHUP,
     Signal::SIGINT,
     Signal::SIGKILL,
     Signal::SIGUSR1,
     Signal::SIGUSR2,
-    Signal::SIGPIPE,
     Signal::SIGALRM,
     Signal::SIGTERM,
 ];
+/// How long a stand-in waits for its monitor to register it (and `create` for the stand-in).
+const REGISTER_WITHIN: std::time::Duration = std::time::Duration::from_secs(60);
 
 #[derive(Debug, clap::Args)]
 pub struct StandInArgs {
@@ -86,6 +89,7 @@ pub fn start(g: &Global, id: &str, rootfs: &Path) -> anyhow::Result<Child> {
         .process_group(0)
         .spawn()
         .context("starting the container's stand-in")?;
+    // The stand-in reports within REGISTER_WITHIN (its own reads are bounded by it), or ends.
     let mut line = String::new();
     if let Some(out) = child.stdout.take() {
         let _ = std::io::BufReader::new(out).read_line(&mut line);
@@ -117,8 +121,10 @@ pub fn run(g: &Global, a: &StandInArgs) -> anyhow::Result<u8> {
     let mut conn = hako_socket_path::connect(&socket)
         .with_context(|| format!("connecting to the monitor of {}", a.id))?;
     let mut ack = [0u8; 1];
+    conn.set_read_timeout(Some(REGISTER_WITHIN))?;
     conn.read_exact(&mut ack)
         .context("waiting for the monitor to register the stand-in")?;
+    conn.set_read_timeout(None)?;
     if ack[0] != REGISTERED {
         bail!("the monitor of {} did not register the stand-in", a.id);
     }
@@ -174,12 +180,16 @@ pub async fn serve(
     };
     // One stand-in per container.
     drop(listener);
+    // Only a process of our own user is the stand-in (the container's directory is readable
+    // by all).
     let Some(pid) = stream
         .peer_cred()
         .ok()
+        .filter(|c| c.uid() == nix::unistd::geteuid().as_raw())
         .and_then(|c| c.pid())
         .and_then(|p| u32::try_from(p).ok())
     else {
+        tracing::warn!(container_id = %id, "init.sock: a peer of another user; no stand-in");
         return;
     };
     let start = process_start(pid).unwrap_or(0);
@@ -199,11 +209,12 @@ pub async fn serve(
     loop {
         tokio::select! {
             r = from.read(&mut b) => match r {
-                Ok(1) => {
+                Ok(1) if FORWARDED.iter().any(|s| *s as i32 == i32::from(b[0])) => {
                     if let Err(e) = service.signal(&id, "", u32::from(b[0]), false).await {
                         tracing::debug!(container_id = %id, "forwarding signal {}: {e}", b[0]);
                     }
                 }
+                Ok(1) => tracing::debug!(container_id = %id, "signal {} not forwarded", b[0]),
                 _ => {
                     let running = exited.borrow().is_none();
                     if running {

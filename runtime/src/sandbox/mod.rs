@@ -479,8 +479,12 @@ impl Sandbox {
                 &process.stdio,
             )
         };
+        // Held until the copies exist: a CloseIO that comes while the process starts (ctr of
+        // containerd 2.x sends it as soon as its stdin ends) waits for them, and so closes the
+        // guest's stdin only after what was written is forwarded.
+        let mut slot = process.copies.lock().await;
         if process.exec_id.is_empty() {
-            *process.copies.lock().await = Some(copies());
+            *slot = Some(copies());
         }
         let started = if process.exec_id.is_empty() {
             let mut req = ContainerRequest::new();
@@ -494,9 +498,10 @@ impl Sandbox {
             self.agent.exec_process(ctx(RPC), &req).await
         };
         if let Err(e) = started {
-            if let Some(c) = process.copies.lock().await.as_mut() {
+            if let Some(c) = slot.as_mut() {
                 c.close();
             }
+            drop(slot);
             process.exited(255);
             return Err(e).with_context(|| {
                 format!(
@@ -508,8 +513,9 @@ impl Sandbox {
             });
         }
         if !process.exec_id.is_empty() {
-            *process.copies.lock().await = Some(copies());
+            *slot = Some(copies());
         }
+        drop(slot);
         watchers::watch_exit(self.clone(), process);
         Ok(())
     }

@@ -97,12 +97,12 @@ pub async fn start(flags: &Flags) -> anyhow::Result<Vec<u8>> {
 }
 
 /// The socket of a group's shim: containerd's usual name (a hash of containerd's address,
-/// the namespace and the group) in the directory containerd 2.3 chose, else in
+/// the namespace and the group) in the (absolute) directory containerd 2.3 chose, else in
 /// `/run/containerd/s`.
 fn socket_address(containerd: &str, namespace: &str, group: &str, dir: Option<&str>) -> String {
     let usual = containerd_shim::socket_address(containerd, namespace, group);
     match (dir, usual.rsplit_once('/')) {
-        (Some(dir), Some((_, hash))) if !dir.is_empty() => {
+        (Some(dir), Some((_, hash))) if dir.starts_with('/') => {
             format!("unix://{}/{hash}", dir.trim_end_matches('/'))
         }
         _ => usual,
@@ -148,8 +148,11 @@ async fn wait_until_serving(shim: &mut tokio::process::Child) -> anyhow::Result<
         .await
         .context("the shim did not start serving in time")?;
     }
-    match shim.try_wait() {
-        Ok(Some(status)) if !status.success() => {
+    // A shim that failed closed its stdout by ending: give it a moment to be reaped. One that
+    // found its group's shim serving ends with success; one that serves goes on.
+    let ended = tokio::time::timeout(Duration::from_millis(500), shim.wait()).await;
+    match ended {
+        Ok(Ok(status)) if !status.success() => {
             let mut err = String::new();
             if let Some(mut e) = shim.stderr.take() {
                 let _ = tokio::io::AsyncReadExt::read_to_string(&mut e, &mut err).await;

@@ -407,7 +407,6 @@ impl TaskService {
         Ok(Empty::new())
     }
 
-    /// The agent of this shim's sandbox, once it runs (for the `hako` CLI's monitor).
     /// Sends `signal` to a process (with `all`, to every process of the container).
     pub async fn signal(&self, id: &str, exec_id: &str, signal: u32, all: bool) -> Result<Empty> {
         let (sandbox, process) = self.process(id, exec_id).await?;
@@ -429,6 +428,7 @@ impl TaskService {
         Ok(Empty::new())
     }
 
+    /// The agent of this shim's sandbox, once it runs (for the `hako` CLI's monitor).
     pub fn agent(&self) -> Option<hako_agent_api::agent_ttrpc::AgentServiceClient> {
         self.slot().map(|s| s.agent.clone())
     }
