@@ -48,6 +48,22 @@ fn run_stop_exec(docker: &Docker, runtime: &str) -> Result<(), Failed> {
         return Err(format!("{runtime}: docker run: {}", text(&o)).into());
     }
     step("run");
+    // A terminal (-t: no client terminal is needed without -i).
+    let o = docker.run(&[
+        "run",
+        "--rm",
+        "-t",
+        "--runtime",
+        runtime,
+        "--network",
+        "none",
+        BUSYBOX,
+        "tty",
+    ])?;
+    if !o.status.success() || !String::from_utf8_lossy(&o.stdout).contains("/dev/pts/") {
+        return Err(format!("{runtime}: docker run -t: {}", text(&o)).into());
+    }
+    step("run -t");
     // A read-only root, a user, environment, working directory and a volume.
     let volume = docker.dir.path().join(format!("volume-{runtime}"));
     std::fs::create_dir_all(&volume).map_err(|e| e.to_string())?;
@@ -155,8 +171,44 @@ fn run_stop_exec(docker: &Docker, runtime: &str) -> Result<(), Failed> {
         if String::from_utf8_lossy(&o.stdout).trim() != "7" {
             return Err(format!("{runtime}: exit code after stop: {}", text(&o)).into());
         }
+        // The same container again (a new task under the same id), then killed.
+        let o = docker.run(&["start", &name])?;
+        if !o.status.success() {
+            return Err(format!("{runtime}: docker start after stop: {}", text(&o)).into());
+        }
+        let start = Instant::now();
+        while docker.run(&["logs", &name])?.stdout != b"started\nterm\nstarted\n" {
+            if start.elapsed() > hako_tests::boot::vm_deadline() {
+                return Err(
+                    format!("{runtime}: the restarted container never said it started").into(),
+                );
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        let o = docker.run(&["kill", &name])?;
+        if !o.status.success() {
+            return Err(format!("{runtime}: docker kill: {}", text(&o)).into());
+        }
+        step("start again, kill");
+        let start = Instant::now();
+        loop {
+            let o = docker.run(&[
+                "inspect",
+                "-f",
+                "{{.State.Status}} {{.State.ExitCode}}",
+                &name,
+            ])?;
+            let state = String::from_utf8_lossy(&o.stdout).trim().to_owned();
+            if state == "exited 137" {
+                break;
+            }
+            if start.elapsed() > Duration::from_secs(60) {
+                return Err(format!("{runtime}: after kill the container is {state:?}").into());
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
         let o = docker.run(&["logs", &name])?;
-        if o.stdout != b"started\nterm\n" {
+        if o.stdout != b"started\nterm\nstarted\n" {
             return Err(format!("{runtime}: docker logs: {}", text(&o)).into());
         }
         Ok(())
