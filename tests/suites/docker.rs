@@ -32,34 +32,21 @@ fn run_stop_exec(docker: &Docker, runtime: &str) -> Result<(), Failed> {
             began.elapsed().as_secs_f64()
         )
     };
-    let o = docker.run(&[
-        "run",
-        "--rm",
-        "--runtime",
-        runtime,
-        "--network",
-        "none",
-        BUSYBOX,
-        "sh",
-        "-c",
-        "echo out; echo err >&2; exit 5",
-    ])?;
+    // `docker run --rm` of busybox with `runtime`, no network, `flags` and `command`.
+    let run_rm = |flags: &[&str], command: &[&str]| {
+        let mut args = vec!["run", "--rm", "--runtime", runtime, "--network", "none"];
+        args.extend_from_slice(flags);
+        args.push(BUSYBOX);
+        args.extend_from_slice(command);
+        docker.run(&args)
+    };
+    let o = run_rm(&[], &["sh", "-c", "echo out; echo err >&2; exit 5"])?;
     if o.status.code() != Some(5) || o.stdout != b"out\n" || o.stderr != b"err\n" {
         return Err(format!("{runtime}: docker run: {}", text(&o)).into());
     }
     step("run");
     // A terminal (-t: no client terminal is needed without -i).
-    let o = docker.run(&[
-        "run",
-        "--rm",
-        "-t",
-        "--runtime",
-        runtime,
-        "--network",
-        "none",
-        BUSYBOX,
-        "tty",
-    ])?;
+    let o = run_rm(&["-t"], &["tty"])?;
     if !o.status.success() || !String::from_utf8_lossy(&o.stdout).contains("/dev/pts/") {
         return Err(format!("{runtime}: docker run -t: {}", text(&o)).into());
     }
@@ -68,27 +55,25 @@ fn run_stop_exec(docker: &Docker, runtime: &str) -> Result<(), Failed> {
     let volume = docker.dir.path().join(format!("volume-{runtime}"));
     std::fs::create_dir_all(&volume).map_err(|e| e.to_string())?;
     std::fs::write(volume.join("f"), "from the host\n").map_err(|e| e.to_string())?;
-    let o = docker.run(&[
-        "run",
-        "--rm",
-        "--runtime",
-        runtime,
-        "--network",
-        "none",
-        "--read-only",
-        "--user",
-        "1000:1000",
-        "--env",
-        "HAKO_X=y",
-        "--workdir",
-        "/tmp",
-        "--volume",
-        &format!("{}:/data:ro", volume.display()),
-        BUSYBOX,
-        "sh",
-        "-c",
-        "id -u; echo $HAKO_X; pwd; cat /data/f; touch /x 2>/dev/null && echo writable || echo read-only",
-    ])?;
+    let mount = format!("{}:/data:ro", volume.display());
+    let o = run_rm(
+        &[
+            "--read-only",
+            "--user",
+            "1000:1000",
+            "--env",
+            "HAKO_X=y",
+            "--workdir",
+            "/tmp",
+            "--volume",
+            &mount,
+        ],
+        &[
+            "sh",
+            "-c",
+            "id -u; echo $HAKO_X; pwd; cat /data/f; touch /x 2>/dev/null && echo writable || echo read-only",
+        ],
+    )?;
     let want = "1000\ny\n/tmp\nfrom the host\nread-only\n";
     if !o.status.success() || String::from_utf8_lossy(&o.stdout) != want {
         return Err(format!(
